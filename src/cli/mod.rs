@@ -1,0 +1,123 @@
+//! The `webjobs` command line: argument definitions and dispatch, one file per
+//! subcommand.
+//!
+//! Exit codes: 0 success; 1 failure (or problems found by `validate`);
+//! 2 usage error; 3 job not found.
+
+mod list;
+mod serve;
+mod toggle;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Sources};
+
+/// Exit code for a job that does not exist.
+pub const EXIT_NOT_FOUND: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "webjobs",
+    version,
+    about = "Azure App Service WebJobs for any Linux machine: drop a script in a folder and it runs."
+)]
+pub struct Cli {
+    /// Daemon configuration file (JSON).
+    #[arg(long, global = true, env = "WEBJOBS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Put jobs/, data/ and temp/ under DIR.
+    #[arg(long, global = true, env = "WEBJOBS_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: supervise the jobs folder until SIGTERM/SIGINT.
+    Serve,
+    /// List jobs and their status.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job in detail (`name` or `continuous/name`).
+    Status {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped continuous job (removes disable.job).
+    Start { job: String },
+    /// Stop a continuous job (writes disable.job; persists across restarts).
+    Stop { job: String },
+    /// Check a jobs folder or one job without a daemon; exit 1 on any problem.
+    Validate {
+        /// A jobs folder, a continuous/ or triggered/ folder, or one job folder.
+        path: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sources = Sources {
+        file: cli.config.clone(),
+        root: cli.root.clone(),
+    };
+    let config = match Config::load(&sources) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("webjobs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => serve::serve(config, sources),
+        Command::List { json } => list::list(&config, json),
+        Command::Status { job, json } => list::status(&config, &job, json),
+        Command::Start { job } => toggle::toggle(&config, &job, true),
+        Command::Stop { job } => toggle::toggle(&config, &job, false),
+        Command::Validate { path, json } => validate::validate(&config, path.as_deref(), json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("webjobs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Finds a job by `name` or `kind/name`; a bare name must be unambiguous.
+pub(crate) fn find_job(config: &Config, spec: &str) -> Result<crate::jobs::JobDef, String> {
+    use crate::jobs::{JobKey, JobKind, scan_job};
+    let keys: Vec<JobKey> = match spec.split_once('/') {
+        Some((kind, name)) => match JobKind::parse(kind) {
+            Some(kind) => vec![JobKey::new(kind, name)],
+            None => {
+                return Err(format!(
+                    "unknown job type `{kind}` in `{spec}`: use continuous/<name> or triggered/<name>"
+                ));
+            }
+        },
+        None => JobKind::ALL.iter().map(|k| JobKey::new(*k, spec)).collect(),
+    };
+    let found: Vec<_> = keys.iter().filter_map(|k| scan_job(config, k)).collect();
+    match found.len() {
+        0 => Err(format!(
+            "no job named `{spec}` in {}",
+            config.jobs_dir.display()
+        )),
+        1 => Ok(found.into_iter().next().expect("one job")),
+        _ => Err(format!(
+            "`{spec}` is both a continuous and a triggered job: say continuous/{spec} or triggered/{spec}"
+        )),
+    }
+}

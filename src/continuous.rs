@@ -1,0 +1,562 @@
+//! The actor that owns one continuous job on this daemon: it starts the
+//! process, keeps it alive with exponential backoff, stops it by the protocol,
+//! restarts it on new files, and reports every step in the job's log and
+//! status file.
+//!
+//! ```text
+//!   Update / Shutdown ──► [ wanted? ] ──stopped──► Stopped / Invalid (wait)
+//!                             │ running
+//!                     singleton lock? ──no──► InactiveInstance (retry)
+//!                             │ yes
+//!                  Starting ─► Running ──exit──► PendingRestart ─(backoff)─┐
+//!                             ▲                                            │
+//!                             └────────────────────────────────────────────┘
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::coordination::Lease;
+use crate::jobs::{JobDef, JobKey, Runnable};
+use crate::logs::{Level, LogFile, Rotation, format_time};
+use crate::process::Command;
+use crate::run::{JobEnv, Run, human};
+use crate::status::{self, ContinuousStatus, JobStatus};
+use crate::supervisor::Shared;
+
+/// A process that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(120);
+
+/// Messages from the supervisor.
+#[derive(Debug)]
+pub enum Control {
+    /// The job folder or the daemon configuration changed (or may have).
+    Update {
+        def: Arc<JobDef>,
+        config: Arc<Config>,
+    },
+    /// Stop the process (if any) and end the actor. `why` goes into the log.
+    Shutdown { why: &'static str },
+}
+
+/// The supervisor's handle on a running actor.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Control>,
+}
+
+impl Handle {
+    pub fn send(&self, control: Control) {
+        let _ = self.tx.send(control);
+    }
+}
+
+/// Starts the actor for a continuous job.
+pub fn spawn(
+    def: Arc<JobDef>,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Handle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tasks.spawn(async move {
+        if let Some(actor) = Actor::new(def, config, shared, rx) {
+            actor.run().await;
+        }
+    });
+    Handle { tx }
+}
+
+/// What the actor should be doing now.
+enum Wanted {
+    Stopped(String),
+    Invalid(String),
+    Running(Arc<Runnable>),
+}
+
+/// What a control message asks of a running (or waiting) job.
+enum Next {
+    Continue,
+    Restart(&'static str),
+    Stop(String),
+    Exit(&'static str),
+}
+
+struct Actor {
+    key: JobKey,
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+    def: Arc<JobDef>,
+    /// The last configuration that could run; kept while the files are broken.
+    good: Option<Arc<Runnable>>,
+    data_dir: PathBuf,
+    log: LogFile,
+    status: ContinuousStatus,
+    rx: mpsc::UnboundedReceiver<Control>,
+    backoff_step: u32,
+    lease: Option<Lease>,
+    reported: Vec<String>,
+    exiting: bool,
+}
+
+impl Actor {
+    fn new(
+        def: Arc<JobDef>,
+        config: Arc<Config>,
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Control>,
+    ) -> Option<Actor> {
+        let key = def.key.clone();
+        let data_dir = config.job_data_dir(&key);
+        let rotation = Rotation {
+            max_size: config.log.max_size,
+            keep: config.log.keep,
+        };
+        let log = match LogFile::open(
+            &data_dir.join("job_log.txt"),
+            &shared.instance,
+            Some(rotation),
+        ) {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::error!(job = %key, error = %e, "cannot open the job log; the job will not run");
+                return None;
+            }
+        };
+        let mut actor = Actor {
+            status: ContinuousStatus::new(&shared.instance),
+            key,
+            shared,
+            config,
+            good: def.runnable(),
+            def,
+            data_dir,
+            log,
+            rx,
+            backoff_step: 0,
+            lease: None,
+            reported: Vec::new(),
+            exiting: false,
+        };
+        actor.report_problems();
+        Some(actor)
+    }
+
+    async fn run(mut self) {
+        while !self.exiting {
+            match self.wanted() {
+                Wanted::Stopped(reason) => self.idle(JobStatus::Stopped, Some(reason), None).await,
+                Wanted::Invalid(error) => self.idle(JobStatus::Invalid, None, Some(error)).await,
+                Wanted::Running(job) => self.cycle(job).await,
+            }
+        }
+        self.lease = None;
+        let reason = self.status.reason.take().or(Some("daemon stopped".into()));
+        self.set_status(JobStatus::Stopped, |s| s.reason = reason);
+    }
+
+    fn wanted(&self) -> Wanted {
+        if self.config.switches.stopped {
+            return Wanted::Stopped("WEBJOBS_STOPPED is set".into());
+        }
+        if self.def.disabled {
+            return Wanted::Stopped("disable.job is present".into());
+        }
+        match &self.good {
+            Some(job) => Wanted::Running(job.clone()),
+            None => Wanted::Invalid(self.def.errors().join("; ")),
+        }
+    }
+
+    /// Stays stopped (or invalid) until a control message changes that.
+    async fn idle(&mut self, status: JobStatus, reason: Option<String>, error: Option<String>) {
+        self.lease = None;
+        if self.status.status != status || self.status.reason != reason {
+            if let Some(reason) = &reason {
+                self.log.sys(Level::SysInfo, &format!("stopped: {reason}"));
+            }
+            self.set_status(status, |s| {
+                s.reason = reason;
+                s.error = error;
+                s.pid = None;
+                s.next_restart = None;
+            });
+        }
+        let _ = self.wait_control(None).await;
+    }
+
+    /// Waits for a control message (or `timeout`) and applies it.
+    async fn wait_control(&mut self, timeout: Option<Duration>) -> Next {
+        let message = match timeout {
+            Some(t) => match tokio::time::timeout(t, self.rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => return Next::Continue,
+            },
+            None => self.rx.recv().await,
+        };
+        match message {
+            Some(control) => self.apply(control),
+            None => self.apply(Control::Shutdown {
+                why: "daemon stopping",
+            }),
+        }
+    }
+
+    /// Takes in a control message and says what it means for a running process.
+    fn apply(&mut self, control: Control) -> Next {
+        match control {
+            Control::Shutdown { why } => {
+                self.exiting = true;
+                Next::Exit(why)
+            }
+            Control::Update { def, config } => {
+                let before = self.good.clone();
+                self.config = config;
+                self.def = def;
+                if let Some(job) = self.def.runnable() {
+                    self.good = Some(job);
+                }
+                self.report_problems();
+                match self.wanted() {
+                    Wanted::Stopped(reason) => Next::Stop(reason),
+                    Wanted::Invalid(error) => Next::Stop(error),
+                    Wanted::Running(job) if before.as_ref() != Some(&job) => {
+                        self.backoff_step = 0;
+                        Next::Restart("job files or settings changed")
+                    }
+                    Wanted::Running(_) => Next::Continue,
+                }
+            }
+        }
+    }
+
+    /// One start, run and (when it ends by itself) backoff.
+    async fn cycle(&mut self, job: Arc<Runnable>) {
+        if !self.singleton_gate(&job).await {
+            return;
+        }
+        self.set_status(JobStatus::Starting, |s| s.next_restart = None);
+        let mut run = match self.start(&job).await {
+            Ok(run) => run,
+            Err(e) => {
+                self.log
+                    .sys(Level::SysError, &format!("failed to start: {e}"));
+                self.status.last_exit = Some(format!("failed to start: {e}"));
+                return self.backoff(&job, Duration::ZERO).await;
+            }
+        };
+        let grace = job.settings.stopping_wait_time;
+        loop {
+            tokio::select! {
+                _ = run.wait_leader(&mut self.log) => break,
+                Some(control) = self.rx.recv() => match self.apply(control) {
+                    Next::Continue => {}
+                    Next::Restart(why) => return self.stop_run(&mut run, grace, why, JobStatus::Starting).await,
+                    Next::Stop(why) => return self.stop_run(&mut run, grace, &why, JobStatus::Stopped).await,
+                    Next::Exit(why) => return self.stop_run(&mut run, grace, why, JobStatus::Stopped).await,
+                },
+            }
+        }
+        let uptime = run.started.elapsed();
+        run.reap_leftovers(&mut self.log, grace).await;
+        let exit = run.describe_exit();
+        self.log.sys(
+            if exit == "exit code 0" {
+                Level::SysInfo
+            } else {
+                Level::SysError
+            },
+            &format!(
+                "process {} ended with {exit} after {}",
+                run.pid,
+                human_uptime(uptime)
+            ),
+        );
+        self.status.last_exit = Some(exit);
+        self.backoff(&job, uptime).await;
+    }
+
+    async fn stop_run(&mut self, run: &mut Run, grace: Duration, why: &str, then: JobStatus) {
+        self.set_status(JobStatus::Stopping, |_| {});
+        run.stop(&mut self.log, grace, why).await;
+        let exit = run.describe_exit();
+        self.log.sys(
+            Level::SysInfo,
+            &format!("process {} stopped ({exit})", run.pid),
+        );
+        self.status.last_exit = Some(exit);
+        self.set_status(then, |s| s.pid = None);
+    }
+
+    /// Spawns the process after preparing its working copy.
+    async fn start(&mut self, job: &Arc<Runnable>) -> std::io::Result<Run> {
+        let temp = self.config.temp_dir.clone();
+        let instance = self.shared.instance.clone();
+        let copy_of = job.clone();
+        let work_dir = tokio::task::spawn_blocking(move || {
+            crate::workcopy::prepare(&temp, &instance, &copy_of)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let cwd = work_dir.clone();
+        let nonce = format!(
+            "{:x}",
+            crate::config::fnv1a(
+                format!("{:?}{}", SystemTime::now(), std::process::id()).as_bytes()
+            )
+        );
+        let shutdown_file = self
+            .config
+            .temp_dir
+            .join("JobsShutdown")
+            .join(self.key.kind.as_str())
+            .join(&self.key.name)
+            .join(format!("{}-{nonce}", self.shared.instance));
+        let env = JobEnv {
+            name: &self.key.name,
+            kind: self.key.kind.as_str(),
+            work_dir: &work_dir,
+            data_dir: &self.data_dir,
+            run_id: "",
+            arguments: "",
+            shutdown_file: &shutdown_file,
+        };
+        let command = build_command(
+            job,
+            cwd,
+            env.vars(&job.settings.env),
+            self.shared.marker(&self.key, &nonce),
+        );
+        let run = Run::start(&command, shutdown_file, self.config.log.max_line)?;
+        self.log.sys(
+            Level::SysInfo,
+            &format!(
+                "started process {} (restart {}): {}",
+                run.pid,
+                self.status.restarts,
+                command.display()
+            ),
+        );
+        let pid = run.pid.as_raw();
+        self.set_status(JobStatus::Running, |s| {
+            s.pid = Some(pid);
+            s.start_time = Some(format_time(SystemTime::now()));
+        });
+        Ok(run)
+    }
+
+    /// Waits out the restart delay (PendingRestart); control messages may cut it short.
+    async fn backoff(&mut self, job: &Runnable, uptime: Duration) {
+        if uptime >= STABLE_AFTER {
+            self.backoff_step = 0;
+        }
+        let delay = restart_delay(job, &self.config, self.backoff_step);
+        self.backoff_step = self.backoff_step.saturating_add(1);
+        let due = SystemTime::now() + delay;
+        self.log
+            .sys(Level::SysInfo, &format!("restarting in {}", human(delay)));
+        self.set_status(JobStatus::PendingRestart, |s| {
+            s.pid = None;
+            s.next_restart = Some(format_time(due));
+            s.restarts += 1;
+        });
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.wait_control(Some(left)).await {
+                Next::Continue => {}
+                Next::Restart(_) | Next::Stop(_) | Next::Exit(_) => return,
+            }
+        }
+    }
+
+    /// Takes (or keeps) the singleton lock when the job asks for one.
+    /// Returns false (after waiting a while) when another instance holds it.
+    async fn singleton_gate(&mut self, job: &Runnable) -> bool {
+        if !job.settings.is_singleton {
+            self.lease = None;
+            return true;
+        }
+        if self.lease.is_some() {
+            return true;
+        }
+        match self
+            .shared
+            .coordinator
+            .try_singleton(&self.data_dir, &self.shared.instance)
+        {
+            Ok(Some(lease)) => {
+                self.lease = Some(lease);
+                self.log.sys(
+                    Level::SysInfo,
+                    "singleton lock acquired; this instance runs the job",
+                );
+                return true;
+            }
+            Ok(None) => {
+                if self.status.status != JobStatus::InactiveInstance {
+                    let holder = self
+                        .shared
+                        .coordinator
+                        .singleton_holder(&self.data_dir)
+                        .unwrap_or_default();
+                    self.log.sys(Level::SysInfo, &format!("is_singleton: the job runs on another instance ({holder}); waiting to take over"));
+                    self.set_status(JobStatus::InactiveInstance, |s| s.pid = None);
+                }
+            }
+            Err(e) => {
+                self.log.sys(
+                    Level::SysError,
+                    &format!("cannot use the singleton lock: {e}"),
+                );
+            }
+        }
+        let retry = self.config.singleton_retry;
+        let _ = self.wait_control(Some(retry)).await;
+        false
+    }
+
+    /// Writes new errors and warnings to the job log (once each) and the status.
+    fn report_problems(&mut self) {
+        let mut lines = self.def.errors();
+        let keeps_running = self.good.is_some() && !lines.is_empty();
+        if keeps_running {
+            lines = lines
+                .into_iter()
+                .map(|e| format!("{e} (the job keeps running its last valid configuration)"))
+                .collect();
+        }
+        let warnings = self.def.warnings();
+        let all: Vec<String> = lines.iter().chain(warnings.iter()).cloned().collect();
+        if all != self.reported {
+            for line in &lines {
+                self.log.sys(Level::SysError, line);
+            }
+            for line in &warnings {
+                self.log.sys(Level::SysWarn, line);
+            }
+            self.reported = all;
+        }
+        self.status.error = (!lines.is_empty()).then(|| lines.join("; "));
+        self.status.warnings = warnings;
+    }
+
+    fn set_status(&mut self, status: JobStatus, change: impl FnOnce(&mut ContinuousStatus)) {
+        self.status.status = status;
+        change(&mut self.status);
+        if status != JobStatus::Stopped {
+            self.status.reason = None;
+        }
+        self.status.updated = format_time(SystemTime::now());
+        if let Err(e) = status::write(&self.data_dir, &self.status) {
+            tracing::error!(job = %self.key, error = %e, "cannot write the status file");
+        }
+    }
+}
+
+/// `restart_delay × 2^step`, capped by `max_restart_delay` and `WEBJOBS_RESTART_TIME`.
+pub fn restart_delay(job: &Runnable, config: &Config, step: u32) -> Duration {
+    let cap = match config.switches.restart_time {
+        Some(global) => job.settings.max_restart_delay.min(global),
+        None => job.settings.max_restart_delay,
+    };
+    let factor = 2u32.saturating_pow(step.min(30));
+    job.settings.restart_delay.saturating_mul(factor).min(cap)
+}
+
+fn human_uptime(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// The command line: host program and its arguments, then the script.
+fn build_command(
+    job: &Runnable,
+    cwd: PathBuf,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    marker: String,
+) -> Command {
+    let script = job.script.file.clone();
+    let (program, mut args): (PathBuf, Vec<std::ffi::OsString>) =
+        match job.script.host.split_first() {
+            Some((program, rest)) => (program.into(), rest.iter().map(Into::into).collect()),
+            None => (cwd.join(&script), Vec::new()),
+        };
+    if !job.script.host.is_empty() {
+        args.push(script.into());
+    }
+    Command {
+        program,
+        args,
+        cwd,
+        env,
+        marker,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobKind, Script};
+    use crate::settings::Settings;
+
+    fn job() -> Runnable {
+        Runnable {
+            key: JobKey::new(JobKind::Continuous, "j"),
+            script_dir: "/x".into(),
+            fingerprint: 0,
+            script: Script {
+                file: "run.sh".into(),
+                host: vec!["/bin/bash".into()],
+                in_place_default: false,
+            },
+            settings: Settings::defaults(JobKind::Continuous),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_the_cap() {
+        let config = Config::load_with_env(&Default::default(), &|_| None).unwrap();
+        let delays: Vec<u64> = (0..10)
+            .map(|s| restart_delay(&job(), &config, s).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000
+            ]
+        );
+    }
+
+    #[test]
+    fn webjobs_restart_time_caps_globally() {
+        let mut config = Config::load_with_env(&Default::default(), &|_| None).unwrap();
+        config.switches.restart_time = Some(Duration::from_secs(3));
+        assert_eq!(restart_delay(&job(), &config, 9), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn command_puts_the_script_after_the_host() {
+        let mut j = job();
+        j.script.host = vec!["/usr/bin/java".into(), "-jar".into()];
+        j.script.file = "app.jar".into();
+        let c = build_command(&j, "/w".into(), vec![], "m".into());
+        assert_eq!(c.display(), "/usr/bin/java -jar app.jar");
+        j.script.host.clear();
+        j.script.file = "run".into();
+        assert_eq!(
+            build_command(&j, "/w".into(), vec![], "m".into()).display(),
+            "/w/run"
+        );
+    }
+}

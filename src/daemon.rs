@@ -1,0 +1,177 @@
+//! The daemon as a library function: [`run`] takes its configuration, a
+//! shutdown future and a channel of configuration reloads, so that tests drive
+//! it in-process exactly as `webjobs serve` does with signals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, fnv1a};
+use crate::coordination::{self, Coordinator, InstanceError};
+use crate::jobs::{JobKey, JobKind};
+use crate::logs::{Level, LogFile};
+use crate::process;
+use crate::supervisor::{Event, Shared, Supervisor};
+use crate::watcher::{self, WatchError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Hooks for the service manager (systemd), called by [`run`].
+pub trait Notifier: Send + 'static {
+    /// Jobs are loaded and started.
+    fn ready(&self) {}
+    /// The daemon is stopping its jobs.
+    fn stopping(&self) {}
+    /// The daemon is alive and its supervisor responsive (watchdog).
+    fn alive(&self) {}
+    /// How often [`Notifier::alive`] must be called, if at all.
+    fn watchdog_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A notifier that tells no one.
+pub struct Silent;
+impl Notifier for Silent {}
+
+/// Runs the daemon until `shutdown` completes; then stops every job by the
+/// stop protocol and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    reloads: mpsc::Receiver<Config>,
+    notifier: impl Notifier,
+) -> Result<(), DaemonError> {
+    create_dirs(&config)?;
+    let _instance = coordination::register_instance(&config.data_dir, &config.instance_id)?;
+    let shared = Arc::new(Shared {
+        instance: config.instance_id.clone(),
+        marker_prefix: marker_prefix(&config),
+        coordinator: Coordinator::Files {
+            data_dir: config.data_dir.clone(),
+        },
+    });
+    stop_leftovers(&config, &shared.marker_prefix).await;
+    let reaper = process::spawn_reaper().map_err(DaemonError::Signals)?;
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let _watch = watcher::watch(&config.jobs_dir, config.debounce, events_tx.clone())?;
+    let config = Arc::new(config);
+    let mut supervisor = Supervisor::new(config.clone(), shared);
+    supervisor.load().await;
+    tracing::info!(instance = %config.instance_id, jobs = %config.jobs_dir.display(), data = %config.data_dir.display(), "webjobs is running");
+    notifier.ready();
+    let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
+    let watchdog = notifier
+        .watchdog_interval()
+        .map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
+    supervisor.run(events_rx, shutdown).await;
+    forward.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    reaper.abort();
+    tracing::info!("all jobs stopped; bye");
+    Ok(())
+}
+
+async fn forward_reloads(mut reloads: mpsc::Receiver<Config>, events: mpsc::Sender<Event>) {
+    while let Some(config) = reloads.recv().await {
+        if events.send(Event::Reload(Arc::new(config))).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Pings the service manager only while the supervisor answers.
+async fn watchdog(every: Duration, events: mpsc::Sender<Event>, notifier: impl Notifier) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let (tx, rx) = oneshot::channel();
+        if events.send(Event::Ping(tx)).await.is_err() {
+            return;
+        }
+        if rx.await.is_ok() {
+            notifier.alive();
+        }
+    }
+}
+
+fn create_dirs(config: &Config) -> Result<(), DaemonError> {
+    let dirs = [
+        config.jobs_dir.join("continuous"),
+        config.jobs_dir.join("triggered"),
+        config.data_dir.join("jobs"),
+        config.temp_dir.clone(),
+    ];
+    for path in dirs {
+        std::fs::create_dir_all(&path).map_err(|source| DaemonError::CreateDir { path, source })?;
+    }
+    Ok(())
+}
+
+/// The marker prefix is unique to this instance on this data folder, so two
+/// daemons never mistake each other's processes for leftovers.
+pub fn marker_prefix(config: &Config) -> String {
+    let data = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    let key = fnv1a(format!("{}\0{}", data.display(), config.instance_id).as_bytes());
+    format!("{}.{key:016x}/", config.instance_id)
+}
+
+/// Ends the processes a previous run of this daemon left behind (it was
+/// killed or crashed), and says so in each job's log.
+async fn stop_leftovers(config: &Config, prefix: &str) {
+    let found = process::find_marked(prefix);
+    if found.is_empty() {
+        return;
+    }
+    let mut by_job: std::collections::BTreeMap<JobKey, Vec<nix::unistd::Pid>> = Default::default();
+    for (pid, marker) in &found {
+        let mut parts = marker[prefix.len()..].split('/');
+        if let (Some(kind), Some(name)) = (parts.next().and_then(JobKind::parse), parts.next()) {
+            by_job
+                .entry(JobKey::new(kind, name))
+                .or_default()
+                .push(*pid);
+        }
+    }
+    let pids: Vec<_> = found.iter().map(|(p, _)| *p).collect();
+    process::signal_all(&pids, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| process::marker_of(*p).is_some())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    process::signal_all(&pids, Signal::SIGKILL);
+    for (key, pids) in by_job {
+        let text = format!(
+            "found {} process(es) left running by a previous daemon that did not stop cleanly (pids {:?}); stopped them",
+            pids.len(),
+            pids.iter().map(|p| p.as_raw()).collect::<Vec<_>>()
+        );
+        tracing::warn!(job = %key, "{text}");
+        if key.kind == JobKind::Continuous {
+            let path = config.job_data_dir(&key).join("job_log.txt");
+            if let Ok(mut log) = LogFile::open(&path, &config.instance_id, None) {
+                log.sys(Level::SysWarn, &text);
+            }
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! Jobs on disk: discovery of job folders, the choice of the script to run,
+//! and the script hosts (interpreters) that run it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{Config, fnv1a};
+use crate::problems::Problem;
+use crate::settings::{self, Loaded};
+
+/// The two kinds of job, named as the folders are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Continuous,
+    Triggered,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Continuous, JobKind::Triggered];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Continuous => "continuous",
+            JobKind::Triggered => "triggered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A job's identity: its kind and folder name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobKey {
+    pub kind: JobKind,
+    pub name: String,
+}
+
+impl JobKey {
+    pub fn new(kind: JobKind, name: impl Into<String>) -> JobKey {
+        JobKey {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for JobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.name)
+    }
+}
+
+/// The file a job runs and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    /// File name inside the script folder.
+    pub file: String,
+    /// The host command before the script (absolute program first); empty for a native executable.
+    pub host: Vec<String>,
+    /// `.js` jobs run in place unless settings.job says otherwise (as in WebJobs).
+    pub in_place_default: bool,
+}
+
+/// What discovery found in one job folder, problems included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDef {
+    pub key: JobKey,
+    /// `jobs/<kind>/<name>`.
+    pub dir: PathBuf,
+    /// The folder the script is in, after single-sub-folder descent.
+    pub script_dir: PathBuf,
+    /// `disable.job` is present.
+    pub disabled: bool,
+    /// Hash of the folder's files (names, sizes, times, modes), `disable.job` excluded.
+    pub fingerprint: u64,
+    pub script: Result<Script, String>,
+    pub settings: Result<Loaded, Vec<Problem>>,
+}
+
+/// A job that can run: the parts of a [`JobDef`] that matter to a process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runnable {
+    pub key: JobKey,
+    pub script_dir: PathBuf,
+    pub fingerprint: u64,
+    pub script: Script,
+    pub settings: settings::Settings,
+}
+
+impl JobDef {
+    /// Every error that keeps this job from running, as one line each.
+    pub fn errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(e) = &self.script {
+            errors.push(e.clone());
+        }
+        if let Err(problems) = &self.settings {
+            errors.extend(problems.iter().map(|p| p.to_string()));
+        }
+        errors
+    }
+
+    pub fn warnings(&self) -> Vec<String> {
+        match &self.settings {
+            Ok(loaded) => loaded
+                .warnings
+                .iter()
+                .map(|p| format!("warning: {p}"))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The runnable form, when there is no error.
+    pub fn runnable(&self) -> Option<Arc<Runnable>> {
+        let (Ok(script), Ok(loaded)) = (&self.script, &self.settings) else {
+            return None;
+        };
+        Some(Arc::new(Runnable {
+            key: self.key.clone(),
+            script_dir: self.script_dir.clone(),
+            fingerprint: self.fingerprint,
+            script: script.clone(),
+            settings: loaded.settings.clone(),
+        }))
+    }
+}
+
+impl Runnable {
+    /// Whether the job runs straight from its folder instead of a working copy.
+    pub fn in_place(&self) -> bool {
+        self.settings
+            .is_in_place
+            .unwrap_or(self.script.in_place_default)
+    }
+}
+
+/// `disable.job`: the job is stopped while this file is in its script folder.
+pub const DISABLE_FILE: &str = "disable.job";
+
+/// A letter or digit first, then letters, digits, `-` and `_`.
+pub fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The folder holding jobs of `kind`.
+pub fn kind_dir(config: &Config, kind: JobKind) -> PathBuf {
+    config.jobs_dir.join(kind.as_str())
+}
+
+/// Every job folder of every kind, sorted.
+pub fn scan_all(config: &Config) -> Vec<JobDef> {
+    let hosts = Hosts::new(config);
+    JobKind::ALL
+        .into_iter()
+        .flat_map(|kind| {
+            job_names(config, kind)
+                .into_iter()
+                .map(move |name| JobKey::new(kind, name))
+        })
+        .filter_map(|key| scan_with(config, &hosts, &key))
+        .collect()
+}
+
+/// One job folder; `None` when it no longer exists.
+pub fn scan_job(config: &Config, key: &JobKey) -> Option<JobDef> {
+    scan_with(config, &Hosts::new(config), key)
+}
+
+/// Names of the folders directly under `jobs/<kind>/` (loose files are ignored).
+pub fn job_names(config: &Config, kind: JobKind) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(kind_dir(config, kind)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn scan_with(config: &Config, hosts: &Hosts, key: &JobKey) -> Option<JobDef> {
+    let dir = kind_dir(config, key.kind).join(&key.name);
+    if !dir.is_dir() {
+        return None;
+    }
+    Some(read_job(hosts, key.clone(), dir))
+}
+
+/// Reads one job folder: descent, script, settings, fingerprint.
+pub fn read_job_at(config: &Config, key: JobKey, dir: PathBuf) -> JobDef {
+    read_job(&Hosts::new(config), key, dir)
+}
+
+fn read_job(hosts: &Hosts, key: JobKey, dir: PathBuf) -> JobDef {
+    let script_dir = descend(&dir);
+    let fingerprint = fingerprint(&dir, &script_dir);
+    let disabled = script_dir.join(DISABLE_FILE).exists();
+    let settings = settings::load(&script_dir, key.kind);
+    let script = if valid_name(&key.name) {
+        choose_script(&script_dir)
+            .and_then(|(file, ext)| hosts.resolve(&script_dir, file, ext.as_deref()))
+    } else {
+        Err(format!(
+            "invalid job name \"{}\": a job name starts with a letter or digit and has only letters, digits, `-` and `_`",
+            key.name
+        ))
+    };
+    JobDef {
+        key,
+        dir,
+        script_dir,
+        disabled,
+        fingerprint,
+        script,
+        settings,
+    }
+}
+
+/// While a folder's only entry is a folder, look inside it.
+fn descend(dir: &Path) -> PathBuf {
+    let mut current = dir.to_path_buf();
+    for _ in 0..32 {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            break;
+        };
+        let entries: Vec<_> = entries.flatten().take(2).collect();
+        match entries.as_slice() {
+            [only] if only.path().is_dir() => current = only.path(),
+            _ => break,
+        }
+    }
+    current
+}
+
+/// Script extensions in the order `run.<ext>` is looked for.
+pub const HOST_ORDER: [&str; 8] = ["sh", "py", "js", "php", "jar", "ps1", "exe", "dll"];
+const WINDOWS_ONLY: [&str; 2] = ["cmd", "bat"];
+
+fn extension(name: &str) -> Option<String> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    (!stem.is_empty()).then(|| ext.to_ascii_lowercase())
+}
+
+/// Picks the script: `run.<ext>` in host order, then an executable `run`,
+/// then the first supported file in name order. Returns the file and its extension.
+pub fn choose_script(dir: &Path) -> Result<(String, Option<String>), String> {
+    let files = top_level_files(dir);
+    let is_run = |name: &str, ext: &str| {
+        name.len() == 4 + ext.len() && name[..4].eq_ignore_ascii_case("run.")
+    };
+    for ext in HOST_ORDER {
+        if let Some(name) = files
+            .iter()
+            .find(|n| extension(n).as_deref() == Some(ext) && is_run(n, ext))
+        {
+            return Ok((name.clone(), Some(ext.to_string())));
+        }
+    }
+    if files.iter().any(|n| n == "run") && is_executable(&dir.join("run")) {
+        return Ok(("run".to_string(), None));
+    }
+    let supported = |n: &&String| extension(n).is_some_and(|e| HOST_ORDER.contains(&e.as_str()));
+    if let Some(name) = files.iter().find(supported) {
+        return Ok((name.clone(), extension(name)));
+    }
+    if let Some(name) = files
+        .iter()
+        .find(|n| extension(n).is_some_and(|e| WINDOWS_ONLY.contains(&e.as_str())))
+    {
+        return Err(format!(
+            "{name}: .cmd and .bat scripts cannot run on Linux; add a run.sh (or another supported script) instead"
+        ));
+    }
+    Err(format!(
+        "no runnable script in {}: expected run.sh, run.py, run.js, run.php, run.jar, run.ps1, run.exe, run.dll, an executable named `run`, or any file with one of those extensions",
+        dir.display()
+    ))
+}
+
+fn top_level_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// The script hosts, with the daemon's overrides, and a cache of PATH look-ups.
+pub struct Hosts {
+    overrides: BTreeMap<String, Vec<String>>,
+    path: Vec<PathBuf>,
+}
+
+impl Hosts {
+    pub fn new(config: &Config) -> Hosts {
+        let path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        Hosts {
+            overrides: config.interpreters.clone(),
+            path,
+        }
+    }
+
+    fn default_host(&self, dir: &Path, file: &str, ext: &str) -> Vec<&'static str> {
+        match ext {
+            "sh" => vec!["bash"],
+            "py" => vec!["python3"],
+            "js" => vec!["node"],
+            "php" => vec!["php"],
+            "jar" => vec!["java", "-jar"],
+            "ps1" => vec!["pwsh", "-File"],
+            "dll" => vec!["dotnet"],
+            "exe" if is_elf(&dir.join(file)) => vec![],
+            "exe" if self.which("mono").is_some() => vec!["mono"],
+            _ => vec!["dotnet"],
+        }
+    }
+
+    /// Turns a chosen file into a [`Script`], or says which host is missing.
+    fn resolve(&self, dir: &Path, file: String, ext: Option<&str>) -> Result<Script, String> {
+        let host: Vec<String> = match ext {
+            None => Vec::new(),
+            Some(ext) => match self.overrides.get(ext) {
+                Some(argv) => argv.clone(),
+                None => self
+                    .default_host(dir, &file, ext)
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            },
+        };
+        let in_place_default = ext == Some("js");
+        if host.is_empty() {
+            if !is_executable(&dir.join(&file)) {
+                return Err(format!(
+                    "{file} is a native executable without the execute bit; run `chmod +x {file}`"
+                ));
+            }
+            return Ok(Script {
+                file,
+                host,
+                in_place_default,
+            });
+        }
+        let program = self.which(&host[0]).ok_or_else(|| {
+            let ext = ext.unwrap_or_default();
+            format!(
+                "{} not found on PATH; install it or set interpreters.{ext} in the daemon configuration (needed to run {file})",
+                host[0]
+            )
+        })?;
+        let mut host = host;
+        host[0] = program.to_string_lossy().into_owned();
+        Ok(Script {
+            file,
+            host,
+            in_place_default,
+        })
+    }
+
+    /// PATH look-up, as a shell would do it.
+    pub fn which(&self, program: &str) -> Option<PathBuf> {
+        if program.contains('/') {
+            let p = PathBuf::from(program);
+            return is_executable(&p).then_some(p);
+        }
+        self.path
+            .iter()
+            .map(|d| d.join(program))
+            .find(|p| is_executable(p))
+    }
+}
+
+/// A stable hash of what is in a job folder. `disable.job` is left out so that
+/// stopping and starting a job is not mistaken for a new version of it.
+fn fingerprint(dir: &Path, script_dir: &Path) -> u64 {
+    let mut entries: Vec<(PathBuf, u64)> = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(read) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in read.flatten() {
+            let path = entry.path();
+            if current == script_dir && entry.file_name() == DISABLE_FILE {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let mut h = fnv1a(&meta.size().to_le_bytes()) ^ meta.mtime_nsec() as u64;
+            h = h.wrapping_mul(31) ^ meta.mtime() as u64 ^ u64::from(meta.mode()) << 40;
+            if meta.is_symlink() {
+                h ^= std::fs::read_link(&path)
+                    .map(|t| fnv1a(t.as_os_str().as_encoded_bytes()))
+                    .unwrap_or(0);
+            } else if meta.is_dir() && entries.len() < 200_000 {
+                stack.push(path.clone());
+            }
+            entries.push((path, h));
+        }
+    }
+    entries.sort();
+    entries
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |acc, (path, h)| {
+            let rel = path.strip_prefix(dir).unwrap_or(path);
+            (acc ^ fnv1a(rel.as_os_str().as_encoded_bytes()) ^ h).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn touch(dir: &Path, name: &str) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join(name), "x").unwrap();
+    }
+    fn chosen(dir: &Path) -> String {
+        choose_script(dir).map(|(f, _)| f).unwrap_or_else(|e| e)
+    }
+
+    #[test]
+    fn job_names() {
+        for ok in ["a", "A1", "9lives", "my-job_2"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "_a", "a b", "a.b", "é", ".hidden"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn run_files_win_in_host_order() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["a.sh", "run.js", "run.py", "run.dll"] {
+            touch(d.path(), f);
+        }
+        assert_eq!(chosen(d.path()), "run.py");
+        touch(d.path(), "RUN.SH");
+        assert_eq!(chosen(d.path()), "RUN.SH");
+    }
+
+    #[test]
+    fn otherwise_first_supported_file_in_name_order() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["zeta.sh", "beta.py", "alpha.txt", "settings.job", "README"] {
+            touch(d.path(), f);
+        }
+        assert_eq!(chosen(d.path()), "beta.py");
+    }
+
+    #[test]
+    fn executable_run_without_extension() {
+        let d = tempfile::tempdir().unwrap();
+        touch(d.path(), "run");
+        touch(d.path(), "helper.sh");
+        assert_eq!(
+            chosen(d.path()),
+            "helper.sh",
+            "a non-executable `run` is not a script"
+        );
+        fs::set_permissions(d.path().join("run"), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(chosen(d.path()), "run");
+        touch(d.path(), "run.sh");
+        assert_eq!(chosen(d.path()), "run.sh");
+    }
+
+    #[test]
+    fn windows_scripts_are_refused_with_a_reason() {
+        let d = tempfile::tempdir().unwrap();
+        touch(d.path(), "run.cmd");
+        assert!(chosen(d.path()).contains(".cmd and .bat scripts cannot run on Linux"));
+        touch(d.path(), "job.js");
+        assert_eq!(chosen(d.path()), "job.js");
+    }
+
+    #[test]
+    fn nothing_runnable() {
+        let d = tempfile::tempdir().unwrap();
+        touch(d.path(), "notes.txt");
+        assert!(chosen(d.path()).starts_with("no runnable script"));
+    }
+
+    #[test]
+    fn single_sub_folder_descent() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a/b/c");
+        touch(&deep, "run.sh");
+        assert_eq!(descend(d.path()), deep);
+        touch(&d.path().join("a"), "other.txt");
+        assert_eq!(descend(d.path()), d.path().join("a"));
+    }
+
+    #[test]
+    fn fingerprint_ignores_disable_job_only() {
+        let d = tempfile::tempdir().unwrap();
+        touch(d.path(), "run.sh");
+        let before = fingerprint(d.path(), d.path());
+        touch(d.path(), DISABLE_FILE);
+        assert_eq!(fingerprint(d.path(), d.path()), before);
+        touch(d.path(), "lib.sh");
+        assert_ne!(fingerprint(d.path(), d.path()), before);
+    }
+
+    fn config_at(root: &Path) -> Config {
+        let sources = crate::config::Sources {
+            file: None,
+            root: Some(root.to_path_buf()),
+        };
+        Config::load_with_env(&sources, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn missing_interpreter_is_a_per_job_error() {
+        let d = tempfile::tempdir().unwrap();
+        let mut config = config_at(d.path());
+        config
+            .interpreters
+            .insert("py".into(), vec!["python-does-not-exist".into()]);
+        touch(&d.path().join("jobs/continuous/p"), "run.py");
+        touch(&d.path().join("jobs/continuous/s"), "run.sh");
+        let jobs = scan_all(&config);
+        assert_eq!(jobs.len(), 2);
+        let err = jobs[0].script.clone().unwrap_err();
+        assert!(
+            err.starts_with(
+                "python-does-not-exist not found on PATH; install it or set interpreters.py"
+            ),
+            "{err}"
+        );
+        assert!(jobs[1].script.as_ref().unwrap().host[0].ends_with("/bash"));
+    }
+
+    #[test]
+    fn discovery_ignores_loose_files_and_reports_bad_names() {
+        let d = tempfile::tempdir().unwrap();
+        let config = config_at(d.path());
+        touch(&d.path().join("jobs/triggered"), "loose.sh");
+        touch(&d.path().join("jobs/triggered/bad name"), "run.sh");
+        touch(&d.path().join("jobs/triggered/good"), "run.sh");
+        let jobs = scan_all(&config);
+        let names: Vec<&str> = jobs.iter().map(|j| j.key.name.as_str()).collect();
+        assert_eq!(names, ["bad name", "good"]);
+        assert!(jobs[0].errors()[0].contains("invalid job name"));
+        assert!(jobs[1].errors().is_empty());
+    }
+
+    #[test]
+    fn native_elf_exe_runs_directly_and_js_runs_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let config = config_at(d.path());
+        let job = d.path().join("jobs/continuous/n");
+        fs::create_dir_all(&job).unwrap();
+        fs::copy("/bin/true", job.join("tool.exe")).unwrap();
+        let def = scan_job(&config, &JobKey::new(JobKind::Continuous, "n")).unwrap();
+        let script = def.script.unwrap();
+        assert!(script.host.is_empty());
+        touch(&d.path().join("jobs/continuous/j"), "app.js");
+        let def = scan_job(&config, &JobKey::new(JobKind::Continuous, "j")).unwrap();
+        assert!(def.runnable().unwrap().in_place());
+    }
+}

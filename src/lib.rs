@@ -1,0 +1,33 @@
+//! webjobs: a Linux daemon that does what Azure App Service WebJobs do.
+//!
+//! Drop a script into `jobs/continuous/<name>/` or `jobs/triggered/<name>/` and
+//! it runs as a child process: continuous jobs are kept alive, triggered jobs
+//! run on demand or on a schedule; every line of output is stamped and kept in
+//! a log file per job or per run.
+//!
+//! Theory of operation: one [`supervisor`] task owns the job table. The
+//! [`watcher`] turns file events into debounced hints; the supervisor rescans
+//! the named jobs ([`jobs`], [`settings`]) and tells each job's actor
+//! ([`continuous`]) what changed. An actor owns its process ([`run`],
+//! [`process`]), its log ([`logs`], [`output`]) and its status file
+//! ([`status`]). Daemons sharing a data folder coordinate through kernel
+//! file locks ([`coordination`]). See `docs/architecture.md`.
+
+pub mod cli;
+pub mod config;
+pub mod continuous;
+pub mod coordination;
+pub mod daemon;
+pub mod jobs;
+pub mod logs;
+pub mod output;
+pub mod problems;
+pub mod process;
+pub mod run;
+pub mod schedule;
+pub mod settings;
+pub mod status;
+pub mod supervisor;
+pub mod systemd;
+pub mod watcher;
+pub mod workcopy;

@@ -1,0 +1,453 @@
+//! Job logs: the line format, splitting output into lines with bounded memory,
+//! and append-only log files with size rotation.
+//!
+//! Every line is `[<UTC time with ms>Z > <instance>: <LEVEL>] <text>`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What a line is: the job's stdout or stderr, or the daemon speaking about the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Error,
+    SysInfo,
+    SysWarn,
+    SysError,
+}
+
+impl Level {
+    pub fn label(self) -> &'static str {
+        match self {
+            Level::Info => "INFO",
+            Level::Error => "ERROR",
+            Level::SysInfo => "SYS INFO",
+            Level::SysWarn => "SYS WARN",
+            Level::SysError => "SYS ERROR",
+        }
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds: `2026-11-21T09:30:00.123Z`.
+pub fn format_time(t: SystemTime) -> String {
+    let mut out = [0u8; 24];
+    write_time(&mut out, t);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn write_time(out: &mut [u8; 24], t: SystemTime) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    let ms = since.subsec_millis();
+    let fields: [(usize, u64, usize); 7] = [
+        (0, y as u64, 4),
+        (5, m as u64, 2),
+        (8, d as u64, 2),
+        (11, rem / 3600, 2),
+        (14, rem % 3600 / 60, 2),
+        (17, rem % 60, 2),
+        (20, u64::from(ms), 3),
+    ];
+    out.copy_from_slice(b"0000-00-00T00:00:00.000Z");
+    for (at, mut value, width) in fields {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Builds line prefixes; the time part is re-rendered at most once per millisecond.
+#[derive(Debug, Clone)]
+pub struct Stamper {
+    instance: String,
+    last_ms: u128,
+    time: [u8; 24],
+}
+
+impl Stamper {
+    pub fn new(instance: &str) -> Stamper {
+        Stamper {
+            instance: instance.to_string(),
+            last_ms: u128::MAX,
+            time: [b'0'; 24],
+        }
+    }
+
+    /// Appends `[<time> > <instance>: <LEVEL>] ` to `out`.
+    pub fn prefix(&mut self, out: &mut Vec<u8>, level: Level, now: SystemTime) {
+        let ms = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        if ms != self.last_ms {
+            write_time(&mut self.time, now);
+            self.last_ms = ms;
+        }
+        out.push(b'[');
+        out.extend_from_slice(&self.time);
+        out.extend_from_slice(b" > ");
+        out.extend_from_slice(self.instance.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(level.label().as_bytes());
+        out.extend_from_slice(b"] ");
+    }
+}
+
+/// Appends `text` keeping it readable: valid UTF-8 as is, each invalid byte as
+/// `\xNN`, a trailing carriage return dropped, and no newline inside.
+pub fn push_readable(out: &mut Vec<u8>, text: &[u8]) {
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if let Ok(s) = std::str::from_utf8(text) {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    for chunk in text.utf8_chunks() {
+        out.extend_from_slice(chunk.valid().as_bytes());
+        for b in chunk.invalid() {
+            out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
+        }
+    }
+}
+
+/// Splits a byte stream into lines. Holds at most `max` bytes of an unfinished
+/// line; a longer line is emitted in pieces of `max` bytes (cut on a UTF-8
+/// character boundary where possible).
+#[derive(Debug)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+    max: usize,
+}
+
+impl LineSplitter {
+    pub fn new(max: usize) -> LineSplitter {
+        LineSplitter {
+            partial: Vec::new(),
+            max: max.max(4),
+        }
+    }
+
+    /// Feeds bytes; calls `emit` for every complete (or over-long) line.
+    pub fn feed(&mut self, mut chunk: &[u8], emit: &mut impl FnMut(&[u8])) {
+        while let Some(nl) = memchr::memchr(b'\n', chunk) {
+            let (line, rest) = (&chunk[..nl], &chunk[nl + 1..]);
+            if self.partial.is_empty() {
+                self.emit_bounded(line, emit);
+            } else {
+                self.push_partial(line, emit);
+                emit(&std::mem::take(&mut self.partial));
+            }
+            chunk = rest;
+        }
+        self.push_partial(chunk, emit);
+        if self.partial.capacity() > self.max.min(64 * 1024) && self.partial.is_empty() {
+            self.partial = Vec::new();
+        }
+    }
+
+    /// Emits what is left of an unfinished last line.
+    pub fn finish(&mut self, emit: &mut impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            emit(&std::mem::take(&mut self.partial));
+        }
+    }
+
+    fn emit_bounded(&mut self, mut line: &[u8], emit: &mut impl FnMut(&[u8])) {
+        while line.len() > self.max {
+            let cut = utf8_cut(line, self.max);
+            emit(&line[..cut]);
+            line = &line[cut..];
+        }
+        emit(line);
+    }
+
+    fn push_partial(&mut self, mut bytes: &[u8], emit: &mut impl FnMut(&[u8])) {
+        while self.partial.len() + bytes.len() > self.max {
+            let room = self.max - self.partial.len();
+            self.partial.extend_from_slice(&bytes[..room]);
+            let cut = utf8_cut(&self.partial, self.max);
+            let tail = self.partial.split_off(cut);
+            emit(&self.partial);
+            self.partial.clear();
+            self.partial.extend_from_slice(&tail);
+            bytes = &bytes[room..];
+        }
+        self.partial.extend_from_slice(bytes);
+    }
+}
+
+/// A cut point at most `max` bytes in that does not split a UTF-8 character
+/// (unless the data is not UTF-8 there anyway).
+fn utf8_cut(bytes: &[u8], max: usize) -> usize {
+    let max = max.min(bytes.len());
+    (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|&i| i > 0 && (i == bytes.len() || (bytes[i] & 0xC0) != 0x80))
+        .unwrap_or(max)
+}
+
+/// Rotation policy of a log file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rotation {
+    pub max_size: u64,
+    pub keep: u32,
+}
+
+/// An append-only log file with a write buffer and optional size rotation.
+/// Several daemons may append to the same file (shared data folder); rotation
+/// is done under a lock and noticed by the others.
+pub struct LogFile {
+    path: PathBuf,
+    file: Option<File>,
+    rotation: Option<Rotation>,
+    size: u64,
+    stamper: Stamper,
+    buf: Vec<u8>,
+}
+
+impl LogFile {
+    pub fn open(path: &Path, instance: &str, rotation: Option<Rotation>) -> io::Result<LogFile> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file: Some(file),
+            rotation,
+            size,
+            stamper: Stamper::new(instance),
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Buffers one line of job output (or any text) stamped with `now`.
+    pub fn line(&mut self, level: Level, text: &[u8], now: SystemTime) {
+        self.stamper.prefix(&mut self.buf, level, now);
+        push_readable(&mut self.buf, text);
+        self.buf.push(b'\n');
+    }
+
+    /// Writes one daemon line about the job, at once.
+    pub fn sys(&mut self, level: Level, text: &str) {
+        for line in text.lines() {
+            self.line(level, line.as_bytes(), SystemTime::now());
+        }
+        self.flush();
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes the buffer out; a write error is reported once on the daemon's log.
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write_buffer() {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write job log");
+        }
+        self.buf.clear();
+        if self.buf.capacity() > 256 * 1024 {
+            self.buf = Vec::new();
+        }
+    }
+
+    fn write_buffer(&mut self) -> io::Result<()> {
+        if let Some(rotation) = self.rotation
+            && self.size + self.buf.len() as u64 > rotation.max_size
+            && self.size > 0
+        {
+            self.rotate(rotation)?;
+        }
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            ),
+        };
+        file.write_all(&self.buf)?;
+        self.size += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Moves `job_log.txt` to `job_log.1.txt` (and so on), unless another
+    /// daemon already did, in which case only our handle is renewed.
+    fn rotate(&mut self, rotation: Rotation) -> io::Result<()> {
+        let lock_path = self.path.with_extension("lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io::Error::from(e))?;
+        let ours = self.file.as_ref().map(|f| f.metadata()).transpose()?;
+        let current = std::fs::metadata(&self.path).ok();
+        let same = matches!((&ours, &current), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev());
+        if same
+            && current
+                .as_ref()
+                .is_some_and(|m| m.len() >= rotation.max_size.min(self.size))
+        {
+            self.shift_rotated(rotation.keep)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn shift_rotated(&self, keep: u32) -> io::Result<()> {
+        if keep == 0 {
+            return std::fs::remove_file(&self.path);
+        }
+        for i in (1..keep).rev() {
+            let _ = std::fs::rename(rotated_path(&self.path, i), rotated_path(&self.path, i + 1));
+        }
+        std::fs::rename(&self.path, rotated_path(&self.path, 1))
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// `job_log.txt` → `job_log.<n>.txt`.
+pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.{n}{ext}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn time_format_is_rfc3339_utc_millis() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_253_400_123);
+        assert_eq!(format_time(t), "2026-11-21T09:30:00.123Z");
+        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(format_time(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn prefix_has_the_contract_format() {
+        let mut s = Stamper::new("a1b2c3");
+        let mut out = Vec::new();
+        s.prefix(
+            &mut out,
+            Level::SysWarn,
+            UNIX_EPOCH + Duration::from_millis(1_795_253_400_123),
+        );
+        assert_eq!(out, b"[2026-11-21T09:30:00.123Z > a1b2c3: SYS WARN] ");
+    }
+
+    #[test]
+    fn invalid_utf8_is_escaped_and_cr_dropped() {
+        let mut out = Vec::new();
+        push_readable(&mut out, b"ok \xff\xfe caf\xc3\xa9\r");
+        assert_eq!(String::from_utf8(out).unwrap(), "ok \\xFF\\xFE café");
+    }
+
+    fn split(max: usize, chunks: &[&[u8]]) -> Vec<String> {
+        let mut s = LineSplitter::new(max);
+        let mut lines = Vec::new();
+        let mut emit = |l: &[u8]| lines.push(String::from_utf8_lossy(l).into_owned());
+        for c in chunks {
+            s.feed(c, &mut emit);
+        }
+        s.finish(&mut emit);
+        lines
+    }
+
+    #[test]
+    fn lines_across_chunks() {
+        assert_eq!(split(100, &[b"a\nb", b"c\n", b"\nd"]), ["a", "bc", "", "d"]);
+    }
+
+    #[test]
+    fn long_lines_are_split_and_memory_stays_bounded() {
+        let mut s = LineSplitter::new(8);
+        let mut count = 0;
+        for _ in 0..1000 {
+            s.feed(&[b'x'; 5], &mut |l: &[u8]| {
+                assert_eq!(l.len(), 8);
+                count += 1;
+            });
+            assert!(s.partial.len() <= 8);
+        }
+        assert_eq!(
+            count, 624,
+            "the last full piece waits for more bytes or the end"
+        );
+        assert_eq!(split(4, &[b"abcdefghij\n"]), ["abcd", "efgh", "ij"]);
+    }
+
+    #[test]
+    fn split_does_not_cut_a_character() {
+        let lines = split(5, &["aaaé€b\n".as_bytes()]);
+        assert_eq!(lines, ["aaaé", "€b"]);
+    }
+
+    #[test]
+    fn rotation_keeps_the_configured_number_of_files() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("job_log.txt");
+        let mut log = LogFile::open(
+            &path,
+            "i",
+            Some(Rotation {
+                max_size: 200,
+                keep: 2,
+            }),
+        )
+        .unwrap();
+        for i in 0..40 {
+            log.sys(Level::SysInfo, &format!("line {i}"));
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= 200);
+        assert!(rotated_path(&path, 1).exists() && rotated_path(&path, 2).exists());
+        assert!(!rotated_path(&path, 3).exists());
+        let newest = std::fs::read_to_string(&path).unwrap();
+        assert!(newest.ends_with("SYS INFO] line 39\n"), "{newest}");
+    }
+}

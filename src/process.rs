@@ -1,0 +1,289 @@
+//! Job processes: one spawn recipe, one process group per run, and the means
+//! to find every process of a run, including those that left the group.
+//!
+//! The daemon is a child subreaper: a job's grandchildren that daemonize (and
+//! so leave its process group with `setsid`) are re-parented to the daemon, not
+//! to init. Every job process carries a marker in its environment
+//! (`WEBJOBS_RUN_MARKER`), so the daemon recognises them, now or after a crash.
+//! Tokio reaps the run leaders; [`reap_adopted`] reaps everything else.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+/// The environment variable that tags every process of a run.
+pub const MARKER_VAR: &str = "WEBJOBS_RUN_MARKER";
+
+/// What to execute.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub cwd: PathBuf,
+    /// Added to the daemon's own environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Value of [`MARKER_VAR`].
+    pub marker: String,
+}
+
+impl Command {
+    /// The command line as a user would type it (for log lines).
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.as_os_str())
+            .chain(self.args.iter().map(|a| a.as_os_str()))
+            .map(|a| shell_quote(&a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// A started run: the leader (also the process group id) and its output pipes.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    pub pid: Pid,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Pids that tokio owns (run leaders); the adopted-orphan reaper leaves them alone.
+static LEADERS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Prepares the daemon process: become a subreaper and clear the signal mask
+/// so that every thread, and so every job, starts with nothing blocked.
+pub fn init_daemon_process() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper; daemonizing grandchildren are found by their marker only");
+    }
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
+/// Starts `command` as the leader of a new process group, stdin from
+/// /dev/null, stdout and stderr into two fresh pipes.
+pub fn spawn(command: &Command) -> io::Result<Spawned> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    // A larger pipe lets a chatty job write on while the daemon is busy; best effort.
+    let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(256 * 1024));
+    let mut cmd = tokio::process::Command::new(&command.program);
+    cmd.args(&command.args)
+        .current_dir(&command.cwd)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .env(MARKER_VAR, &command.marker)
+        // systemd's variables are for the daemon, not for its jobs.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
+    let child = cmd.spawn()?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    leaders.insert(pid);
+    drop(leaders);
+    Ok(Spawned {
+        child,
+        pid: Pid::from_raw(pid),
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+/// Forgets a leader once tokio has reaped it.
+pub fn leader_reaped(pid: Pid) {
+    LEADERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pid.as_raw());
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let flags = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok((r, w))
+}
+
+/// Sends `signal` to every process of group `pgid`.
+pub fn signal_group(pgid: Pid, signal: Signal) {
+    match killpg(pgid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(pgid = pgid.as_raw(), %signal, error = %e, "cannot signal process group")
+        }
+    }
+}
+
+/// Whether any process (zombies included) is left in group `pgid`.
+pub fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+/// Processes adopted by the daemon (re-parented orphans) that belong to the run
+/// with `marker`: the grandchildren that escaped the group.
+pub fn escaped(marker: &str) -> Vec<Pid> {
+    let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    own_children()
+        .into_iter()
+        .filter(|pid| !leaders.contains(&pid.as_raw()))
+        .filter(|pid| marker_of(*pid).as_deref() == Some(marker))
+        .collect()
+}
+
+/// Signals each pid; they are processes we recognised by marker a moment ago.
+pub fn signal_all(pids: &[Pid], signal: Signal) {
+    for pid in pids {
+        let _ = kill(*pid, signal);
+    }
+}
+
+/// Direct children of the daemon, from `/proc/self/task/*/children`.
+fn own_children() -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .map(Pid::from_raw),
+            );
+        }
+    }
+    pids
+}
+
+/// The run marker in a process's environment, if readable.
+pub fn marker_of(pid: Pid) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{MARKER_VAR}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Reaps adopted orphans that have exited (never a run leader: tokio owns those).
+pub fn reap_adopted() {
+    let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
+    for pid in own_children() {
+        if leaders.contains(&pid.as_raw()) {
+            continue;
+        }
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+    }
+}
+
+/// Runs [`reap_adopted`] on every SIGCHLD, for the life of the daemon.
+pub fn spawn_reaper() -> io::Result<tokio::task::JoinHandle<()>> {
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    Ok(tokio::spawn(async move {
+        while sigchld.recv().await.is_some() {
+            reap_adopted();
+        }
+    }))
+}
+
+/// Every process on the machine whose marker starts with `prefix`: what a
+/// previous daemon left behind. A pid reused by an unrelated process carries
+/// no marker and is never matched.
+pub fn find_marked(prefix: &str) -> Vec<(Pid, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let marker = marker_of(Pid::from_raw(pid))?;
+            marker
+                .starts_with(prefix)
+                .then(|| (Pid::from_raw(pid), marker))
+        })
+        .collect()
+}
+
+/// The process group of `pid`, if it still exists.
+pub fn pgid_of(pid: Pid) -> Option<Pid> {
+    nix::unistd::getpgid(Some(pid)).ok()
+}
+
+/// A signal's name for log lines ("SIGKILL").
+pub fn signal_name(signal: i32) -> String {
+    Signal::try_from(signal)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {signal}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_for_display() {
+        let c = Command {
+            program: "/usr/bin/bash".into(),
+            args: vec!["run.sh".into(), "a b".into(), "it's".into()],
+            cwd: "/".into(),
+            env: vec![],
+            marker: String::new(),
+        };
+        assert_eq!(c.display(), "/usr/bin/bash run.sh 'a b' 'it'\\''s'");
+    }
+
+    #[tokio::test]
+    async fn spawn_makes_a_group_and_marks_the_environment() {
+        let c = Command {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "sleep 30 & wait".into()],
+            cwd: "/".into(),
+            env: vec![],
+            marker: "test-marker-xyz".into(),
+        };
+        init_daemon_process();
+        let mut s = spawn(&c).unwrap();
+        assert_eq!(pgid_of(s.pid), Some(s.pid));
+        assert_eq!(marker_of(s.pid).as_deref(), Some("test-marker-xyz"));
+        assert!(group_alive(s.pid));
+        signal_group(s.pid, Signal::SIGKILL);
+        s.child.wait().await.unwrap();
+        leader_reaped(s.pid);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while group_alive(s.pid) && std::time::Instant::now() < deadline {
+            reap_adopted();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!group_alive(s.pid));
+    }
+}

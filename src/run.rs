@@ -1,0 +1,279 @@
+//! One process run: spawn, capture, and the stop protocol that ends it only
+//! when no process of it is left.
+//!
+//! Stop protocol: create the shutdown file, SIGTERM the process group (and any
+//! escaped grandchild), wait up to the grace period, SIGKILL them, and wait
+//! until the group is empty. Output keeps flowing into the log meanwhile.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::logs::{Level, LogFile};
+use crate::output::Output;
+use crate::process::{self, Command};
+
+/// How long to wait for the pipes once every process we know of is gone:
+/// something outside our reach may still hold them.
+const PIPE_LEAK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long SIGKILLed processes may take to disappear before we report them.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running process group and its output.
+pub struct Run {
+    child: tokio::process::Child,
+    pub pid: Pid,
+    pub output: Output,
+    pub started: Instant,
+    pub marker: String,
+    shutdown_file: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Run {
+    /// Spawns `command`; the caller logs the start.
+    pub fn start(
+        command: &Command,
+        shutdown_file: PathBuf,
+        max_line: usize,
+    ) -> std::io::Result<Run> {
+        let spawned = process::spawn(command)?;
+        let output = Output::new(spawned.stdout, spawned.stderr, max_line)?;
+        Ok(Run {
+            child: spawned.child,
+            pid: spawned.pid,
+            output,
+            started: Instant::now(),
+            marker: command.marker.clone(),
+            shutdown_file,
+            exit: None,
+        })
+    }
+
+    /// Waits for the leader to exit, moving output to `log` meanwhile.
+    pub async fn wait_leader(&mut self, log: &mut LogFile) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        loop {
+            tokio::select! {
+                status = self.child.wait() => return self.leader_exited(status),
+                () = self.output.pump(log) => {}
+            }
+        }
+    }
+
+    fn leader_exited(&mut self, status: std::io::Result<ExitStatus>) -> ExitStatus {
+        let status = status.unwrap_or_else(|_| ExitStatus::from_raw(0x7f00));
+        process::leader_reaped(self.pid);
+        self.exit = Some(status);
+        status
+    }
+
+    /// Whether any process of this run is left (the group, or escaped grandchildren).
+    fn remaining(&self) -> (bool, Vec<Pid>) {
+        (
+            process::group_alive(self.pid),
+            process::escaped(&self.marker),
+        )
+    }
+
+    /// Ends whatever is left of the run after its leader exited by itself.
+    /// Returns true when leftovers had to be stopped.
+    pub async fn reap_leftovers(&mut self, log: &mut LogFile, grace: Duration) -> bool {
+        let (group, escaped) = self.remaining();
+        if !group && escaped.is_empty() {
+            self.drain(log).await;
+            return false;
+        }
+        log.sys(
+            Level::SysWarn,
+            "the main process exited but other processes of the job are still running; stopping them",
+        );
+        self.terminate(log, grace).await;
+        true
+    }
+
+    /// The full stop protocol. `why` goes into the log line.
+    pub async fn stop(&mut self, log: &mut LogFile, grace: Duration, why: &str) {
+        log.sys(
+            Level::SysInfo,
+            &format!(
+                "stopping ({why}): shutdown file created, SIGTERM sent to process group {}, waiting up to {}",
+                self.pid,
+                human(grace)
+            ),
+        );
+        self.terminate(log, grace).await;
+    }
+
+    async fn terminate(&mut self, log: &mut LogFile, grace: Duration) {
+        self.write_shutdown_file();
+        process::signal_group(self.pid, Signal::SIGTERM);
+        process::signal_all(&process::escaped(&self.marker), Signal::SIGTERM);
+        if !self.wait_gone(log, grace).await {
+            log.sys(
+                Level::SysWarn,
+                &format!(
+                    "still running after {}; sending SIGKILL to process group {}",
+                    human(grace),
+                    self.pid
+                ),
+            );
+            self.kill_all();
+            if !self.wait_gone(log, KILL_TIMEOUT).await {
+                let (_, escaped) = self.remaining();
+                log.sys(
+                    Level::SysError,
+                    &format!("processes of group {} (and {:?}) survived SIGKILL for {}; they may be stuck in the kernel", self.pid, escaped, human(KILL_TIMEOUT)),
+                );
+            }
+        }
+        self.drain(log).await;
+    }
+
+    fn kill_all(&self) {
+        process::signal_group(self.pid, Signal::SIGKILL);
+        process::signal_all(&process::escaped(&self.marker), Signal::SIGKILL);
+    }
+
+    /// Polls (briefly, only while stopping) until nothing of the run is left.
+    async fn wait_gone(&mut self, log: &mut LogFile, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut tick = Duration::from_millis(5);
+        loop {
+            if self.exit.is_some() {
+                process::reap_adopted();
+                let (group, escaped) = self.remaining();
+                if !group && escaped.is_empty() {
+                    return true;
+                }
+                // Late escapees get the same signal the group got.
+                process::signal_all(&escaped, Signal::SIGTERM);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            let sleep =
+                tokio::time::sleep_until((tokio::time::Instant::now() + tick).min(deadline));
+            tokio::select! {
+                status = self.child.wait(), if self.exit.is_none() => { self.leader_exited(status); }
+                () = self.output.pump(log) => {}
+                () = sleep => tick = (tick * 2).min(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Reads the pipes to their end, for a bounded time.
+    async fn drain(&mut self, log: &mut LogFile) {
+        let deadline = tokio::time::sleep(PIPE_LEAK_TIMEOUT);
+        tokio::pin!(deadline);
+        while self.output.is_open() {
+            tokio::select! {
+                () = self.output.pump(log) => {}
+                () = &mut deadline => break,
+            }
+        }
+        self.output.finish(log);
+        let _ = std::fs::remove_file(&self.shutdown_file);
+    }
+
+    fn write_shutdown_file(&self) {
+        if let Some(parent) = self.shutdown_file.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::write(
+            &self.shutdown_file,
+            crate::logs::format_time(std::time::SystemTime::now()),
+        );
+    }
+
+    /// How the leader ended, for log lines and status.
+    pub fn describe_exit(&self) -> String {
+        self.exit
+            .map(describe)
+            .unwrap_or_else(|| "still running".into())
+    }
+}
+
+/// "exit code 3" or "signal SIGKILL".
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {}", process::signal_name(sig)),
+        _ => "unknown status".into(),
+    }
+}
+
+/// `1.5s`, `2m`, `250ms`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Environment entries every job process gets (§4 of the contract).
+pub struct JobEnv<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub work_dir: &'a std::path::Path,
+    pub data_dir: &'a std::path::Path,
+    pub run_id: &'a str,
+    pub arguments: &'a str,
+    pub shutdown_file: &'a std::path::Path,
+}
+
+impl JobEnv<'_> {
+    pub fn vars(
+        &self,
+        extra: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<(OsString, OsString)> {
+        let mut vars: Vec<(OsString, OsString)> = extra
+            .iter()
+            .filter(|(k, _)| !k.starts_with("WEBJOBS_"))
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let ours = [
+            ("WEBJOBS_NAME", OsString::from(self.name)),
+            ("WEBJOBS_TYPE", self.kind.into()),
+            ("WEBJOBS_PATH", self.work_dir.into()),
+            ("WEBJOBS_DATA_PATH", self.data_dir.into()),
+            ("WEBJOBS_RUN_ID", self.run_id.into()),
+            ("WEBJOBS_COMMAND_ARGUMENTS", self.arguments.into()),
+            ("WEBJOBS_SHUTDOWN_FILE", self.shutdown_file.into()),
+        ];
+        vars.extend(ours.into_iter().map(|(k, v)| (OsString::from(k), v)));
+        vars
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_secs(5)), "5s");
+        assert_eq!(human(Duration::from_secs(120)), "2m");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+    }
+
+    #[test]
+    fn exit_descriptions() {
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exit code 3");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal SIGKILL");
+    }
+}

@@ -1,0 +1,505 @@
+//! `settings.job`: the per-job settings file, read and validated in one pass.
+//!
+//! WebJobs silently ignores a bad file; we never do. Every problem names the
+//! file, the key and what was expected; unknown keys are warnings.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::jobs::JobKind;
+use crate::problems::{Problem, Reader, parse_object};
+use crate::schedule::Schedule;
+
+/// The file name, in the job's script folder.
+pub const FILE_NAME: &str = "settings.job";
+
+/// What a triggered job does when a tick or request comes while a run is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    Skip,
+    Queue,
+    Replace,
+}
+
+/// Which missed schedule ticks run after the daemon was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    None,
+    /// The most recent missed tick, however old.
+    Last,
+    /// The most recent missed tick if at most this old (WebJobs: 10 minutes).
+    MaxAge(Duration),
+}
+
+/// `run_mode`, as newer WebJobs accept it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    Continuous,
+    Scheduled,
+    OnDemand,
+}
+
+/// Validated settings of one job, defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub schedule: Option<Schedule>,
+    pub is_singleton: bool,
+    pub stopping_wait_time: Duration,
+    /// `None` = the script host decides (`.js` runs in place).
+    pub is_in_place: Option<bool>,
+    pub timezone: Option<String>,
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub retries: u32,
+    pub retry_delay: Duration,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    pub restart_delay: Duration,
+    pub max_restart_delay: Duration,
+    pub env: BTreeMap<String, String>,
+    pub run_mode: RunMode,
+    /// The file's object as written, for the settings API.
+    pub raw: Map<String, Value>,
+}
+
+/// Settings with the warnings found while reading them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub warnings: Vec<Problem>,
+}
+
+const KNOWN_KEYS: &str = "schedule, is_singleton, stopping_wait_time, is_in_place, timezone, timeout, \
+    idle_timeout, retries, retry_delay, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode";
+
+impl Settings {
+    /// Defaults for a job without `settings.job`.
+    pub fn defaults(kind: JobKind) -> Settings {
+        Settings {
+            schedule: None,
+            is_singleton: false,
+            stopping_wait_time: Duration::from_secs(match kind {
+                JobKind::Continuous => 5,
+                JobKind::Triggered => 30,
+            }),
+            is_in_place: None,
+            timezone: None,
+            timeout: None,
+            idle_timeout: None,
+            retries: 0,
+            retry_delay: Duration::from_secs(60),
+            overlap: Overlap::Skip,
+            catch_up: CatchUp::MaxAge(Duration::from_secs(600)),
+            restart_delay: Duration::from_millis(500),
+            max_restart_delay: Duration::from_secs(60),
+            env: BTreeMap::new(),
+            run_mode: match kind {
+                JobKind::Continuous => RunMode::Continuous,
+                JobKind::Triggered => RunMode::OnDemand,
+            },
+            raw: Map::new(),
+        }
+    }
+}
+
+/// Reads `settings.job` in `dir` (defaults when it does not exist).
+pub fn load(dir: &Path, kind: JobKind) -> Result<Loaded, Vec<Problem>> {
+    let file = dir.join(FILE_NAME);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => parse(&file, &text, kind),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Loaded {
+            settings: Settings::defaults(kind),
+            warnings: Vec::new(),
+        }),
+        Err(e) => Err(vec![Problem {
+            file,
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }]),
+    }
+}
+
+/// Parses and validates the text of a `settings.job`.
+pub fn parse(file: &Path, text: &str, kind: JobKind) -> Result<Loaded, Vec<Problem>> {
+    let map = parse_object(file, text).map_err(|p| vec![p])?;
+    let mut s = Settings::defaults(kind);
+    let mut r = Reader::new(file, &map);
+    read_webjobs_keys(&mut r, &mut s);
+    read_extensions(&mut r, &mut s);
+    read_run_mode(&mut r, &mut s, kind);
+    let mut warnings = type_warnings(file, &map, kind);
+    for key in r.unknown_keys() {
+        warnings.push(Problem {
+            file: file.to_path_buf(),
+            key,
+            message: format!("unknown key, ignored (known keys: {KNOWN_KEYS})"),
+        });
+    }
+    let problems = r.into_problems();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    s.raw = map;
+    Ok(Loaded {
+        settings: s,
+        warnings,
+    })
+}
+
+fn read_webjobs_keys<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    if let Some(expr) = r.string("schedule") {
+        match Schedule::parse(expr) {
+            Ok(schedule) => s.schedule = Some(schedule),
+            Err(e) => r.problem("schedule", e.to_string()),
+        }
+    }
+    if let Some(b) = r.bool("is_singleton") {
+        s.is_singleton = b;
+    }
+    if let Some(n) = r.integer("stopping_wait_time", 0, 86_400 * 7) {
+        s.stopping_wait_time = Duration::from_secs(n);
+    }
+    if let Some(b) = r.bool("is_in_place") {
+        s.is_in_place = Some(b);
+    }
+}
+
+fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    if let Some(tz) = r.string("timezone") {
+        match jiff::tz::TimeZone::get(tz) {
+            Ok(_) => s.timezone = Some(tz.to_string()),
+            Err(_) => r.problem(
+                "timezone",
+                format!(
+                    "unknown time zone \"{tz}\" (expected an IANA name such as \"Europe/Paris\")"
+                ),
+            ),
+        }
+    }
+    s.timeout = positive(r, "timeout");
+    s.idle_timeout = positive(r, "idle_timeout");
+    if let Some(n) = r.integer("retries", 0, 1000) {
+        s.retries = n as u32;
+    }
+    if let Some(d) = r.seconds("retry_delay") {
+        s.retry_delay = d;
+    }
+    s.overlap = match r.choice("overlap", &["skip", "queue", "replace"]) {
+        Some("queue") => Overlap::Queue,
+        Some("replace") => Overlap::Replace,
+        _ => Overlap::Skip,
+    };
+    read_catch_up(r, s);
+    if let Some(d) = r.seconds("restart_delay") {
+        s.restart_delay = d;
+    }
+    if let Some(d) = r.seconds("max_restart_delay") {
+        s.max_restart_delay = d;
+    }
+    if s.max_restart_delay < s.restart_delay && r.value("max_restart_delay").is_some() {
+        r.problem(
+            "max_restart_delay",
+            "must not be smaller than restart_delay",
+        );
+    }
+    read_env(r, s);
+}
+
+/// A duration that must be above zero when given.
+fn positive<'a>(r: &mut Reader<'a>, key: &'a str) -> Option<Duration> {
+    let d = r.seconds(key)?;
+    if d.is_zero() {
+        r.problem(
+            key,
+            "expected a number of seconds above 0 (leave the key out for no limit)",
+        );
+        return None;
+    }
+    Some(d)
+}
+
+fn read_catch_up<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    let Some(value) = r.value("catch_up") else {
+        return;
+    };
+    s.catch_up = match value {
+        Value::String(v) if v == "none" => CatchUp::None,
+        Value::String(v) if v == "last" => CatchUp::Last,
+        Value::Number(_) => match r.seconds("catch_up") {
+            Some(d) => CatchUp::MaxAge(d),
+            None => return,
+        },
+        _ => {
+            r.problem(
+                "catch_up",
+                format!("expected \"none\", \"last\" or a maximum age in seconds, found {value}"),
+            );
+            return;
+        }
+    };
+}
+
+fn read_env<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    let Some(map) = r.object("env") else { return };
+    for (name, value) in map {
+        let key = format!("env.{name}");
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            r.problem(
+                &key,
+                "an environment variable name cannot be empty or contain `=`",
+            );
+            continue;
+        }
+        if name.starts_with("WEBJOBS_") {
+            r.problem(
+                &key,
+                "names starting with WEBJOBS_ are set by the daemon and cannot be overridden",
+            );
+            continue;
+        }
+        let text = match value {
+            Value::String(v) => v.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                r.problem(
+                    &key,
+                    format!(
+                        "expected a string, found {}",
+                        crate::problems::kind_of(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        if text.contains('\0') {
+            r.problem(&key, "a value cannot contain a NUL character");
+            continue;
+        }
+        s.env.insert(name.clone(), text);
+    }
+}
+
+fn read_run_mode<'a>(r: &mut Reader<'a>, s: &mut Settings, kind: JobKind) {
+    let mode = match r.choice("run_mode", &["continuous", "scheduled", "on_demand"]) {
+        Some("continuous") => RunMode::Continuous,
+        Some("scheduled") => RunMode::Scheduled,
+        Some("on_demand") => RunMode::OnDemand,
+        _ => {
+            if kind == JobKind::Triggered && s.schedule.is_some() {
+                s.run_mode = RunMode::Scheduled;
+            }
+            return;
+        }
+    };
+    match (kind, mode) {
+        (JobKind::Continuous, RunMode::Continuous) | (JobKind::Triggered, RunMode::OnDemand) => {}
+        (JobKind::Triggered, RunMode::Scheduled) if s.schedule.is_some() => {}
+        (JobKind::Triggered, RunMode::Scheduled) => {
+            r.problem("run_mode", "\"scheduled\" needs a `schedule` key");
+        }
+        (JobKind::Continuous, _) => r.problem(
+            "run_mode",
+            format!("this job is in jobs/continuous/, so run_mode must be \"continuous\"; move it to jobs/triggered/ to run it {}", if mode == RunMode::Scheduled { "on a schedule" } else { "on demand" }),
+        ),
+        (JobKind::Triggered, RunMode::Continuous) => r.problem(
+            "run_mode",
+            "this job is in jobs/triggered/, so run_mode cannot be \"continuous\"; move it to jobs/continuous/",
+        ),
+    }
+    s.run_mode = mode;
+}
+
+/// Keys that are valid but mean nothing for this kind of job.
+fn type_warnings(file: &Path, map: &Map<String, Value>, kind: JobKind) -> Vec<Problem> {
+    let ignored: &[&str] = match kind {
+        JobKind::Continuous => &[
+            "schedule",
+            "timeout",
+            "idle_timeout",
+            "retries",
+            "retry_delay",
+            "overlap",
+            "catch_up",
+            "timezone",
+        ],
+        JobKind::Triggered => &["is_singleton", "restart_delay", "max_restart_delay"],
+    };
+    ignored
+        .iter()
+        .filter(|k| map.contains_key(**k))
+        .map(|k| Problem {
+            file: file.to_path_buf(),
+            key: k.to_string(),
+            message: format!("has no effect on a {} job, ignored", kind.as_str()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_c(text: &str) -> Result<Loaded, Vec<Problem>> {
+        parse(
+            Path::new("jobs/continuous/a/settings.job"),
+            text,
+            JobKind::Continuous,
+        )
+    }
+    fn parse_t(text: &str) -> Result<Loaded, Vec<Problem>> {
+        parse(
+            Path::new("jobs/triggered/a/settings.job"),
+            text,
+            JobKind::Triggered,
+        )
+    }
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_follow_webjobs() {
+        assert_eq!(
+            Settings::defaults(JobKind::Continuous).stopping_wait_time,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            Settings::defaults(JobKind::Triggered).stopping_wait_time,
+            Duration::from_secs(30)
+        );
+        let s = parse_c("{}").unwrap().settings;
+        assert!(!s.is_singleton);
+        assert_eq!(s.is_in_place, None);
+    }
+
+    #[test]
+    fn all_keys_are_read() {
+        let t = parse_t(
+            r#"{"schedule": "0 */15 * * * *", "stopping_wait_time": 10, "is_in_place": true,
+                "timezone": "Europe/Paris", "timeout": 90, "idle_timeout": 30.5, "retries": 2,
+                "retry_delay": 5, "overlap": "queue", "catch_up": "last", "env": {"A": "1", "B": 2},
+                "run_mode": "scheduled"}"#,
+        )
+        .unwrap();
+        let s = t.settings;
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        assert_eq!(s.stopping_wait_time, Duration::from_secs(10));
+        assert_eq!(s.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(s.idle_timeout, Some(Duration::from_millis(30_500)));
+        assert_eq!(
+            (s.retries, s.overlap, s.catch_up),
+            (2, Overlap::Queue, CatchUp::Last)
+        );
+        assert_eq!(s.env["B"], "2");
+        assert_eq!(s.run_mode, RunMode::Scheduled);
+        let c =
+            parse_c(r#"{"is_singleton": true, "restart_delay": 0.25, "max_restart_delay": 10}"#)
+                .unwrap();
+        assert!(c.settings.is_singleton);
+        assert_eq!(c.settings.restart_delay, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn invalid_json_names_the_position() {
+        let e = parse_c("{\"is_singleton\": tru}").unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].message.starts_with("invalid JSON at line 1"),
+            "{}",
+            e[0].message
+        );
+        assert!(
+            e[0].to_string()
+                .starts_with("jobs/continuous/a/settings.job: ")
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_errors_not_silently_ignored() {
+        let e = parse_c(
+            r#"{"is_singleton": "true", "stopping_wait_time": "60", "is_in_place": 1, "env": []}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&e),
+            vec!["is_singleton", "stopping_wait_time", "is_in_place", "env"]
+        );
+        assert!(
+            e[1].message.contains("found a string (\"60\")"),
+            "{}",
+            e[1].message
+        );
+    }
+
+    #[test]
+    fn negative_and_fractional_times_are_errors() {
+        let e = parse_c(r#"{"stopping_wait_time": -1, "restart_delay": -0.5}"#).unwrap_err();
+        assert_eq!(keys(&e), vec!["stopping_wait_time", "restart_delay"]);
+        let e = parse_c(r#"{"stopping_wait_time": 2.5}"#).unwrap_err();
+        assert!(e[0].message.contains("whole number"));
+        let e = parse_t(r#"{"timeout": 0}"#).unwrap_err();
+        assert!(e[0].message.contains("above 0"));
+    }
+
+    #[test]
+    fn bad_schedule_names_the_field() {
+        let e = parse_t(r#"{"schedule": "0 61 * * * *"}"#).unwrap_err();
+        assert_eq!(e[0].key, "schedule");
+        assert!(e[0].message.contains("minute"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn bad_enums_list_the_choices() {
+        let e = parse_t(r#"{"overlap": "parallel", "catch_up": true, "run_mode": "sometimes", "timezone": "Nowhere/City"}"#).unwrap_err();
+        assert_eq!(
+            keys(&e),
+            vec!["timezone", "overlap", "catch_up", "run_mode"]
+        );
+        assert!(e[1].message.contains("\"skip\", \"queue\" or \"replace\""));
+    }
+
+    #[test]
+    fn run_mode_must_agree_with_the_folder() {
+        let e = parse_c(r#"{"run_mode": "on_demand"}"#).unwrap_err();
+        assert!(e[0].message.contains("jobs/continuous/"));
+        assert!(
+            parse_t(r#"{"run_mode": "scheduled"}"#).unwrap_err()[0]
+                .message
+                .contains("schedule")
+        );
+        assert!(parse_t(r#"{"run_mode": "continuous"}"#).is_err());
+    }
+
+    #[test]
+    fn unknown_and_inapplicable_keys_are_warnings() {
+        let l = parse_c(r#"{"is_singelton": true, "schedule": "0 * * * * *"}"#).unwrap();
+        let w = keys(&l.warnings);
+        assert!(
+            w.contains(&"is_singelton") && w.contains(&"schedule"),
+            "{w:?}"
+        );
+        assert!(!l.settings.is_singleton);
+    }
+
+    #[test]
+    fn env_names_and_values_are_checked() {
+        let e = parse_c(r#"{"env": {"A=B": "x", "C": null, "D": {"x": 1}, "WEBJOBS_NAME": "x"}}"#)
+            .unwrap_err();
+        assert_eq!(
+            keys(&e),
+            vec!["env.A=B", "env.C", "env.D", "env.WEBJOBS_NAME"]
+        );
+    }
+
+    #[test]
+    fn restart_delays_must_be_ordered() {
+        let e = parse_c(r#"{"restart_delay": 10, "max_restart_delay": 5}"#).unwrap_err();
+        assert_eq!(keys(&e), vec!["max_restart_delay"]);
+    }
+}

@@ -1,0 +1,139 @@
+//! Persisted status of continuous jobs: `status_<instance>` in the job's data
+//! folder, one file per daemon, rewritten whole (atomically) on every change.
+//! Client commands read these files; they survive the daemon.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A continuous job's status, as WebJobs names them (plus `Invalid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobStatus {
+    Initializing,
+    Starting,
+    Running,
+    PendingRestart,
+    Stopping,
+    Stopped,
+    InactiveInstance,
+    Invalid,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Initializing => "Initializing",
+            JobStatus::Starting => "Starting",
+            JobStatus::Running => "Running",
+            JobStatus::PendingRestart => "PendingRestart",
+            JobStatus::Stopping => "Stopping",
+            JobStatus::Stopped => "Stopped",
+            JobStatus::InactiveInstance => "InactiveInstance",
+            JobStatus::Invalid => "Invalid",
+        }
+    }
+}
+
+/// What one daemon says about one continuous job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContinuousStatus {
+    pub status: JobStatus,
+    pub instance: String,
+    /// Process id (= process group id) of the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// When the current process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the next restart is due (PendingRestart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart: Option<String>,
+    /// Restarts since the job was (re)loaded.
+    #[serde(default)]
+    pub restarts: u32,
+    /// How the last process ended ("exit code 1", "signal SIGKILL").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// Why the job cannot run, or why its new configuration was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it is stopped (Stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub updated: String,
+}
+
+impl ContinuousStatus {
+    pub fn new(instance: &str) -> ContinuousStatus {
+        ContinuousStatus {
+            status: JobStatus::Initializing,
+            instance: instance.to_string(),
+            pid: None,
+            start_time: None,
+            next_restart: None,
+            restarts: 0,
+            last_exit: None,
+            error: None,
+            reason: None,
+            warnings: Vec::new(),
+            updated: crate::logs::format_time(std::time::SystemTime::now()),
+        }
+    }
+}
+
+/// `status_<instance>` in `dir`.
+pub fn status_path(dir: &Path, instance: &str) -> PathBuf {
+    dir.join(format!("status_{instance}"))
+}
+
+/// Writes the status file atomically (temporary file, then rename).
+pub fn write(dir: &Path, status: &ContinuousStatus) -> io::Result<()> {
+    let path = status_path(dir, &status.instance);
+    let tmp = dir.join(format!(".status_{}.tmp", status.instance));
+    let mut text = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
+    text.push(b'\n');
+    if let Err(e) = std::fs::write(&tmp, &text) {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&tmp, &text)?;
+    }
+    std::fs::rename(&tmp, &path)
+}
+
+/// Every instance's status for the job whose data folder is `dir`.
+pub fn read_all(dir: &Path) -> Vec<ContinuousStatus> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut all: Vec<ContinuousStatus> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("status_"))
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect();
+    all.sort_by(|a, b| a.instance.cmp(&b.instance));
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_webjobs_key_names() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("jobs/continuous/a");
+        let mut s = ContinuousStatus::new("abc123");
+        s.status = JobStatus::PendingRestart;
+        s.next_restart = Some("2026-11-21T09:30:01.000Z".into());
+        write(&dir, &s).unwrap();
+        let text = std::fs::read_to_string(status_path(&dir, "abc123")).unwrap();
+        assert!(text.contains("\"Status\": \"PendingRestart\""), "{text}");
+        assert_eq!(read_all(&dir), vec![s]);
+    }
+}

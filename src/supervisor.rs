@@ -1,0 +1,253 @@
+//! The supervisor: the one task that owns the job table. It reacts to file
+//! changes, configuration reloads and shutdown, and tells each job's actor
+//! what changed. Nothing else holds job state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::continuous::{self, Control};
+use crate::coordination::Coordinator;
+use crate::jobs::{self, JobDef, JobKey, JobKind};
+
+/// What every job actor needs to know about this daemon.
+#[derive(Debug)]
+pub struct Shared {
+    pub instance: String,
+    /// Prefix of every run marker this daemon hands out (see [`crate::process::MARKER_VAR`]).
+    pub marker_prefix: String,
+    pub coordinator: Coordinator,
+}
+
+impl Shared {
+    /// The marker of one run of `key`.
+    pub fn marker(&self, key: &JobKey, nonce: &str) -> String {
+        format!(
+            "{}{}/{}/{nonce}",
+            self.marker_prefix,
+            key.kind.as_str(),
+            key.name
+        )
+    }
+}
+
+/// Which jobs may have changed on disk.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub jobs: BTreeSet<JobKey>,
+    /// Rescan everything (watcher overflow or error, a whole kind folder changed).
+    pub full: bool,
+}
+
+/// Requests to the supervisor.
+#[derive(Debug)]
+pub enum Event {
+    Changed(Changes),
+    Reload(Arc<Config>),
+    /// Answered when the supervisor loop is responsive (systemd watchdog).
+    Ping(oneshot::Sender<()>),
+}
+
+struct Entry {
+    def: Arc<JobDef>,
+    actor: Option<continuous::Handle>,
+}
+
+/// Owns the job table.
+pub struct Supervisor {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    jobs: BTreeMap<JobKey, Entry>,
+    tasks: JoinSet<()>,
+    reloads: u64,
+}
+
+impl Supervisor {
+    pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Supervisor {
+        Supervisor {
+            config,
+            shared,
+            jobs: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            reloads: 0,
+        }
+    }
+
+    /// Loads every job and starts the continuous ones.
+    pub async fn load(&mut self) {
+        let config = self.config.clone();
+        let defs = tokio::task::spawn_blocking(move || jobs::scan_all(&config))
+            .await
+            .unwrap_or_default();
+        tracing::info!(jobs = defs.len(), "jobs loaded");
+        for def in defs {
+            self.upsert(def);
+        }
+    }
+
+    /// Serves events until `shutdown` completes, then stops every job.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                event = events.recv() => match event {
+                    Some(Event::Changed(changes)) => self.on_changes(changes).await,
+                    Some(Event::Reload(config)) => self.on_reload(config).await,
+                    Some(Event::Ping(reply)) => { let _ = reply.send(()); }
+                    None => break,
+                },
+                Some(result) = self.tasks.join_next() => {
+                    if let Err(e) = result { tracing::error!(error = %e, "a job actor failed"); }
+                }
+            }
+        }
+        self.stop_all().await;
+    }
+
+    async fn on_changes(&mut self, changes: Changes) {
+        self.reloads += 1;
+        let config = self.config.clone();
+        let known: Vec<JobKey> = self.jobs.keys().cloned().collect();
+        let scanned = tokio::task::spawn_blocking(move || rescan(&config, &changes, &known))
+            .await
+            .unwrap_or_default();
+        let changed = scanned
+            .iter()
+            .filter(|(key, def)| self.differs(key, def.as_ref()))
+            .count();
+        tracing::info!(
+            reload = self.reloads,
+            scanned = scanned.len(),
+            changed,
+            "reload"
+        );
+        for (key, def) in scanned {
+            match def {
+                Some(def) => self.upsert(def),
+                None => self.remove(&key),
+            }
+        }
+    }
+
+    async fn on_reload(&mut self, config: Arc<Config>) {
+        tracing::info!("configuration reloaded");
+        if config.jobs_dir != self.config.jobs_dir || config.data_dir != self.config.data_dir {
+            tracing::warn!("jobs_dir and data_dir changes take effect at the next start");
+        }
+        self.config = Arc::new(Config {
+            jobs_dir: self.config.jobs_dir.clone(),
+            data_dir: self.config.data_dir.clone(),
+            temp_dir: self.config.temp_dir.clone(),
+            instance_id: self.config.instance_id.clone(),
+            ..(*config).clone()
+        });
+        let keys = self.jobs.keys().cloned().collect();
+        self.on_changes(Changes {
+            jobs: keys,
+            full: true,
+        })
+        .await;
+        for entry in self.jobs.values() {
+            if let Some(actor) = &entry.actor {
+                actor.send(Control::Update {
+                    def: entry.def.clone(),
+                    config: self.config.clone(),
+                });
+            }
+        }
+    }
+
+    fn differs(&self, key: &JobKey, def: Option<&JobDef>) -> bool {
+        match (self.jobs.get(key), def) {
+            (Some(entry), Some(def)) => *entry.def != *def,
+            (None, None) => false,
+            _ => true,
+        }
+    }
+
+    /// Adds a job or passes its new definition to its actor.
+    fn upsert(&mut self, def: JobDef) {
+        let key = def.key.clone();
+        if let Some(entry) = self.jobs.get_mut(&key) {
+            if *entry.def == def {
+                return;
+            }
+            entry.def = Arc::new(def);
+            if let Some(actor) = &entry.actor {
+                actor.send(Control::Update {
+                    def: entry.def.clone(),
+                    config: self.config.clone(),
+                });
+            }
+            return;
+        }
+        let def = Arc::new(def);
+        let actor = (key.kind == JobKind::Continuous).then(|| {
+            continuous::spawn(
+                def.clone(),
+                self.config.clone(),
+                self.shared.clone(),
+                &mut self.tasks,
+            )
+        });
+        self.jobs.insert(key, Entry { def, actor });
+    }
+
+    fn remove(&mut self, key: &JobKey) {
+        if let Some(entry) = self.jobs.remove(key)
+            && let Some(actor) = entry.actor
+        {
+            tracing::info!(job = %key, "job removed");
+            actor.send(Control::Shutdown {
+                why: "the job folder was removed",
+            });
+        }
+    }
+
+    /// Stops every job by the stop protocol (all at once) and waits for them.
+    async fn stop_all(&mut self) {
+        tracing::info!(jobs = self.jobs.len(), "stopping all jobs");
+        for entry in self.jobs.values() {
+            if let Some(actor) = &entry.actor {
+                actor.send(Control::Shutdown {
+                    why: "daemon stopping",
+                });
+            }
+        }
+        self.jobs.clear();
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "a job actor failed while stopping");
+            }
+        }
+    }
+}
+
+/// Reads the jobs named in `changes` (or all of them) from disk.
+fn rescan(config: &Config, changes: &Changes, known: &[JobKey]) -> Vec<(JobKey, Option<JobDef>)> {
+    let mut keys: BTreeSet<JobKey> = changes.jobs.clone();
+    if changes.full {
+        keys.extend(known.iter().cloned());
+        for kind in JobKind::ALL {
+            keys.extend(
+                jobs::job_names(config, kind)
+                    .into_iter()
+                    .map(|n| JobKey::new(kind, n)),
+            );
+        }
+    }
+    keys.into_iter()
+        .map(|key| {
+            let def = jobs::scan_job(config, &key);
+            (key, def)
+        })
+        .collect()
+}

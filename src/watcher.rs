@@ -1,0 +1,268 @@
+//! Watching the jobs folder: inotify events are hints about which jobs may
+//! have changed; after a quiet period (debounce) the supervisor rescans just
+//! those jobs. Any sign of lost events means a full rescan.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use notify::{Event as FsEvent, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{Notify, mpsc};
+
+use crate::jobs::{JobKey, JobKind};
+use crate::supervisor::{Changes, Event};
+
+/// Hints queued between the watcher thread and the debouncer.
+const QUEUE: usize = 4096;
+/// A stream of changes that never goes quiet still reloads this often.
+const MAX_DELAY_FACTOR: u32 = 10;
+
+/// Why the jobs folder cannot be watched.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(
+        "the inotify watch limit is reached while watching {path}; raise it with `sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it)"
+    )]
+    TooManyWatches { path: PathBuf },
+    #[error(
+        "too many inotify instances or open files while watching {path}; raise `sysctl fs.inotify.max_user_instances` or the open-file limit (LimitNOFILE=)"
+    )]
+    TooManyHandles { path: PathBuf },
+    #[error("cannot watch {path}: {source}")]
+    Other {
+        path: PathBuf,
+        source: notify::Error,
+    },
+}
+
+impl WatchError {
+    fn from_notify(path: &Path, e: notify::Error) -> WatchError {
+        let path = path.to_path_buf();
+        match &e.kind {
+            notify::ErrorKind::MaxFilesWatch => WatchError::TooManyWatches { path },
+            notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => {
+                WatchError::TooManyWatches { path }
+            }
+            notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
+                WatchError::TooManyHandles { path }
+            }
+            _ => WatchError::Other { path, source: e },
+        }
+    }
+}
+
+/// Hints from the watcher thread.
+enum Hint {
+    Job(JobKey),
+    Full,
+}
+
+/// Keeps the watch alive; dropping it stops watching.
+pub struct WatchGuard {
+    _watcher: Box<dyn Watcher + Send>,
+    _debouncer: tokio::task::JoinHandle<()>,
+}
+
+/// Watches `jobs_dir` and sends debounced [`Event::Changed`] to the supervisor.
+/// When inotify cannot be used (limits), falls back to polling every 2 s and
+/// says so.
+pub fn watch(
+    jobs_dir: &Path,
+    debounce: Duration,
+    events: mpsc::Sender<Event>,
+) -> Result<WatchGuard, WatchError> {
+    let (tx, rx) = mpsc::channel::<Hint>(QUEUE);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(Notify::new());
+    let handler = {
+        let root = jobs_dir.to_path_buf();
+        let (overflow, wake) = (overflow.clone(), wake.clone());
+        move |result: notify::Result<FsEvent>| {
+            let hints = match result {
+                Ok(event) => hints_for(&root, &event),
+                Err(e) => {
+                    tracing::warn!(error = %e, "file watcher error; rescanning all jobs");
+                    vec![Hint::Full]
+                }
+            };
+            for hint in hints {
+                if tx.try_send(hint).is_err() {
+                    overflow.store(true, Ordering::Release);
+                    wake.notify_one();
+                }
+            }
+        }
+    };
+    let watcher = start_watcher(jobs_dir, handler)?;
+    let debouncer = tokio::spawn(debounce_loop(rx, overflow, wake, debounce, events));
+    Ok(WatchGuard {
+        _watcher: watcher,
+        _debouncer: debouncer,
+    })
+}
+
+fn start_watcher<F>(jobs_dir: &Path, handler: F) -> Result<Box<dyn Watcher + Send>, WatchError>
+where
+    F: notify::EventHandler + Clone,
+{
+    let inotify = RecommendedWatcher::new(handler.clone(), notify::Config::default())
+        .and_then(|mut w| w.watch(jobs_dir, RecursiveMode::Recursive).map(|()| w));
+    match inotify {
+        Ok(w) => Ok(Box::new(w)),
+        Err(e) => {
+            let err = WatchError::from_notify(jobs_dir, e);
+            if matches!(err, WatchError::Other { .. }) {
+                return Err(err);
+            }
+            tracing::error!(
+                "{err}; falling back to polling the jobs folder every 2s until restarted"
+            );
+            let config = notify::Config::default().with_poll_interval(Duration::from_secs(2));
+            let mut poll = notify::PollWatcher::new(handler, config)
+                .map_err(|e| WatchError::from_notify(jobs_dir, e))?;
+            poll.watch(jobs_dir, RecursiveMode::Recursive)
+                .map_err(|e| WatchError::from_notify(jobs_dir, e))?;
+            Ok(Box::new(poll))
+        }
+    }
+}
+
+/// Maps a file event to the jobs it may concern.
+fn hints_for(root: &Path, event: &FsEvent) -> Vec<Hint> {
+    if event.need_rescan() {
+        return vec![Hint::Full];
+    }
+    if matches!(event.kind, EventKind::Access(_)) {
+        return Vec::new();
+    }
+    event
+        .paths
+        .iter()
+        .filter_map(|p| hint_for_path(root, p))
+        .collect()
+}
+
+fn hint_for_path(root: &Path, path: &Path) -> Option<Hint> {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return Some(Hint::Full);
+    };
+    let mut parts = rel.components().filter_map(|c| match c {
+        Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+        _ => None,
+    });
+    let Some(kind) = parts.next() else {
+        return Some(Hint::Full);
+    };
+    let kind = JobKind::parse(&kind)?;
+    match parts.next() {
+        Some(name) => Some(Hint::Job(JobKey::new(kind, name))),
+        None => Some(Hint::Full),
+    }
+}
+
+/// Collects hints until nothing new arrives for `quiet`, then sends one batch.
+async fn debounce_loop(
+    mut rx: mpsc::Receiver<Hint>,
+    overflow: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    quiet: Duration,
+    events: mpsc::Sender<Event>,
+) {
+    loop {
+        let mut changes = Changes::default();
+        tokio::select! {
+            hint = rx.recv() => match hint {
+                Some(hint) => add(&mut changes, hint),
+                None => return,
+            },
+            () = wake.notified() => {}
+        }
+        let latest = tokio::time::Instant::now() + quiet * MAX_DELAY_FACTOR;
+        loop {
+            let until = (tokio::time::Instant::now() + quiet).min(latest);
+            tokio::select! {
+                hint = rx.recv() => match hint {
+                    Some(hint) => add(&mut changes, hint),
+                    None => return,
+                },
+                () = wake.notified() => {}
+                () = tokio::time::sleep_until(until) => break,
+            }
+        }
+        if overflow.swap(false, Ordering::AcqRel) {
+            tracing::warn!("file events were lost (queue full); rescanning all jobs");
+            changes.full = true;
+        }
+        if events.send(Event::Changed(changes)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn add(changes: &mut Changes, hint: Hint) {
+    match hint {
+        Hint::Job(key) => {
+            changes.jobs.insert(key);
+        }
+        Hint::Full => changes.full = true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(path: &str) -> Option<String> {
+        hint_for_path(Path::new("/j"), Path::new(path)).map(|h| match h {
+            Hint::Job(k) => k.to_string(),
+            Hint::Full => "full".into(),
+        })
+    }
+
+    #[test]
+    fn events_map_to_jobs() {
+        assert_eq!(
+            hint("/j/continuous/a/run.sh").as_deref(),
+            Some("continuous/a")
+        );
+        assert_eq!(
+            hint("/j/triggered/b/x/y/z.py").as_deref(),
+            Some("triggered/b")
+        );
+        assert_eq!(hint("/j/continuous").as_deref(), Some("full"));
+        assert_eq!(hint("/j").as_deref(), Some("full"));
+        assert_eq!(hint("/j/other/a"), None);
+        assert_eq!(hint("/elsewhere/x").as_deref(), Some("full"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_settles_into_one_batch() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (etx, mut erx) = mpsc::channel(8);
+        let overflow = Arc::new(AtomicBool::new(false));
+        tokio::spawn(debounce_loop(
+            rx,
+            overflow,
+            Arc::new(Notify::new()),
+            Duration::from_secs(1),
+            etx,
+        ));
+        for i in 0..500 {
+            tx.send(Hint::Job(JobKey::new(JobKind::Continuous, format!("j{i}"))))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let Some(Event::Changed(changes)) = erx.recv().await else {
+            panic!()
+        };
+        assert_eq!(changes.jobs.len(), 500);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(30), erx.recv())
+                .await
+                .is_err(),
+            "only one batch"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Working copies: unless a job runs in place, its folder is copied to a fresh
+//! directory under `temp/` before a start, so a deploy never collides with a
+//! running job. A copy is named after the job's content fingerprint and reused
+//! while the content is unchanged.
+
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use crate::jobs::{JobKey, Runnable};
+
+/// The folder all working copies of a job live in.
+pub fn job_temp_dir(temp_dir: &Path, key: &JobKey) -> PathBuf {
+    temp_dir
+        .join("jobs")
+        .join(key.kind.as_str())
+        .join(&key.name)
+}
+
+/// Returns the folder to run `job` in, copying it first when needed.
+/// Copies are per instance (`<instance>-<fingerprint>`) so daemons that share a
+/// temp folder never remove each other's copies.
+pub fn prepare(temp_dir: &Path, instance: &str, job: &Runnable) -> io::Result<PathBuf> {
+    if job.in_place() {
+        return Ok(job.script_dir.clone());
+    }
+    let base = job_temp_dir(temp_dir, &job.key);
+    let name = format!("{instance}-{:016x}", job.fingerprint);
+    let target = base.join(&name);
+    if target.is_dir() {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(&base)?;
+    let staging = base.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    copy_tree(&job.script_dir, &staging)?;
+    std::fs::rename(&staging, &target)?;
+    remove_older_copies(&base, instance, &name);
+    Ok(target)
+}
+
+fn remove_older_copies(base: &Path, instance: &str, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let prefix = format!("{instance}-");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name != keep {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Copies a folder recursively: files with their permissions, links as links.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobKind, Script};
+    use crate::settings::Settings;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn runnable(dir: &Path, fingerprint: u64) -> Runnable {
+        Runnable {
+            key: JobKey::new(JobKind::Continuous, "j"),
+            script_dir: dir.to_path_buf(),
+            fingerprint,
+            script: Script {
+                file: "run.sh".into(),
+                host: vec!["/bin/bash".into()],
+                in_place_default: false,
+            },
+            settings: Settings::defaults(JobKind::Continuous),
+        }
+    }
+
+    #[test]
+    fn copies_once_per_content_and_keeps_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("lib")).unwrap();
+        std::fs::write(src.join("run.sh"), "echo hi").unwrap();
+        std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        std::fs::write(src.join("lib/x"), "x").unwrap();
+        let temp = d.path().join("temp");
+        let first = prepare(&temp, "i", &runnable(&src, 1)).unwrap();
+        assert_eq!(
+            std::fs::metadata(first.join("run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o750
+        );
+        assert!(first.join("lib/x").exists());
+        assert_eq!(prepare(&temp, "i", &runnable(&src, 1)).unwrap(), first);
+        let second = prepare(&temp, "i", &runnable(&src, 2)).unwrap();
+        assert_ne!(second, first);
+        assert!(!first.exists(), "the old copy is removed");
+    }
+
+    #[test]
+    fn in_place_jobs_run_from_their_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let mut job = runnable(d.path(), 1);
+        job.settings.is_in_place = Some(true);
+        assert_eq!(prepare(&d.path().join("t"), "i", &job).unwrap(), d.path());
+    }
+}
