@@ -221,6 +221,7 @@ impl Actor {
                     self.good = Some(job);
                 }
                 self.report_problems();
+                self.persist();
                 match self.wanted() {
                     Wanted::Stopped(reason) => Next::Stop(reason),
                     Wanted::Invalid(error) => Next::Stop(error),
@@ -454,6 +455,10 @@ impl Actor {
         if status != JobStatus::Stopped {
             self.status.reason = None;
         }
+        self.persist();
+    }
+
+    fn persist(&mut self) {
         self.status.updated = format_time(SystemTime::now());
         if let Err(e) = status::write(&self.data_dir, &self.status) {
             tracing::error!(job = %self.key, error = %e, "cannot write the status file");

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, fnv1a};
-use crate::problems::Problem;
 use crate::settings::{self, Loaded};
 
 /// The two kinds of job, named as the folders are.
@@ -80,7 +79,7 @@ pub struct JobDef {
     /// Hash of the folder's files (names, sizes, times, modes), `disable.job` excluded.
     pub fingerprint: u64,
     pub script: Result<Script, String>,
-    pub settings: Result<Loaded, Vec<Problem>>,
+    pub settings: Loaded,
 }
 
 /// A job that can run: the parts of a [`JobDef`] that matter to a process.
@@ -100,26 +99,23 @@ impl JobDef {
         if let Err(e) = &self.script {
             errors.push(e.clone());
         }
-        if let Err(problems) = &self.settings {
+        if let Err(problems) = &self.settings.settings {
             errors.extend(problems.iter().map(|p| p.to_string()));
         }
         errors
     }
 
     pub fn warnings(&self) -> Vec<String> {
-        match &self.settings {
-            Ok(loaded) => loaded
-                .warnings
-                .iter()
-                .map(|p| format!("warning: {p}"))
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        self.settings
+            .warnings
+            .iter()
+            .map(|p| format!("warning: {p}"))
+            .collect()
     }
 
     /// The runnable form, when there is no error.
     pub fn runnable(&self) -> Option<Arc<Runnable>> {
-        let (Ok(script), Ok(loaded)) = (&self.script, &self.settings) else {
+        let (Ok(script), Ok(settings)) = (&self.script, &self.settings.settings) else {
             return None;
         };
         Some(Arc::new(Runnable {
@@ -127,7 +123,7 @@ impl JobDef {
             script_dir: self.script_dir.clone(),
             fingerprint: self.fingerprint,
             script: script.clone(),
-            settings: loaded.settings.clone(),
+            settings: settings.clone(),
         }))
     }
 }

@@ -278,12 +278,42 @@ impl LogFile {
     }
 
     fn write_buffer(&mut self) -> io::Result<()> {
-        if let Some(rotation) = self.rotation
-            && self.size + self.buf.len() as u64 > rotation.max_size
-            && self.size > 0
-        {
-            self.rotate(rotation)?;
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.write_rotating(&buf);
+        self.buf = buf;
+        result
+    }
+
+    /// Writes whole lines; rotates before a line that would not fit (a line
+    /// longer than the whole file size goes alone into a fresh file).
+    fn write_rotating(&mut self, mut rest: &[u8]) -> io::Result<()> {
+        while !rest.is_empty() {
+            let fits = match self.rotation {
+                None => rest.len(),
+                Some(r) => {
+                    let room = r.max_size.saturating_sub(self.size) as usize;
+                    match memchr::memrchr(b'\n', &rest[..room.min(rest.len())]) {
+                        _ if rest.len() <= room => rest.len(),
+                        Some(i) => i + 1,
+                        None if self.size == 0 => {
+                            memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1)
+                        }
+                        None => 0,
+                    }
+                }
+            };
+            if fits == 0 {
+                let rotation = self.rotation.expect("only rotating logs run out of room");
+                self.rotate(rotation)?;
+                continue;
+            }
+            self.append(&rest[..fits])?;
+            rest = &rest[fits..];
         }
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let file = match &mut self.file {
             Some(f) => f,
             None => self.file.insert(
@@ -293,8 +323,8 @@ impl LogFile {
                     .open(&self.path)?,
             ),
         };
-        file.write_all(&self.buf)?;
-        self.size += self.buf.len() as u64;
+        file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
         Ok(())
     }
 

@@ -67,10 +67,11 @@ pub struct Settings {
     pub raw: Map<String, Value>,
 }
 
-/// Settings with the warnings found while reading them.
+/// The outcome of reading a `settings.job`: the settings or every error, and
+/// the warnings either way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded {
-    pub settings: Settings,
+    pub settings: Result<Settings, Vec<Problem>>,
     pub warnings: Vec<Problem>,
 }
 
@@ -108,25 +109,36 @@ impl Settings {
 }
 
 /// Reads `settings.job` in `dir` (defaults when it does not exist).
-pub fn load(dir: &Path, kind: JobKind) -> Result<Loaded, Vec<Problem>> {
+pub fn load(dir: &Path, kind: JobKind) -> Loaded {
     let file = dir.join(FILE_NAME);
     match std::fs::read_to_string(&file) {
         Ok(text) => parse(&file, &text, kind),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Loaded {
-            settings: Settings::defaults(kind),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Loaded {
+            settings: Ok(Settings::defaults(kind)),
             warnings: Vec::new(),
-        }),
-        Err(e) => Err(vec![Problem {
-            file,
-            key: String::new(),
-            message: format!("cannot read the file: {e}"),
-        }]),
+        },
+        Err(e) => Loaded {
+            settings: Err(vec![Problem {
+                file,
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }]),
+            warnings: Vec::new(),
+        },
     }
 }
 
 /// Parses and validates the text of a `settings.job`.
-pub fn parse(file: &Path, text: &str, kind: JobKind) -> Result<Loaded, Vec<Problem>> {
-    let map = parse_object(file, text).map_err(|p| vec![p])?;
+pub fn parse(file: &Path, text: &str, kind: JobKind) -> Loaded {
+    let map = match parse_object(file, text) {
+        Ok(map) => map,
+        Err(p) => {
+            return Loaded {
+                settings: Err(vec![p]),
+                warnings: Vec::new(),
+            };
+        }
+    };
     let mut s = Settings::defaults(kind);
     let mut r = Reader::new(file, &map);
     read_webjobs_keys(&mut r, &mut s);
@@ -142,13 +154,16 @@ pub fn parse(file: &Path, text: &str, kind: JobKind) -> Result<Loaded, Vec<Probl
     }
     let problems = r.into_problems();
     if !problems.is_empty() {
-        return Err(problems);
+        return Loaded {
+            settings: Err(problems),
+            warnings,
+        };
     }
     s.raw = map;
-    Ok(Loaded {
-        settings: s,
+    Loaded {
+        settings: Ok(s),
         warnings,
-    })
+    }
 }
 
 fn read_webjobs_keys<'a>(r: &mut Reader<'a>, s: &mut Settings) {
@@ -345,19 +360,31 @@ fn type_warnings(file: &Path, map: &Map<String, Value>, kind: JobKind) -> Vec<Pr
 mod tests {
     use super::*;
 
-    fn parse_c(text: &str) -> Result<Loaded, Vec<Problem>> {
-        parse(
+    /// Settings and warnings, or the errors.
+    #[derive(Debug)]
+    struct Parsed {
+        settings: Settings,
+        warnings: Vec<Problem>,
+    }
+    fn split(l: Loaded) -> Result<Parsed, Vec<Problem>> {
+        l.settings.map(|settings| Parsed {
+            settings,
+            warnings: l.warnings,
+        })
+    }
+    fn parse_c(text: &str) -> Result<Parsed, Vec<Problem>> {
+        split(parse(
             Path::new("jobs/continuous/a/settings.job"),
             text,
             JobKind::Continuous,
-        )
+        ))
     }
-    fn parse_t(text: &str) -> Result<Loaded, Vec<Problem>> {
-        parse(
+    fn parse_t(text: &str) -> Result<Parsed, Vec<Problem>> {
+        split(parse(
             Path::new("jobs/triggered/a/settings.job"),
             text,
             JobKind::Triggered,
-        )
+        ))
     }
     fn keys(problems: &[Problem]) -> Vec<&str> {
         problems.iter().map(|p| p.key.as_str()).collect()

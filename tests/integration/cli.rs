@@ -1,0 +1,74 @@
+//! Client commands that work without a daemon: validate, list, status.
+
+use crate::helper::*;
+
+#[test]
+fn validate_lists_every_problem_and_exits_non_zero() {
+    let root = Root::new();
+    root.job("continuous", "ok", &[("run.sh", "echo hi")]);
+    root.job("continuous", "bad name", &[("run.sh", "echo hi")]);
+    root.job("continuous", "win", &[("run.bat", "echo hi")]);
+    root.job("continuous", "empty", &[("readme.txt", "nothing")]);
+    root.job(
+        "triggered",
+        "cron",
+        &[
+            ("run.py", "print(1)"),
+            (
+                "settings.job",
+                r#"{"schedule": "0 0 25 * * *", "overlap": "never", "colour": 1}"#,
+            ),
+        ],
+    );
+    let out = root.cli(&["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    for needle in [
+        "ok     continuous/ok  (bash run.sh)",
+        "error  continuous/bad name: invalid job name",
+        "error  continuous/win: run.bat: .cmd and .bat scripts cannot run on Linux",
+        "error  continuous/empty: no runnable script",
+        "error  triggered/cron: ",
+        "hour field: 25 is out of range 0-23",
+        "key `overlap`: expected one of \"skip\", \"queue\" or \"replace\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let out = root.cli(&[
+        "validate",
+        root.job_dir("continuous", "ok").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let out = root.cli(&[
+        "validate",
+        "--json",
+        root.job_dir("triggered", "cron").to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["job"], "triggered/cron");
+    assert_eq!(v[0]["errors"].as_array().unwrap().len(), 2);
+    assert!(v[0]["warnings"][0].as_str().unwrap().contains("colour"));
+}
+
+#[test]
+fn status_of_an_unknown_job_exits_3() {
+    let root = Root::new();
+    let out = root.cli(&["status", "nope"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("no job named `nope`"));
+}
+
+#[test]
+fn list_json_without_a_daemon() {
+    let root = Root::new();
+    root.job("continuous", "c", &[("run.sh", "echo hi")]);
+    root.job("triggered", "t", &[("run.js", "console.log(1)")]);
+    let out = root.cli(&["list", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "c");
+    assert_eq!(v[0]["type"], "continuous");
+    assert_eq!(v[0]["status"], "NotRunning");
+    assert_eq!(v[1]["type"], "triggered");
+    assert_eq!(v[1]["run_command"], "run.js");
+}

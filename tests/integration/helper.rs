@@ -1,0 +1,351 @@
+//! Starting daemons on temporary roots, writing jobs, and waiting for
+//! conditions with a deadline (never a fixed sleep).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_webjobs");
+
+/// A temporary root with jobs/, data/, temp/ and a config file.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+    pub instance: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Root {
+    /// A root with a fast debounce and a unique instance id.
+    pub fn new() -> Root {
+        Self::with_config(serde_json::json!({}))
+    }
+
+    /// `extra` keys are merged into the test config.
+    pub fn with_config(extra: serde_json::Value) -> Root {
+        let dir = tempfile::Builder::new()
+            .prefix("webjobs-test-")
+            .tempdir()
+            .unwrap();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let instance = format!("t{}x{n}", std::process::id());
+        let root = Root { dir, instance };
+        let mut config = serde_json::json!({"debounce_ms": 150});
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        root.write_config(&config);
+        fs::create_dir_all(root.path().join("jobs/continuous")).unwrap();
+        fs::create_dir_all(root.path().join("jobs/triggered")).unwrap();
+        root
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("webjobs.json")
+    }
+
+    pub fn write_config(&self, config: &serde_json::Value) {
+        fs::write(
+            self.config_path(),
+            serde_json::to_string_pretty(config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    pub fn job_dir(&self, kind: &str, name: &str) -> PathBuf {
+        self.path().join("jobs").join(kind).join(name)
+    }
+
+    /// Writes a job's files (a `.sh` file is made executable).
+    pub fn job(&self, kind: &str, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.job_dir(kind, name);
+        for (file, text) in files {
+            let path = dir.join(file);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, text).unwrap();
+            if file.ends_with(".sh") {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        dir
+    }
+
+    pub fn continuous(&self, name: &str, script: &str) -> PathBuf {
+        self.job("continuous", name, &[("run.sh", script)])
+    }
+
+    pub fn data_dir(&self, kind: &str, name: &str) -> PathBuf {
+        self.path().join("data/jobs").join(kind).join(name)
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.data_dir("continuous", name).join("job_log.txt"))
+            .unwrap_or_default()
+    }
+
+    /// This instance's status file of a continuous job, parsed.
+    pub fn status(&self, name: &str) -> serde_json::Value {
+        let path = self
+            .data_dir("continuous", name)
+            .join(format!("status_{}", self.instance));
+        fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn status_is(&self, name: &str, status: &str) -> bool {
+        self.status(name)["Status"] == status
+    }
+
+    /// Runs a client command against this root.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--root")
+            .arg(self.path())
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("WEBJOBS_INSTANCE_ID", &self.instance)
+            .output()
+            .unwrap()
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(self, &[])
+    }
+}
+
+/// A `webjobs serve` process; SIGKILLed (with its jobs' groups) if dropped running.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub stderr_path: PathBuf,
+    pub marker_prefix: String,
+}
+
+impl Daemon {
+    pub fn start(root: &Root, env: &[(&str, &str)]) -> Daemon {
+        Self::start_as(root, &root.instance, env)
+    }
+
+    /// Starts a daemon with another instance id on the same root.
+    pub fn start_as(root: &Root, instance: &str, env: &[(&str, &str)]) -> Daemon {
+        let stderr_path = root.path().join(format!(
+            "daemon-{instance}-{}.log",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let stderr = fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(BIN)
+            .arg("--root")
+            .arg(root.path())
+            .arg("--config")
+            .arg(root.config_path())
+            .arg("serve")
+            .env("WEBJOBS_INSTANCE_ID", instance)
+            .env("WEBJOBS_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child: Some(child),
+            stderr_path,
+            marker_prefix: format!("{instance}."),
+        };
+        d.wait_started();
+        d
+    }
+
+    fn wait_started(&mut self) {
+        let path = self.stderr_path.clone();
+        wait_for("daemon to start", Duration::from_secs(10), || {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("daemon exited at start with {status}:\n{text}");
+            }
+            text.contains("webjobs is running")
+        });
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(30))
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the daemon dies without stopping its jobs. What it leaves is
+    /// killed when the returned guard is dropped.
+    pub fn kill9(mut self) -> Leftovers {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        Leftovers {
+            prefix: std::mem::take(&mut self.marker_prefix),
+        }
+    }
+
+    /// Live processes (not zombies) carrying this daemon's marker for `job`.
+    pub fn job_pids(&self, job: &str) -> Vec<i32> {
+        marked_pids(&self.marker_prefix, job)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_marked(&self.marker_prefix);
+    }
+}
+
+/// Processes a SIGKILLed daemon left behind; killed on drop.
+pub struct Leftovers {
+    pub prefix: String,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        kill_marked(&self.prefix);
+    }
+}
+
+fn kill_marked(prefix: &str) {
+    if prefix.is_empty() {
+        return;
+    }
+    for pid in marked_pids(prefix, "") {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Live processes whose WEBJOBS_RUN_MARKER starts with `prefix` and names `job`.
+pub fn marked_pids(prefix: &str, job: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if is_zombie(pid) {
+            continue;
+        }
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let marker = env
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"WEBJOBS_RUN_MARKER="))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        if let Some(m) = marker
+            && m.starts_with(prefix)
+            && (job.is_empty() || m.contains(&format!("/{job}/")))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+pub fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.trim_start().starts_with('Z') || rest.trim_start().starts_with('X'))
+        .unwrap_or(true)
+}
+
+pub fn alive(pid: i32) -> bool {
+    !is_zombie(pid)
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Like [`wait_for`] but returns how long it took.
+pub fn time_until(what: &str, limit: Duration, condition: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    wait_for(what, limit, condition);
+    start.elapsed()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Reads a file fully (for logs possibly being written).
+pub fn read(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Lines of a log that are the job's own output at `level` (INFO or ERROR).
+pub fn output_lines(log: &str, level: &str) -> Vec<String> {
+    let tag = format!(": {level}] ");
+    log.lines()
+        .filter_map(|l| l.split_once(&tag).map(|(_, t)| t.to_string()))
+        .collect()
+}

@@ -1,0 +1,13 @@
+//! Black-box tests on the built `webjobs` binary with real bash, python3 and
+//! node jobs. One test binary; modules are named after the product's sections.
+
+mod helper;
+
+mod cli;
+mod config;
+mod continuous;
+mod logs;
+mod processes;
+mod singleton;
+mod systemd;
+mod watching;

@@ -1,0 +1,58 @@
+//! Files changed under the daemon: new jobs start, removed jobs stop, a mass
+//! copy settles into one reload with no half-copied job started.
+
+use std::time::Duration;
+
+use crate::helper::*;
+
+#[test]
+fn a_new_job_starts_and_a_removed_job_stops() {
+    let root = Root::new();
+    let daemon = root.start();
+    let staging = root.path().join("staging/newjob");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("run.sh"), "exec sleep 300\n").unwrap();
+    let took = {
+        std::fs::rename(&staging, root.job_dir("continuous", "newjob")).unwrap();
+        time_until("new job running", Duration::from_secs(10), || {
+            daemon.job_pids("newjob").len() == 1
+        })
+    };
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    std::fs::remove_dir_all(root.job_dir("continuous", "newjob")).unwrap();
+    wait_for("removed job stopped", Duration::from_secs(10), || {
+        daemon.job_pids("newjob").is_empty()
+    });
+    assert!(
+        root.log("newjob")
+            .contains("stopping (the job folder was removed)")
+    );
+    daemon.stop();
+}
+
+#[test]
+fn five_hundred_jobs_copied_in_settle_into_one_reload() {
+    let root = Root::with_config(serde_json::json!({"debounce_ms": 1000}));
+    let daemon = root.start();
+    // Each job's script refuses to run unless the file copied last is there.
+    let check = "if [ ! -f complete.txt ]; then echo HALF-COPIED >&2; fi\nexec sleep 300\n";
+    for i in 0..500 {
+        let dir = root.job_dir("continuous", &format!("j{i:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("run.sh"), check).unwrap();
+        std::fs::write(dir.join("data.txt"), "x".repeat(1000)).unwrap();
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        std::fs::write(dir.join("complete.txt"), "ok").unwrap();
+    }
+    wait_for("500 jobs running", Duration::from_secs(60), || {
+        marked_pids(&daemon.marker_prefix, "").len() == 500
+    });
+    let reloads = daemon.stderr().matches(" reload ").count();
+    assert_eq!(reloads, 1, "{}", daemon.stderr());
+    for i in [0, 250, 499] {
+        assert!(!root.log(&format!("j{i:03}")).contains("HALF-COPIED"));
+    }
+    daemon.stop();
+}
