@@ -480,4 +480,28 @@ mod tests {
         assert_eq!(c.interpreters["py"], vec!["/opt/python3"]);
         assert_eq!(c.interpreters["jar"], vec!["java", "-Xmx64m", "-jar"]);
     }
+
+    #[test]
+    fn the_shipped_example_configuration_is_valid_and_complete() {
+        let file = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/settings/webjobs.json"
+        ));
+        let c = Config::load_with_env(
+            &Sources {
+                file: Some(file.clone()),
+                root: None,
+            },
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(c.jobs_dir, PathBuf::from("/var/lib/webjobs/jobs"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        for key in KNOWN_KEYS.split(", ") {
+            assert!(
+                text.contains(&format!("\"{}\"", key.trim())),
+                "{key} is missing from the example"
+            );
+        }
+    }
 }

@@ -274,6 +274,12 @@ mod tests {
         init_daemon_process();
         let mut s = spawn(&c).unwrap();
         assert_eq!(pgid_of(s.pid), Some(s.pid));
+        // The kernel fills in the new program's environment just after the
+        // vfork parent resumes, so give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while marker_of(s.pid).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(marker_of(s.pid).as_deref(), Some("test-marker-xyz"));
         assert!(group_alive(s.pid));
         signal_group(s.pid, Signal::SIGKILL);

@@ -529,4 +529,23 @@ mod tests {
         let e = parse_c(r#"{"restart_delay": 10, "max_restart_delay": 5}"#).unwrap_err();
         assert_eq!(keys(&e), vec!["max_restart_delay"]);
     }
+
+    #[test]
+    fn the_shipped_schema_describes_exactly_the_known_keys() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/settings/settings.job.schema.json"
+        );
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut in_schema: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut known: Vec<&str> = KNOWN_KEYS.split(", ").map(str::trim).collect();
+        in_schema.sort();
+        known.sort();
+        assert_eq!(in_schema, known);
+    }
 }

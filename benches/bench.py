@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""webjobs benchmarks, side by side with the floor (no supervisor at all).
+
+Usage: python3 benches/bench.py [log|footprint|crash|reaction|all] [--quick]
+
+Builds nothing: run `cargo build --release` first. Every figure is measured
+on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
+clears them), then the log benchmark is repeated with them set to show that
+debug variables do not slow the daemon down or make it fatter.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "webjobs")
+CLK = os.sysconf("SC_CLK_TCK")
+QUICK = "--quick" in sys.argv
+
+LINES = 2_000_000 // (10 if QUICK else 1)
+WRITER = r"""
+import sys, time
+n = int(sys.argv[1])
+line = ("x" * 90 + "\n")
+w = sys.stdout.write
+t0 = time.perf_counter()
+for i in range(n):
+    w("%09d " % i + line)
+sys.stdout.flush()
+sys.stderr.write("WRITER_SECONDS %.6f\n" % (time.perf_counter() - t0))
+"""
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE", "WEBJOBS_LOG", "RUST_LOG")}
+    env.update(extra)
+    return env
+
+
+class Daemon:
+    def __init__(self, root, env=None, config=None):
+        self.root = root
+        cfg = os.path.join(root, "webjobs.json")
+        with open(cfg, "w") as f:
+            json.dump(config or {}, f)
+        self.stderr = open(os.path.join(root, "daemon.log"), "w")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([BIN, "--root", root, "--config", cfg, "serve"], env=env or clean_env(WEBJOBS_INSTANCE_ID="bench"),
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr)
+
+    def stat(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime, seconds
+
+    def status_kib(self, key):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def wait_for(cond, limit, step=0.001):
+    deadline = time.perf_counter() + limit
+    while not cond():
+        if time.perf_counter() > deadline:
+            raise TimeoutError
+        time.sleep(step)
+
+
+def marked(prefix="bench."):
+    n = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        if b"WEBJOBS_RUN_MARKER=" + prefix.encode() in env:
+            n += 1
+    return n
+
+
+CAT_WRITER = r"""
+import subprocess, sys, time
+t0 = time.perf_counter()
+subprocess.run(["dd", "if=" + sys.argv[2], "bs=64k", "status=none"], check=True)
+sys.stderr.write("WRITER_SECONDS %.6f\n" % (time.perf_counter() - t0))
+"""
+
+
+def bench_log(env_label="clean", env=None, kind="python"):
+    """kind: "python" (a program printing line by line) or "dd" (a file
+    streamed by dd, 64 KiB writes: the hardest case for a log stamper)."""
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    writer = os.path.join(tmp, "writer.py")
+    with open(writer, "w") as f:
+        f.write(WRITER if kind == "python" else CAT_WRITER)
+    data = os.path.join(tmp, "lines.txt")
+    with open(data, "w") as f:
+        chunk = "".join("%09d " % i + "x" * 90 + "\n" for i in range(10000))
+        for _ in range(LINES // 10000):
+            f.write(chunk)
+    # Floor: the same writer redirected straight to a file.
+    floors = []
+    for _ in range(3):
+        with open(os.path.join(tmp, "floor.txt"), "w") as out:
+            r = subprocess.run([sys.executable, writer, str(LINES), data], stdout=out, stderr=subprocess.PIPE, text=True, check=True)
+        floors.append(float(r.stderr.split()[-1]))
+    floor = min(floors)
+    results = []
+    for attempt in range(3):
+        root = os.path.join(tmp, f"r{attempt}")
+        job = os.path.join(root, "jobs", "continuous", "writer")
+        os.makedirs(job)
+        shutil.copy(writer, os.path.join(job, "writer.py"))
+        with open(os.path.join(job, "run.sh"), "w") as f:
+            f.write(f"{sys.executable} writer.py {LINES} {data}\nexec sleep 600\n")
+        with open(os.path.join(job, "settings.job"), "w") as f:
+            f.write('{"restart_delay": 600}')
+        d = Daemon(root, env=env, config={"log": {"max_size": 1 << 40}})
+        log = os.path.join(root, "data", "jobs", "continuous", "writer", "job_log.txt")
+        wait_for(lambda: os.path.exists(log) and b"WRITER_SECONDS" in tail(log), 120, 0.01)
+        seconds = float(tail(log).split(b"WRITER_SECONDS ")[1].split()[0])
+        hwm = d.status_kib("VmHWM")
+        d.stop()
+        with open(log, "rb") as f:
+            info = sum(1 for line in f if b": INFO] " in line)
+        results.append((seconds, hwm, info))
+    best = min(results)
+    mb = LINES * 100 / 1e6
+    print(f"log capture [{kind} writer, {env_label}]: {mb:.0f} MB in {LINES} lines of 100 bytes")
+    print(f"  floor (redirect to file): {floor:.3f} s = {mb / floor:.0f} MB/s")
+    print(f"  through webjobs:          {best[0]:.3f} s = {mb / best[0]:.0f} MB/s -> {100 * floor / best[0]:.1f} % of the floor")
+    print(f"  lines in the log: {best[2]} of {LINES} ({'none lost' if best[2] == LINES else 'LOST LINES'}); daemon peak RSS {best[1] / 1024:.1f} MB")
+    shutil.rmtree(tmp)
+
+
+def tail(path, n=4096):
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - n))
+        return f.read()
+
+
+def bench_footprint():
+    n = 200
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    # Floor: spawning the same 200 sleeps directly.
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["sleep", "600"]) for _ in range(n)]
+    floor = time.perf_counter() - t0
+    for p in procs:
+        p.kill()
+        p.wait()
+    for i in range(n):
+        job = os.path.join(tmp, "jobs", "continuous", f"s{i:03}")
+        os.makedirs(job)
+        with open(os.path.join(job, "run.sh"), "w") as f:
+            f.write("exec sleep 600\n")
+    d = Daemon(tmp)
+    wait_for(lambda: marked() >= n, 30, 0.002)
+    startup = time.perf_counter() - d.started
+    time.sleep(2)
+    rss = d.status_kib("VmRSS")
+    hwm = d.status_kib("VmHWM")
+    idle = 10 if QUICK else 30
+    c0 = d.stat()
+    time.sleep(idle)
+    cpu = d.stat() - c0
+    d.stop()
+    print(f"footprint: {n} continuous jobs (exec sleep)")
+    print(f"  floor (spawn {n} sleeps directly from Python): {floor:.3f} s")
+    print(f"  all running {startup:.3f} s after `serve` started")
+    print(f"  daemon RSS {rss / 1024:.1f} MB (peak {hwm / 1024:.1f} MB)")
+    print(f"  daemon CPU over {idle} s idle: {cpu:.3f} s = {100 * cpu / idle:.3f} % of one core")
+    shutil.rmtree(tmp)
+
+
+def bench_crash():
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    job = os.path.join(tmp, "jobs", "continuous", "crash")
+    os.makedirs(job)
+    shutil.copy("/bin/true", os.path.join(job, "run"))
+    # First restart delay with the defaults.
+    d = Daemon(tmp)
+    log = os.path.join(tmp, "data", "jobs", "continuous", "crash", "job_log.txt")
+    wait_for(lambda: os.path.exists(log) and open(log).read().count("started process") >= 2, 10)
+    starts = [l for l in open(log) if "started process" in l][:2]
+    ts = [parse_ts(l) for l in starts]
+    d.stop()
+    print("crash loop: a job that exits at once (a native `run` executable)")
+    print(f"  first restart {ts[1] - ts[0]:.3f} s after the first start (default restart_delay 0.5 s)")
+    # CPU per restart, with a tiny fixed delay so that restarts dominate.
+    shutil.rmtree(os.path.join(tmp, "data"))
+    with open(os.path.join(job, "settings.job"), "w") as f:
+        f.write('{"restart_delay": 0.01, "max_restart_delay": 0.01}')
+    d = Daemon(tmp)
+    wait_for(lambda: os.path.exists(log), 10)
+    time.sleep(1)
+    c0, n0 = d.stat(), count(log, "started process")
+    time.sleep(5 if QUICK else 15)
+    c1, n1 = d.stat(), count(log, "started process")
+    d.stop()
+    restarts = n1 - n0
+    # Floor: the same spawn + wait done by Python, CPU of the parent only.
+    t0 = os.times()
+    for _ in range(200):
+        subprocess.run(["/bin/true"])
+    t1 = os.times()
+    floor = ((t1.user - t0.user) + (t1.system - t0.system)) / 200
+    print(f"  {restarts} restarts, daemon CPU {1000 * (c1 - c0) / restarts:.3f} ms per restart (floor: Python spawn+wait {1000 * floor:.3f} ms)")
+    shutil.rmtree(tmp)
+
+
+def count(path, needle):
+    with open(path) as f:
+        return sum(1 for line in f if needle in line)
+
+
+def parse_ts(line):
+    t = line[1:24]
+    h, m, s = t[11:].split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def bench_reaction():
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    os.makedirs(os.path.join(tmp, "jobs", "continuous"))
+    d = Daemon(tmp)
+    time.sleep(1)
+    times = []
+    for i in range(5):
+        src = os.path.join(tmp, f"staging{i}")
+        os.makedirs(src)
+        with open(os.path.join(src, "run.sh"), "w") as f:
+            f.write("exec sleep 600\n")
+        before = marked()
+        t0 = time.perf_counter()
+        subprocess.run(["cp", "-r", src, os.path.join(tmp, "jobs", "continuous", f"new{i}")], check=True)
+        wait_for(lambda: marked() > before, 10)
+        times.append(time.perf_counter() - t0)
+        time.sleep(0.5)
+    d.stop()
+    print("reaction: a job folder copied in (cp -r), default debounce 1 s")
+    print(f"  running after: min {min(times):.3f} s, max {max(times):.3f} s")
+    shutil.rmtree(tmp)
+
+
+def main():
+    which = next((a for a in sys.argv[1:] if not a.startswith("--")), "all")
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+    if which == "logdd":
+        bench_log(kind="dd")
+    if which in ("log", "all"):
+        bench_log()
+        bench_log("RUST_BACKTRACE=1 WEBJOBS_LOG=debug", clean_env(WEBJOBS_INSTANCE_ID="bench", RUST_BACKTRACE="1", WEBJOBS_LOG="debug"))
+        bench_log(kind="dd")
+    if which in ("footprint", "all"):
+        bench_footprint()
+    if which in ("crash", "all"):
+        bench_crash()
+    if which in ("reaction", "all"):
+        bench_reaction()
+
+
+if __name__ == "__main__":
+    main()
