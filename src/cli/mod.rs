@@ -5,6 +5,7 @@
 //! 2 usage error; 3 job not found.
 
 mod list;
+mod schedule;
 mod serve;
 mod toggle;
 mod validate;
@@ -62,6 +63,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the next occurrences of an NCRONTAB schedule (no daemon needed).
+    Schedule {
+        /// Six fields `sec min hour day month day-of-week`, or five (sec = 0).
+        expr: String,
+        /// Start (exclusive), RFC 3339 with offset; default now.
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        /// How many occurrences.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// IANA zone; default the config's `timezone`, else the machine's.
+        #[arg(long, value_name = "ZONE")]
+        timezone: Option<String>,
+    },
 }
 
 /// Entry point of the binary.
@@ -85,6 +100,9 @@ pub fn main() -> ExitCode {
         Command::Start { job } => toggle::toggle(&config, &job, true),
         Command::Stop { job } => toggle::toggle(&config, &job, false),
         Command::Validate { path, json } => validate::validate(&config, path.as_deref(), json),
+        Command::Schedule { expr, from, count, timezone } => {
+            schedule::schedule(&config, &expr, from.as_deref(), count, timezone.as_deref())
+        }
     };
     match result {
         Ok(code) => code,
