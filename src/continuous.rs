@@ -240,7 +240,6 @@ impl Actor {
         if !self.singleton_gate(&job).await {
             return;
         }
-        self.set_status(JobStatus::Starting, |s| s.next_restart = None);
         let mut run = match self.start(&job).await {
             Ok(run) => run,
             Err(e) => {
@@ -345,6 +344,7 @@ impl Actor {
         let pid = run.pid.as_raw();
         self.set_status(JobStatus::Running, |s| {
             s.pid = Some(pid);
+            s.next_restart = None;
             s.start_time = Some(format_time(SystemTime::now()));
         });
         Ok(run)

@@ -86,7 +86,10 @@ impl Run {
     /// Ends whatever is left of the run after its leader exited by itself.
     /// Returns true when leftovers had to be stopped.
     pub async fn reap_leftovers(&mut self, log: &mut LogFile, grace: Duration) -> bool {
-        let (group, escaped) = self.remaining();
+        let (group, escaped) = (
+            process::group_alive(self.pid),
+            process::escaped_quick(&self.marker),
+        );
         if !group && escaped.is_empty() {
             self.drain(log).await;
             return false;

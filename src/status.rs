@@ -94,7 +94,7 @@ pub fn status_path(dir: &Path, instance: &str) -> PathBuf {
 pub fn write(dir: &Path, status: &ContinuousStatus) -> io::Result<()> {
     let path = status_path(dir, &status.instance);
     let tmp = dir.join(format!(".status_{}.tmp", status.instance));
-    let mut text = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
+    let mut text = serde_json::to_vec(status).map_err(io::Error::other)?;
     text.push(b'\n');
     if let Err(e) = std::fs::write(&tmp, &text) {
         if e.kind() != io::ErrorKind::NotFound {
@@ -133,7 +133,7 @@ mod tests {
         s.next_restart = Some("2026-11-21T09:30:01.000Z".into());
         write(&dir, &s).unwrap();
         let text = std::fs::read_to_string(status_path(&dir, "abc123")).unwrap();
-        assert!(text.contains("\"Status\": \"PendingRestart\""), "{text}");
+        assert!(text.contains("\"Status\":\"PendingRestart\""), "{text}");
         assert_eq!(read_all(&dir), vec![s]);
     }
 }

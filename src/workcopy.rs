@@ -17,19 +17,34 @@ pub fn job_temp_dir(temp_dir: &Path, key: &JobKey) -> PathBuf {
         .join(&key.name)
 }
 
+/// The folder to run `job` in when no copy has to be made (in place, or a
+/// copy of this exact content exists): one `stat` at most.
+pub fn existing(temp_dir: &Path, instance: &str, job: &Runnable) -> Option<PathBuf> {
+    if job.in_place() {
+        return Some(job.script_dir.clone());
+    }
+    let target = copy_path(temp_dir, instance, job);
+    target.is_dir().then_some(target)
+}
+
+fn copy_path(temp_dir: &Path, instance: &str, job: &Runnable) -> PathBuf {
+    job_temp_dir(temp_dir, &job.key).join(format!("{instance}-{:016x}", job.fingerprint))
+}
+
 /// Returns the folder to run `job` in, copying it first when needed.
 /// Copies are per instance (`<instance>-<fingerprint>`) so daemons that share a
 /// temp folder never remove each other's copies.
 pub fn prepare(temp_dir: &Path, instance: &str, job: &Runnable) -> io::Result<PathBuf> {
-    if job.in_place() {
-        return Ok(job.script_dir.clone());
+    if let Some(dir) = existing(temp_dir, instance, job) {
+        return Ok(dir);
     }
     let base = job_temp_dir(temp_dir, &job.key);
-    let name = format!("{instance}-{:016x}", job.fingerprint);
-    let target = base.join(&name);
-    if target.is_dir() {
-        return Ok(target);
-    }
+    let target = copy_path(temp_dir, instance, job);
+    let name = target
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     std::fs::create_dir_all(&base)?;
     let staging = base.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);

@@ -100,9 +100,12 @@ pub fn main() -> ExitCode {
         Command::Start { job } => toggle::toggle(&config, &job, true),
         Command::Stop { job } => toggle::toggle(&config, &job, false),
         Command::Validate { path, json } => validate::validate(&config, path.as_deref(), json),
-        Command::Schedule { expr, from, count, timezone } => {
-            schedule::schedule(&config, &expr, from.as_deref(), count, timezone.as_deref())
-        }
+        Command::Schedule {
+            expr,
+            from,
+            count,
+            timezone,
+        } => schedule::schedule(&config, &expr, from.as_deref(), count, timezone.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -9,7 +9,13 @@ use jiff::tz::TimeZone;
 use crate::config::Config;
 use crate::schedule::Schedule;
 
-pub fn schedule(config: &Config, expr: &str, from: Option<&str>, count: usize, timezone: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn schedule(
+    config: &Config,
+    expr: &str,
+    from: Option<&str>,
+    count: usize,
+    timezone: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let schedule = match Schedule::parse(expr) {
         Ok(s) => s,
         Err(e) => {
@@ -29,7 +35,9 @@ pub fn schedule(config: &Config, expr: &str, from: Option<&str>, count: usize, t
         Some(text) => match text.parse::<Timestamp>() {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("webjobs: --from \"{text}\" is not an RFC 3339 time with an offset (e.g. 2026-11-21T09:30:00Z): {e}");
+                eprintln!(
+                    "webjobs: --from \"{text}\" is not an RFC 3339 time with an offset (e.g. 2026-11-21T09:30:00Z): {e}"
+                );
                 return Ok(ExitCode::FAILURE);
             }
         },
@@ -43,12 +51,16 @@ pub fn schedule(config: &Config, expr: &str, from: Option<&str>, count: usize, t
 /// A zone by IANA name, or the machine's zone.
 pub fn resolve_zone(name: Option<&str>) -> Result<TimeZone, String> {
     match name {
-        Some(name) => TimeZone::get(name).map_err(|_| format!("unknown time zone \"{name}\" (expected an IANA name such as \"Europe/Paris\")")),
+        Some(name) => TimeZone::get(name).map_err(|_| {
+            format!("unknown time zone \"{name}\" (expected an IANA name such as \"Europe/Paris\")")
+        }),
         None => Ok(TimeZone::try_system().unwrap_or(TimeZone::UTC)),
     }
 }
 
 /// `2026-11-21T09:30:00+01:00` (whole seconds; `+00:00` for UTC).
 pub fn rfc3339(t: Timestamp, tz: &TimeZone) -> String {
-    t.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    t.to_zoned(tz.clone())
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
 }
