@@ -88,10 +88,7 @@ impl Config {
     }
 
     /// Resolves the configuration with an injected environment (for tests).
-    pub fn load_with_env(
-        sources: &Sources,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load_with_env(sources: &Sources, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut builder = Builder::defaults(env, &mut problems);
         if let Some(file) = &sources.file {
@@ -100,19 +97,12 @@ impl Config {
         if let Some(root) = &sources.root {
             builder.root = root.clone();
         }
-        if problems.is_empty() {
-            Ok(builder.finish(sources.file.clone()))
-        } else {
-            Err(ConfigError { problems })
-        }
+        if problems.is_empty() { Ok(builder.finish(sources.file.clone())) } else { Err(ConfigError { problems }) }
     }
 
     /// The data folder of one job: logs, status, history.
     pub fn job_data_dir(&self, key: &crate::jobs::JobKey) -> PathBuf {
-        self.data_dir
-            .join("jobs")
-            .join(key.kind.as_str())
-            .join(&key.name)
+        self.data_dir.join("jobs").join(key.kind.as_str()).join(&key.name)
     }
 
     /// The default instance id: derived from the machine, stable across restarts.
@@ -120,11 +110,7 @@ impl Config {
         let seed = std::fs::read_to_string("/etc/machine-id")
             .ok()
             .filter(|s| !s.trim().is_empty())
-            .or_else(|| {
-                nix::unistd::gethostname()
-                    .ok()
-                    .map(|h| h.to_string_lossy().into_owned())
-            })
+            .or_else(|| nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()))
             .unwrap_or_default();
         format!("{:06x}", fnv1a(seed.trim().as_bytes()) & 0xff_ffff)
     }
@@ -132,9 +118,7 @@ impl Config {
 
 /// 64-bit FNV-1a: a small, stable, dependency-free hash for ids and fingerprints.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Accumulates settings before paths are resolved against the root.
@@ -161,11 +145,7 @@ impl Builder {
             temp_dir: PathBuf::from("temp"),
             instance_id: env("WEBJOBS_INSTANCE_ID").filter(|s| !s.is_empty()),
             debounce: Duration::from_millis(1000),
-            log: LogConfig {
-                max_size: 10 * 1024 * 1024,
-                keep: 2,
-                max_line: 64 * 1024,
-            },
+            log: LogConfig { max_size: 10 * 1024 * 1024, keep: 2, max_line: 64 * 1024 },
             interpreters: BTreeMap::new(),
             switches: Switches {
                 stopped: false,
@@ -181,11 +161,7 @@ impl Builder {
         b
     }
 
-    fn read_env_switches(
-        &mut self,
-        env: &dyn Fn(&str) -> Option<String>,
-        problems: &mut Vec<Problem>,
-    ) {
+    fn read_env_switches(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
         let mut bad = |name: &str, value: &str, expected: &str| {
             problems.push(Problem {
                 file: PathBuf::from("(environment)"),
@@ -208,17 +184,13 @@ impl Builder {
         }
         if let Some(v) = env("WEBJOBS_RESTART_TIME") {
             match v.trim().parse::<f64>() {
-                Ok(s) if s.is_finite() => {
-                    self.switches.restart_time = Some(Duration::from_secs_f64(s.max(0.0)))
-                }
+                Ok(s) if s.is_finite() => self.switches.restart_time = Some(Duration::from_secs_f64(s.max(0.0))),
                 _ => bad("WEBJOBS_RESTART_TIME", &v, "a number of seconds"),
             }
         }
         if let Some(v) = env("WEBJOBS_IDLE_TIMEOUT") {
             match v.trim().parse::<f64>() {
-                Ok(s) if s.is_finite() && s > 0.0 => {
-                    self.switches.idle_timeout = Duration::from_secs_f64(s)
-                }
+                Ok(s) if s.is_finite() && s > 0.0 => self.switches.idle_timeout = Duration::from_secs_f64(s),
                 _ => bad("WEBJOBS_IDLE_TIMEOUT", &v, "a number of seconds above 0"),
             }
         }
@@ -264,10 +236,7 @@ impl Builder {
             if valid_instance_id(s) {
                 self.instance_id = Some(s.to_string());
             } else {
-                r.problem(
-                    "instance_id",
-                    "expected 1 to 32 letters, digits, `-` or `_`",
-                );
+                r.problem("instance_id", "expected 1 to 32 letters, digits, `-` or `_`");
             }
         }
         if let Some(ms) = r.integer("debounce_ms", 0, 600_000) {
@@ -280,7 +249,10 @@ impl Builder {
             if jiff::tz::TimeZone::get(tz).is_ok() {
                 self.timezone = Some(tz.to_string());
             } else {
-                r.problem("timezone", format!("unknown time zone \"{tz}\" (expected an IANA name such as \"Europe/Paris\")"));
+                r.problem(
+                    "timezone",
+                    format!("unknown time zone \"{tz}\" (expected an IANA name such as \"Europe/Paris\")"),
+                );
             }
         }
         self.read_log(r);
@@ -311,10 +283,9 @@ impl Builder {
         for (ext, value) in map {
             let argv: Option<Vec<String>> = match value {
                 Value::String(s) if !s.trim().is_empty() => Some(vec![s.clone()]),
-                Value::Array(items) if !items.is_empty() => items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_string))
-                    .collect(),
+                Value::Array(items) if !items.is_empty() => {
+                    items.iter().map(|v| v.as_str().map(str::to_string)).collect()
+                }
                 _ => None,
             };
             match argv {
@@ -349,21 +320,14 @@ impl Builder {
 
     fn finish(self, source: Option<PathBuf>) -> Config {
         let under_root = |p: PathBuf| {
-            if p.is_absolute() {
-                p
-            } else {
-                self.root.join(p)
-            }
+            if p.is_absolute() { p } else { self.root.join(p) }
         };
         Config {
             source,
             jobs_dir: under_root(self.jobs_dir.clone()),
             data_dir: under_root(self.data_dir.clone()),
             temp_dir: under_root(self.temp_dir.clone()),
-            instance_id: self
-                .instance_id
-                .clone()
-                .unwrap_or_else(Config::machine_instance_id),
+            instance_id: self.instance_id.clone().unwrap_or_else(Config::machine_instance_id),
             debounce: self.debounce,
             log: self.log,
             interpreters: self.interpreters,
@@ -376,9 +340,7 @@ impl Builder {
 
 /// Instance ids go into file names and log lines: keep them plain.
 pub fn valid_instance_id(s: &str) -> bool {
-    (1..=32).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -389,18 +351,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("webjobs.json");
         std::fs::write(&file, json).unwrap();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        Config::load_with_env(
-            &Sources {
-                file: Some(file),
-                root: None,
-            },
-            &lookup,
-        )
+        Config::load_with_env(&Sources { file: Some(file), root: None }, &lookup)
     }
 
     #[test]
@@ -436,21 +389,14 @@ mod tests {
             assert!(keys.contains(&key), "missing {key} in {keys:?}");
         }
         let text = err.to_string();
-        assert!(
-            text.contains("webjobs.json: key `debounce_ms`: expected a whole number"),
-            "{text}"
-        );
+        assert!(text.contains("webjobs.json: key `debounce_ms`: expected a whole number"), "{text}");
     }
 
     #[test]
     fn environment_switches_apply_and_the_file_overrides_them() {
         let c = load(
             r#"{"history_size": 7}"#,
-            &[
-                ("WEBJOBS_STOPPED", "TRUE"),
-                ("WEBJOBS_HISTORY_SIZE", "9"),
-                ("WEBJOBS_RESTART_TIME", "-5"),
-            ],
+            &[("WEBJOBS_STOPPED", "TRUE"), ("WEBJOBS_HISTORY_SIZE", "9"), ("WEBJOBS_RESTART_TIME", "-5")],
         )
         .unwrap();
         assert!(c.switches.stopped);
@@ -460,11 +406,7 @@ mod tests {
 
     #[test]
     fn relative_paths_resolve_under_root() {
-        let c = load(
-            r#"{"root": "/srv/wj", "data_dir": "d", "temp_dir": "/tmp/t"}"#,
-            &[],
-        )
-        .unwrap();
+        let c = load(r#"{"root": "/srv/wj", "data_dir": "d", "temp_dir": "/tmp/t"}"#, &[]).unwrap();
         assert_eq!(c.jobs_dir, PathBuf::from("/srv/wj/jobs"));
         assert_eq!(c.data_dir, PathBuf::from("/srv/wj/d"));
         assert_eq!(c.temp_dir, PathBuf::from("/tmp/t"));
@@ -472,36 +414,19 @@ mod tests {
 
     #[test]
     fn interpreters_accept_a_string_or_an_argv_array() {
-        let c = load(
-            r#"{"interpreters": {".PY": "/opt/python3", "jar": ["java", "-Xmx64m", "-jar"]}}"#,
-            &[],
-        )
-        .unwrap();
+        let c = load(r#"{"interpreters": {".PY": "/opt/python3", "jar": ["java", "-Xmx64m", "-jar"]}}"#, &[]).unwrap();
         assert_eq!(c.interpreters["py"], vec!["/opt/python3"]);
         assert_eq!(c.interpreters["jar"], vec!["java", "-Xmx64m", "-jar"]);
     }
 
     #[test]
     fn the_shipped_example_configuration_is_valid_and_complete() {
-        let file = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/settings/webjobs.json"
-        ));
-        let c = Config::load_with_env(
-            &Sources {
-                file: Some(file.clone()),
-                root: None,
-            },
-            &|_| None,
-        )
-        .unwrap();
+        let file = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/settings/webjobs.json"));
+        let c = Config::load_with_env(&Sources { file: Some(file.clone()), root: None }, &|_| None).unwrap();
         assert_eq!(c.jobs_dir, PathBuf::from("/var/lib/webjobs/jobs"));
         let text = std::fs::read_to_string(&file).unwrap();
         for key in KNOWN_KEYS.split(", ") {
-            assert!(
-                text.contains(&format!("\"{}\"", key.trim())),
-                "{key} is missing from the example"
-            );
+            assert!(text.contains(&format!("\"{}\"", key.trim())), "{key} is missing from the example");
         }
     }
 }

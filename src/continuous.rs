@@ -35,10 +35,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(120);
 #[derive(Debug)]
 pub enum Control {
     /// The job folder or the daemon configuration changed (or may have).
-    Update {
-        def: Arc<JobDef>,
-        config: Arc<Config>,
-    },
+    Update { def: Arc<JobDef>, config: Arc<Config> },
     /// Stop the process (if any) and end the actor. `why` goes into the log.
     Shutdown { why: &'static str },
 }
@@ -112,15 +109,8 @@ impl Actor {
     ) -> Option<Actor> {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
-        let rotation = Rotation {
-            max_size: config.log.max_size,
-            keep: config.log.keep,
-        };
-        let log = match LogFile::open(
-            &data_dir.join("job_log.txt"),
-            &shared.instance,
-            Some(rotation),
-        ) {
+        let rotation = Rotation { max_size: config.log.max_size, keep: config.log.keep };
+        let log = match LogFile::open(&data_dir.join("job_log.txt"), &shared.instance, Some(rotation)) {
             Ok(log) => log,
             Err(e) => {
                 tracing::error!(job = %key, error = %e, "cannot open the job log; the job will not run");
@@ -200,9 +190,7 @@ impl Actor {
         };
         match message {
             Some(control) => self.apply(control),
-            None => self.apply(Control::Shutdown {
-                why: "daemon stopping",
-            }),
+            None => self.apply(Control::Shutdown { why: "daemon stopping" }),
         }
     }
 
@@ -243,8 +231,7 @@ impl Actor {
         let mut run = match self.start(&job).await {
             Ok(run) => run,
             Err(e) => {
-                self.log
-                    .sys(Level::SysError, &format!("failed to start: {e}"));
+                self.log.sys(Level::SysError, &format!("failed to start: {e}"));
                 self.status.last_exit = Some(format!("failed to start: {e}"));
                 return self.backoff(&job, Duration::ZERO).await;
             }
@@ -265,16 +252,8 @@ impl Actor {
         run.reap_leftovers(&mut self.log, grace).await;
         let exit = run.describe_exit();
         self.log.sys(
-            if exit == "exit code 0" {
-                Level::SysInfo
-            } else {
-                Level::SysError
-            },
-            &format!(
-                "process {} ended with {exit} after {}",
-                run.pid,
-                human_uptime(uptime)
-            ),
+            if exit == "exit code 0" { Level::SysInfo } else { Level::SysError },
+            &format!("process {} ended with {exit} after {}", run.pid, human_uptime(uptime)),
         );
         self.status.last_exit = Some(exit);
         self.backoff(&job, uptime).await;
@@ -284,10 +263,7 @@ impl Actor {
         self.set_status(JobStatus::Stopping, |_| {});
         run.stop(&mut self.log, grace, why).await;
         let exit = run.describe_exit();
-        self.log.sys(
-            Level::SysInfo,
-            &format!("process {} stopped ({exit})", run.pid),
-        );
+        self.log.sys(Level::SysInfo, &format!("process {} stopped ({exit})", run.pid));
         self.status.last_exit = Some(exit);
         self.set_status(then, |s| s.pid = None);
     }
@@ -297,18 +273,12 @@ impl Actor {
         let temp = self.config.temp_dir.clone();
         let instance = self.shared.instance.clone();
         let copy_of = job.clone();
-        let work_dir = tokio::task::spawn_blocking(move || {
-            crate::workcopy::prepare(&temp, &instance, &copy_of)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        let work_dir = tokio::task::spawn_blocking(move || crate::workcopy::prepare(&temp, &instance, &copy_of))
+            .await
+            .map_err(std::io::Error::other)??;
         let cwd = work_dir.clone();
-        let nonce = format!(
-            "{:x}",
-            crate::config::fnv1a(
-                format!("{:?}{}", SystemTime::now(), std::process::id()).as_bytes()
-            )
-        );
+        let nonce =
+            format!("{:x}", crate::config::fnv1a(format!("{:?}{}", SystemTime::now(), std::process::id()).as_bytes()));
         let shutdown_file = self
             .config
             .temp_dir
@@ -325,21 +295,11 @@ impl Actor {
             arguments: "",
             shutdown_file: &shutdown_file,
         };
-        let command = build_command(
-            job,
-            cwd,
-            env.vars(&job.settings.env),
-            self.shared.marker(&self.key, &nonce),
-        );
+        let command = build_command(job, cwd, env.vars(&job.settings.env), self.shared.marker(&self.key, &nonce));
         let run = Run::start(&command, shutdown_file, self.config.log.max_line)?;
         self.log.sys(
             Level::SysInfo,
-            &format!(
-                "started process {} (restart {}): {}",
-                run.pid,
-                self.status.restarts,
-                command.display()
-            ),
+            &format!("started process {} (restart {}): {}", run.pid, self.status.restarts, command.display()),
         );
         let pid = run.pid.as_raw();
         self.set_status(JobStatus::Running, |s| {
@@ -358,8 +318,7 @@ impl Actor {
         let delay = restart_delay(job, &self.config, self.backoff_step);
         self.backoff_step = self.backoff_step.saturating_add(1);
         let due = SystemTime::now() + delay;
-        self.log
-            .sys(Level::SysInfo, &format!("restarting in {}", human(delay)));
+        self.log.sys(Level::SysInfo, &format!("restarting in {}", human(delay)));
         self.set_status(JobStatus::PendingRestart, |s| {
             s.pid = None;
             s.next_restart = Some(format_time(due));
@@ -388,35 +347,24 @@ impl Actor {
         if self.lease.is_some() {
             return true;
         }
-        match self
-            .shared
-            .coordinator
-            .try_singleton(&self.data_dir, &self.shared.instance)
-        {
+        match self.shared.coordinator.try_singleton(&self.data_dir, &self.shared.instance) {
             Ok(Some(lease)) => {
                 self.lease = Some(lease);
-                self.log.sys(
-                    Level::SysInfo,
-                    "singleton lock acquired; this instance runs the job",
-                );
+                self.log.sys(Level::SysInfo, "singleton lock acquired; this instance runs the job");
                 return true;
             }
             Ok(None) => {
                 if self.status.status != JobStatus::InactiveInstance {
-                    let holder = self
-                        .shared
-                        .coordinator
-                        .singleton_holder(&self.data_dir)
-                        .unwrap_or_default();
-                    self.log.sys(Level::SysInfo, &format!("is_singleton: the job runs on another instance ({holder}); waiting to take over"));
+                    let holder = self.shared.coordinator.singleton_holder(&self.data_dir).unwrap_or_default();
+                    self.log.sys(
+                        Level::SysInfo,
+                        &format!("is_singleton: the job runs on another instance ({holder}); waiting to take over"),
+                    );
                     self.set_status(JobStatus::InactiveInstance, |s| s.pid = None);
                 }
             }
             Err(e) => {
-                self.log.sys(
-                    Level::SysError,
-                    &format!("cannot use the singleton lock: {e}"),
-                );
+                self.log.sys(Level::SysError, &format!("cannot use the singleton lock: {e}"));
             }
         }
         let retry = self.config.singleton_retry;
@@ -477,36 +425,25 @@ pub fn restart_delay(job: &Runnable, config: &Config, step: u32) -> Duration {
 }
 
 fn human_uptime(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
+    if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
 }
 
 /// The command line: host program and its arguments, then the script.
-fn build_command(
+pub fn build_command(
     job: &Runnable,
     cwd: PathBuf,
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     marker: String,
 ) -> Command {
     let script = job.script.file.clone();
-    let (program, mut args): (PathBuf, Vec<std::ffi::OsString>) =
-        match job.script.host.split_first() {
-            Some((program, rest)) => (program.into(), rest.iter().map(Into::into).collect()),
-            None => (cwd.join(&script), Vec::new()),
-        };
+    let (program, mut args): (PathBuf, Vec<std::ffi::OsString>) = match job.script.host.split_first() {
+        Some((program, rest)) => (program.into(), rest.iter().map(Into::into).collect()),
+        None => (cwd.join(&script), Vec::new()),
+    };
     if !job.script.host.is_empty() {
         args.push(script.into());
     }
-    Command {
-        program,
-        args,
-        cwd,
-        env,
-        marker,
-    }
+    Command { program, args, cwd, env, marker }
 }
 
 #[cfg(test)]
@@ -520,11 +457,7 @@ mod tests {
             key: JobKey::new(JobKind::Continuous, "j"),
             script_dir: "/x".into(),
             fingerprint: 0,
-            script: Script {
-                file: "run.sh".into(),
-                host: vec!["/bin/bash".into()],
-                in_place_default: false,
-            },
+            script: Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false },
             settings: Settings::defaults(JobKind::Continuous),
         }
     }
@@ -532,15 +465,8 @@ mod tests {
     #[test]
     fn backoff_doubles_from_half_a_second_to_the_cap() {
         let config = Config::load_with_env(&Default::default(), &|_| None).unwrap();
-        let delays: Vec<u64> = (0..10)
-            .map(|s| restart_delay(&job(), &config, s).as_millis() as u64)
-            .collect();
-        assert_eq!(
-            delays,
-            [
-                500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000
-            ]
-        );
+        let delays: Vec<u64> = (0..10).map(|s| restart_delay(&job(), &config, s).as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]);
     }
 
     #[test]
@@ -559,9 +485,6 @@ mod tests {
         assert_eq!(c.display(), "/usr/bin/java -jar app.jar");
         j.script.host.clear();
         j.script.file = "run".into();
-        assert_eq!(
-            build_command(&j, "/w".into(), vec![], "m".into()).display(),
-            "/w/run"
-        );
+        assert_eq!(build_command(&j, "/w".into(), vec![], "m".into()).display(), "/w/run");
     }
 }

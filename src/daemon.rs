@@ -20,16 +20,15 @@ use crate::watcher::{self, WatchError};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot create {path}: {source}")]
-    CreateDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Instance(#[from] InstanceError),
     #[error(transparent)]
     Watch(#[from] WatchError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("cannot listen on {path}: {source}")]
+    Socket { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Hooks for the service manager (systemd), called by [`run`].
@@ -63,9 +62,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         instance: config.instance_id.clone(),
         marker_prefix: marker_prefix(&config),
-        coordinator: Coordinator::Files {
-            data_dir: config.data_dir.clone(),
-        },
+        coordinator: Coordinator::Files { data_dir: config.data_dir.clone() },
+        clock: crate::clock::watch_clock().map_err(DaemonError::Signals)?,
     });
     stop_leftovers(&config, &shared.marker_prefix).await;
     let reaper = process::spawn_reaper().map_err(DaemonError::Signals)?;
@@ -74,13 +72,26 @@ pub async fn run(
     let config = Arc::new(config);
     let mut supervisor = Supervisor::new(config.clone(), shared);
     supervisor.load().await;
+    let socket = crate::api::socket_path(&config.data_dir, &config.instance_id);
+    let listener =
+        crate::api::bind_unix(&socket).map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
+    let api_state = crate::api::ApiState { events: events_tx.clone(), config: config.clone() };
+    let api = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, crate::api::router(api_state)).await {
+            tracing::error!(error = %e, "the API server stopped");
+        }
+    });
     tracing::info!(instance = %config.instance_id, jobs = %config.jobs_dir.display(), data = %config.data_dir.display(), "webjobs is running");
     notifier.ready();
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
-    let watchdog = notifier
-        .watchdog_interval()
-        .map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
+    let watchdog = notifier.watchdog_interval().map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
+    let shutdown = async move {
+        shutdown.await;
+        // No new requests while the jobs stop.
+        api.abort();
+    };
     supervisor.run(events_rx, shutdown).await;
+    let _ = std::fs::remove_file(&socket);
     forward.abort();
     if let Some(w) = watchdog {
         w.abort();
@@ -145,18 +156,13 @@ async fn stop_leftovers(config: &Config, prefix: &str) {
     for (pid, marker) in &found {
         let mut parts = marker[prefix.len()..].split('/');
         if let (Some(kind), Some(name)) = (parts.next().and_then(JobKind::parse), parts.next()) {
-            by_job
-                .entry(JobKey::new(kind, name))
-                .or_default()
-                .push(*pid);
+            by_job.entry(JobKey::new(kind, name)).or_default().push(*pid);
         }
     }
     let pids: Vec<_> = found.iter().map(|(p, _)| *p).collect();
     process::signal_all(&pids, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|p| process::marker_of(*p).is_some())
-        && tokio::time::Instant::now() < deadline
-    {
+    while pids.iter().any(|p| process::marker_of(*p).is_some()) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     process::signal_all(&pids, Signal::SIGKILL);

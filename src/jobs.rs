@@ -42,10 +42,7 @@ pub struct JobKey {
 
 impl JobKey {
     pub fn new(kind: JobKind, name: impl Into<String>) -> JobKey {
-        JobKey {
-            kind,
-            name: name.into(),
-        }
+        JobKey { kind, name: name.into() }
     }
 }
 
@@ -106,11 +103,7 @@ impl JobDef {
     }
 
     pub fn warnings(&self) -> Vec<String> {
-        self.settings
-            .warnings
-            .iter()
-            .map(|p| format!("warning: {p}"))
-            .collect()
+        self.settings.warnings.iter().map(|p| format!("warning: {p}")).collect()
     }
 
     /// The runnable form, when there is no error.
@@ -131,9 +124,7 @@ impl JobDef {
 impl Runnable {
     /// Whether the job runs straight from its folder instead of a working copy.
     pub fn in_place(&self) -> bool {
-        self.settings
-            .is_in_place
-            .unwrap_or(self.script.in_place_default)
+        self.settings.is_in_place.unwrap_or(self.script.in_place_default)
     }
 }
 
@@ -157,11 +148,7 @@ pub fn scan_all(config: &Config) -> Vec<JobDef> {
     let hosts = Hosts::new(config);
     JobKind::ALL
         .into_iter()
-        .flat_map(|kind| {
-            job_names(config, kind)
-                .into_iter()
-                .map(move |name| JobKey::new(kind, name))
-        })
+        .flat_map(|kind| job_names(config, kind).into_iter().map(move |name| JobKey::new(kind, name)))
         .filter_map(|key| scan_with(config, &hosts, &key))
         .collect()
 }
@@ -176,11 +163,8 @@ pub fn job_names(config: &Config, kind: JobKind) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(kind_dir(config, kind)) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -204,23 +188,14 @@ fn read_job(hosts: &Hosts, key: JobKey, dir: PathBuf) -> JobDef {
     let disabled = script_dir.join(DISABLE_FILE).exists();
     let settings = settings::load(&script_dir, key.kind);
     let script = if valid_name(&key.name) {
-        choose_script(&script_dir)
-            .and_then(|(file, ext)| hosts.resolve(&script_dir, file, ext.as_deref()))
+        choose_script(&script_dir).and_then(|(file, ext)| hosts.resolve(&script_dir, file, ext.as_deref()))
     } else {
         Err(format!(
             "invalid job name \"{}\": a job name starts with a letter or digit and has only letters, digits, `-` and `_`",
             key.name
         ))
     };
-    JobDef {
-        key,
-        dir,
-        script_dir,
-        disabled,
-        fingerprint,
-        script,
-        settings,
-    }
+    JobDef { key, dir, script_dir, disabled, fingerprint, script, settings }
 }
 
 /// While a folder's only entry is a folder, look inside it.
@@ -252,14 +227,9 @@ fn extension(name: &str) -> Option<String> {
 /// then the first supported file in name order. Returns the file and its extension.
 pub fn choose_script(dir: &Path) -> Result<(String, Option<String>), String> {
     let files = top_level_files(dir);
-    let is_run = |name: &str, ext: &str| {
-        name.len() == 4 + ext.len() && name[..4].eq_ignore_ascii_case("run.")
-    };
+    let is_run = |name: &str, ext: &str| name.len() == 4 + ext.len() && name[..4].eq_ignore_ascii_case("run.");
     for ext in HOST_ORDER {
-        if let Some(name) = files
-            .iter()
-            .find(|n| extension(n).as_deref() == Some(ext) && is_run(n, ext))
-        {
+        if let Some(name) = files.iter().find(|n| extension(n).as_deref() == Some(ext) && is_run(n, ext)) {
             return Ok((name.clone(), Some(ext.to_string())));
         }
     }
@@ -270,10 +240,7 @@ pub fn choose_script(dir: &Path) -> Result<(String, Option<String>), String> {
     if let Some(name) = files.iter().find(supported) {
         return Ok((name.clone(), extension(name)));
     }
-    if let Some(name) = files
-        .iter()
-        .find(|n| extension(n).is_some_and(|e| WINDOWS_ONLY.contains(&e.as_str())))
-    {
+    if let Some(name) = files.iter().find(|n| extension(n).is_some_and(|e| WINDOWS_ONLY.contains(&e.as_str()))) {
         return Err(format!(
             "{name}: .cmd and .bat scripts cannot run on Linux; add a run.sh (or another supported script) instead"
         ));
@@ -288,11 +255,8 @@ fn top_level_files(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
+    let mut names: Vec<String> =
+        entries.flatten().filter(|e| e.path().is_file()).filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     names
 }
@@ -304,10 +268,7 @@ fn is_executable(path: &Path) -> bool {
 fn is_elf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"\x7fELF"
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
 }
 
 /// The script hosts, with the daemon's overrides, and a cache of PATH look-ups.
@@ -318,13 +279,8 @@ pub struct Hosts {
 
 impl Hosts {
     pub fn new(config: &Config) -> Hosts {
-        let path = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        Hosts {
-            overrides: config.interpreters.clone(),
-            path,
-        }
+        let path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+        Hosts { overrides: config.interpreters.clone(), path }
     }
 
     fn default_host(&self, dir: &Path, file: &str, ext: &str) -> Vec<&'static str> {
@@ -348,25 +304,15 @@ impl Hosts {
             None => Vec::new(),
             Some(ext) => match self.overrides.get(ext) {
                 Some(argv) => argv.clone(),
-                None => self
-                    .default_host(dir, &file, ext)
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
+                None => self.default_host(dir, &file, ext).into_iter().map(String::from).collect(),
             },
         };
         let in_place_default = ext == Some("js");
         if host.is_empty() {
             if !is_executable(&dir.join(&file)) {
-                return Err(format!(
-                    "{file} is a native executable without the execute bit; run `chmod +x {file}`"
-                ));
+                return Err(format!("{file} is a native executable without the execute bit; run `chmod +x {file}`"));
             }
-            return Ok(Script {
-                file,
-                host,
-                in_place_default,
-            });
+            return Ok(Script { file, host, in_place_default });
         }
         let program = self.which(&host[0]).ok_or_else(|| {
             let ext = ext.unwrap_or_default();
@@ -377,11 +323,7 @@ impl Hosts {
         })?;
         let mut host = host;
         host[0] = program.to_string_lossy().into_owned();
-        Ok(Script {
-            file,
-            host,
-            in_place_default,
-        })
+        Ok(Script { file, host, in_place_default })
     }
 
     /// PATH look-up, as a shell would do it.
@@ -390,10 +332,7 @@ impl Hosts {
             let p = PathBuf::from(program);
             return is_executable(&p).then_some(p);
         }
-        self.path
-            .iter()
-            .map(|d| d.join(program))
-            .find(|p| is_executable(p))
+        self.path.iter().map(|d| d.join(program)).find(|p| is_executable(p))
     }
 }
 
@@ -415,9 +354,7 @@ fn fingerprint(dir: &Path, script_dir: &Path) -> u64 {
             let mut h = fnv1a(&meta.size().to_le_bytes()) ^ meta.mtime_nsec() as u64;
             h = h.wrapping_mul(31) ^ meta.mtime() as u64 ^ u64::from(meta.mode()) << 40;
             if meta.is_symlink() {
-                h ^= std::fs::read_link(&path)
-                    .map(|t| fnv1a(t.as_os_str().as_encoded_bytes()))
-                    .unwrap_or(0);
+                h ^= std::fs::read_link(&path).map(|t| fnv1a(t.as_os_str().as_encoded_bytes())).unwrap_or(0);
             } else if meta.is_dir() && entries.len() < 200_000 {
                 stack.push(path.clone());
             }
@@ -425,12 +362,10 @@ fn fingerprint(dir: &Path, script_dir: &Path) -> u64 {
         }
     }
     entries.sort();
-    entries
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |acc, (path, h)| {
-            let rel = path.strip_prefix(dir).unwrap_or(path);
-            (acc ^ fnv1a(rel.as_os_str().as_encoded_bytes()) ^ h).wrapping_mul(0x0100_0000_01b3)
-        })
+    entries.iter().fold(0xcbf2_9ce4_8422_2325, |acc, (path, h)| {
+        let rel = path.strip_prefix(dir).unwrap_or(path);
+        (acc ^ fnv1a(rel.as_os_str().as_encoded_bytes()) ^ h).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -481,11 +416,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         touch(d.path(), "run");
         touch(d.path(), "helper.sh");
-        assert_eq!(
-            chosen(d.path()),
-            "helper.sh",
-            "a non-executable `run` is not a script"
-        );
+        assert_eq!(chosen(d.path()), "helper.sh", "a non-executable `run` is not a script");
         fs::set_permissions(d.path().join("run"), fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(chosen(d.path()), "run");
         touch(d.path(), "run.sh");
@@ -530,10 +461,7 @@ mod tests {
     }
 
     fn config_at(root: &Path) -> Config {
-        let sources = crate::config::Sources {
-            file: None,
-            root: Some(root.to_path_buf()),
-        };
+        let sources = crate::config::Sources { file: None, root: Some(root.to_path_buf()) };
         Config::load_with_env(&sources, &|_| None).unwrap()
     }
 
@@ -541,20 +469,13 @@ mod tests {
     fn missing_interpreter_is_a_per_job_error() {
         let d = tempfile::tempdir().unwrap();
         let mut config = config_at(d.path());
-        config
-            .interpreters
-            .insert("py".into(), vec!["python-does-not-exist".into()]);
+        config.interpreters.insert("py".into(), vec!["python-does-not-exist".into()]);
         touch(&d.path().join("jobs/continuous/p"), "run.py");
         touch(&d.path().join("jobs/continuous/s"), "run.sh");
         let jobs = scan_all(&config);
         assert_eq!(jobs.len(), 2);
         let err = jobs[0].script.clone().unwrap_err();
-        assert!(
-            err.starts_with(
-                "python-does-not-exist not found on PATH; install it or set interpreters.py"
-            ),
-            "{err}"
-        );
+        assert!(err.starts_with("python-does-not-exist not found on PATH; install it or set interpreters.py"), "{err}");
         assert!(jobs[1].script.as_ref().unwrap().host[0].ends_with("/bash"));
     }
 

@@ -13,11 +13,14 @@
 //! ([`status`]). Daemons sharing a data folder coordinate through kernel
 //! file locks ([`coordination`]). See `docs/architecture.md`.
 
+pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod continuous;
 pub mod coordination;
 pub mod daemon;
+pub mod history;
 pub mod jobs;
 pub mod logs;
 pub mod output;
@@ -29,5 +32,6 @@ pub mod settings;
 pub mod status;
 pub mod supervisor;
 pub mod systemd;
+pub mod triggered;
 pub mod watcher;
 pub mod workcopy;

@@ -85,19 +85,12 @@ pub struct Stamper {
 
 impl Stamper {
     pub fn new(instance: &str) -> Stamper {
-        Stamper {
-            instance: instance.to_string(),
-            last_ms: u128::MAX,
-            time: [b'0'; 24],
-        }
+        Stamper { instance: instance.to_string(), last_ms: u128::MAX, time: [b'0'; 24] }
     }
 
     /// Appends `[<time> > <instance>: <LEVEL>] ` to `out`.
     pub fn prefix(&mut self, out: &mut Vec<u8>, level: Level, now: SystemTime) {
-        let ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         if ms != self.last_ms {
             write_time(&mut self.time, now);
             self.last_ms = ms;
@@ -139,10 +132,7 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max: usize) -> LineSplitter {
-        LineSplitter {
-            partial: Vec::new(),
-            max: max.max(4),
-        }
+        LineSplitter { partial: Vec::new(), max: max.max(4) }
     }
 
     /// Feeds bytes; calls `emit` for every complete (or over-long) line.
@@ -295,9 +285,7 @@ impl LogFile {
                     match memchr::memrchr(b'\n', &rest[..room.min(rest.len())]) {
                         _ if rest.len() <= room => rest.len(),
                         Some(i) => i + 1,
-                        None if self.size == 0 => {
-                            memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1)
-                        }
+                        None if self.size == 0 => memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1),
                         None => 0,
                     }
                 }
@@ -316,12 +304,7 @@ impl LogFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let file = match &mut self.file {
             Some(f) => f,
-            None => self.file.insert(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            ),
+            None => self.file.insert(OpenOptions::new().create(true).append(true).open(&self.path)?),
         };
         file.write_all(bytes)?;
         self.size += bytes.len() as u64;
@@ -332,27 +315,16 @@ impl LogFile {
     /// daemon already did, in which case only our handle is renewed.
     fn rotate(&mut self, rotation: Rotation) -> io::Result<()> {
         let lock_path = self.path.with_extension("lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)?;
+        let lock_file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
         let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io::Error::from(e))?;
         let ours = self.file.as_ref().map(|f| f.metadata()).transpose()?;
         let current = std::fs::metadata(&self.path).ok();
         let same = matches!((&ours, &current), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev());
-        if same
-            && current
-                .as_ref()
-                .is_some_and(|m| m.len() >= rotation.max_size.min(self.size))
-        {
+        if same && current.as_ref().is_some_and(|m| m.len() >= rotation.max_size.min(self.size)) {
             self.shift_rotated(rotation.keep)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         self.size = file.metadata()?.len();
         self.file = Some(file);
         Ok(())
@@ -378,10 +350,7 @@ impl Drop for LogFile {
 /// `job_log.txt` → `job_log.<n>.txt`.
 pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-    let ext = path
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     path.with_file_name(format!("{stem}.{n}{ext}"))
 }
 
@@ -403,11 +372,7 @@ mod tests {
     fn prefix_has_the_contract_format() {
         let mut s = Stamper::new("a1b2c3");
         let mut out = Vec::new();
-        s.prefix(
-            &mut out,
-            Level::SysWarn,
-            UNIX_EPOCH + Duration::from_millis(1_795_253_400_123),
-        );
+        s.prefix(&mut out, Level::SysWarn, UNIX_EPOCH + Duration::from_millis(1_795_253_400_123));
         assert_eq!(out, b"[2026-11-21T09:30:00.123Z > a1b2c3: SYS WARN] ");
     }
 
@@ -445,10 +410,7 @@ mod tests {
             });
             assert!(s.partial.len() <= 8);
         }
-        assert_eq!(
-            count, 624,
-            "the last full piece waits for more bytes or the end"
-        );
+        assert_eq!(count, 624, "the last full piece waits for more bytes or the end");
         assert_eq!(split(4, &[b"abcdefghij\n"]), ["abcd", "efgh", "ij"]);
     }
 
@@ -462,15 +424,7 @@ mod tests {
     fn rotation_keeps_the_configured_number_of_files() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("job_log.txt");
-        let mut log = LogFile::open(
-            &path,
-            "i",
-            Some(Rotation {
-                max_size: 200,
-                keep: 2,
-            }),
-        )
-        .unwrap();
+        let mut log = LogFile::open(&path, "i", Some(Rotation { max_size: 200, keep: 2 })).unwrap();
         for i in 0..40 {
             log.sys(Level::SysInfo, &format!("line {i}"));
         }

@@ -50,13 +50,7 @@ impl Output {
         let outcome = match guard {
             Ok(mut guard) => {
                 let fd = guard.get_inner().as_raw_fd();
-                let outcome = drain(
-                    &mut self.bytes,
-                    &mut self.lines[index],
-                    LEVELS[index],
-                    fd,
-                    log,
-                );
+                let outcome = drain(&mut self.bytes, &mut self.lines[index], LEVELS[index], fd, log);
                 if outcome == Drain::WouldBlock {
                     guard.clear_ready();
                 }
@@ -72,8 +66,7 @@ impl Output {
 
     fn close(&mut self, index: usize, log: &mut LogFile) {
         self.fds[index] = None;
-        self.lines[index]
-            .finish(&mut |line: &[u8]| log.line(LEVELS[index], line, SystemTime::now()));
+        self.lines[index].finish(&mut |line: &[u8]| log.line(LEVELS[index], line, SystemTime::now()));
     }
 
     /// Stops reading: what the pipes still hold and unfinished last lines are
@@ -92,13 +85,10 @@ impl Output {
 fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is open, owned, and always returns the same fd
     // until it is dropped together with the `AsyncFd`.
-    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-        .map_err(io::Error::from)
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
 }
 
-async fn readable(
-    fd: &Option<AsyncFd<OwnedFd>>,
-) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
+async fn readable(fd: &Option<AsyncFd<OwnedFd>>) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
     match fd {
         Some(fd) => fd.readable().await,
         None => std::future::pending().await,
@@ -114,13 +104,7 @@ enum Drain {
 
 /// Reads what the pipe has (a bounded number of reads) and writes the lines.
 /// The read buffer lives on this (synchronous) stack frame, not in any task.
-fn drain(
-    bytes: &mut u64,
-    lines: &mut LineSplitter,
-    level: Level,
-    fd: i32,
-    log: &mut LogFile,
-) -> Drain {
+fn drain(bytes: &mut u64, lines: &mut LineSplitter, level: Level, fd: i32, log: &mut LogFile) -> Drain {
     let mut buf = [0u8; READ_SIZE];
     for _ in 0..READS_PER_TURN {
         // SAFETY: `fd` is an open pipe owned by the caller; `buf` is a valid writable buffer.

@@ -27,35 +27,18 @@ impl fmt::Display for Problem {
         if self.key.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(
-                f,
-                "{}: key `{}`: {}",
-                self.file.display(),
-                self.key,
-                self.message
-            )
+            write!(f, "{}: key `{}`: {}", self.file.display(), self.key, self.message)
         }
     }
 }
 
 /// Parses `text` as a JSON object, or explains why it is not one.
 pub fn parse_object(file: &Path, text: &str) -> Result<Map<String, Value>, Problem> {
-    let whole = |message: String| Problem {
-        file: file.to_path_buf(),
-        key: String::new(),
-        message,
-    };
+    let whole = |message: String| Problem { file: file.to_path_buf(), key: String::new(), message };
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(whole(format!(
-            "expected a JSON object {{ … }}, found {}",
-            kind_of(&other)
-        ))),
-        Err(e) => Err(whole(format!(
-            "invalid JSON at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))),
+        Ok(other) => Err(whole(format!("expected a JSON object {{ … }}, found {}", kind_of(&other)))),
+        Err(e) => Err(whole(format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()))),
     }
 }
 
@@ -89,13 +72,7 @@ impl<'a> Reader<'a> {
 
     /// A reader for an object found under `prefix` (problems say `prefix.key`).
     pub fn nested(file: &'a Path, prefix: String, map: &'a Map<String, Value>) -> Self {
-        Reader {
-            file,
-            prefix,
-            map,
-            read: BTreeSet::new(),
-            problems: Vec::new(),
-        }
+        Reader { file, prefix, map, read: BTreeSet::new(), problems: Vec::new() }
     }
 
     pub fn file(&self) -> &'a Path {
@@ -116,11 +93,7 @@ impl<'a> Reader<'a> {
         } else {
             format!("{}.{key}", self.prefix)
         };
-        self.problems.push(Problem {
-            file: self.file.to_path_buf(),
-            key,
-            message: message.into(),
-        });
+        self.problems.push(Problem { file: self.file.to_path_buf(), key, message: message.into() });
     }
 
     fn expected(&mut self, key: &str, expected: &str, found: &Value) {
@@ -154,10 +127,7 @@ impl<'a> Reader<'a> {
         match value.as_u64() {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                self.problem(
-                    key,
-                    format!("expected a whole number from {min} to {max}, found {n}"),
-                );
+                self.problem(key, format!("expected a whole number from {min} to {max}, found {n}"));
                 None
             }
             None => {
@@ -171,14 +141,9 @@ impl<'a> Reader<'a> {
     pub fn seconds(&mut self, key: &'a str) -> Option<Duration> {
         let value = self.value(key)?;
         match value.as_f64() {
-            Some(s) if s.is_finite() && (0.0..=1e9).contains(&s) => {
-                Some(Duration::from_secs_f64(s))
-            }
+            Some(s) if s.is_finite() && (0.0..=1e9).contains(&s) => Some(Duration::from_secs_f64(s)),
             Some(s) if s < 0.0 => {
-                self.problem(
-                    key,
-                    format!("expected a number of seconds of 0 or more, found {s}"),
-                );
+                self.problem(key, format!("expected a number of seconds of 0 or more, found {s}"));
                 None
             }
             _ => {
@@ -212,12 +177,7 @@ impl<'a> Reader<'a> {
 
     /// Keys present in the object that no accessor asked for.
     pub fn unknown_keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .map
-            .keys()
-            .filter(|k| !self.read.contains(k.as_str()))
-            .cloned()
-            .collect();
+        let mut keys: Vec<String> = self.map.keys().filter(|k| !self.read.contains(k.as_str())).cloned().collect();
         keys.sort();
         keys
     }
@@ -270,11 +230,7 @@ mod tests {
         let problems = r.into_problems();
         assert_eq!(problems.len(), 5);
         assert_eq!(problems[0].key, "a");
-        assert!(
-            problems[0]
-                .message
-                .contains("expected true or false, found a string")
-        );
+        assert!(problems[0].message.contains("expected true or false, found a string"));
         assert!(problems[1].message.contains("0 or more"));
         assert!(problems[3].message.contains("\"skip\" or \"queue\""));
         assert!(problems[4].message.contains("from 0 to 5, found 7"));

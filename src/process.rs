@@ -47,10 +47,7 @@ impl Command {
 }
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-    {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -107,20 +104,12 @@ pub fn spawn(command: &Command) -> io::Result<Spawned> {
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     leaders.insert(pid);
     drop(leaders);
-    Ok(Spawned {
-        child,
-        pid: Pid::from_raw(pid),
-        stdout: out_r,
-        stderr: err_r,
-    })
+    Ok(Spawned { child, pid: Pid::from_raw(pid), stdout: out_r, stderr: err_r })
 }
 
 /// Forgets a leader once tokio has reaped it.
 pub fn leader_reaped(pid: Pid) {
-    LEADERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&pid.as_raw());
+    LEADERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid.as_raw());
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -189,11 +178,7 @@ fn own_children() -> Vec<Pid> {
     let mut pids = Vec::new();
     for task in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .map(Pid::from_raw),
-            );
+            pids.extend(text.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw));
         }
     }
     pids
@@ -266,11 +251,28 @@ pub fn find_marked(prefix: &str) -> Vec<(Pid, String)> {
         .filter(|pid| *pid != me)
         .filter_map(|pid| {
             let marker = marker_of(Pid::from_raw(pid))?;
-            marker
-                .starts_with(prefix)
-                .then(|| (Pid::from_raw(pid), marker))
+            marker.starts_with(prefix).then(|| (Pid::from_raw(pid), marker))
         })
         .collect()
+}
+
+/// CPU time (clock ticks, children included) used so far by the processes
+/// of group `pgid`: how the idle timeout tells a busy silent job from a stuck one.
+pub fn group_cpu_ticks(pgid: Pid) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(pgid.as_raw()) {
+            continue;
+        }
+        total += [11, 12, 13, 14].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum::<u64>();
+    }
+    total
 }
 
 /// The process group of `pid`, if it still exists.
@@ -280,9 +282,7 @@ pub fn pgid_of(pid: Pid) -> Option<Pid> {
 
 /// A signal's name for log lines ("SIGKILL").
 pub fn signal_name(signal: i32) -> String {
-    Signal::try_from(signal)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_else(|_| format!("signal {signal}"))
+    Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {signal}"))
 }
 
 #[cfg(test)]

@@ -31,17 +31,15 @@ pub struct Run {
     pub output: Output,
     pub started: Instant,
     pub marker: String,
+    /// The command as a user would type it.
+    pub command_line: String,
     shutdown_file: PathBuf,
     exit: Option<ExitStatus>,
 }
 
 impl Run {
     /// Spawns `command`; the caller logs the start.
-    pub fn start(
-        command: &Command,
-        shutdown_file: PathBuf,
-        max_line: usize,
-    ) -> std::io::Result<Run> {
+    pub fn start(command: &Command, shutdown_file: PathBuf, max_line: usize) -> std::io::Result<Run> {
         let spawned = process::spawn(command)?;
         let output = Output::new(spawned.stdout, spawned.stderr, max_line)?;
         Ok(Run {
@@ -50,6 +48,7 @@ impl Run {
             output,
             started: Instant::now(),
             marker: command.marker.clone(),
+            command_line: command.display(),
             shutdown_file,
             exit: None,
         })
@@ -77,19 +76,13 @@ impl Run {
 
     /// Whether any process of this run is left (the group, or escaped grandchildren).
     fn remaining(&self) -> (bool, Vec<Pid>) {
-        (
-            process::group_alive(self.pid),
-            process::escaped(&self.marker),
-        )
+        (process::group_alive(self.pid), process::escaped(&self.marker))
     }
 
     /// Ends whatever is left of the run after its leader exited by itself.
     /// Returns true when leftovers had to be stopped.
     pub async fn reap_leftovers(&mut self, log: &mut LogFile, grace: Duration) -> bool {
-        let (group, escaped) = (
-            process::group_alive(self.pid),
-            process::escaped_quick(&self.marker),
-        );
+        let (group, escaped) = (process::group_alive(self.pid), process::escaped_quick(&self.marker));
         if !group && escaped.is_empty() {
             self.drain(log).await;
             return false;
@@ -122,18 +115,19 @@ impl Run {
         if !self.wait_gone(log, grace).await {
             log.sys(
                 Level::SysWarn,
-                &format!(
-                    "still running after {}; sending SIGKILL to process group {}",
-                    human(grace),
-                    self.pid
-                ),
+                &format!("still running after {}; sending SIGKILL to process group {}", human(grace), self.pid),
             );
             self.kill_all();
             if !self.wait_gone(log, KILL_TIMEOUT).await {
                 let (_, escaped) = self.remaining();
                 log.sys(
                     Level::SysError,
-                    &format!("processes of group {} (and {:?}) survived SIGKILL for {}; they may be stuck in the kernel", self.pid, escaped, human(KILL_TIMEOUT)),
+                    &format!(
+                        "processes of group {} (and {:?}) survived SIGKILL for {}; they may be stuck in the kernel",
+                        self.pid,
+                        escaped,
+                        human(KILL_TIMEOUT)
+                    ),
                 );
             }
         }
@@ -162,8 +156,7 @@ impl Run {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            let sleep =
-                tokio::time::sleep_until((tokio::time::Instant::now() + tick).min(deadline));
+            let sleep = tokio::time::sleep_until((tokio::time::Instant::now() + tick).min(deadline));
             tokio::select! {
                 status = self.child.wait(), if self.exit.is_none() => { self.leader_exited(status); }
                 () = self.output.pump(log) => {}
@@ -190,17 +183,17 @@ impl Run {
         if let Some(parent) = self.shutdown_file.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        let _ = std::fs::write(
-            &self.shutdown_file,
-            crate::logs::format_time(std::time::SystemTime::now()),
-        );
+        let _ = std::fs::write(&self.shutdown_file, crate::logs::format_time(std::time::SystemTime::now()));
+    }
+
+    /// How the leader ended, once it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit
     }
 
     /// How the leader ended, for log lines and status.
     pub fn describe_exit(&self) -> String {
-        self.exit
-            .map(describe)
-            .unwrap_or_else(|| "still running".into())
+        self.exit.map(describe).unwrap_or_else(|| "still running".into())
     }
 }
 
@@ -239,15 +232,9 @@ pub struct JobEnv<'a> {
 }
 
 impl JobEnv<'_> {
-    pub fn vars(
-        &self,
-        extra: &std::collections::BTreeMap<String, String>,
-    ) -> Vec<(OsString, OsString)> {
-        let mut vars: Vec<(OsString, OsString)> = extra
-            .iter()
-            .filter(|(k, _)| !k.starts_with("WEBJOBS_"))
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+    pub fn vars(&self, extra: &std::collections::BTreeMap<String, String>) -> Vec<(OsString, OsString)> {
+        let mut vars: Vec<(OsString, OsString)> =
+            extra.iter().filter(|(k, _)| !k.starts_with("WEBJOBS_")).map(|(k, v)| (k.into(), v.into())).collect();
         let ours = [
             ("WEBJOBS_NAME", OsString::from(self.name)),
             ("WEBJOBS_TYPE", self.kind.into()),

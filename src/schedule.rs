@@ -38,11 +38,7 @@ pub enum ScheduleError {
     )]
     FieldCount { expr: String, found: usize },
     #[error("invalid schedule \"{expr}\": {field} field: {message}")]
-    Field {
-        expr: String,
-        field: &'static str,
-        message: String,
-    },
+    Field { expr: String, field: &'static str, message: String },
     #[error("invalid schedule \"{expr}\": it can never fire ({reason})")]
     Never { expr: String, reason: String },
 }
@@ -55,30 +51,10 @@ struct FieldSpec {
 }
 
 const FIELDS: [FieldSpec; 6] = [
-    FieldSpec {
-        name: "second",
-        min: 0,
-        max: 59,
-        names: &[],
-    },
-    FieldSpec {
-        name: "minute",
-        min: 0,
-        max: 59,
-        names: &[],
-    },
-    FieldSpec {
-        name: "hour",
-        min: 0,
-        max: 23,
-        names: &[],
-    },
-    FieldSpec {
-        name: "day-of-month",
-        min: 1,
-        max: 31,
-        names: &[],
-    },
+    FieldSpec { name: "second", min: 0, max: 59, names: &[] },
+    FieldSpec { name: "minute", min: 0, max: 59, names: &[] },
+    FieldSpec { name: "hour", min: 0, max: 23, names: &[] },
+    FieldSpec { name: "day-of-month", min: 1, max: 31, names: &[] },
     FieldSpec {
         name: "month",
         min: 1,
@@ -102,15 +78,7 @@ const FIELDS: [FieldSpec; 6] = [
         name: "day-of-week",
         min: 0,
         max: 6,
-        names: &[
-            "sunday",
-            "monday",
-            "tuesday",
-            "wednesday",
-            "thursday",
-            "friday",
-            "saturday",
-        ],
+        names: &["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"],
     },
 ];
 
@@ -124,10 +92,7 @@ impl Schedule {
             6 => parts,
             5 => std::iter::once("0").chain(parts).collect(),
             found => {
-                return Err(ScheduleError::FieldCount {
-                    expr: expr.to_string(),
-                    found,
-                });
+                return Err(ScheduleError::FieldCount { expr: expr.to_string(), found });
             }
         };
         let mut bits = [0u64; 6];
@@ -164,18 +129,12 @@ impl Schedule {
     /// fixed hours fires a repeated wall-clock time once (the first pass), and a
     /// wall-clock time skipped by a spring-forward once, right after the gap.
     pub fn next_after(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
-        if self.hours == ALL_HOURS {
-            self.next_interval(after, tz)
-        } else {
-            self.next_fixed(after, tz)
-        }
+        if self.hours == ALL_HOURS { self.next_interval(after, tz) } else { self.next_fixed(after, tz) }
     }
 
     /// The next `count` occurrences after `after`.
     pub fn upcoming(&self, after: Timestamp, tz: &TimeZone, count: usize) -> Vec<Timestamp> {
-        std::iter::successors(self.next_after(after, tz), |t| self.next_after(*t, tz))
-            .take(count)
-            .collect()
+        std::iter::successors(self.next_after(after, tz), |t| self.next_after(*t, tz)).take(count).collect()
     }
 
     /// Real-time semantics: within each span of constant UTC offset, local time
@@ -197,9 +156,7 @@ impl Schedule {
 
     /// Wall-clock semantics with the gap and fold rules.
     fn next_fixed(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
-        let mut civil = tz
-            .to_offset(after)
-            .to_datetime(Timestamp::from_second(after.as_second()).ok()?);
+        let mut civil = tz.to_offset(after).to_datetime(Timestamp::from_second(after.as_second()).ok()?);
         for _ in 0..10_000 {
             let found = self.next_civil(civil)?;
             let instant = match tz.to_ambiguous_timestamp(found).offset() {
@@ -221,11 +178,7 @@ impl Schedule {
     /// The first civil date-time at or after `from` that matches every field.
     fn next_civil(&self, from: DateTime) -> Option<DateTime> {
         let mut date = from.date();
-        let mut earliest = (
-            from.hour() as u32,
-            from.minute() as u32,
-            from.second() as u32,
-        );
+        let mut earliest = (from.hour() as u32, from.minute() as u32, from.second() as u32);
         for _ in 0..SEARCH_DAYS {
             if self.date_matches(date)
                 && let Some((h, m, s)) = self.time_at_or_after(earliest)
@@ -270,8 +223,7 @@ impl Schedule {
     /// Refuses day/month combinations that exist in no year (`0 0 0 31 2 *`).
     fn check_possible(&self) -> Result<(), ScheduleError> {
         let possible = (1..=12u32).any(|m| {
-            self.months & (1 << m) != 0
-                && (1..=DAYS_IN_MONTH[m as usize - 1]).any(|d| self.days & (1 << d) != 0)
+            self.months & (1 << m) != 0 && (1..=DAYS_IN_MONTH[m as usize - 1]).any(|d| self.days & (1 << d) != 0)
         });
         if possible {
             return Ok(());
@@ -291,6 +243,20 @@ impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
     }
+}
+
+/// A zone by IANA name, or the machine's zone (UTC if it cannot be told).
+pub fn resolve_zone(name: Option<&str>) -> Result<TimeZone, String> {
+    match name {
+        Some(name) => TimeZone::get(name)
+            .map_err(|_| format!("unknown time zone \"{name}\" (expected an IANA name such as \"Europe/Paris\")")),
+        None => Ok(TimeZone::try_system().unwrap_or(TimeZone::UTC)),
+    }
+}
+
+/// `2026-11-21T09:30:00+01:00` (whole seconds; `+00:00` for UTC).
+pub fn rfc3339(t: Timestamp, tz: &TimeZone) -> String {
+    t.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
 }
 
 /// The smallest set bit at position `from` or above.
@@ -317,9 +283,11 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<u64, String> {
 fn parse_item(item: &str, spec: &FieldSpec) -> Result<u64, String> {
     let (range, step) = match item.split_once('/') {
         Some((range, step)) => {
-            let step: u32 = step.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
-                format!("step \"{step}\" in \"{item}\" must be a whole number above 0")
-            })?;
+            let step: u32 = step
+                .parse()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| format!("step \"{step}\" in \"{item}\" must be a whole number above 0"))?;
             (range, step)
         }
         None => (item, 1),
@@ -335,18 +303,9 @@ fn parse_item(item: &str, spec: &FieldSpec) -> Result<u64, String> {
     } else {
         let v = value(range, spec)?;
         // NCRONTAB reads `n/step` as "from n to the end of the range, every step".
-        (
-            v,
-            if step > 1 || item.contains('/') {
-                spec.max
-            } else {
-                v
-            },
-        )
+        (v, if step > 1 || item.contains('/') { spec.max } else { v })
     };
-    Ok((lo..=hi)
-        .step_by(step as usize)
-        .fold(0u64, |bits, v| bits | (1 << v)))
+    Ok((lo..=hi).step_by(step as usize).fold(0u64, |bits, v| bits | (1 << v)))
 }
 
 fn value(text: &str, spec: &FieldSpec) -> Result<u32, String> {
@@ -354,21 +313,11 @@ fn value(text: &str, spec: &FieldSpec) -> Result<u32, String> {
         if (spec.min..=spec.max).contains(&n) {
             return Ok(n);
         }
-        let hint = if spec.name == "day-of-week" && n == 7 {
-            " (use 0 for Sunday)"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "{n} is out of range {}-{}{hint}",
-            spec.min, spec.max
-        ));
+        let hint = if spec.name == "day-of-week" && n == 7 { " (use 0 for Sunday)" } else { "" };
+        return Err(format!("{n} is out of range {}-{}{hint}", spec.min, spec.max));
     }
     let lower = text.to_ascii_lowercase();
-    let by_name = spec
-        .names
-        .iter()
-        .position(|name| lower.len() >= 3 && name.starts_with(&lower));
+    let by_name = spec.names.iter().position(|name| lower.len() >= 3 && name.starts_with(&lower));
     match by_name {
         Some(i) => Ok(spec.min + i as u32),
         None if spec.names.is_empty() => Err(format!("\"{text}\" is not a number")),
@@ -428,10 +377,7 @@ mod tests {
             ("0 0 24 * * *", "hour field: 24 is out of range 0-23"),
             ("0 0 0 0 * *", "day-of-month field: 0 is out of range 1-31"),
             ("0 0 0 * 13 *", "month field: 13 is out of range 1-12"),
-            (
-                "0 0 0 * * 7",
-                "day-of-week field: 7 is out of range 0-6 (use 0 for Sunday)",
-            ),
+            ("0 0 0 * * 7", "day-of-week field: 7 is out of range 0-6 (use 0 for Sunday)"),
             ("0 0 0 * foo *", "month field: \"foo\" is neither a number"),
             ("0 0 0 * * */0", "step \"0\""),
             ("0 0 0 5-1 * *", "range \"5-1\" starts after it ends"),
@@ -439,10 +385,7 @@ mod tests {
             ("x * * * * *", "second field: \"x\" is not a number"),
             ("* * * *", "found 4"),
             ("* * * * * * *", "found 7"),
-            (
-                "0 0 0 31 2 *",
-                "can never fire (no selected day exists in feb)",
-            ),
+            ("0 0 0 31 2 *", "can never fire (no selected day exists in feb)"),
             ("0 0 0 30,31 feb *", "can never fire"),
         ];
         for (expr, want) in cases {
@@ -463,11 +406,7 @@ mod tests {
             .unwrap()
             .upcoming(from, &tz, count)
             .into_iter()
-            .map(|t| {
-                t.to_zoned(tz.clone())
-                    .strftime("%Y-%m-%dT%H:%M:%S%:z")
-                    .to_string()
-            })
+            .map(|t| t.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
             .collect()
     }
 
@@ -484,52 +423,24 @@ mod tests {
                 "2026-11-21T10:00:00+00:00",
             ],
         ),
-        (
-            "0 0 * * * *",
-            "2026-11-21T09:00:00Z",
-            &["2026-11-21T10:00:00+00:00", "2026-11-21T11:00:00+00:00"],
-        ),
+        ("0 0 * * * *", "2026-11-21T09:00:00Z", &["2026-11-21T10:00:00+00:00", "2026-11-21T11:00:00+00:00"]),
         (
             "0 0 9-17 * * *",
             "2026-11-21T16:30:00Z",
-            &[
-                "2026-11-21T17:00:00+00:00",
-                "2026-11-22T09:00:00+00:00",
-                "2026-11-22T10:00:00+00:00",
-            ],
+            &["2026-11-21T17:00:00+00:00", "2026-11-22T09:00:00+00:00", "2026-11-22T10:00:00+00:00"],
         ),
-        (
-            "0 30 9 * * *",
-            "2026-11-21T09:30:00Z",
-            &["2026-11-22T09:30:00+00:00", "2026-11-23T09:30:00+00:00"],
-        ),
+        ("0 30 9 * * *", "2026-11-21T09:30:00Z", &["2026-11-22T09:30:00+00:00", "2026-11-23T09:30:00+00:00"]),
         // 2026-11-20 is a Friday: Monday to Friday skips the weekend.
-        (
-            "0 30 9 * * 1-5",
-            "2026-11-20T10:00:00Z",
-            &["2026-11-23T09:30:00+00:00", "2026-11-24T09:30:00+00:00"],
-        ),
+        ("0 30 9 * * 1-5", "2026-11-20T10:00:00Z", &["2026-11-23T09:30:00+00:00", "2026-11-24T09:30:00+00:00"]),
         // Seconds, strictly after the start.
         (
             "*/20 * * * * *",
             "2026-11-21T09:00:00.500Z",
-            &[
-                "2026-11-21T09:00:20+00:00",
-                "2026-11-21T09:00:40+00:00",
-                "2026-11-21T09:01:00+00:00",
-            ],
+            &["2026-11-21T09:00:20+00:00", "2026-11-21T09:00:40+00:00", "2026-11-21T09:01:00+00:00"],
         ),
-        (
-            "* * * * * *",
-            "2026-11-21T09:00:59Z",
-            &["2026-11-21T09:01:00+00:00", "2026-11-21T09:01:01+00:00"],
-        ),
+        ("* * * * * *", "2026-11-21T09:00:59Z", &["2026-11-21T09:01:00+00:00", "2026-11-21T09:01:01+00:00"]),
         // Five fields: seconds = 0.
-        (
-            "15 10 * * *",
-            "2026-11-21T10:15:00Z",
-            &["2026-11-22T10:15:00+00:00"],
-        ),
+        ("15 10 * * *", "2026-11-21T10:15:00Z", &["2026-11-22T10:15:00+00:00"]),
         // Steps from a start value and inside a range.
         (
             "0 2/20 8 * * *",
@@ -544,11 +455,7 @@ mod tests {
         (
             "0 10-40/15 8 * * *",
             "2026-11-21T00:00:00Z",
-            &[
-                "2026-11-21T08:10:00+00:00",
-                "2026-11-21T08:25:00+00:00",
-                "2026-11-21T08:40:00+00:00",
-            ],
+            &["2026-11-21T08:10:00+00:00", "2026-11-21T08:25:00+00:00", "2026-11-21T08:40:00+00:00"],
         ),
         // Both day fields restricted: Friday the 13th only (NCRONTAB), not every 13th or every Friday (Vixie).
         (
@@ -562,16 +469,8 @@ mod tests {
             ],
         ),
         // Sunday is 0, names in any case.
-        (
-            "0 0 12 * * 0",
-            "2026-11-21T00:00:00Z",
-            &["2026-11-22T12:00:00+00:00", "2026-11-29T12:00:00+00:00"],
-        ),
-        (
-            "0 0 12 * JAN,jul Sun",
-            "2026-11-21T00:00:00Z",
-            &["2027-01-03T12:00:00+00:00", "2027-01-10T12:00:00+00:00"],
-        ),
+        ("0 0 12 * * 0", "2026-11-21T00:00:00Z", &["2026-11-22T12:00:00+00:00", "2026-11-29T12:00:00+00:00"]),
+        ("0 0 12 * JAN,jul Sun", "2026-11-21T00:00:00Z", &["2027-01-03T12:00:00+00:00", "2027-01-10T12:00:00+00:00"]),
         // Month ends and leap years.
         (
             "0 0 0 31 * *",
@@ -583,18 +482,10 @@ mod tests {
                 "2026-08-31T00:00:00+00:00",
             ],
         ),
-        (
-            "0 0 0 29 2 *",
-            "2026-01-01T00:00:00Z",
-            &["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"],
-        ),
+        ("0 0 0 29 2 *", "2026-01-01T00:00:00Z", &["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]),
         ("0 0 0 L * *", "2026-01-01T00:00:00Z", &[]),
         // Year boundary.
-        (
-            "0 0 0 1 1 *",
-            "2026-12-31T23:59:59Z",
-            &["2027-01-01T00:00:00+00:00"],
-        ),
+        ("0 0 0 1 1 *", "2026-12-31T23:59:59Z", &["2027-01-01T00:00:00+00:00"]),
     ];
 
     #[test]
@@ -604,11 +495,7 @@ mod tests {
                 assert!(Schedule::parse(expr).is_err(), "{expr} should not parse");
                 continue;
             }
-            assert_eq!(
-                next(expr, from, "UTC", want.len()),
-                *want,
-                "{expr} from {from}"
-            );
+            assert_eq!(next(expr, from, "UTC", want.len()), *want, "{expr} from {from}");
         }
     }
 
@@ -616,49 +503,23 @@ mod tests {
     fn the_day_rule_is_and_not_or() {
         let got = next("0 0 0 1 * 1", "2026-01-01T00:00:00Z", "UTC", 3);
         // Months whose 1st is a Monday: June 2026, February 2027, March 2027.
-        assert_eq!(
-            got,
-            [
-                "2026-06-01T00:00:00+00:00",
-                "2027-02-01T00:00:00+00:00",
-                "2027-03-01T00:00:00+00:00"
-            ]
-        );
+        assert_eq!(got, ["2026-06-01T00:00:00+00:00", "2027-02-01T00:00:00+00:00", "2027-03-01T00:00:00+00:00"]);
     }
 
     #[test]
     fn paris_spring_forward_fixed_time_runs_once_right_after_the_gap() {
         // 2026-03-29: 02:00 CET jumps to 03:00 CEST.
         let got = next("0 30 2 * * *", "2026-03-28T12:00:00Z", "Europe/Paris", 3);
-        assert_eq!(
-            got,
-            [
-                "2026-03-29T03:00:00+02:00",
-                "2026-03-30T02:30:00+02:00",
-                "2026-03-31T02:30:00+02:00"
-            ]
-        );
-        let many = next(
-            "0 0,10,20 2 * * *",
-            "2026-03-29T00:00:00Z",
-            "Europe/Paris",
-            2,
-        );
-        assert_eq!(
-            many,
-            ["2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"],
-            "several skipped times run once"
-        );
+        assert_eq!(got, ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00", "2026-03-31T02:30:00+02:00"]);
+        let many = next("0 0,10,20 2 * * *", "2026-03-29T00:00:00Z", "Europe/Paris", 2);
+        assert_eq!(many, ["2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"], "several skipped times run once");
     }
 
     #[test]
     fn paris_fall_back_fixed_time_runs_once() {
         // 2026-10-25: 03:00 CEST goes back to 02:00 CET; 02:30 happens twice.
         let got = next("0 30 2 * * *", "2026-10-24T12:00:00Z", "Europe/Paris", 2);
-        assert_eq!(
-            got,
-            ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
-        );
+        assert_eq!(got, ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]);
     }
 
     #[test]
@@ -690,41 +551,19 @@ mod tests {
     fn new_york_transitions() {
         // 2026-03-08 02:00 EST -> 03:00 EDT; 2026-11-01 02:00 EDT -> 01:00 EST.
         assert_eq!(
-            next(
-                "0 15 2 * * *",
-                "2026-03-07T12:00:00Z",
-                "America/New_York",
-                2
-            ),
+            next("0 15 2 * * *", "2026-03-07T12:00:00Z", "America/New_York", 2),
             ["2026-03-08T03:00:00-04:00", "2026-03-09T02:15:00-04:00"]
         );
         assert_eq!(
-            next(
-                "0 30 1 * * *",
-                "2026-10-31T12:00:00Z",
-                "America/New_York",
-                2
-            ),
+            next("0 30 1 * * *", "2026-10-31T12:00:00Z", "America/New_York", 2),
             ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
         );
         assert_eq!(
             next("0 0 * * * *", "2026-11-01T04:30:00Z", "America/New_York", 3),
-            [
-                "2026-11-01T01:00:00-04:00",
-                "2026-11-01T01:00:00-05:00",
-                "2026-11-01T02:00:00-05:00"
-            ]
+            ["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T02:00:00-05:00"]
         );
         // From inside the second pass of the repeated hour, a fixed 01:30 waits a day.
-        assert_eq!(
-            next(
-                "0 30 1 * * *",
-                "2026-11-01T06:10:00Z",
-                "America/New_York",
-                1
-            ),
-            ["2026-11-02T01:30:00-05:00"]
-        );
+        assert_eq!(next("0 30 1 * * *", "2026-11-01T06:10:00Z", "America/New_York", 1), ["2026-11-02T01:30:00-05:00"]);
     }
 
     #[test]

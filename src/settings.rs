@@ -113,16 +113,11 @@ pub fn load(dir: &Path, kind: JobKind) -> Loaded {
     let file = dir.join(FILE_NAME);
     match std::fs::read_to_string(&file) {
         Ok(text) => parse(&file, &text, kind),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Loaded {
-            settings: Ok(Settings::defaults(kind)),
-            warnings: Vec::new(),
-        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Loaded { settings: Ok(Settings::defaults(kind)), warnings: Vec::new() }
+        }
         Err(e) => Loaded {
-            settings: Err(vec![Problem {
-                file,
-                key: String::new(),
-                message: format!("cannot read the file: {e}"),
-            }]),
+            settings: Err(vec![Problem { file, key: String::new(), message: format!("cannot read the file: {e}") }]),
             warnings: Vec::new(),
         },
     }
@@ -133,10 +128,7 @@ pub fn parse(file: &Path, text: &str, kind: JobKind) -> Loaded {
     let map = match parse_object(file, text) {
         Ok(map) => map,
         Err(p) => {
-            return Loaded {
-                settings: Err(vec![p]),
-                warnings: Vec::new(),
-            };
+            return Loaded { settings: Err(vec![p]), warnings: Vec::new() };
         }
     };
     let mut s = Settings::defaults(kind);
@@ -154,16 +146,10 @@ pub fn parse(file: &Path, text: &str, kind: JobKind) -> Loaded {
     }
     let problems = r.into_problems();
     if !problems.is_empty() {
-        return Loaded {
-            settings: Err(problems),
-            warnings,
-        };
+        return Loaded { settings: Err(problems), warnings };
     }
     s.raw = map;
-    Loaded {
-        settings: Ok(s),
-        warnings,
-    }
+    Loaded { settings: Ok(s), warnings }
 }
 
 fn read_webjobs_keys<'a>(r: &mut Reader<'a>, s: &mut Settings) {
@@ -190,9 +176,7 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
             Ok(_) => s.timezone = Some(tz.to_string()),
             Err(_) => r.problem(
                 "timezone",
-                format!(
-                    "unknown time zone \"{tz}\" (expected an IANA name such as \"Europe/Paris\")"
-                ),
+                format!("unknown time zone \"{tz}\" (expected an IANA name such as \"Europe/Paris\")"),
             ),
         }
     }
@@ -217,10 +201,7 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
         s.max_restart_delay = d;
     }
     if s.max_restart_delay < s.restart_delay && r.value("max_restart_delay").is_some() {
-        r.problem(
-            "max_restart_delay",
-            "must not be smaller than restart_delay",
-        );
+        r.problem("max_restart_delay", "must not be smaller than restart_delay");
     }
     read_env(r, s);
 }
@@ -229,10 +210,7 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
 fn positive<'a>(r: &mut Reader<'a>, key: &'a str) -> Option<Duration> {
     let d = r.seconds(key)?;
     if d.is_zero() {
-        r.problem(
-            key,
-            "expected a number of seconds above 0 (leave the key out for no limit)",
-        );
+        r.problem(key, "expected a number of seconds above 0 (leave the key out for no limit)");
         return None;
     }
     Some(d)
@@ -250,10 +228,7 @@ fn read_catch_up<'a>(r: &mut Reader<'a>, s: &mut Settings) {
             None => return,
         },
         _ => {
-            r.problem(
-                "catch_up",
-                format!("expected \"none\", \"last\" or a maximum age in seconds, found {value}"),
-            );
+            r.problem("catch_up", format!("expected \"none\", \"last\" or a maximum age in seconds, found {value}"));
             return;
         }
     };
@@ -264,17 +239,11 @@ fn read_env<'a>(r: &mut Reader<'a>, s: &mut Settings) {
     for (name, value) in map {
         let key = format!("env.{name}");
         if name.is_empty() || name.contains('=') || name.contains('\0') {
-            r.problem(
-                &key,
-                "an environment variable name cannot be empty or contain `=`",
-            );
+            r.problem(&key, "an environment variable name cannot be empty or contain `=`");
             continue;
         }
         if name.starts_with("WEBJOBS_") {
-            r.problem(
-                &key,
-                "names starting with WEBJOBS_ are set by the daemon and cannot be overridden",
-            );
+            r.problem(&key, "names starting with WEBJOBS_ are set by the daemon and cannot be overridden");
             continue;
         }
         let text = match value {
@@ -282,13 +251,7 @@ fn read_env<'a>(r: &mut Reader<'a>, s: &mut Settings) {
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
             other => {
-                r.problem(
-                    &key,
-                    format!(
-                        "expected a string, found {}",
-                        crate::problems::kind_of(other)
-                    ),
-                );
+                r.problem(&key, format!("expected a string, found {}", crate::problems::kind_of(other)));
                 continue;
             }
         };
@@ -333,16 +296,9 @@ fn read_run_mode<'a>(r: &mut Reader<'a>, s: &mut Settings, kind: JobKind) {
 /// Keys that are valid but mean nothing for this kind of job.
 fn type_warnings(file: &Path, map: &Map<String, Value>, kind: JobKind) -> Vec<Problem> {
     let ignored: &[&str] = match kind {
-        JobKind::Continuous => &[
-            "schedule",
-            "timeout",
-            "idle_timeout",
-            "retries",
-            "retry_delay",
-            "overlap",
-            "catch_up",
-            "timezone",
-        ],
+        JobKind::Continuous => {
+            &["schedule", "timeout", "idle_timeout", "retries", "retry_delay", "overlap", "catch_up", "timezone"]
+        }
         JobKind::Triggered => &["is_singleton", "restart_delay", "max_restart_delay"],
     };
     ignored
@@ -367,24 +323,13 @@ mod tests {
         warnings: Vec<Problem>,
     }
     fn split(l: Loaded) -> Result<Parsed, Vec<Problem>> {
-        l.settings.map(|settings| Parsed {
-            settings,
-            warnings: l.warnings,
-        })
+        l.settings.map(|settings| Parsed { settings, warnings: l.warnings })
     }
     fn parse_c(text: &str) -> Result<Parsed, Vec<Problem>> {
-        split(parse(
-            Path::new("jobs/continuous/a/settings.job"),
-            text,
-            JobKind::Continuous,
-        ))
+        split(parse(Path::new("jobs/continuous/a/settings.job"), text, JobKind::Continuous))
     }
     fn parse_t(text: &str) -> Result<Parsed, Vec<Problem>> {
-        split(parse(
-            Path::new("jobs/triggered/a/settings.job"),
-            text,
-            JobKind::Triggered,
-        ))
+        split(parse(Path::new("jobs/triggered/a/settings.job"), text, JobKind::Triggered))
     }
     fn keys(problems: &[Problem]) -> Vec<&str> {
         problems.iter().map(|p| p.key.as_str()).collect()
@@ -392,14 +337,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_webjobs() {
-        assert_eq!(
-            Settings::defaults(JobKind::Continuous).stopping_wait_time,
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            Settings::defaults(JobKind::Triggered).stopping_wait_time,
-            Duration::from_secs(30)
-        );
+        assert_eq!(Settings::defaults(JobKind::Continuous).stopping_wait_time, Duration::from_secs(5));
+        assert_eq!(Settings::defaults(JobKind::Triggered).stopping_wait_time, Duration::from_secs(30));
         let s = parse_c("{}").unwrap().settings;
         assert!(!s.is_singleton);
         assert_eq!(s.is_in_place, None);
@@ -419,15 +358,10 @@ mod tests {
         assert_eq!(s.stopping_wait_time, Duration::from_secs(10));
         assert_eq!(s.timeout, Some(Duration::from_secs(90)));
         assert_eq!(s.idle_timeout, Some(Duration::from_millis(30_500)));
-        assert_eq!(
-            (s.retries, s.overlap, s.catch_up),
-            (2, Overlap::Queue, CatchUp::Last)
-        );
+        assert_eq!((s.retries, s.overlap, s.catch_up), (2, Overlap::Queue, CatchUp::Last));
         assert_eq!(s.env["B"], "2");
         assert_eq!(s.run_mode, RunMode::Scheduled);
-        let c =
-            parse_c(r#"{"is_singleton": true, "restart_delay": 0.25, "max_restart_delay": 10}"#)
-                .unwrap();
+        let c = parse_c(r#"{"is_singleton": true, "restart_delay": 0.25, "max_restart_delay": 10}"#).unwrap();
         assert!(c.settings.is_singleton);
         assert_eq!(c.settings.restart_delay, Duration::from_millis(250));
     }
@@ -436,32 +370,16 @@ mod tests {
     fn invalid_json_names_the_position() {
         let e = parse_c("{\"is_singleton\": tru}").unwrap_err();
         assert_eq!(e.len(), 1);
-        assert!(
-            e[0].message.starts_with("invalid JSON at line 1"),
-            "{}",
-            e[0].message
-        );
-        assert!(
-            e[0].to_string()
-                .starts_with("jobs/continuous/a/settings.job: ")
-        );
+        assert!(e[0].message.starts_with("invalid JSON at line 1"), "{}", e[0].message);
+        assert!(e[0].to_string().starts_with("jobs/continuous/a/settings.job: "));
     }
 
     #[test]
     fn wrong_types_are_errors_not_silently_ignored() {
-        let e = parse_c(
-            r#"{"is_singleton": "true", "stopping_wait_time": "60", "is_in_place": 1, "env": []}"#,
-        )
-        .unwrap_err();
-        assert_eq!(
-            keys(&e),
-            vec!["is_singleton", "stopping_wait_time", "is_in_place", "env"]
-        );
-        assert!(
-            e[1].message.contains("found a string (\"60\")"),
-            "{}",
-            e[1].message
-        );
+        let e = parse_c(r#"{"is_singleton": "true", "stopping_wait_time": "60", "is_in_place": 1, "env": []}"#)
+            .unwrap_err();
+        assert_eq!(keys(&e), vec!["is_singleton", "stopping_wait_time", "is_in_place", "env"]);
+        assert!(e[1].message.contains("found a string (\"60\")"), "{}", e[1].message);
     }
 
     #[test]
@@ -483,11 +401,11 @@ mod tests {
 
     #[test]
     fn bad_enums_list_the_choices() {
-        let e = parse_t(r#"{"overlap": "parallel", "catch_up": true, "run_mode": "sometimes", "timezone": "Nowhere/City"}"#).unwrap_err();
-        assert_eq!(
-            keys(&e),
-            vec!["timezone", "overlap", "catch_up", "run_mode"]
-        );
+        let e = parse_t(
+            r#"{"overlap": "parallel", "catch_up": true, "run_mode": "sometimes", "timezone": "Nowhere/City"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(keys(&e), vec!["timezone", "overlap", "catch_up", "run_mode"]);
         assert!(e[1].message.contains("\"skip\", \"queue\" or \"replace\""));
     }
 
@@ -495,11 +413,7 @@ mod tests {
     fn run_mode_must_agree_with_the_folder() {
         let e = parse_c(r#"{"run_mode": "on_demand"}"#).unwrap_err();
         assert!(e[0].message.contains("jobs/continuous/"));
-        assert!(
-            parse_t(r#"{"run_mode": "scheduled"}"#).unwrap_err()[0]
-                .message
-                .contains("schedule")
-        );
+        assert!(parse_t(r#"{"run_mode": "scheduled"}"#).unwrap_err()[0].message.contains("schedule"));
         assert!(parse_t(r#"{"run_mode": "continuous"}"#).is_err());
     }
 
@@ -507,21 +421,14 @@ mod tests {
     fn unknown_and_inapplicable_keys_are_warnings() {
         let l = parse_c(r#"{"is_singelton": true, "schedule": "0 * * * * *"}"#).unwrap();
         let w = keys(&l.warnings);
-        assert!(
-            w.contains(&"is_singelton") && w.contains(&"schedule"),
-            "{w:?}"
-        );
+        assert!(w.contains(&"is_singelton") && w.contains(&"schedule"), "{w:?}");
         assert!(!l.settings.is_singleton);
     }
 
     #[test]
     fn env_names_and_values_are_checked() {
-        let e = parse_c(r#"{"env": {"A=B": "x", "C": null, "D": {"x": 1}, "WEBJOBS_NAME": "x"}}"#)
-            .unwrap_err();
-        assert_eq!(
-            keys(&e),
-            vec!["env.A=B", "env.C", "env.D", "env.WEBJOBS_NAME"]
-        );
+        let e = parse_c(r#"{"env": {"A=B": "x", "C": null, "D": {"x": 1}, "WEBJOBS_NAME": "x"}}"#).unwrap_err();
+        assert_eq!(keys(&e), vec!["env.A=B", "env.C", "env.D", "env.WEBJOBS_NAME"]);
     }
 
     #[test]
@@ -532,17 +439,9 @@ mod tests {
 
     #[test]
     fn the_shipped_schema_describes_exactly_the_known_keys() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/settings/settings.job.schema.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/settings/settings.job.schema.json");
         let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let mut in_schema: Vec<&str> = schema["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let mut in_schema: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
         let mut known: Vec<&str> = KNOWN_KEYS.split(", ").map(str::trim).collect();
         in_schema.sort();
         known.sort();

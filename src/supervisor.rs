@@ -9,9 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::continuous::{self, Control};
+use crate::continuous;
 use crate::coordination::Coordinator;
 use crate::jobs::{self, JobDef, JobKey, JobKind};
+use crate::triggered;
 
 /// What every job actor needs to know about this daemon.
 #[derive(Debug)]
@@ -20,17 +21,14 @@ pub struct Shared {
     /// Prefix of every run marker this daemon hands out (see [`crate::process::MARKER_VAR`]).
     pub marker_prefix: String,
     pub coordinator: Coordinator,
+    /// Changes when the system clock is set (schedules recompute).
+    pub clock: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Shared {
     /// The marker of one run of `key`.
     pub fn marker(&self, key: &JobKey, nonce: &str) -> String {
-        format!(
-            "{}{}/{}/{nonce}",
-            self.marker_prefix,
-            key.kind.as_str(),
-            key.name
-        )
+        format!("{}{}/{}/{nonce}", self.marker_prefix, key.kind.as_str(), key.name)
     }
 }
 
@@ -49,11 +47,39 @@ pub enum Event {
     Reload(Arc<Config>),
     /// Answered when the supervisor loop is responsive (systemd watchdog).
     Ping(oneshot::Sender<()>),
+    /// For the triggered job `name`. When there is no such job the control is
+    /// dropped, which closes its reply channel: the caller reads "not found".
+    Triggered {
+        name: String,
+        control: triggered::Control,
+    },
+}
+
+/// The actor of a job, by kind.
+enum Actor {
+    Continuous(continuous::Handle),
+    Triggered(triggered::Handle),
+}
+
+impl Actor {
+    fn update(&self, def: Arc<JobDef>, config: Arc<Config>) {
+        match self {
+            Actor::Continuous(h) => h.send(continuous::Control::Update { def, config }),
+            Actor::Triggered(h) => h.send(triggered::Control::Update { def, config }),
+        }
+    }
+
+    fn shutdown(&self, why: &'static str) {
+        match self {
+            Actor::Continuous(h) => h.send(continuous::Control::Shutdown { why }),
+            Actor::Triggered(h) => h.send(triggered::Control::Shutdown { why }),
+        }
+    }
 }
 
 struct Entry {
     def: Arc<JobDef>,
-    actor: Option<continuous::Handle>,
+    actor: Actor,
 }
 
 /// Owns the job table.
@@ -67,21 +93,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Supervisor {
-        Supervisor {
-            config,
-            shared,
-            jobs: BTreeMap::new(),
-            tasks: JoinSet::new(),
-            reloads: 0,
-        }
+        Supervisor { config, shared, jobs: BTreeMap::new(), tasks: JoinSet::new(), reloads: 0 }
     }
 
     /// Loads every job and starts the continuous ones.
     pub async fn load(&mut self) {
         let config = self.config.clone();
-        let defs = tokio::task::spawn_blocking(move || jobs::scan_all(&config))
-            .await
-            .unwrap_or_default();
+        let defs = tokio::task::spawn_blocking(move || jobs::scan_all(&config)).await.unwrap_or_default();
         tracing::info!(jobs = defs.len(), "jobs loaded");
         for def in defs {
             self.upsert(def);
@@ -89,11 +107,7 @@ impl Supervisor {
     }
 
     /// Serves events until `shutdown` completes, then stops every job.
-    pub async fn run(
-        mut self,
-        mut events: mpsc::Receiver<Event>,
-        shutdown: impl Future<Output = ()>,
-    ) {
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -102,6 +116,7 @@ impl Supervisor {
                     Some(Event::Changed(changes)) => self.on_changes(changes).await,
                     Some(Event::Reload(config)) => self.on_reload(config).await,
                     Some(Event::Ping(reply)) => { let _ = reply.send(()); }
+                    Some(Event::Triggered { name, control }) => self.to_triggered(name, control),
                     None => break,
                 },
                 Some(result) = self.tasks.join_next() => {
@@ -116,19 +131,9 @@ impl Supervisor {
         self.reloads += 1;
         let config = self.config.clone();
         let known: Vec<JobKey> = self.jobs.keys().cloned().collect();
-        let scanned = tokio::task::spawn_blocking(move || rescan(&config, &changes, &known))
-            .await
-            .unwrap_or_default();
-        let changed = scanned
-            .iter()
-            .filter(|(key, def)| self.differs(key, def.as_ref()))
-            .count();
-        tracing::info!(
-            reload = self.reloads,
-            scanned = scanned.len(),
-            changed,
-            "reload"
-        );
+        let scanned = tokio::task::spawn_blocking(move || rescan(&config, &changes, &known)).await.unwrap_or_default();
+        let changed = scanned.iter().filter(|(key, def)| self.differs(key, def.as_ref())).count();
+        tracing::info!(reload = self.reloads, scanned = scanned.len(), changed, "reload");
         for (key, def) in scanned {
             match def {
                 Some(def) => self.upsert(def),
@@ -150,18 +155,16 @@ impl Supervisor {
             ..(*config).clone()
         });
         let keys = self.jobs.keys().cloned().collect();
-        self.on_changes(Changes {
-            jobs: keys,
-            full: true,
-        })
-        .await;
+        self.on_changes(Changes { jobs: keys, full: true }).await;
         for entry in self.jobs.values() {
-            if let Some(actor) = &entry.actor {
-                actor.send(Control::Update {
-                    def: entry.def.clone(),
-                    config: self.config.clone(),
-                });
-            }
+            entry.actor.update(entry.def.clone(), self.config.clone());
+        }
+    }
+
+    fn to_triggered(&self, name: String, control: triggered::Control) {
+        let key = JobKey::new(JobKind::Triggered, name);
+        if let Some(Entry { actor: Actor::Triggered(handle), .. }) = self.jobs.get(&key) {
+            handle.send(control);
         }
     }
 
@@ -181,34 +184,22 @@ impl Supervisor {
                 return;
             }
             entry.def = Arc::new(def);
-            if let Some(actor) = &entry.actor {
-                actor.send(Control::Update {
-                    def: entry.def.clone(),
-                    config: self.config.clone(),
-                });
-            }
+            entry.actor.update(entry.def.clone(), self.config.clone());
             return;
         }
         let def = Arc::new(def);
-        let actor = (key.kind == JobKind::Continuous).then(|| {
-            continuous::spawn(
-                def.clone(),
-                self.config.clone(),
-                self.shared.clone(),
-                &mut self.tasks,
-            )
-        });
+        let (config, shared) = (self.config.clone(), self.shared.clone());
+        let actor = match key.kind {
+            JobKind::Continuous => Actor::Continuous(continuous::spawn(def.clone(), config, shared, &mut self.tasks)),
+            JobKind::Triggered => Actor::Triggered(triggered::spawn(def.clone(), config, shared, &mut self.tasks)),
+        };
         self.jobs.insert(key, Entry { def, actor });
     }
 
     fn remove(&mut self, key: &JobKey) {
-        if let Some(entry) = self.jobs.remove(key)
-            && let Some(actor) = entry.actor
-        {
+        if let Some(entry) = self.jobs.remove(key) {
             tracing::info!(job = %key, "job removed");
-            actor.send(Control::Shutdown {
-                why: "the job folder was removed",
-            });
+            entry.actor.shutdown("the job folder was removed");
         }
     }
 
@@ -216,11 +207,7 @@ impl Supervisor {
     async fn stop_all(&mut self) {
         tracing::info!(jobs = self.jobs.len(), "stopping all jobs");
         for entry in self.jobs.values() {
-            if let Some(actor) = &entry.actor {
-                actor.send(Control::Shutdown {
-                    why: "daemon stopping",
-                });
-            }
+            entry.actor.shutdown("daemon stopping");
         }
         self.jobs.clear();
         while let Some(result) = self.tasks.join_next().await {
@@ -237,11 +224,7 @@ fn rescan(config: &Config, changes: &Changes, known: &[JobKey]) -> Vec<(JobKey, 
     if changes.full {
         keys.extend(known.iter().cloned());
         for kind in JobKind::ALL {
-            keys.extend(
-                jobs::job_names(config, kind)
-                    .into_iter()
-                    .map(|n| JobKey::new(kind, n)),
-            );
+            keys.extend(jobs::job_names(config, kind).into_iter().map(|n| JobKey::new(kind, n)));
         }
     }
     keys.into_iter()

@@ -14,9 +14,7 @@ pub struct Systemd {
 
 impl Systemd {
     pub fn from_env() -> Systemd {
-        Systemd {
-            watchdog: sd_notify::watchdog_enabled(),
-        }
+        Systemd { watchdog: sd_notify::watchdog_enabled() }
     }
 }
 

@@ -30,10 +30,7 @@ pub enum WatchError {
     )]
     TooManyHandles { path: PathBuf },
     #[error("cannot watch {path}: {source}")]
-    Other {
-        path: PathBuf,
-        source: notify::Error,
-    },
+    Other { path: PathBuf, source: notify::Error },
 }
 
 impl WatchError {
@@ -41,12 +38,8 @@ impl WatchError {
         let path = path.to_path_buf();
         match &e.kind {
             notify::ErrorKind::MaxFilesWatch => WatchError::TooManyWatches { path },
-            notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => {
-                WatchError::TooManyWatches { path }
-            }
-            notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
-                WatchError::TooManyHandles { path }
-            }
+            notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => WatchError::TooManyWatches { path },
+            notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => WatchError::TooManyHandles { path },
             _ => WatchError::Other { path, source: e },
         }
     }
@@ -67,11 +60,7 @@ pub struct WatchGuard {
 /// Watches `jobs_dir` and sends debounced [`Event::Changed`] to the supervisor.
 /// When inotify cannot be used (limits), falls back to polling every 2 s and
 /// says so.
-pub fn watch(
-    jobs_dir: &Path,
-    debounce: Duration,
-    events: mpsc::Sender<Event>,
-) -> Result<WatchGuard, WatchError> {
+pub fn watch(jobs_dir: &Path, debounce: Duration, events: mpsc::Sender<Event>) -> Result<WatchGuard, WatchError> {
     let (tx, rx) = mpsc::channel::<Hint>(QUEUE);
     let overflow = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
@@ -96,10 +85,7 @@ pub fn watch(
     };
     let watcher = start_watcher(jobs_dir, handler)?;
     let debouncer = tokio::spawn(debounce_loop(rx, overflow, wake, debounce, events));
-    Ok(WatchGuard {
-        _watcher: watcher,
-        _debouncer: debouncer,
-    })
+    Ok(WatchGuard { _watcher: watcher, _debouncer: debouncer })
 }
 
 fn start_watcher<F>(jobs_dir: &Path, handler: F) -> Result<Box<dyn Watcher + Send>, WatchError>
@@ -115,14 +101,11 @@ where
             if matches!(err, WatchError::Other { .. }) {
                 return Err(err);
             }
-            tracing::error!(
-                "{err}; falling back to polling the jobs folder every 2s until restarted"
-            );
+            tracing::error!("{err}; falling back to polling the jobs folder every 2s until restarted");
             let config = notify::Config::default().with_poll_interval(Duration::from_secs(2));
-            let mut poll = notify::PollWatcher::new(handler, config)
-                .map_err(|e| WatchError::from_notify(jobs_dir, e))?;
-            poll.watch(jobs_dir, RecursiveMode::Recursive)
-                .map_err(|e| WatchError::from_notify(jobs_dir, e))?;
+            let mut poll =
+                notify::PollWatcher::new(handler, config).map_err(|e| WatchError::from_notify(jobs_dir, e))?;
+            poll.watch(jobs_dir, RecursiveMode::Recursive).map_err(|e| WatchError::from_notify(jobs_dir, e))?;
             Ok(Box::new(poll))
         }
     }
@@ -136,11 +119,7 @@ fn hints_for(root: &Path, event: &FsEvent) -> Vec<Hint> {
     if matches!(event.kind, EventKind::Access(_)) {
         return Vec::new();
     }
-    event
-        .paths
-        .iter()
-        .filter_map(|p| hint_for_path(root, p))
-        .collect()
+    event.paths.iter().filter_map(|p| hint_for_path(root, p)).collect()
 }
 
 fn hint_for_path(root: &Path, path: &Path) -> Option<Hint> {
@@ -222,14 +201,8 @@ mod tests {
 
     #[test]
     fn events_map_to_jobs() {
-        assert_eq!(
-            hint("/j/continuous/a/run.sh").as_deref(),
-            Some("continuous/a")
-        );
-        assert_eq!(
-            hint("/j/triggered/b/x/y/z.py").as_deref(),
-            Some("triggered/b")
-        );
+        assert_eq!(hint("/j/continuous/a/run.sh").as_deref(), Some("continuous/a"));
+        assert_eq!(hint("/j/triggered/b/x/y/z.py").as_deref(), Some("triggered/b"));
         assert_eq!(hint("/j/continuous").as_deref(), Some("full"));
         assert_eq!(hint("/j").as_deref(), Some("full"));
         assert_eq!(hint("/j/other/a"), None);
@@ -241,28 +214,13 @@ mod tests {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (etx, mut erx) = mpsc::channel(8);
         let overflow = Arc::new(AtomicBool::new(false));
-        tokio::spawn(debounce_loop(
-            rx,
-            overflow,
-            Arc::new(Notify::new()),
-            Duration::from_secs(1),
-            etx,
-        ));
+        tokio::spawn(debounce_loop(rx, overflow, Arc::new(Notify::new()), Duration::from_secs(1), etx));
         for i in 0..500 {
-            tx.send(Hint::Job(JobKey::new(JobKind::Continuous, format!("j{i}"))))
-                .await
-                .unwrap();
+            tx.send(Hint::Job(JobKey::new(JobKind::Continuous, format!("j{i}")))).await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let Some(Event::Changed(changes)) = erx.recv().await else {
-            panic!()
-        };
+        let Some(Event::Changed(changes)) = erx.recv().await else { panic!() };
         assert_eq!(changes.jobs.len(), 500);
-        assert!(
-            tokio::time::timeout(Duration::from_secs(30), erx.recv())
-                .await
-                .is_err(),
-            "only one batch"
-        );
+        assert!(tokio::time::timeout(Duration::from_secs(30), erx.recv()).await.is_err(), "only one batch");
     }
 }

@@ -11,10 +11,7 @@ use crate::jobs::{JobKey, Runnable};
 
 /// The folder all working copies of a job live in.
 pub fn job_temp_dir(temp_dir: &Path, key: &JobKey) -> PathBuf {
-    temp_dir
-        .join("jobs")
-        .join(key.kind.as_str())
-        .join(&key.name)
+    temp_dir.join("jobs").join(key.kind.as_str()).join(&key.name)
 }
 
 /// The folder to run `job` in when no copy has to be made (in place, or a
@@ -40,11 +37,7 @@ pub fn prepare(temp_dir: &Path, instance: &str, job: &Runnable) -> io::Result<Pa
     }
     let base = job_temp_dir(temp_dir, &job.key);
     let target = copy_path(temp_dir, instance, job);
-    let name = target
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
+    let name = target.file_name().unwrap_or_default().to_string_lossy().into_owned();
     std::fs::create_dir_all(&base)?;
     let staging = base.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
@@ -97,11 +90,7 @@ mod tests {
             key: JobKey::new(JobKind::Continuous, "j"),
             script_dir: dir.to_path_buf(),
             fingerprint,
-            script: Script {
-                file: "run.sh".into(),
-                host: vec!["/bin/bash".into()],
-                in_place_default: false,
-            },
+            script: Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false },
             settings: Settings::defaults(JobKind::Continuous),
         }
     }
@@ -112,19 +101,11 @@ mod tests {
         let src = d.path().join("src");
         std::fs::create_dir_all(src.join("lib")).unwrap();
         std::fs::write(src.join("run.sh"), "echo hi").unwrap();
-        std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o750))
-            .unwrap();
+        std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
         std::fs::write(src.join("lib/x"), "x").unwrap();
         let temp = d.path().join("temp");
         let first = prepare(&temp, "i", &runnable(&src, 1)).unwrap();
-        assert_eq!(
-            std::fs::metadata(first.join("run.sh"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o750
-        );
+        assert_eq!(std::fs::metadata(first.join("run.sh")).unwrap().permissions().mode() & 0o777, 0o750);
         assert!(first.join("lib/x").exists());
         assert_eq!(prepare(&temp, "i", &runnable(&src, 1)).unwrap(), first);
         let second = prepare(&temp, "i", &runnable(&src, 2)).unwrap();

@@ -40,18 +40,11 @@ fn view(config: &Config, def: &JobDef) -> JobView {
     let instances: Vec<InstanceView> = match def.key.kind {
         JobKind::Continuous => status::read_all(&data)
             .into_iter()
-            .map(|s| InstanceView {
-                daemon_running: instance_alive(&config.data_dir, &s.instance),
-                status: s,
-            })
+            .map(|s| InstanceView { daemon_running: instance_alive(&config.data_dir, &s.instance), status: s })
             .collect(),
         JobKind::Triggered => Vec::new(),
     };
-    let live: Vec<&ContinuousStatus> = instances
-        .iter()
-        .filter(|i| i.daemon_running)
-        .map(|i| &i.status)
-        .collect();
+    let live: Vec<&ContinuousStatus> = instances.iter().filter(|i| i.daemon_running).map(|i| &i.status).collect();
     let errors = def.errors();
     let status = overall(def, &errors, &live);
     let detailed_status = instances
@@ -61,19 +54,12 @@ fn view(config: &Config, def: &JobDef) -> JobView {
                 "{} - {}{}",
                 i.status.instance,
                 i.status.status.as_str(),
-                if i.daemon_running {
-                    ""
-                } else {
-                    " (daemon not running)"
-                }
+                if i.daemon_running { "" } else { " (daemon not running)" }
             )
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let error = live
-        .iter()
-        .find_map(|s| s.error.clone())
-        .or_else(|| (!errors.is_empty()).then(|| errors.join("; ")));
+    let error = live.iter().find_map(|s| s.error.clone()).or_else(|| (!errors.is_empty()).then(|| errors.join("; ")));
     JobView {
         name: def.key.name.clone(),
         kind: def.key.kind,
@@ -82,19 +68,14 @@ fn view(config: &Config, def: &JobDef) -> JobView {
         run_command: def.script.as_ref().ok().map(|s| s.file.clone()),
         error,
         warnings: def.warnings(),
-        log_path: (def.key.kind == JobKind::Continuous)
-            .then(|| data.join("job_log.txt").display().to_string()),
+        log_path: (def.key.kind == JobKind::Continuous).then(|| data.join("job_log.txt").display().to_string()),
         instances,
     }
 }
 
 /// WebJobs' rule: the status of the first instance that is not inactive.
 fn overall(def: &JobDef, errors: &[String], live: &[&ContinuousStatus]) -> String {
-    if let Some(active) = live
-        .iter()
-        .find(|s| s.status != JobStatus::InactiveInstance)
-        .or(live.first())
-    {
+    if let Some(active) = live.iter().find(|s| s.status != JobStatus::InactiveInstance).or(live.first()) {
         return active.status.as_str().to_string();
     }
     if !errors.is_empty() {
@@ -111,24 +92,11 @@ fn detail(v: &JobView) -> String {
     if let Some(e) = &v.error {
         return e.clone();
     }
-    let Some(s) = v
-        .instances
-        .iter()
-        .find(|i| i.daemon_running)
-        .map(|i| &i.status)
-    else {
-        return if v.status == "NotRunning" {
-            "no daemon is running this job".into()
-        } else {
-            String::new()
-        };
+    let Some(s) = v.instances.iter().find(|i| i.daemon_running).map(|i| &i.status) else {
+        return if v.status == "NotRunning" { "no daemon is running this job".into() } else { String::new() };
     };
     match s.status {
-        JobStatus::Running => format!(
-            "pid {} since {}",
-            s.pid.unwrap_or(0),
-            s.start_time.clone().unwrap_or_default()
-        ),
+        JobStatus::Running => format!("pid {} since {}", s.pid.unwrap_or(0), s.start_time.clone().unwrap_or_default()),
         JobStatus::PendingRestart => format!(
             "restart #{} at {} (last: {})",
             s.restarts,
@@ -141,10 +109,7 @@ fn detail(v: &JobView) -> String {
 }
 
 pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let views: Vec<JobView> = jobs::scan_all(config)
-        .iter()
-        .map(|d| view(config, d))
-        .collect();
+    let views: Vec<JobView> = jobs::scan_all(config).iter().map(|d| view(config, d)).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(ExitCode::SUCCESS);
@@ -154,18 +119,9 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let width = views.iter().map(|v| v.name.len()).max().unwrap_or(4).max(4);
-    println!(
-        "{:<width$}  {:<10}  {:<16}  DETAIL",
-        "NAME", "TYPE", "STATUS"
-    );
+    println!("{:<width$}  {:<10}  {:<16}  DETAIL", "NAME", "TYPE", "STATUS");
     for v in &views {
-        println!(
-            "{:<width$}  {:<10}  {:<16}  {}",
-            v.name,
-            v.kind.as_str(),
-            v.status,
-            detail(v)
-        );
+        println!("{:<width$}  {:<10}  {:<16}  {}", v.name, v.kind.as_str(), v.status, detail(v));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -200,15 +156,7 @@ pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCod
     }
     for i in &v.instances {
         let s = &i.status;
-        println!(
-            "instance {}{}:",
-            s.instance,
-            if i.daemon_running {
-                ""
-            } else {
-                " (daemon not running)"
-            }
-        );
+        println!("instance {}{}:", s.instance, if i.daemon_running { "" } else { " (daemon not running)" });
         println!("  status:        {}", s.status.as_str());
         let fields = [
             ("pid", s.pid.map(|p| p.to_string())),

@@ -2,9 +2,15 @@
 //! subcommand.
 //!
 //! Exit codes: 0 success; 1 failure (or problems found by `validate`);
-//! 2 usage error; 3 job not found.
+//! 2 usage error; 3 job (or run) not found; 4 refused by the daemon (a run is
+//! already active, WEBJOBS_STOPPED, nothing to cancel); 5 the daemon cannot be
+//! reached. `run --wait`/`--follow` end with the run: 0 Success, 6 Failed,
+//! 7 Aborted, 8 Cancelled.
 
+mod client;
+mod history;
 mod list;
+mod run;
 mod schedule;
 mod serve;
 mod toggle;
@@ -19,6 +25,21 @@ use crate::config::{Config, Sources};
 
 /// Exit code for a job that does not exist.
 pub const EXIT_NOT_FOUND: u8 = 3;
+/// The daemon refused (409).
+pub const EXIT_REFUSED: u8 = 4;
+/// The daemon cannot be reached.
+pub const EXIT_DAEMON: u8 = 5;
+
+/// The exit code of `run --wait` for a run that ended in `state`.
+pub fn exit_for_run(state: crate::history::RunState) -> ExitCode {
+    use crate::history::RunState;
+    ExitCode::from(match state {
+        RunState::Success => 0,
+        RunState::Failed => 6,
+        RunState::Aborted | RunState::Initializing | RunState::Running => 7,
+        RunState::Cancelled => 8,
+    })
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,6 +84,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a triggered job now; arguments after `--` reach the script as argv.
+    Run {
+        job: String,
+        /// Wait for the run to end; the exit code tells how it ended.
+        #[arg(long)]
+        wait: bool,
+        /// Print the run's output as it is written, until it ends.
+        #[arg(long)]
+        follow: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Cancel the active run of a triggered job.
+    Cancel { job: String, run: Option<String> },
+    /// Runs of a triggered job, newest first.
+    History {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's log (a triggered job's latest run, or --run ID).
+    Logs {
+        job: String,
+        #[arg(long, value_name = "ID|latest")]
+        run: Option<String>,
+        #[arg(long)]
+        follow: bool,
+    },
     /// Print the next occurrences of an NCRONTAB schedule (no daemon needed).
     Schedule {
         /// Six fields `sec min hour day month day-of-week`, or five (sec = 0).
@@ -82,10 +131,7 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let sources = Sources {
-        file: cli.config.clone(),
-        root: cli.root.clone(),
-    };
+    let sources = Sources { file: cli.config.clone(), root: cli.root.clone() };
     let config = match Config::load(&sources) {
         Ok(config) => config,
         Err(e) => {
@@ -100,12 +146,13 @@ pub fn main() -> ExitCode {
         Command::Start { job } => toggle::toggle(&config, &job, true),
         Command::Stop { job } => toggle::toggle(&config, &job, false),
         Command::Validate { path, json } => validate::validate(&config, path.as_deref(), json),
-        Command::Schedule {
-            expr,
-            from,
-            count,
-            timezone,
-        } => schedule::schedule(&config, &expr, from.as_deref(), count, timezone.as_deref()),
+        Command::Run { job, wait, follow, args } => run::run(&config, &job, &args, wait, follow),
+        Command::Cancel { job, run } => run::cancel(&config, &job, run.as_deref()),
+        Command::History { job, json } => history::history(&config, &job, json),
+        Command::Logs { job, run, follow } => history::logs(&config, &job, run.as_deref(), follow),
+        Command::Schedule { expr, from, count, timezone } => {
+            schedule::schedule(&config, &expr, from.as_deref(), count, timezone.as_deref())
+        }
     };
     match result {
         Ok(code) => code,
@@ -132,13 +179,10 @@ pub(crate) fn find_job(config: &Config, spec: &str) -> Result<crate::jobs::JobDe
     };
     let found: Vec<_> = keys.iter().filter_map(|k| scan_job(config, k)).collect();
     match found.len() {
-        0 => Err(format!(
-            "no job named `{spec}` in {}",
-            config.jobs_dir.display()
-        )),
+        0 => Err(format!("no job named `{spec}` in {}", config.jobs_dir.display())),
         1 => Ok(found.into_iter().next().expect("one job")),
-        _ => Err(format!(
-            "`{spec}` is both a continuous and a triggered job: say continuous/{spec} or triggered/{spec}"
-        )),
+        _ => {
+            Err(format!("`{spec}` is both a continuous and a triggered job: say continuous/{spec} or triggered/{spec}"))
+        }
     }
 }

@@ -4,10 +4,9 @@
 use std::process::ExitCode;
 
 use jiff::Timestamp;
-use jiff::tz::TimeZone;
 
 use crate::config::Config;
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, resolve_zone, rfc3339};
 
 pub fn schedule(
     config: &Config,
@@ -46,21 +45,4 @@ pub fn schedule(
         println!("{}", rfc3339(t, &tz));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A zone by IANA name, or the machine's zone.
-pub fn resolve_zone(name: Option<&str>) -> Result<TimeZone, String> {
-    match name {
-        Some(name) => TimeZone::get(name).map_err(|_| {
-            format!("unknown time zone \"{name}\" (expected an IANA name such as \"Europe/Paris\")")
-        }),
-        None => Ok(TimeZone::try_system().unwrap_or(TimeZone::UTC)),
-    }
-}
-
-/// `2026-11-21T09:30:00+01:00` (whole seconds; `+00:00` for UTC).
-pub fn rfc3339(t: Timestamp, tz: &TimeZone) -> String {
-    t.to_zoned(tz.clone())
-        .strftime("%Y-%m-%dT%H:%M:%S%:z")
-        .to_string()
 }

@@ -16,10 +16,7 @@ pub fn toggle(config: &Config, spec: &str, start: bool) -> anyhow::Result<ExitCo
         }
     };
     if def.key.kind != JobKind::Continuous {
-        anyhow::bail!(
-            "{} is a triggered job; start and stop apply to continuous jobs",
-            def.key
-        );
+        anyhow::bail!("{} is a triggered job; start and stop apply to continuous jobs", def.key);
     }
     let file = def.script_dir.join(DISABLE_FILE);
     if start {
@@ -33,8 +30,7 @@ pub fn toggle(config: &Config, spec: &str, start: bool) -> anyhow::Result<ExitCo
     } else if file.exists() {
         println!("{}: already stopped", def.key);
     } else {
-        std::fs::write(&file, b"")
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+        std::fs::write(&file, b"").map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
         println!("{}: stopped (wrote {})", def.key, file.display());
     }
     Ok(ExitCode::SUCCESS)

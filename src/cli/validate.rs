@@ -30,11 +30,7 @@ pub fn validate(config: &Config, path: Option<&Path>, json: bool) -> anyhow::Res
     } else {
         print_reports(&reports);
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn print_reports(reports: &[Report]) {
@@ -43,11 +39,7 @@ fn print_reports(reports: &[Report]) {
     }
     for r in reports {
         if r.errors.is_empty() {
-            println!(
-                "ok     {}  ({})",
-                r.job,
-                r.command.as_deref().unwrap_or("?")
-            );
+            println!("ok     {}  ({})", r.job, r.command.as_deref().unwrap_or("?"));
         }
         for e in &r.errors {
             println!("error  {}: {e}", r.job);
@@ -58,10 +50,7 @@ fn print_reports(reports: &[Report]) {
     }
     let errors: usize = reports.iter().map(|r| r.errors.len()).sum();
     let warnings: usize = reports.iter().map(|r| r.warnings.len()).sum();
-    println!(
-        "{} job(s), {errors} error(s), {warnings} warning(s)",
-        reports.len()
-    );
+    println!("{} job(s), {errors} error(s), {warnings} warning(s)", reports.len());
 }
 
 fn report(def: &JobDef) -> Report {
@@ -69,16 +58,9 @@ fn report(def: &JobDef) -> Report {
         job: def.key.to_string(),
         path: def.dir.clone(),
         command: def.script.as_ref().ok().map(|s| {
-            let host = s
-                .host
-                .first()
-                .and_then(|h| Path::new(h).file_name())
-                .map(|h| h.to_string_lossy().into_owned());
+            let host = s.host.first().and_then(|h| Path::new(h).file_name()).map(|h| h.to_string_lossy().into_owned());
             let rest: Vec<&str> = s.host.iter().skip(1).map(String::as_str).collect();
-            let mut parts: Vec<String> = host
-                .into_iter()
-                .chain(rest.into_iter().map(String::from))
-                .collect();
+            let mut parts: Vec<String> = host.into_iter().chain(rest.into_iter().map(String::from)).collect();
             parts.push(s.file.clone());
             parts.join(" ")
         }),
@@ -93,48 +75,23 @@ fn jobs_at(config: &Config, path: &Path) -> anyhow::Result<Vec<JobDef>> {
     if !path.is_dir() {
         anyhow::bail!("{} is not a folder", path.display());
     }
-    let name_of = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
+    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let has_kinds = JobKind::ALL.iter().any(|k| path.join(k.as_str()).is_dir());
     if has_kinds {
-        let config = Config {
-            jobs_dir: path.to_path_buf(),
-            ..config.clone()
-        };
+        let config = Config { jobs_dir: path.to_path_buf(), ..config.clone() };
         return Ok(jobs::scan_all(&config));
     }
     if let Some(kind) = JobKind::parse(&name_of(path)) {
-        let config = Config {
-            jobs_dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            ..config.clone()
-        };
-        return Ok(jobs::scan_all(&config)
-            .into_iter()
-            .filter(|d| d.key.kind == kind)
-            .collect());
+        let config = Config { jobs_dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(), ..config.clone() };
+        return Ok(jobs::scan_all(&config).into_iter().filter(|d| d.key.kind == kind).collect());
     }
     let abs = std::fs::canonicalize(path)?;
-    let kind = abs
-        .parent()
-        .and_then(|p| JobKind::parse(&name_of(p)))
-        .unwrap_or_else(|| guess_kind(path));
-    Ok(vec![jobs::read_job_at(
-        config,
-        JobKey::new(kind, name_of(&abs)),
-        abs,
-    )])
+    let kind = abs.parent().and_then(|p| JobKind::parse(&name_of(p))).unwrap_or_else(|| guess_kind(path));
+    Ok(vec![jobs::read_job_at(config, JobKey::new(kind, name_of(&abs)), abs)])
 }
 
 fn guess_kind(dir: &Path) -> JobKind {
     let text = std::fs::read_to_string(dir.join(crate::settings::FILE_NAME)).unwrap_or_default();
-    let has_schedule =
-        serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.get("schedule").is_some());
-    if has_schedule {
-        JobKind::Triggered
-    } else {
-        JobKind::Continuous
-    }
+    let has_schedule = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.get("schedule").is_some());
+    if has_schedule { JobKind::Triggered } else { JobKind::Continuous }
 }

@@ -12,13 +12,7 @@ fn validate_lists_every_problem_and_exits_non_zero() {
     root.job(
         "triggered",
         "cron",
-        &[
-            ("run.py", "print(1)"),
-            (
-                "settings.job",
-                r#"{"schedule": "0 0 25 * * *", "overlap": "never", "colour": 1}"#,
-            ),
-        ],
+        &[("run.py", "print(1)"), ("settings.job", r#"{"schedule": "0 0 25 * * *", "overlap": "never", "colour": 1}"#)],
     );
     let out = root.cli(&["validate"]);
     assert_eq!(out.status.code(), Some(1));
@@ -34,16 +28,9 @@ fn validate_lists_every_problem_and_exits_non_zero() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
-    let out = root.cli(&[
-        "validate",
-        root.job_dir("continuous", "ok").to_str().unwrap(),
-    ]);
+    let out = root.cli(&["validate", root.job_dir("continuous", "ok").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    let out = root.cli(&[
-        "validate",
-        "--json",
-        root.job_dir("triggered", "cron").to_str().unwrap(),
-    ]);
+    let out = root.cli(&["validate", "--json", root.job_dir("triggered", "cron").to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["job"], "triggered/cron");
     assert_eq!(v[0]["errors"].as_array().unwrap().len(), 2);

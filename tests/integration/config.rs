@@ -6,17 +6,9 @@ use crate::helper::*;
 
 #[test]
 fn a_bad_config_is_refused_at_start_with_every_problem() {
-    let root = Root::with_config(
-        serde_json::json!({"debounce_ms": "soon", "log": {"keep": -1}, "colour": true}),
-    );
+    let root = Root::with_config(serde_json::json!({"debounce_ms": "soon", "log": {"keep": -1}, "colour": true}));
     let out = std::process::Command::new(BIN)
-        .args([
-            "--root",
-            root.path().to_str().unwrap(),
-            "--config",
-            root.config_path().to_str().unwrap(),
-            "serve",
-        ])
+        .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap(), "serve"])
         .env("WEBJOBS_HISTORY_SIZE", "many")
         .output()
         .unwrap();
@@ -38,22 +30,12 @@ fn the_same_instance_id_cannot_run_twice_on_one_data_folder() {
     let root = Root::new();
     let _first = root.start();
     let out = std::process::Command::new(BIN)
-        .args([
-            "--root",
-            root.path().to_str().unwrap(),
-            "--config",
-            root.config_path().to_str().unwrap(),
-            "serve",
-        ])
+        .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap(), "serve"])
         .env("WEBJOBS_INSTANCE_ID", &root.instance)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("is already in use by a running daemon"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("is already in use by a running daemon"), "{}", stderr(&out));
 }
 
 #[test]
@@ -61,30 +43,18 @@ fn sighup_rereads_the_configuration() {
     let root = Root::new();
     root.continuous("job", "exec sleep 300\n");
     let daemon = root.start();
-    wait_for("running", Duration::from_secs(10), || {
-        daemon.job_pids("job").len() == 1
-    });
+    wait_for("running", Duration::from_secs(10), || daemon.job_pids("job").len() == 1);
     root.write_config(&serde_json::json!({"debounce_ms": 150, "stopped": true}));
     daemon.signal(libc::SIGHUP);
-    wait_for(
-        "stopped by WEBJOBS_STOPPED",
-        Duration::from_secs(10),
-        || root.status_is("job", "Stopped"),
-    );
+    wait_for("stopped by WEBJOBS_STOPPED", Duration::from_secs(10), || root.status_is("job", "Stopped"));
     assert_eq!(root.status("job")["Reason"], "WEBJOBS_STOPPED is set");
     // A broken file on SIGHUP keeps the current configuration.
     std::fs::write(root.config_path(), "{ broken").unwrap();
     daemon.signal(libc::SIGHUP);
-    wait_for("error logged", Duration::from_secs(10), || {
-        daemon
-            .stderr()
-            .contains("keeping the current configuration")
-    });
+    wait_for("error logged", Duration::from_secs(10), || daemon.stderr().contains("keeping the current configuration"));
     root.write_config(&serde_json::json!({"debounce_ms": 150}));
     daemon.signal(libc::SIGHUP);
-    wait_for("running again", Duration::from_secs(10), || {
-        daemon.job_pids("job").len() == 1
-    });
+    wait_for("running again", Duration::from_secs(10), || daemon.job_pids("job").len() == 1);
     daemon.stop();
 }
 
@@ -93,9 +63,7 @@ fn webjobs_stopped_from_the_environment_runs_nothing() {
     let root = Root::new();
     root.continuous("job", "exec sleep 300\n");
     let daemon = Daemon::start(&root, &[("WEBJOBS_STOPPED", "1")]);
-    wait_for("stopped", Duration::from_secs(10), || {
-        root.status_is("job", "Stopped")
-    });
+    wait_for("stopped", Duration::from_secs(10), || root.status_is("job", "Stopped"));
     assert!(daemon.job_pids("job").is_empty());
     daemon.stop();
 }

@@ -29,10 +29,7 @@ impl Root {
 
     /// `extra` keys are merged into the test config.
     pub fn with_config(extra: serde_json::Value) -> Root {
-        let dir = tempfile::Builder::new()
-            .prefix("webjobs-test-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("webjobs-test-").tempdir().unwrap();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let instance = format!("t{}x{n}", std::process::id());
         let root = Root { dir, instance };
@@ -55,11 +52,7 @@ impl Root {
     }
 
     pub fn write_config(&self, config: &serde_json::Value) {
-        fs::write(
-            self.config_path(),
-            serde_json::to_string_pretty(config).unwrap(),
-        )
-        .unwrap();
+        fs::write(self.config_path(), serde_json::to_string_pretty(config).unwrap()).unwrap();
     }
 
     pub fn job_dir(&self, kind: &str, name: &str) -> PathBuf {
@@ -89,19 +82,13 @@ impl Root {
     }
 
     pub fn log(&self, name: &str) -> String {
-        fs::read_to_string(self.data_dir("continuous", name).join("job_log.txt"))
-            .unwrap_or_default()
+        fs::read_to_string(self.data_dir("continuous", name).join("job_log.txt")).unwrap_or_default()
     }
 
     /// This instance's status file of a continuous job, parsed.
     pub fn status(&self, name: &str) -> serde_json::Value {
-        let path = self
-            .data_dir("continuous", name)
-            .join(format!("status_{}", self.instance));
-        fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(serde_json::Value::Null)
+        let path = self.data_dir("continuous", name).join(format!("status_{}", self.instance));
+        fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null)
     }
 
     pub fn status_is(&self, name: &str, status: &str) -> bool {
@@ -119,6 +106,34 @@ impl Root {
             .env("WEBJOBS_INSTANCE_ID", &self.instance)
             .output()
             .unwrap()
+    }
+
+    /// Run ids of a triggered job, oldest first.
+    pub fn runs(&self, job: &str) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(self.data_dir("triggered", job))
+            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.len() == 18).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// The `status` file of a run, parsed.
+    pub fn run_status(&self, job: &str, id: &str) -> serde_json::Value {
+        let path = self.data_dir("triggered", job).join(id).join("status");
+        fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn run_log(&self, job: &str, id: &str) -> String {
+        read(&self.data_dir("triggered", job).join(id).join("output_log.txt"))
+    }
+
+    /// Runs whose status is final.
+    pub fn finished_runs(&self, job: &str) -> Vec<serde_json::Value> {
+        self.runs(job)
+            .iter()
+            .map(|id| self.run_status(job, id))
+            .filter(|s| !matches!(s["Status"].as_str(), Some("Initializing" | "Running") | None))
+            .collect()
     }
 
     pub fn start(&self) -> Daemon {
@@ -140,10 +155,8 @@ impl Daemon {
 
     /// Starts a daemon with another instance id on the same root.
     pub fn start_as(root: &Root, instance: &str, env: &[(&str, &str)]) -> Daemon {
-        let stderr_path = root.path().join(format!(
-            "daemon-{instance}-{}.log",
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let stderr_path =
+            root.path().join(format!("daemon-{instance}-{}.log", COUNTER.fetch_add(1, Ordering::Relaxed)));
         let stderr = fs::File::create(&stderr_path).unwrap();
         let child = Command::new(BIN)
             .arg("--root")
@@ -160,11 +173,7 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let mut d = Daemon {
-            child: Some(child),
-            stderr_path,
-            marker_prefix: format!("{instance}."),
-        };
+        let mut d = Daemon { child: Some(child), stderr_path, marker_prefix: format!("{instance}.") };
         d.wait_started();
         d
     }
@@ -221,9 +230,7 @@ impl Daemon {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
-        Leftovers {
-            prefix: std::mem::take(&mut self.marker_prefix),
-        }
+        Leftovers { prefix: std::mem::take(&mut self.marker_prefix) }
     }
 
     /// Live processes (not zombies) carrying this daemon's marker for `job`.
@@ -266,11 +273,7 @@ fn kill_marked(prefix: &str) {
 pub fn marked_pids(prefix: &str, job: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
         if is_zombie(pid) {
@@ -310,10 +313,7 @@ pub fn alive(pid: i32) -> bool {
 pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -345,7 +345,5 @@ pub fn read(path: &Path) -> String {
 /// Lines of a log that are the job's own output at `level` (INFO or ERROR).
 pub fn output_lines(log: &str, level: &str) -> Vec<String> {
     let tag = format!(": {level}] ");
-    log.lines()
-        .filter_map(|l| l.split_once(&tag).map(|(_, t)| t.to_string()))
-        .collect()
+    log.lines().filter_map(|l| l.split_once(&tag).map(|(_, t)| t.to_string())).collect()
 }

@@ -20,10 +20,7 @@ fn well_formed(line: &str, instance: &str) -> bool {
         && line[1..24].chars().filter(char::is_ascii_digit).count() == 17;
     let rest = &line[26..];
     let levels = ["INFO", "ERROR", "SYS INFO", "SYS WARN", "SYS ERROR"];
-    time_ok
-        && levels
-            .iter()
-            .any(|l| rest.starts_with(&format!("> {instance}: {l}] ")))
+    time_ok && levels.iter().any(|l| rest.starts_with(&format!("> {instance}: {l}] ")))
 }
 
 #[test]
@@ -31,9 +28,7 @@ fn every_line_has_the_contract_format_and_order_is_kept() {
     let root = Root::new();
     root.continuous("fmt", "for i in 1 2 3 4 5 6; do echo \"out $i\"; sleep 0.05; echo \"err $i\" >&2; sleep 0.05; done\nprintf 'no newline at the end'\necho ready >&2\nexec sleep 300\n");
     let daemon = root.start();
-    wait_for("last line", Duration::from_secs(10), || {
-        root.log("fmt").contains("ERROR] ready")
-    });
+    wait_for("last line", Duration::from_secs(10), || root.log("fmt").contains("ERROR] ready"));
     let log = root.log("fmt");
     for line in log.lines() {
         assert!(well_formed(line, &root.instance), "bad line: {line:?}");
@@ -43,41 +38,27 @@ fn every_line_has_the_contract_format_and_order_is_kept() {
         .filter(|l| l.contains(": INFO] ") || l.contains(": ERROR] "))
         .map(|l| l.split_once("] ").unwrap().1.to_string())
         .collect();
-    let expected: Vec<String> = (1..=6)
-        .flat_map(|i| [format!("out {i}"), format!("err {i}")])
-        .collect();
+    let expected: Vec<String> = (1..=6).flat_map(|i| [format!("out {i}"), format!("err {i}")]).collect();
     assert_eq!(out[..12], expected[..]);
     assert!(log.contains(": ERROR] err 3"));
     assert!(log.contains(&format!("> {}: SYS INFO] started process", root.instance)));
-    assert!(
-        !log.contains("no newline"),
-        "an unfinished line waits for its end"
-    );
+    assert!(!log.contains("no newline"), "an unfinished line waits for its end");
     daemon.stop();
     let log = root.log("fmt");
-    assert!(
-        log.contains("INFO] no newline at the end\n"),
-        "the unfinished last line is written at exit"
-    );
+    assert!(log.contains("INFO] no newline at the end\n"), "the unfinished last line is written at exit");
 }
 
 #[test]
 fn binary_output_stays_readable() {
     let root = Root::new();
-    root.continuous(
-        "bin",
-        "head -c 200000 /dev/urandom\nprintf '\\nlatin1: caf\\xe9\\n'\nexec sleep 300\n",
-    );
+    root.continuous("bin", "head -c 200000 /dev/urandom\nprintf '\\nlatin1: caf\\xe9\\n'\nexec sleep 300\n");
     let daemon = root.start();
     wait_for("latin1 line", Duration::from_secs(10), || {
         read(&root.data_dir("continuous", "bin").join("job_log.txt")).contains("latin1")
     });
     let bytes = std::fs::read(root.data_dir("continuous", "bin").join("job_log.txt")).unwrap();
     let text = String::from_utf8(bytes).expect("the log is valid UTF-8");
-    assert!(
-        text.contains("INFO] latin1: caf\\xE9"),
-        "invalid bytes are escaped"
-    );
+    assert!(text.contains("INFO] latin1: caf\\xE9"), "invalid bytes are escaped");
     for line in text.lines() {
         assert!(well_formed(line, &root.instance), "bad line: {line:?}");
     }
@@ -87,15 +68,10 @@ fn binary_output_stays_readable() {
 #[test]
 fn logs_rotate_by_size() {
     let root = Root::with_config(serde_json::json!({"log": {"max_size": 20000, "keep": 2}}));
-    root.continuous(
-        "chatty",
-        "for i in $(seq 1 3000); do echo \"line $i of a chatty job\"; done\nexec sleep 300\n",
-    );
+    root.continuous("chatty", "for i in $(seq 1 3000); do echo \"line $i of a chatty job\"; done\nexec sleep 300\n");
     let daemon = root.start();
     let dir = root.data_dir("continuous", "chatty");
-    wait_for("last line", Duration::from_secs(15), || {
-        root.log("chatty").contains("line 3000 of")
-    });
+    wait_for("last line", Duration::from_secs(15), || root.log("chatty").contains("line 3000 of"));
     assert!(dir.join("job_log.1.txt").exists() && dir.join("job_log.2.txt").exists());
     assert!(!dir.join("job_log.3.txt").exists());
     for f in ["job_log.txt", "job_log.1.txt", "job_log.2.txt"] {
@@ -103,53 +79,29 @@ fn logs_rotate_by_size() {
         assert!(len <= 20000, "{f} is {len} bytes");
     }
     // No line is lost across a rotation boundary.
-    let all = format!(
-        "{}{}",
-        read(&dir.join("job_log.1.txt")),
-        read(&dir.join("job_log.txt"))
-    );
-    let numbers: Vec<u32> = output_lines(&all, "INFO")
-        .iter()
-        .filter_map(|l| l.split(' ').nth(1)?.parse().ok())
-        .collect();
-    assert!(
-        numbers.windows(2).all(|w| w[1] == w[0] + 1),
-        "consecutive across files"
-    );
+    let all = format!("{}{}", read(&dir.join("job_log.1.txt")), read(&dir.join("job_log.txt")));
+    let numbers: Vec<u32> =
+        output_lines(&all, "INFO").iter().filter_map(|l| l.split(' ').nth(1)?.parse().ok()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "consecutive across files");
     daemon.stop();
 }
 
 fn peak_rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap()
+    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap()
 }
 
 #[test]
 fn a_gigabyte_without_newline_is_split_with_bounded_memory() {
-    let root = Root::with_config(
-        serde_json::json!({"log": {"max_size": 8_000_000, "keep": 1, "max_line": 65536}}),
-    );
-    root.continuous(
-        "huge",
-        "head -c 1073741824 /dev/zero | tr '\\0' 'x'\necho\necho done\nexec sleep 300\n",
-    );
+    let root = Root::with_config(serde_json::json!({"log": {"max_size": 8_000_000, "keep": 1, "max_line": 65536}}));
+    root.continuous("huge", "head -c 1073741824 /dev/zero | tr '\\0' 'x'\necho\necho done\nexec sleep 300\n");
     let daemon = root.start();
-    wait_for("the whole gigabyte", Duration::from_secs(120), || {
-        root.log("huge").contains("INFO] done")
-    });
+    wait_for("the whole gigabyte", Duration::from_secs(120), || root.log("huge").contains("INFO] done"));
     let rss = peak_rss_kib(daemon.pid());
     assert!(rss < 64 * 1024, "daemon peak RSS {rss} KiB");
     let log = root.log("huge");
     let pieces: Vec<&str> = log.lines().filter(|l| l.contains("INFO] xxxx")).collect();
     assert!(!pieces.is_empty());
-    assert!(
-        pieces
-            .iter()
-            .all(|l| l.split_once("] ").unwrap().1.len() <= 65536)
-    );
+    assert!(pieces.iter().all(|l| l.split_once("] ").unwrap().1.len() <= 65536));
     daemon.stop();
 }

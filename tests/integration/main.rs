@@ -10,4 +10,5 @@ mod logs;
 mod processes;
 mod singleton;
 mod systemd;
+mod triggered;
 mod watching;

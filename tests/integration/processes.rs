@@ -12,35 +12,22 @@ fn a_job_that_ignores_sigterm_is_killed_after_stopping_wait_time() {
         "continuous",
         "stubborn",
         &[
-            (
-                "run.sh",
-                "trap 'echo got TERM, ignoring' TERM\nwhile true; do sleep 0.1; done\n",
-            ),
+            ("run.sh", "trap 'echo got TERM, ignoring' TERM\nwhile true; do sleep 0.1; done\n"),
             ("settings.job", r#"{"stopping_wait_time": 1}"#),
         ],
     );
     let daemon = root.start();
-    wait_for("running", Duration::from_secs(10), || {
-        root.status_is("stubborn", "Running")
-    });
+    wait_for("running", Duration::from_secs(10), || root.status_is("stubborn", "Running"));
     let started = Instant::now();
     root.cli(&["stop", "stubborn"]);
-    wait_for("gone", Duration::from_secs(15), || {
-        root.status_is("stubborn", "Stopped")
-    });
+    wait_for("gone", Duration::from_secs(15), || root.status_is("stubborn", "Stopped"));
     let took = started.elapsed();
     assert!(daemon.job_pids("stubborn").is_empty());
     let log = root.log("stubborn");
     assert!(log.contains("] got TERM, ignoring"), "{log}");
-    assert!(
-        log.contains("SYS WARN] still running after 1s; sending SIGKILL to process group"),
-        "{log}"
-    );
+    assert!(log.contains("SYS WARN] still running after 1s; sending SIGKILL to process group"), "{log}");
     assert!(log.contains("stopped (signal SIGKILL)"), "{log}");
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
-        "stop took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(6), "stop took {took:?}");
     daemon.stop();
 }
 
@@ -64,25 +51,15 @@ while True:
     root.job("continuous", "forker", &[("run.py", script)]);
     let daemon = root.start();
     let pid_file = root.data_dir("continuous", "forker").join("grandchild.pid");
-    wait_for("grandchild", Duration::from_secs(10), || {
-        pid_file.exists() && !read(&pid_file).is_empty()
-    });
+    wait_for("grandchild", Duration::from_secs(10), || pid_file.exists() && !read(&pid_file).is_empty());
     let grandchild: i32 = read(&pid_file).trim().parse().unwrap();
     assert!(alive(grandchild));
     let sid = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap();
     assert!(!sid.is_empty());
     root.cli(&["stop", "forker"]);
-    wait_for("stopped", Duration::from_secs(15), || {
-        root.status_is("forker", "Stopped")
-    });
-    wait_for("grandchild gone", Duration::from_secs(5), || {
-        !alive(grandchild)
-    });
-    assert!(
-        daemon.job_pids("forker").is_empty(),
-        "{:?}",
-        daemon.job_pids("forker")
-    );
+    wait_for("stopped", Duration::from_secs(15), || root.status_is("forker", "Stopped"));
+    wait_for("grandchild gone", Duration::from_secs(5), || !alive(grandchild));
+    assert!(daemon.job_pids("forker").is_empty(), "{:?}", daemon.job_pids("forker"));
     daemon.stop();
 }
 
@@ -93,27 +70,18 @@ fn leftovers_of_a_job_whose_main_process_exited_are_stopped_before_a_restart() {
         "continuous",
         "leaky",
         &[
-            (
-                "run.sh",
-                "sleep 300 &\necho \"$!\" > \"$WEBJOBS_DATA_PATH/bg.pid\"\nsleep 0.3\nexit 0\n",
-            ),
+            ("run.sh", "sleep 300 &\necho \"$!\" > \"$WEBJOBS_DATA_PATH/bg.pid\"\nsleep 0.3\nexit 0\n"),
             ("settings.job", r#"{"restart_delay": 30}"#),
         ],
     );
     let daemon = root.start();
-    wait_for("pending restart", Duration::from_secs(10), || {
-        root.status_is("leaky", "PendingRestart")
-    });
-    let bg: i32 = read(&root.data_dir("continuous", "leaky").join("bg.pid"))
-        .trim()
-        .parse()
-        .unwrap();
-    wait_for("background process gone", Duration::from_secs(10), || {
-        !alive(bg)
-    });
-    assert!(root.log("leaky").contains(
-        "the main process exited but other processes of the job are still running; stopping them"
-    ));
+    wait_for("pending restart", Duration::from_secs(10), || root.status_is("leaky", "PendingRestart"));
+    let bg: i32 = read(&root.data_dir("continuous", "leaky").join("bg.pid")).trim().parse().unwrap();
+    wait_for("background process gone", Duration::from_secs(10), || !alive(bg));
+    assert!(
+        root.log("leaky")
+            .contains("the main process exited but other processes of the job are still running; stopping them")
+    );
     daemon.stop();
 }
 
@@ -121,40 +89,18 @@ fn leftovers_of_a_job_whose_main_process_exited_are_stopped_before_a_restart() {
 fn a_clean_daemon_stop_stops_every_job_and_exits_zero() {
     let root = Root::new();
     root.continuous("a", "trap 'exit 0' TERM\nsleep 300 & wait\n");
-    root.job(
-        "continuous",
-        "b",
-        &[("run.py", "import time\nwhile True: time.sleep(1)\n")],
-    );
-    root.job(
-        "continuous",
-        "c",
-        &[(
-            "app.js",
-            "setInterval(() => console.log('node tick'), 100);\n",
-        )],
-    );
+    root.job("continuous", "b", &[("run.py", "import time\nwhile True: time.sleep(1)\n")]);
+    root.job("continuous", "c", &[("app.js", "setInterval(() => console.log('node tick'), 100);\n")]);
     let daemon = root.start();
-    wait_for("all running", Duration::from_secs(10), || {
-        ["a", "b", "c"].iter().all(|j| root.status_is(j, "Running"))
-    });
-    wait_for("node output", Duration::from_secs(10), || {
-        root.log("c").contains("] node tick")
-    });
+    wait_for("all running", Duration::from_secs(10), || ["a", "b", "c"].iter().all(|j| root.status_is(j, "Running")));
+    wait_for("node output", Duration::from_secs(10), || root.log("c").contains("] node tick"));
     let prefix = daemon.marker_prefix.clone();
     assert!(marked_pids(&prefix, "").len() >= 3);
     let status = daemon.stop();
     assert!(status.success(), "exit status {status}");
-    assert!(
-        marked_pids(&prefix, "").is_empty(),
-        "no job process outlives the daemon"
-    );
+    assert!(marked_pids(&prefix, "").is_empty(), "no job process outlives the daemon");
     for job in ["a", "b", "c"] {
-        assert!(
-            root.status_is(job, "Stopped"),
-            "{job}: {}",
-            root.status(job)
-        );
+        assert!(root.status_is(job, "Stopped"), "{job}: {}", root.status(job));
     }
 }
 
@@ -163,53 +109,28 @@ fn after_a_daemon_sigkill_the_next_start_ends_what_was_left() {
     let root = Root::new();
     root.continuous("orphan", "sleep 300 &\nwait\n");
     let first = root.start();
-    wait_for("running", Duration::from_secs(10), || {
-        first.job_pids("orphan").len() == 2
-    });
+    wait_for("running", Duration::from_secs(10), || first.job_pids("orphan").len() == 2);
     let left = first.job_pids("orphan");
     let prefix = first.marker_prefix.clone();
     let _leftovers = first.kill9();
-    assert!(
-        left.iter().all(|p| alive(*p)),
-        "job processes survive a SIGKILLed daemon"
-    );
+    assert!(left.iter().all(|p| alive(*p)), "job processes survive a SIGKILLed daemon");
     // An unrelated process that does not carry the marker is never touched.
-    let mut bystander = std::process::Command::new("sleep")
-        .arg("300")
-        .spawn()
-        .unwrap();
+    let mut bystander = std::process::Command::new("sleep").arg("300").spawn().unwrap();
     let second = root.start();
-    wait_for("leftovers gone", Duration::from_secs(10), || {
-        left.iter().all(|p| !alive(*p))
-    });
-    assert!(
-        bystander.try_wait().unwrap().is_none(),
-        "the unrelated process still runs"
-    );
+    wait_for("leftovers gone", Duration::from_secs(10), || left.iter().all(|p| !alive(*p)));
+    assert!(bystander.try_wait().unwrap().is_none(), "the unrelated process still runs");
     bystander.kill().unwrap();
     bystander.wait().unwrap();
-    wait_for("running again", Duration::from_secs(10), || {
-        second.job_pids("orphan").len() == 2
-    });
-    assert!(
-        root.log("orphan")
-            .contains("left running by a previous daemon")
-    );
-    assert_eq!(
-        marked_pids(&prefix, "orphan").len(),
-        2,
-        "exactly the new run"
-    );
+    wait_for("running again", Duration::from_secs(10), || second.job_pids("orphan").len() == 2);
+    assert!(root.log("orphan").contains("left running by a previous daemon"));
+    assert_eq!(marked_pids(&prefix, "orphan").len(), 2, "exactly the new run");
     second.stop();
 }
 
 #[test]
 fn jobs_start_with_no_blocked_signals_even_if_the_daemon_inherited_some() {
     let root = Root::new();
-    root.continuous(
-        "mask",
-        "grep -E '^Sig(Blk|Ign)' /proc/self/status\nexec sleep 300\n",
-    );
+    root.continuous("mask", "grep -E '^Sig(Blk|Ign)' /proc/self/status\nexec sleep 300\n");
     // Start the daemon from a parent that blocks and ignores SIGTERM.
     let wrapper = format!(
         "import os, signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM, signal.SIGUSR1}})\nos.execv({:?}, [{:?}, '--root', {:?}, '--config', {:?}, 'serve'])\n",
@@ -226,20 +147,14 @@ fn jobs_start_with_no_blocked_signals_even_if_the_daemon_inherited_some() {
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    wait_for("mask line", Duration::from_secs(10), || {
-        root.log("mask").contains("SigBlk")
-    });
+    wait_for("mask line", Duration::from_secs(10), || root.log("mask").contains("SigBlk"));
     let log = root.log("mask");
     assert!(log.contains("] SigBlk:\t0000000000000000"), "{log}");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     // SIGTERM is blocked in the daemon's first thread but handled: it must still stop.
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "daemon did not stop: {}",
-            read(&log_path)
-        );
+        assert!(Instant::now() < deadline, "daemon did not stop: {}", read(&log_path));
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(marked_pids(&format!("{}.", root.instance), "mask").is_empty());

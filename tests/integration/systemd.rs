@@ -12,16 +12,8 @@ fn notifies_ready_and_pings_the_watchdog() {
     root.continuous("job", "exec sleep 300\n");
     let socket_path = root.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let daemon = Daemon::start(
-        &root,
-        &[
-            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "200000"),
-        ],
-    );
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let daemon = Daemon::start(&root, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")]);
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
     while !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 3) {
@@ -34,46 +26,26 @@ fn notifies_ready_and_pings_the_watchdog() {
         "READY comes after the jobs are loaded"
     );
     let job_env = std::fs::read(format!("/proc/{}/environ", daemon.job_pids("job")[0])).unwrap();
-    assert!(
-        !String::from_utf8_lossy(&job_env).contains("NOTIFY_SOCKET"),
-        "jobs do not inherit systemd's socket"
-    );
+    assert!(!String::from_utf8_lossy(&job_env).contains("NOTIFY_SOCKET"), "jobs do not inherit systemd's socket");
     daemon.stop();
 }
 
 #[test]
 fn the_unit_file_passes_systemd_analyze_verify() {
-    let Ok(out) = std::process::Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "systemd-analyze must be installed in CI"
-        );
+    let Ok(out) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        assert!(std::env::var_os("CI").is_none(), "systemd-analyze must be installed in CI");
         eprintln!("systemd-analyze is not installed; skipped");
         return;
     };
     assert!(out.status.success());
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/webjobs.service"
-    ))
-    .unwrap();
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/webjobs.service")).unwrap();
     // Verify a copy whose ExecStart points at the binary just built.
     let dir = tempfile::tempdir().unwrap();
     let unit = unit.replace("/usr/local/bin/webjobs", BIN);
     let path = dir.path().join("webjobs.service");
     std::fs::write(&path, unit).unwrap();
-    let out = std::process::Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(out.status.success(), "{text}");
-    assert!(
-        !text.contains("webjobs.service:"),
-        "warnings about the unit: {text}"
-    );
+    assert!(!text.contains("webjobs.service:"), "warnings about the unit: {text}");
 }

@@ -14,19 +14,12 @@ fn a_new_job_starts_and_a_removed_job_stops() {
     std::fs::write(staging.join("run.sh"), "exec sleep 300\n").unwrap();
     let took = {
         std::fs::rename(&staging, root.job_dir("continuous", "newjob")).unwrap();
-        time_until("new job running", Duration::from_secs(10), || {
-            daemon.job_pids("newjob").len() == 1
-        })
+        time_until("new job running", Duration::from_secs(10), || daemon.job_pids("newjob").len() == 1)
     };
     assert!(took < Duration::from_secs(3), "took {took:?}");
     std::fs::remove_dir_all(root.job_dir("continuous", "newjob")).unwrap();
-    wait_for("removed job stopped", Duration::from_secs(10), || {
-        daemon.job_pids("newjob").is_empty()
-    });
-    assert!(
-        root.log("newjob")
-            .contains("stopping (the job folder was removed)")
-    );
+    wait_for("removed job stopped", Duration::from_secs(10), || daemon.job_pids("newjob").is_empty());
+    assert!(root.log("newjob").contains("stopping (the job folder was removed)"));
     daemon.stop();
 }
 
@@ -46,9 +39,7 @@ fn five_hundred_jobs_copied_in_settle_into_one_reload() {
         }
         std::fs::write(dir.join("complete.txt"), "ok").unwrap();
     }
-    wait_for("500 jobs running", Duration::from_secs(60), || {
-        marked_pids(&daemon.marker_prefix, "").len() == 500
-    });
+    wait_for("500 jobs running", Duration::from_secs(60), || marked_pids(&daemon.marker_prefix, "").len() == 500);
     let reloads = daemon.stderr().matches(" reload ").count();
     assert_eq!(reloads, 1, "{}", daemon.stderr());
     for i in [0, 250, 499] {

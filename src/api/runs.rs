@@ -1,0 +1,109 @@
+//! Triggered runs: start (`POST …/run`), cancel, history.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::oneshot;
+
+use super::views::RunView;
+use super::{ApiState, error};
+use crate::history;
+use crate::jobs::{JobKey, JobKind, valid_name};
+use crate::supervisor::Event;
+use crate::triggered::{Accepted, Control, Refused, RunRequest};
+
+/// Sends a control to the job's actor and waits for its answer; a closed
+/// reply channel means the job does not exist.
+async fn ask<T>(state: &ApiState, job: &str, make: impl FnOnce(oneshot::Sender<T>) -> Control) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    let event = Event::Triggered { name: job.to_string(), control: make(tx) };
+    state.events.send(event).await.ok()?;
+    rx.await.ok()
+}
+
+fn not_found(job: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no triggered job named \"{job}\""))
+}
+
+/// `POST /api/triggeredwebjobs/{job}/run?arguments=…` → 202 with `Location`.
+pub async fn run(
+    State(state): State<ApiState>,
+    Path(job): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let arguments = match query.get("arguments").map(|a| shlex::split(a)) {
+        None => Vec::new(),
+        Some(Some(args)) => args,
+        Some(None) => return error(StatusCode::BAD_REQUEST, "arguments: unbalanced quotes"),
+    };
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
+    let request = RunRequest { arguments, trigger: format!("External - {agent}") };
+    let Some(answer) = ask(&state, &job, |reply| Control::Run { request, reply }).await else {
+        return not_found(&job);
+    };
+    match answer {
+        Ok(Accepted::Started(id)) => {
+            let url = format!("/api/triggeredwebjobs/{job}/history/{id}");
+            let body = serde_json::json!({"id": id, "url": url, "queued": false});
+            (StatusCode::ACCEPTED, [(header::LOCATION, url)], axum::Json(body)).into_response()
+        }
+        Ok(Accepted::Queued) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"queued": true}))).into_response(),
+        Err(e @ (Refused::Running(_) | Refused::Stopped)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ Refused::Invalid(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /api/triggeredwebjobs/{job}/cancel[?run=ID]` (an extension).
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Path(job): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let run = query.get("run").cloned();
+    let Some(answer) = ask(&state, &job, |reply| Control::Cancel { run, reply }).await else {
+        return not_found(&job);
+    };
+    match answer {
+        Ok(id) => axum::Json(serde_json::json!({"id": id, "status": "Cancelled"})).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+fn job_data(state: &ApiState, job: &str) -> Option<std::path::PathBuf> {
+    let key = JobKey::new(JobKind::Triggered, job);
+    let exists = valid_name(job) && state.config.jobs_dir.join("triggered").join(job).is_dir();
+    exists.then(|| state.config.job_data_dir(&key))
+}
+
+/// `GET /api/triggeredwebjobs/{job}/history` → `{"runs": [newest first]}`.
+pub async fn history(State(state): State<ApiState>, Path(job): Path<String>) -> Response {
+    let Some(data) = job_data(&state, &job) else { return not_found(&job) };
+    let runs: Vec<RunView> =
+        history::run_ids(&data).iter().filter_map(|id| RunView::load("", &job, &data, id)).collect();
+    axum::Json(serde_json::json!({ "runs": runs })).into_response()
+}
+
+/// `GET /api/triggeredwebjobs/{job}/history/{id}[?wait=SECONDS]`: with `wait`,
+/// answers when the run has ended (or the wait is over).
+pub async fn one_run(
+    State(state): State<ApiState>,
+    Path((job, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(data) = job_data(&state, &job) else { return not_found(&job) };
+    let wait = query.get("wait").and_then(|w| w.parse::<f64>().ok()).filter(|w| *w > 0.0);
+    if let Some(seconds) = wait {
+        let run = id.clone();
+        let waited = ask(&state, &job, |reply| Control::Wait { run, reply });
+        let _ = tokio::time::timeout(Duration::from_secs_f64(seconds.min(3600.0)), waited).await;
+    }
+    match RunView::load("", &job, &data, &id) {
+        Some(view) => axum::Json(view).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no run {id} of triggered job \"{job}\"")),
+    }
+}

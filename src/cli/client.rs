@@ -1,0 +1,134 @@
+//! The CLI's connection to a running daemon: HTTP over the daemon's Unix socket.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+
+use crate::config::Config;
+use crate::coordination::instance_alive;
+
+/// Why the daemon could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no webjobs daemon is running on {data} (start one with `webjobs serve`, or pass the --root/--config it uses)"
+    )]
+    NotRunning { data: PathBuf },
+    #[error(
+        "cannot reach the daemon's socket {path}: permission denied (run as the daemon's user or a member of its group)"
+    )]
+    Permission { path: PathBuf },
+    #[error("cannot talk to the daemon on {path}: {message}")]
+    Io { path: PathBuf, message: String },
+}
+
+/// A response, read whole.
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The `error` message of an error response.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned())
+    }
+}
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// The daemon of this configuration's instance, else any live one on the data folder.
+    pub fn connect(config: &Config) -> Result<Client, ClientError> {
+        let own = crate::api::socket_path(&config.data_dir, &config.instance_id);
+        if instance_alive(&config.data_dir, &config.instance_id) && own.exists() {
+            return Ok(Client { socket: own });
+        }
+        let others = std::fs::read_dir(config.data_dir.join("instances")).into_iter().flatten().flatten();
+        for entry in others {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".sock")
+                && instance_alive(&config.data_dir, id)
+            {
+                return Ok(Client { socket: entry.path() });
+            }
+        }
+        Err(ClientError::NotRunning { data: config.data_dir.clone() })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Response, ClientError> {
+        self.request("GET", path)
+    }
+
+    pub fn post(&self, path: &str) -> Result<Response, ClientError> {
+        self.request("POST", path)
+    }
+
+    fn request(&self, method: &str, path: &str) -> Result<Response, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| self.io(e))?;
+        runtime.block_on(self.send(method, path))
+    }
+
+    async fn send(&self, method: &str, path: &str) -> Result<Response, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => ClientError::Permission { path: self.socket.clone() },
+            _ => self.io(e),
+        })?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| self.io(e))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("user-agent", format!("webjobs-cli/{} (uid {})", env!("CARGO_PKG_VERSION"), nix::unistd::getuid()))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| self.io(e))?;
+        let response = sender.send_request(request).await.map_err(|e| self.io(e))?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.map_err(|e| self.io(e))?.to_bytes().to_vec();
+        Ok(Response { status, body })
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Io { path: self.socket.clone(), message: e.to_string() }
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Reads from `offset` to the end of a file; returns the new offset.
+pub fn print_from(path: &Path, offset: u64) -> u64 {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let Ok(mut file) = std::fs::File::open(path) else { return offset };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = if len < offset { 0 } else { offset };
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return offset;
+    }
+    let mut buf = Vec::new();
+    let _ = file.read_to_end(&mut buf);
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&buf);
+    let _ = out.flush();
+    start + buf.len() as u64
+}

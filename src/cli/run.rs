@@ -1,0 +1,132 @@
+//! `webjobs run <job> [--wait] [--follow] [-- args…]` and `webjobs cancel`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::cli::client::{Client, encode, print_from};
+use crate::cli::{EXIT_DAEMON, EXIT_NOT_FOUND, EXIT_REFUSED, exit_for_run};
+use crate::config::Config;
+use crate::history::{self, RunState};
+use crate::jobs::{JobKey, JobKind};
+
+pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool) -> anyhow::Result<ExitCode> {
+    let client = match Client::connect(config) {
+        Ok(c) => c,
+        Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
+    };
+    let mut path = format!("/api/triggeredwebjobs/{}/run", encode(job));
+    if !args.is_empty() {
+        let joined = shlex::try_join(args.iter().map(String::as_str))?;
+        path.push_str(&format!("?arguments={}", encode(&joined)));
+    }
+    let response = client.post(&path).map_err(anyhow::Error::from);
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
+    };
+    match response.status {
+        202 => {}
+        404 => return Ok(fail(EXIT_NOT_FOUND, &response.error())),
+        409 => return Ok(fail(EXIT_REFUSED, &response.error())),
+        _ => return Ok(fail(1, &response.error())),
+    }
+    let body = response.json();
+    if body["queued"] == true {
+        println!("queued: a run of {job} is active (overlap: queue)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = body["id"].as_str().unwrap_or_default().to_string();
+    if !wait && !follow {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = config.job_data_dir(&JobKey::new(JobKind::Triggered, job)).join(&id);
+    if follow {
+        follow_run(&dir);
+    } else {
+        wait_run(&client, job, &id);
+    }
+    let state = history::read_status(&dir).map(|s| s.status).unwrap_or(RunState::Aborted);
+    if !follow {
+        println!("{id} {}", state.as_str());
+    }
+    Ok(exit_for_run(state))
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("webjobs: {message}");
+    ExitCode::from(code)
+}
+
+/// Long-polls the daemon until the run has ended.
+fn wait_run(client: &Client, job: &str, id: &str) {
+    let path = format!("/api/triggeredwebjobs/{}/history/{id}?wait=600", encode(job));
+    loop {
+        match client.get(&path) {
+            Ok(r) if r.status == 200 => {
+                let status = r.json()["status"].as_str().unwrap_or_default().to_string();
+                if !matches!(status.as_str(), "Initializing" | "Running") {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Prints the run's output as it is written, until the run has ended.
+pub fn follow_run(dir: &std::path::Path) {
+    let log = dir.join("output_log.txt");
+    let done = || history::read_status(dir).is_some_and(|s| s.status.is_final());
+    follow_file(&log, done);
+}
+
+/// `tail -f` of `path` until `done()` holds and the file has been read to its end.
+pub fn follow_file(path: &std::path::Path, done: impl Fn() -> bool) {
+    use notify::Watcher;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(tx).ok();
+    if let (Some(w), Some(parent)) = (watcher.as_mut(), path.parent()) {
+        let _ = w.watch(parent, notify::RecursiveMode::NonRecursive);
+    }
+    let mut offset = 0;
+    loop {
+        let finished = done();
+        offset = print_from(path, offset);
+        if finished {
+            return;
+        }
+        let _ = rx.recv_timeout(std::time::Duration::from_millis(500));
+    }
+}
+
+pub fn cancel(config: &Config, job: &str, run: Option<&str>) -> anyhow::Result<ExitCode> {
+    let client = match Client::connect(config) {
+        Ok(c) => c,
+        Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
+    };
+    let mut path = format!("/api/triggeredwebjobs/{}/cancel", encode(job));
+    if let Some(run) = run {
+        path.push_str(&format!("?run={}", encode(run)));
+    }
+    let response = match client.post(&path) {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
+    };
+    match response.status {
+        200 => {
+            println!("{} Cancelled", response.json()["id"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        404 => Ok(fail(EXIT_NOT_FOUND, &response.error())),
+        _ => Ok(fail(EXIT_REFUSED, &response.error())),
+    }
+}
+
+/// The run folder for `--run ID|latest`.
+pub fn run_dir(config: &Config, job: &str, run: &str) -> Option<PathBuf> {
+    let data = config.job_data_dir(&JobKey::new(JobKind::Triggered, job));
+    let id = if run == "latest" { history::run_ids(&data).into_iter().next()? } else { run.to_string() };
+    let dir = data.join(id);
+    dir.is_dir().then_some(dir)
+}

@@ -1,0 +1,145 @@
+//! Run history of triggered jobs: one folder per run under the job's data
+//! folder, named by run id (UTC `yyyyMMddHHmmssffff`, so names sort by time),
+//! holding a `status` JSON file (WebJobs' keys) and `output_log.txt`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A run's state, as WebJobs names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    Initializing,
+    Running,
+    Success,
+    Failed,
+    Aborted,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunState::Initializing | RunState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Initializing => "Initializing",
+            RunState::Running => "Running",
+            RunState::Success => "Success",
+            RunState::Failed => "Failed",
+            RunState::Aborted => "Aborted",
+            RunState::Cancelled => "Cancelled",
+        }
+    }
+}
+
+/// The `status` file of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunStatus {
+    pub status: RunState,
+    pub start_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    /// `External - <who>`, `Schedule - <expr>`, `Retry 1/3 of <run id>`, …
+    pub trigger: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub instance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub arguments: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds from start to end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// A fresh run id for `now`: `yyyyMMddHHmmssffff` (UTC, ten-thousandths of a second).
+pub fn run_id(now: jiff::Timestamp) -> String {
+    let z = now.to_zoned(jiff::tz::TimeZone::UTC);
+    let ffff = now.subsec_nanosecond() / 100_000;
+    format!("{}{ffff:04}", z.strftime("%Y%m%d%H%M%S"))
+}
+
+/// Creates the folder of a new run; the id moves on by 0.1 ms if taken
+/// (two runs in the same instant, or by two daemons).
+pub fn create_run_dir(job_data: &Path, now: jiff::Timestamp) -> io::Result<(String, PathBuf)> {
+    std::fs::create_dir_all(job_data)?;
+    let mut t = now;
+    for _ in 0..1000 {
+        let id = run_id(t);
+        let dir = job_data.join(&id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => t += jiff::SignedDuration::from_micros(100),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free run id"))
+}
+
+pub fn is_run_id(name: &str) -> bool {
+    name.len() == 18 && name.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Writes a run's status atomically.
+pub fn write_status(dir: &Path, status: &RunStatus) -> io::Result<()> {
+    let tmp = dir.join(".status.tmp");
+    let mut text = serde_json::to_vec(status).map_err(io::Error::other)?;
+    text.push(b'\n');
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, dir.join("status"))
+}
+
+pub fn read_status(dir: &Path) -> Option<RunStatus> {
+    serde_json::from_slice(&std::fs::read(dir.join("status")).ok()?).ok()
+}
+
+/// Run ids of a job, newest first.
+pub fn run_ids(job_data: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(job_data) else { return Vec::new() };
+    let mut ids: Vec<String> =
+        entries.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| is_run_id(n)).collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids
+}
+
+/// Keeps the newest `keep` runs (never removing `active`).
+pub fn prune(job_data: &Path, keep: usize, active: &[&str]) {
+    for id in run_ids(job_data).into_iter().skip(keep) {
+        if !active.contains(&id.as_str()) {
+            let _ = std::fs::remove_dir_all(job_data.join(&id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_utc_with_ten_thousandths() {
+        let t: jiff::Timestamp = "2026-11-21T09:30:00.123456Z".parse().unwrap();
+        assert_eq!(run_id(t), "202611210930001234");
+        assert!(is_run_id(&run_id(t)));
+    }
+
+    #[test]
+    fn ids_are_unique_and_listed_newest_first_and_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let t: jiff::Timestamp = "2026-11-21T09:30:00Z".parse().unwrap();
+        let ids: Vec<String> = (0..5).map(|_| create_run_dir(d.path(), t).unwrap().0).collect();
+        assert_eq!(ids[1], "202611210930000001");
+        let listed = run_ids(d.path());
+        assert_eq!(listed[0], ids[4]);
+        prune(d.path(), 2, &[&ids[0]]);
+        assert_eq!(run_ids(d.path()), vec![ids[4].clone(), ids[3].clone(), ids[0].clone()]);
+    }
+}

@@ -1,0 +1,782 @@
+//! The actor that owns one triggered job on this daemon: on-demand runs,
+//! schedule ticks, overlap policy, retries, timeouts and cancellation. Each
+//! run gets a folder with its `status` and `output_log.txt` (see [`history`]).
+//!
+//! ```text
+//!  Run request / schedule tick ──► [active run?] ──no──► run lock ──► Initializing ─► Running
+//!                                      │ yes                                         │
+//!                     skip (409, SYS WARN) / queue / replace                          ▼
+//!                                                 Success · Failed (→ retry) · Cancelled · Aborted
+//! ```
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::coordination::{self, Lease};
+use crate::history::{self, RunState, RunStatus};
+use crate::jobs::{JobDef, JobKey, Runnable};
+use crate::logs::{Level, LogFile, Rotation, format_time};
+use crate::run::{JobEnv, Run, human};
+use crate::settings::{CatchUp, Overlap, RunMode};
+use crate::supervisor::Shared;
+
+/// A tick handled later than this counts as missed (downtime, clock step, suspend).
+const LATE: Duration = Duration::from_secs(2);
+
+/// Messages from the supervisor (and, through it, from the API).
+#[derive(Debug)]
+pub enum Control {
+    Update {
+        def: Arc<JobDef>,
+        config: Arc<Config>,
+    },
+    Run {
+        request: RunRequest,
+        reply: oneshot::Sender<Result<Accepted, Refused>>,
+    },
+    /// Cancels the active run (`run` = its id, or any).
+    Cancel {
+        run: Option<String>,
+        reply: oneshot::Sender<Result<String, Refused>>,
+    },
+    /// Answers once run `run` has ended (at once if it is not active here).
+    Wait {
+        run: String,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        why: &'static str,
+    },
+}
+
+/// A request for a run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub arguments: Vec<String>,
+    /// `External - <who>`, `Schedule - <expr>`, `Retry …`.
+    pub trigger: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    Started(String),
+    /// `overlap: queue`: it starts when the active run ends.
+    Queued,
+}
+
+/// Why a run (or a cancel) was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    #[error("Cannot start a new run since job is already running ({0}).")]
+    Running(String),
+    #[error("WebJobs are currently in \"stopped\" state (WEBJOBS_STOPPED).")]
+    Stopped,
+    #[error("the job cannot run: {0}")]
+    Invalid(String),
+    #[error("there is no active run{0} of this job on this daemon")]
+    NoActiveRun(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The supervisor's handle on the actor.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Control>,
+}
+
+impl Handle {
+    pub fn send(&self, control: Control) {
+        let _ = self.tx.send(control);
+    }
+}
+
+pub fn spawn(
+    def: Arc<JobDef>,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Handle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tasks.spawn(async move {
+        if let Some(actor) = Actor::new(def, config, shared, rx) {
+            actor.run().await;
+        }
+    });
+    Handle { tx }
+}
+
+/// Why an active run is being ended by us.
+#[derive(Debug, Clone)]
+enum End {
+    Cancelled,
+    Replaced,
+    Timeout(Duration),
+    Idle(Duration),
+    Shutdown(&'static str),
+}
+
+struct Active {
+    id: String,
+    dir: PathBuf,
+    run: Run,
+    log: LogFile,
+    status: RunStatus,
+    _lease: Lease,
+    request: RunRequest,
+    attempt: u32,
+    deadline: Option<tokio::time::Instant>,
+    idle: Duration,
+    last_bytes: u64,
+    last_cpu: u64,
+    last_activity: Instant,
+}
+
+struct Retry {
+    at: tokio::time::Instant,
+    request: RunRequest,
+    attempt: u32,
+}
+
+struct Actor {
+    key: JobKey,
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+    def: Arc<JobDef>,
+    good: Option<Arc<Runnable>>,
+    data_dir: PathBuf,
+    rx: mpsc::UnboundedReceiver<Control>,
+    clock: watch::Receiver<u64>,
+    scheduler_log: LogFile,
+    active: Option<Active>,
+    queue: VecDeque<RunRequest>,
+    next_tick: Option<Timestamp>,
+    retry: Option<Retry>,
+    waiters: Vec<(String, oneshot::Sender<()>)>,
+    reported: Vec<String>,
+    exiting: bool,
+}
+
+impl Actor {
+    fn new(
+        def: Arc<JobDef>,
+        config: Arc<Config>,
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Control>,
+    ) -> Option<Actor> {
+        let key = def.key.clone();
+        let data_dir = config.job_data_dir(&key);
+        let rotation = Some(Rotation { max_size: 1024 * 1024, keep: 1 });
+        let scheduler_log = match LogFile::open(&data_dir.join("job_scheduler.log"), &shared.instance, rotation) {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::error!(job = %key, error = %e, "cannot open the scheduler log; the job will not run");
+                return None;
+            }
+        };
+        Some(Actor {
+            key,
+            clock: shared.clock.clone(),
+            shared,
+            config,
+            good: def.runnable(),
+            def,
+            data_dir,
+            rx,
+            scheduler_log,
+            active: None,
+            queue: VecDeque::new(),
+            next_tick: None,
+            retry: None,
+            waiters: Vec::new(),
+            reported: Vec::new(),
+            exiting: false,
+        })
+    }
+
+    async fn run(mut self) {
+        self.mark_lost_runs();
+        self.report_problems();
+        self.arm_schedule(true).await;
+        while !(self.exiting && self.active.is_none()) {
+            self.step().await;
+        }
+        for (_, waiter) in self.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Waits for the next event and handles it.
+    async fn step(&mut self) {
+        let tick_at = self.next_tick.map(monotonic);
+        let retry_at = self.retry.as_ref().map(|r| r.at);
+        let check_at = self.active.as_ref().map(next_check);
+        let active = &mut self.active;
+        tokio::select! {
+            control = self.rx.recv() => {
+                let control = control.unwrap_or(Control::Shutdown { why: "daemon stopping" });
+                self.on_control(control).await;
+            }
+            status = leader_exit(active) => self.on_exit(status).await,
+            () = sleep_until(tick_at) => self.on_tick().await,
+            () = sleep_until(retry_at) => self.on_retry().await,
+            () = sleep_until(check_at) => self.on_check().await,
+            Ok(()) = self.clock.changed() => {
+                self.scheduler_log.sys(Level::SysWarn, "the system clock was set; the next tick is recomputed from the new time");
+            }
+        }
+    }
+
+    async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Update { def, config } => self.on_update(def, config).await,
+            Control::Run { request, reply } => {
+                let result = self.request_run(request, false).await;
+                let _ = reply.send(result);
+            }
+            Control::Cancel { run, reply } => {
+                let result = self.cancel(run).await;
+                let _ = reply.send(result);
+            }
+            Control::Wait { run, reply } => {
+                if self.active.as_ref().is_some_and(|a| a.id == run) {
+                    self.waiters.push((run, reply));
+                } else {
+                    let _ = reply.send(());
+                }
+            }
+            Control::Shutdown { why } => {
+                self.exiting = true;
+                self.queue.clear();
+                self.retry = None;
+                self.next_tick = None;
+                if self.active.is_some() {
+                    self.end_active(End::Shutdown(why)).await;
+                }
+            }
+        }
+    }
+
+    async fn on_update(&mut self, def: Arc<JobDef>, config: Arc<Config>) {
+        let before = (self.good.clone(), self.config.timezone.clone(), self.config.switches.clone());
+        self.config = config;
+        self.def = def;
+        if let Some(job) = self.def.runnable() {
+            self.good = Some(job);
+        }
+        self.report_problems();
+        if before != (self.good.clone(), self.config.timezone.clone(), self.config.switches.clone()) {
+            self.arm_schedule(false).await;
+        }
+    }
+
+    /// Starts a run now, or says why not (the overlap policy decides when a run is active).
+    async fn request_run(&mut self, request: RunRequest, scheduled: bool) -> Result<Accepted, Refused> {
+        if self.config.switches.stopped {
+            return Err(Refused::Stopped);
+        }
+        let Some(job) = self.good.clone() else {
+            return Err(Refused::Invalid(self.def.errors().join("; ")));
+        };
+        if let Some(active) = &mut self.active {
+            match job.settings.overlap {
+                Overlap::Skip => {
+                    let why = format!("run {} is still running", active.id);
+                    if scheduled {
+                        let text = format!("schedule tick skipped: {why} (overlap: skip)");
+                        active.log.sys(Level::SysWarn, &text);
+                        self.scheduler_log.sys(Level::SysWarn, &text);
+                    }
+                    return Err(Refused::Running(why));
+                }
+                Overlap::Queue => {
+                    self.queue.push_back(request);
+                    return Ok(Accepted::Queued);
+                }
+                Overlap::Replace => self.end_active(End::Replaced).await,
+            }
+        }
+        self.start_run(&job, request, 0).await
+    }
+
+    async fn start_run(&mut self, job: &Arc<Runnable>, request: RunRequest, attempt: u32) -> Result<Accepted, Refused> {
+        let lease = match self.shared.coordinator.try_run_lock(&self.data_dir, &self.shared.instance) {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                let holder =
+                    self.shared.coordinator.run_lock_holder(&self.data_dir).unwrap_or_else(|| "another daemon".into());
+                if job.settings.overlap == Overlap::Queue {
+                    self.queue.push_back(request);
+                    self.retry_queue_later();
+                    return Ok(Accepted::Queued);
+                }
+                return Err(Refused::Running(format!("a run is active on {holder}")));
+            }
+            Err(e) => return Err(Refused::Failed(format!("cannot take the run lock: {e}"))),
+        };
+        let (id, dir) = history::create_run_dir(&self.data_dir, Timestamp::now())
+            .map_err(|e| Refused::Failed(format!("cannot create the run folder: {e}")))?;
+        history::prune(&self.data_dir, self.config.switches.history_size as usize, &[&id]);
+        let mut log = LogFile::open(&dir.join("output_log.txt"), &self.shared.instance, None)
+            .map_err(|e| Refused::Failed(e.to_string()))?;
+        let mut status = RunStatus {
+            status: RunState::Initializing,
+            start_time: format_time(std::time::SystemTime::now()),
+            end_time: None,
+            trigger: request.trigger.clone(),
+            exit_code: None,
+            signal: None,
+            instance: self.shared.instance.clone(),
+            pid: None,
+            arguments: request.arguments.clone(),
+            error: None,
+            duration_ms: None,
+        };
+        let _ = history::write_status(&dir, &status);
+        let args = if request.arguments.is_empty() {
+            String::new()
+        } else {
+            format!(" with arguments {:?}", request.arguments)
+        };
+        log.sys(Level::SysInfo, &format!("run {id} triggered by {}{args}", request.trigger));
+        match self.spawn(job, &id, &request).await {
+            Ok(run) => {
+                log.sys(Level::SysInfo, &format!("started process {}: {}", run.pid, run_command_line(&run)));
+                status.status = RunState::Running;
+                status.pid = Some(run.pid.as_raw());
+                let _ = history::write_status(&dir, &status);
+                let idle = job.settings.idle_timeout.unwrap_or(self.config.switches.idle_timeout);
+                let deadline = job.settings.timeout.map(|t| tokio::time::Instant::now() + t);
+                let active = Active {
+                    id: id.clone(),
+                    dir,
+                    run,
+                    log,
+                    status,
+                    _lease: lease,
+                    request,
+                    attempt,
+                    deadline,
+                    idle,
+                    last_bytes: 0,
+                    last_cpu: 0,
+                    last_activity: Instant::now(),
+                };
+                self.active = Some(active);
+                Ok(Accepted::Started(id))
+            }
+            Err(e) => {
+                log.sys(Level::SysError, &format!("failed to start: {e}"));
+                status.status = RunState::Failed;
+                status.error = Some(format!("failed to start: {e}"));
+                status.end_time = Some(format_time(std::time::SystemTime::now()));
+                let _ = history::write_status(&dir, &status);
+                drop(lease);
+                self.after_run(&request, attempt, RunState::Failed, &id);
+                Ok(Accepted::Started(id))
+            }
+        }
+    }
+
+    async fn spawn(&mut self, job: &Arc<Runnable>, id: &str, request: &RunRequest) -> std::io::Result<Run> {
+        let work_dir = match crate::workcopy::existing(&self.config.temp_dir, &self.shared.instance, job) {
+            Some(dir) => dir,
+            None => {
+                let (temp, instance, copy_of) =
+                    (self.config.temp_dir.clone(), self.shared.instance.clone(), job.clone());
+                tokio::task::spawn_blocking(move || crate::workcopy::prepare(&temp, &instance, &copy_of))
+                    .await
+                    .map_err(std::io::Error::other)??
+            }
+        };
+        let shutdown_file = self
+            .config
+            .temp_dir
+            .join("JobsShutdown")
+            .join("triggered")
+            .join(&self.key.name)
+            .join(format!("{}-{id}", self.shared.instance));
+        let arguments = shlex::try_join(request.arguments.iter().map(String::as_str)).unwrap_or_default();
+        let env = JobEnv {
+            name: &self.key.name,
+            kind: self.key.kind.as_str(),
+            work_dir: &work_dir,
+            data_dir: &self.data_dir,
+            run_id: id,
+            arguments: &arguments,
+            shutdown_file: &shutdown_file,
+        };
+        let mut command = crate::continuous::build_command(
+            job,
+            work_dir.clone(),
+            env.vars(&job.settings.env),
+            self.shared.marker(&self.key, id),
+        );
+        command.args.extend(request.arguments.iter().map(Into::into));
+        Run::start(&command, shutdown_file, self.config.log.max_line)
+    }
+
+    /// The leader exited by itself: end the run by its exit code.
+    async fn on_exit(&mut self, _status: std::process::ExitStatus) {
+        let Some(mut active) = self.active.take() else { return };
+        let grace = self.grace();
+        active.run.reap_leftovers(&mut active.log, grace).await;
+        let exit = active.run.exit_status();
+        let state = if exit.and_then(|s| s.code()) == Some(0) { RunState::Success } else { RunState::Failed };
+        self.finish(active, state, None);
+    }
+
+    /// Stops the active run by the stop protocol and records why.
+    async fn end_active(&mut self, end: End) {
+        let Some(mut active) = self.active.take() else { return };
+        let (state, why) = match &end {
+            End::Cancelled => (RunState::Cancelled, "cancelled".to_string()),
+            End::Replaced => (RunState::Cancelled, "replaced by a new run (overlap: replace)".to_string()),
+            End::Timeout(t) => (RunState::Failed, format!("timeout: the run took longer than {}", human(*t))),
+            End::Idle(t) => (
+                RunState::Failed,
+                format!(
+                    "idle_timeout: no output and no CPU time for {}; raise idle_timeout in settings.job (or WEBJOBS_IDLE_TIMEOUT)",
+                    human(*t)
+                ),
+            ),
+            End::Shutdown(why) => (RunState::Aborted, format!("the daemon is stopping ({why})")),
+        };
+        let grace = self.grace();
+        active.run.stop(&mut active.log, grace, &why).await;
+        let error = (state != RunState::Success).then_some(why);
+        self.finish(active, state, error);
+    }
+
+    /// Writes the run's end (status, log line), releases the lock, and starts
+    /// what follows: a retry or the next queued run.
+    fn finish(&mut self, mut active: Active, state: RunState, error: Option<String>) {
+        let exit = active.run.exit_status();
+        let duration = active.run.started.elapsed();
+        let s = &mut active.status;
+        s.status = state;
+        s.end_time = Some(format_time(std::time::SystemTime::now()));
+        s.duration_ms = Some(duration.as_millis() as u64);
+        s.exit_code = exit.and_then(|e| e.code());
+        s.signal =
+            exit.and_then(|e| std::os::unix::process::ExitStatusExt::signal(&e)).map(crate::process::signal_name);
+        s.pid = None;
+        if state == RunState::Failed && error.is_none() {
+            s.error = Some(format!("Job failed due to {}", active.run.describe_exit()));
+        } else {
+            s.error = error;
+        }
+        let level = if state == RunState::Success { Level::SysInfo } else { Level::SysError };
+        let what = active.run.describe_exit();
+        active
+            .log
+            .sys(level, &format!("run {} ended: {} ({what}) after {}", active.id, state.as_str(), human(duration)));
+        if let Err(e) = history::write_status(&active.dir, &active.status) {
+            tracing::error!(job = %self.key, error = %e, "cannot write the run status");
+        }
+        let id = active.id.clone();
+        let (request, attempt) = (active.request.clone(), active.attempt);
+        drop(active);
+        self.after_run(&request, attempt, state, &id);
+    }
+
+    fn after_run(&mut self, request: &RunRequest, attempt: u32, state: RunState, id: &str) {
+        for (_, waiter) in self.waiters.extract_if(.., |(run, _)| run == id) {
+            let _ = waiter.send(());
+        }
+        if self.exiting {
+            return;
+        }
+        let Some(job) = self.good.clone() else { return };
+        if state == RunState::Failed && attempt < job.settings.retries {
+            let next = attempt + 1;
+            let text =
+                format!("retry {next}/{} of run {id} in {}", job.settings.retries, human(job.settings.retry_delay));
+            self.scheduler_log.sys(Level::SysInfo, &text);
+            let trigger = format!("Retry {next}/{} of {id}", job.settings.retries);
+            let request = RunRequest { arguments: request.arguments.clone(), trigger };
+            self.retry =
+                Some(Retry { at: tokio::time::Instant::now() + job.settings.retry_delay, request, attempt: next });
+        } else if !self.queue.is_empty() {
+            self.retry_queue_later();
+            if let Some(r) = self.retry.as_mut() {
+                r.at = tokio::time::Instant::now();
+            }
+        }
+    }
+
+    /// Queued requests are taken up by the retry timer (also when the lock is
+    /// held by another daemon, which we cannot hear release it).
+    fn retry_queue_later(&mut self) {
+        if self.retry.is_none() && !self.queue.is_empty() {
+            let request = RunRequest { arguments: Vec::new(), trigger: String::new() };
+            self.retry =
+                Some(Retry { at: tokio::time::Instant::now() + Duration::from_secs(1), request, attempt: u32::MAX });
+        }
+    }
+
+    async fn on_retry(&mut self) {
+        let Some(retry) = self.retry.take() else { return };
+        let Some(job) = self.good.clone() else { return };
+        if self.active.is_some() {
+            return;
+        }
+        let (request, attempt) = if retry.attempt == u32::MAX {
+            match self.queue.pop_front() {
+                Some(request) => (request, 0),
+                None => return,
+            }
+        } else {
+            (retry.request, retry.attempt)
+        };
+        if let Err(e) = self.start_run(&job, request, attempt).await {
+            self.scheduler_log.sys(Level::SysWarn, &format!("could not start a queued or retried run: {e}"));
+        }
+    }
+
+    async fn cancel(&mut self, run: Option<String>) -> Result<String, Refused> {
+        let matches = self.active.as_ref().is_some_and(|a| run.as_ref().is_none_or(|r| *r == a.id));
+        if !matches {
+            return Err(Refused::NoActiveRun(run.map(|r| format!(" {r}")).unwrap_or_default()));
+        }
+        let id = self.active.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+        self.end_active(End::Cancelled).await;
+        Ok(id)
+    }
+
+    /// Timeout and idle checks of the active run.
+    async fn on_check(&mut self) {
+        let Some(active) = self.active.as_mut() else { return };
+        let now = tokio::time::Instant::now();
+        if let Some(deadline) = active.deadline
+            && now >= deadline
+        {
+            let limit = self.good.as_ref().and_then(|j| j.settings.timeout).unwrap_or_default();
+            return self.end_active(End::Timeout(limit)).await;
+        }
+        if active.run.output.bytes != active.last_bytes {
+            active.last_bytes = active.run.output.bytes;
+            active.last_activity = Instant::now();
+            return;
+        }
+        let cpu = crate::process::group_cpu_ticks(active.run.pid);
+        if cpu != active.last_cpu {
+            active.last_cpu = cpu;
+            active.last_activity = Instant::now();
+            return;
+        }
+        if active.last_activity.elapsed() >= active.idle {
+            let idle = active.idle;
+            self.end_active(End::Idle(idle)).await;
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        self.good.as_ref().map(|j| j.settings.stopping_wait_time).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// The zone of the job's schedule.
+    fn zone(&self) -> TimeZone {
+        let name =
+            self.good.as_ref().and_then(|j| j.settings.timezone.clone()).or_else(|| self.config.timezone.clone());
+        crate::schedule::resolve_zone(name.as_deref()).unwrap_or(TimeZone::UTC)
+    }
+
+    /// Computes the next tick; at start-up, handles the ticks missed while down.
+    async fn arm_schedule(&mut self, startup: bool) {
+        self.next_tick = None;
+        let Some(schedule) = self.schedule() else { return };
+        let tz = self.zone();
+        let now = Timestamp::now();
+        let last = coordination::last_tick(&self.data_dir);
+        if startup && let Some(last) = last {
+            self.handle_missed(last, now).await;
+        }
+        let from = last.map_or(now, |l| l.max(now));
+        self.next_tick = schedule.next_after(from, &tz);
+        match self.next_tick {
+            Some(t) => self.scheduler_log.sys(
+                Level::SysInfo,
+                &format!(
+                    "schedule \"{schedule}\" ({tz_name}): next run at {}",
+                    crate::schedule::rfc3339(t, &tz),
+                    tz_name = tz.iana_name().unwrap_or("local")
+                ),
+            ),
+            None => {
+                self.scheduler_log.sys(Level::SysWarn, &format!("schedule \"{schedule}\" has no future occurrence"))
+            }
+        }
+    }
+
+    /// The schedule in force, if ticks should fire.
+    fn schedule(&self) -> Option<crate::schedule::Schedule> {
+        let job = self.good.as_ref()?;
+        if self.config.switches.disable_schedule
+            || self.config.switches.stopped
+            || job.settings.run_mode == RunMode::OnDemand
+        {
+            return None;
+        }
+        job.settings.schedule.clone()
+    }
+
+    async fn on_tick(&mut self) {
+        let (Some(tick), Some(schedule)) = (self.next_tick, self.schedule()) else { return };
+        let now = Timestamp::now();
+        if now < tick {
+            return; // the clock went back: wait on, the deadline is recomputed
+        }
+        let tz = self.zone();
+        if now.duration_since(tick).unsigned_abs() > LATE {
+            let last = coordination::last_tick(&self.data_dir).unwrap_or(tick - jiff::SignedDuration::from_secs(1));
+            self.handle_missed(last.min(tick - jiff::SignedDuration::from_nanos(1)), now).await;
+        } else {
+            self.fire(tick, &schedule, None).await;
+        }
+        self.next_tick = schedule.next_after(tick.max(now), &tz);
+    }
+
+    /// Claims `tick` across daemons and asks for a run.
+    async fn fire(&mut self, tick: Timestamp, schedule: &crate::schedule::Schedule, missed: Option<String>) {
+        match self.shared.coordinator.claim_tick(&self.data_dir, tick) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                self.scheduler_log.sys(Level::SysError, &format!("cannot claim the schedule tick: {e}"));
+                return;
+            }
+        }
+        let trigger = format!("Schedule - {schedule}{}", missed.unwrap_or_default());
+        match self.request_run(RunRequest { arguments: Vec::new(), trigger }, true).await {
+            Ok(Accepted::Started(id)) => {
+                self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: started run {id}"))
+            }
+            Ok(Accepted::Queued) => {
+                self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: queued behind the active run"))
+            }
+            Err(Refused::Running(_)) => {}
+            Err(e) => self.scheduler_log.sys(Level::SysWarn, &format!("tick {tick}: not run: {e}")),
+        }
+    }
+
+    /// Ticks in (`last`, `now`] were missed: one catch-up run per `catch_up`.
+    async fn handle_missed(&mut self, last: Timestamp, now: Timestamp) {
+        let (Some(schedule), Some(job)) = (self.schedule(), self.good.clone()) else { return };
+        let tz = self.zone();
+        let mut missed = 0usize;
+        let mut newest = None;
+        let mut t = last;
+        while let Some(next) = schedule.next_after(t, &tz) {
+            if next > now || missed >= 1_000_000 {
+                break;
+            }
+            missed += 1;
+            newest = Some(next);
+            t = next;
+        }
+        let Some(newest) = newest else { return };
+        let age = now.duration_since(newest).unsigned_abs();
+        let run = match job.settings.catch_up {
+            CatchUp::None => false,
+            CatchUp::Last => true,
+            CatchUp::MaxAge(max) => age <= max,
+        };
+        let outcome = if run { "running it now" } else { "not run (catch_up)" };
+        self.scheduler_log.sys(
+            Level::SysWarn,
+            &format!(
+                "missed {missed} schedule(s), most recent at {} ({} ago): {outcome}",
+                crate::schedule::rfc3339(newest, &tz),
+                human(age)
+            ),
+        );
+        if run {
+            self.fire(newest, &schedule, Some(format!(" (missed tick at {newest})"))).await;
+        } else {
+            let _ = self.shared.coordinator.claim_tick(&self.data_dir, newest);
+        }
+    }
+
+    /// Runs left unfinished by this instance's previous life, or by a daemon
+    /// that is gone, become Aborted.
+    fn mark_lost_runs(&mut self) {
+        for id in history::run_ids(&self.data_dir) {
+            let dir = self.data_dir.join(&id);
+            let Some(mut status) = history::read_status(&dir) else { continue };
+            if status.status.is_final() {
+                continue;
+            }
+            let mine = status.instance == self.shared.instance;
+            if !mine && coordination::instance_alive(&self.config.data_dir, &status.instance) {
+                continue;
+            }
+            status.status = RunState::Aborted;
+            status.end_time = Some(format_time(std::time::SystemTime::now()));
+            status.error =
+                Some(format!("the daemon running it (instance {}) stopped before the run ended", status.instance));
+            status.pid = None;
+            let _ = history::write_status(&dir, &status);
+            if let Ok(mut log) = LogFile::open(&dir.join("output_log.txt"), &self.shared.instance, None) {
+                log.sys(
+                    Level::SysError,
+                    &format!("run {id} marked Aborted: {}", status.error.as_deref().unwrap_or_default()),
+                );
+            }
+        }
+    }
+
+    fn report_problems(&mut self) {
+        let errors = self.def.errors();
+        let warnings = self.def.warnings();
+        let all: Vec<String> = errors.iter().chain(warnings.iter()).cloned().collect();
+        if all != self.reported {
+            for e in &errors {
+                let suffix = if self.good.is_some() { " (the job keeps its last valid configuration)" } else { "" };
+                self.scheduler_log.sys(Level::SysError, &format!("{e}{suffix}"));
+            }
+            for w in &warnings {
+                self.scheduler_log.sys(Level::SysWarn, w);
+            }
+            self.reported = all;
+        }
+    }
+}
+
+fn run_command_line(run: &Run) -> String {
+    run.command_line.clone()
+}
+
+/// The next time the active run's limits must be looked at.
+fn next_check(active: &Active) -> tokio::time::Instant {
+    let period = (active.idle / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let next = tokio::time::Instant::now() + period;
+    active.deadline.map_or(next, |d| d.min(next))
+}
+
+/// The monotonic instant at which wall-clock time `t` comes (now, if past).
+fn monotonic(t: Timestamp) -> tokio::time::Instant {
+    let wait = t.duration_since(Timestamp::now()).unsigned_abs();
+    if t <= Timestamp::now() { tokio::time::Instant::now() } else { tokio::time::Instant::now() + wait }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn leader_exit(active: &mut Option<Active>) -> std::process::ExitStatus {
+    match active {
+        Some(a) => a.run.wait_leader(&mut a.log).await,
+        None => std::future::pending().await,
+    }
+}

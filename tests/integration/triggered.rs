@@ -1,0 +1,344 @@
+//! Triggered jobs: schedules, on-demand runs with arguments, overlap, history,
+//! limits, retries, cancel, and several daemons on one data folder.
+
+use std::time::Duration;
+
+use crate::helper::*;
+
+const ARGV_PY: &str = "import json, os, sys\nprint(json.dumps(sys.argv[1:]))\nprint(os.environ['WEBJOBS_COMMAND_ARGUMENTS'])\nprint(os.environ['WEBJOBS_RUN_ID'])\n";
+
+#[test]
+fn arguments_reach_the_script_intact() {
+    let root = Root::new();
+    root.job("triggered", "argv", &[("run.py", ARGV_PY)]);
+    let daemon = root.start();
+    let args = ["a b", "it's", "\"quoted\"", "é ü 日本", "$HOME", "back\\slash", "", "--flag=1"];
+    let mut cmd = vec!["run", "argv", "--wait", "--"];
+    cmd.extend(args);
+    let out = root.cli(&cmd);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let id = root.runs("argv").pop().unwrap();
+    let lines = output_lines(&root.run_log("argv", &id), "INFO");
+    let argv: Vec<String> = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(argv, args);
+    assert_eq!(shlex::split(&lines[1]).unwrap(), args, "WEBJOBS_COMMAND_ARGUMENTS splits back into the same words");
+    assert_eq!(lines[2], id);
+    let status = root.run_status("argv", &id);
+    assert_eq!(status["Status"], "Success");
+    assert_eq!(status["ExitCode"], 0);
+    assert!(status["Trigger"].as_str().unwrap().starts_with("External - webjobs-cli/"));
+    assert!(status["StartTime"].is_string() && status["EndTime"].is_string());
+    let log = root.run_log("argv", &id);
+    assert!(log.contains("SYS INFO] run ") && log.contains("triggered by External"), "{log}");
+    assert!(log.contains("ended: Success (exit code 0) after"), "{log}");
+    daemon.stop();
+}
+
+#[test]
+fn a_second_request_while_a_run_is_active_is_refused() {
+    let root = Root::new();
+    root.job("triggered", "busy", &[("run.sh", "sleep 30\n")]);
+    let daemon = root.start();
+    let first = root.cli(&["run", "busy"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = root.cli(&["run", "busy"]);
+    assert_eq!(second.status.code(), Some(4));
+    assert!(stderr(&second).contains("already running"), "{}", stderr(&second));
+    let cancel = root.cli(&["cancel", "busy"]);
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    let id = root.runs("busy")[0].clone();
+    assert_eq!(root.run_status("busy", &id)["Status"], "Cancelled");
+    assert!(daemon.job_pids("busy").is_empty());
+    assert!(root.run_log("busy", &id).contains("stopping (cancelled)"));
+    assert_eq!(root.cli(&["cancel", "busy"]).status.code(), Some(4), "nothing left to cancel");
+    daemon.stop();
+}
+
+#[test]
+fn wait_exit_codes_and_follow() {
+    let root = Root::new();
+    root.job("triggered", "fails", &[("run.sh", "echo about to fail\nexit 3\n")]);
+    root.job("triggered", "talks", &[("run.sh", "for i in 1 2 3; do echo \"line $i\"; sleep 0.1; done\n")]);
+    let daemon = root.start();
+    assert_eq!(root.cli(&["run", "fails", "--wait"]).status.code(), Some(6));
+    let id = root.runs("fails")[0].clone();
+    let status = root.run_status("fails", &id);
+    assert_eq!(status["Error"], "Job failed due to exit code 3");
+    let out = root.cli(&["run", "talks", "--follow"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.contains("INFO] line 1") && text.contains("INFO] line 3") && text.contains("ended: Success"),
+        "{text}"
+    );
+    assert_eq!(root.cli(&["run", "missing"]).status.code(), Some(3));
+    daemon.stop();
+    assert_eq!(root.cli(&["run", "talks"]).status.code(), Some(5), "no daemon");
+}
+
+#[test]
+fn a_schedule_fires_every_tick_once() {
+    let root = Root::new();
+    root.job("triggered", "tick", &[("run.sh", "echo tick\n"), ("settings.job", r#"{"schedule": "* * * * * *"}"#)]);
+    let daemon = root.start();
+    wait_for("four runs", Duration::from_secs(10), || root.finished_runs("tick").len() >= 4);
+    daemon.stop();
+    let runs = root.finished_runs("tick");
+    let seconds: Vec<&str> = runs.iter().map(|r| &r["StartTime"].as_str().unwrap()[..19]).collect();
+    let mut unique = seconds.clone();
+    unique.dedup();
+    assert_eq!(unique, seconds, "one run per tick");
+    for r in &runs {
+        assert_eq!(r["Trigger"], "Schedule - * * * * * *");
+        let ms: u32 = r["StartTime"].as_str().unwrap()[20..23].parse().unwrap();
+        assert!(ms < 200, "a run starts right after its tick: {}", r["StartTime"]);
+    }
+    assert!(read(&root.data_dir("triggered", "tick").join("job_scheduler.log")).contains("next run at"));
+}
+
+#[test]
+fn overlap_skip_says_so_and_queue_and_replace_do_what_they_say() {
+    let root = Root::new();
+    root.job("triggered", "skip", &[("run.sh", "sleep 2.5\n"), ("settings.job", r#"{"schedule": "* * * * * *"}"#)]);
+    root.job("triggered", "queue", &[("run.sh", "sleep 0.5\n"), ("settings.job", r#"{"overlap": "queue"}"#)]);
+    root.job("triggered", "replace", &[("run.sh", "sleep 30\n"), ("settings.job", r#"{"overlap": "replace"}"#)]);
+    let daemon = root.start();
+    wait_for("skipped ticks", Duration::from_secs(10), || {
+        root.runs("skip").first().is_some_and(|id| root.run_log("skip", id).contains("SYS WARN] schedule tick skipped"))
+    });
+    for _ in 0..3 {
+        assert!(root.cli(&["run", "queue"]).status.success());
+    }
+    wait_for("three queued runs done", Duration::from_secs(10), || root.finished_runs("queue").len() == 3);
+    assert!(root.finished_runs("queue").iter().all(|r| r["Status"] == "Success"));
+    assert!(root.cli(&["run", "replace"]).status.success());
+    wait_for("first running", Duration::from_secs(5), || root.runs("replace").len() == 1);
+    assert!(root.cli(&["run", "replace"]).status.success());
+    wait_for("replaced", Duration::from_secs(10), || root.finished_runs("replace").len() == 1);
+    let first = root.runs("replace")[0].clone();
+    assert_eq!(root.run_status("replace", &first)["Status"], "Cancelled");
+    assert!(root.run_status("replace", &first)["Error"].as_str().unwrap().contains("replaced"));
+    daemon.stop();
+}
+
+#[test]
+fn history_keeps_the_newest_runs() {
+    let root = Root::with_config(serde_json::json!({"history_size": 3}));
+    root.job("triggered", "keep", &[("run.sh", "echo hi\n")]);
+    let daemon = root.start();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        assert!(root.cli(&["run", "keep", "--wait"]).status.success());
+        ids.push(root.runs("keep").pop().unwrap());
+    }
+    assert_eq!(root.runs("keep"), ids[2..].to_vec());
+    let out = root.cli(&["history", "keep", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0]["id"], ids[4], "newest first");
+    for field in
+        ["id", "name", "status", "start_time", "end_time", "duration", "output_url", "url", "job_name", "trigger"]
+    {
+        assert!(runs[0].get(field).is_some(), "missing {field}");
+    }
+    daemon.stop();
+}
+
+#[test]
+fn timeout_and_idle_timeout_end_runs_and_say_why() {
+    let root = Root::new();
+    root.job(
+        "triggered",
+        "long",
+        &[("run.sh", "echo working\nsleep 30\n"), ("settings.job", r#"{"timeout": 1, "idle_timeout": 60}"#)],
+    );
+    root.job("triggered", "idle", &[("run.sh", "sleep 30\n"), ("settings.job", r#"{"idle_timeout": 1}"#)]);
+    root.job("triggered", "busy", &[("run.py", "while True: pass\n"), ("settings.job", r#"{"idle_timeout": 1}"#)]);
+    let daemon = root.start();
+    assert_eq!(root.cli(&["run", "long", "--wait"]).status.code(), Some(6));
+    let id = root.runs("long")[0].clone();
+    assert!(
+        root.run_status("long", &id)["Error"].as_str().unwrap().starts_with("timeout: the run took longer than 1s")
+    );
+    assert!(root.run_log("long", &id).contains("stopping (timeout"));
+    assert_eq!(root.cli(&["run", "idle", "--wait"]).status.code(), Some(6));
+    let id = root.runs("idle")[0].clone();
+    assert!(
+        root.run_status("idle", &id)["Error"]
+            .as_str()
+            .unwrap()
+            .contains("idle_timeout: no output and no CPU time for 1s")
+    );
+    // A silent job that uses CPU is not idle.
+    assert!(root.cli(&["run", "busy"]).status.success());
+    std::thread::sleep(Duration::from_millis(2500));
+    let id = root.runs("busy")[0].clone();
+    assert_eq!(root.run_status("busy", &id)["Status"], "Running");
+    root.cli(&["cancel", "busy"]);
+    daemon.stop();
+}
+
+#[test]
+fn failed_runs_are_retried_and_name_the_run_they_retry() {
+    let root = Root::new();
+    root.job(
+        "triggered",
+        "flaky",
+        &[("run.sh", "exit 1\n"), ("settings.job", r#"{"retries": 2, "retry_delay": 0.2}"#)],
+    );
+    let daemon = root.start();
+    root.cli(&["run", "flaky"]);
+    wait_for("three runs", Duration::from_secs(10), || root.finished_runs("flaky").len() == 3);
+    let runs = root.runs("flaky");
+    let triggers: Vec<String> =
+        runs.iter().map(|id| root.run_status("flaky", id)["Trigger"].as_str().unwrap().to_string()).collect();
+    assert!(triggers[0].starts_with("External"));
+    assert_eq!(triggers[1], format!("Retry 1/2 of {}", runs[0]));
+    assert_eq!(triggers[2], format!("Retry 2/2 of {}", runs[1]));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(root.runs("flaky").len(), 3, "no more than `retries`");
+    daemon.stop();
+}
+
+#[test]
+fn a_run_lost_with_a_sigkilled_daemon_becomes_aborted_and_leaves_no_orphan() {
+    let root = Root::new();
+    root.job("triggered", "victim", &[("run.sh", "sleep 300 &\nwait\n")]);
+    let first = root.start();
+    assert!(root.cli(&["run", "victim"]).status.success());
+    wait_for("running", Duration::from_secs(5), || first.job_pids("victim").len() == 2);
+    let pids = first.job_pids("victim");
+    let _leftovers = first.kill9();
+    let second = root.start();
+    wait_for("orphans gone", Duration::from_secs(10), || pids.iter().all(|p| !alive(*p)));
+    let id = root.runs("victim")[0].clone();
+    wait_for("aborted", Duration::from_secs(5), || root.run_status("victim", &id)["Status"] == "Aborted");
+    assert!(root.run_status("victim", &id)["Error"].as_str().unwrap().contains("stopped before the run ended"));
+    assert!(root.cli(&["run", "victim"]).status.success(), "the job runs again");
+    second.stop();
+}
+
+#[test]
+fn missed_ticks_run_once_after_downtime_when_recent() {
+    let root = Root::new();
+    root.job("triggered", "catch", &[("run.sh", "echo ran\n"), ("settings.job", r#"{"schedule": "*/2 * * * * *"}"#)]);
+    root.job(
+        "triggered",
+        "nocatch",
+        &[("run.sh", "echo ran\n"), ("settings.job", r#"{"schedule": "*/2 * * * * *", "catch_up": "none"}"#)],
+    );
+    let daemon = root.start();
+    wait_for("a scheduled run each", Duration::from_secs(10), || {
+        !root.finished_runs("catch").is_empty() && !root.finished_runs("nocatch").is_empty()
+    });
+    daemon.stop();
+    let (before_catch, before_none) = (root.runs("catch").len(), root.runs("nocatch").len());
+    std::thread::sleep(Duration::from_millis(4500));
+    let daemon = root.start();
+    wait_for("catch-up run", Duration::from_secs(5), || root.runs("catch").len() > before_catch);
+    let newest = root.runs("catch").pop().unwrap();
+    assert!(
+        root.run_status("catch", &newest)["Trigger"].as_str().unwrap().contains("(missed tick at"),
+        "{}",
+        root.run_status("catch", &newest)
+    );
+    let log = read(&root.data_dir("triggered", "nocatch").join("job_scheduler.log"));
+    assert!(log.contains("SYS WARN] missed 2 schedule(s)") || log.contains("SYS WARN] missed 3 schedule(s)"), "{log}");
+    assert!(log.contains("not run (catch_up)"));
+    let after_start = root.runs("nocatch");
+    assert!(after_start.len() <= before_none + 1, "no catch-up run for catch_up: none (only new ticks)");
+    daemon.stop();
+}
+
+#[test]
+fn two_daemons_never_run_a_job_twice() {
+    let root = Root::new();
+    root.job(
+        "triggered",
+        "shared",
+        &[("run.sh", "echo $WEBJOBS_RUN_ID\nsleep 0.3\n"), ("settings.job", r#"{"schedule": "* * * * * *"}"#)],
+    );
+    let a = Daemon::start_as(&root, "da", &[]);
+    let b = Daemon::start_as(&root, "db", &[]);
+    wait_for("five runs", Duration::from_secs(15), || root.finished_runs("shared").len() >= 5);
+    a.stop();
+    b.stop();
+    let runs = root.finished_runs("shared");
+    let seconds: Vec<&str> = runs.iter().map(|r| &r["StartTime"].as_str().unwrap()[..19]).collect();
+    let mut unique = seconds.clone();
+    unique.dedup();
+    assert_eq!(unique, seconds, "each tick ran once across both daemons");
+    let instances: std::collections::BTreeSet<&str> = runs.iter().map(|r| r["Instance"].as_str().unwrap()).collect();
+    assert!(!instances.is_empty());
+}
+
+#[test]
+fn on_demand_runs_are_exclusive_across_daemons() {
+    let root = Root::new();
+    root.job("triggered", "excl", &[("run.sh", "sleep 30\n")]);
+    let a = Daemon::start_as(&root, "ea", &[]);
+    let b = Daemon::start_as(&root, "eb", &[]);
+    let first = std::process::Command::new(BIN)
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "--config",
+            root.config_path().to_str().unwrap(),
+            "run",
+            "excl",
+        ])
+        .env("WEBJOBS_INSTANCE_ID", "ea")
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = std::process::Command::new(BIN)
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "--config",
+            root.config_path().to_str().unwrap(),
+            "run",
+            "excl",
+        ])
+        .env("WEBJOBS_INSTANCE_ID", "eb")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(4), "{}", stderr(&second));
+    assert!(stderr(&second).contains("a run is active on instance ea"), "{}", stderr(&second));
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn webjobs_disable_schedule_stops_ticks_but_not_on_demand_runs() {
+    let root = Root::new();
+    root.job("triggered", "quiet", &[("run.sh", "echo hi\n"), ("settings.job", r#"{"schedule": "* * * * * *"}"#)]);
+    let daemon = Daemon::start(&root, &[("WEBJOBS_DISABLE_SCHEDULE", "true")]);
+    std::thread::sleep(Duration::from_millis(2200));
+    assert!(root.runs("quiet").is_empty());
+    assert!(root.cli(&["run", "quiet", "--wait"]).status.success());
+    daemon.stop();
+}
+
+#[test]
+fn schedule_command_prints_rfc3339_and_rejects_bad_expressions() {
+    let root = Root::new();
+    let out = root.cli(&[
+        "schedule",
+        "0 30 9 * * 1-5",
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--count",
+        "3",
+        "--timezone",
+        "America/New_York",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "2026-11-20T09:30:00-05:00\n2026-11-23T09:30:00-05:00\n2026-11-24T09:30:00-05:00\n");
+    let out = root.cli(&["schedule", "0 0 0 31 2 *"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("can never fire"), "{}", stderr(&out));
+    let out = root.cli(&["schedule", "0 0 12 * * MON", "--timezone", "Mars/Olympus"]);
+    assert_eq!(out.status.code(), Some(1));
+}
