@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|footprint|crash|reaction|all] [--quick]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|reaction|trigger|schedule|all] [--quick]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -262,6 +262,171 @@ def bench_reaction():
     shutil.rmtree(tmp)
 
 
+STAMP_C = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    printf("T %ld.%09ld\n", (long)t.tv_sec, t.tv_nsec);
+    return 0;
+}
+"""
+
+
+def stamp_binary(tmp):
+    """A native job that prints the wall clock as its first act (static, so no loader work)."""
+    src = os.path.join(tmp, "stamp.c")
+    out = os.path.join(tmp, "stamp")
+    with open(src, "w") as f:
+        f.write(STAMP_C)
+    subprocess.run(["gcc", "-O2", "-static", "-o", out, src], check=True)
+    return out
+
+
+def unix_http(sock_path):
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    return s
+
+
+def http(s, method, path):
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\nContent-Length: 0\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(body) < length:
+        body += s.recv(65536)
+    return int(head.split()[1]), json.loads(body or b"null")
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def bench_schedule(jobs=20):
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    stamp = stamp_binary(tmp)
+    for i in range(jobs):
+        job = os.path.join(tmp, "jobs", "triggered", f"t{i:02}")
+        os.makedirs(job)
+        shutil.copy(stamp, os.path.join(job, "run"))
+        with open(os.path.join(job, "settings.job"), "w") as f:
+            f.write('{"schedule": "* * * * * *"}')
+    seconds = 30 if QUICK else 120
+    d = Daemon(tmp, config={"history_size": 1000})
+    time.sleep(seconds + 1.5)
+    d.stop()
+    delays, starts, missed, doubled = [], [], 0, 0
+    for i in range(jobs):
+        data = os.path.join(tmp, "data", "jobs", "triggered", f"t{i:02}")
+        ticks = []
+        for run in sorted(os.listdir(data)):
+            log = os.path.join(data, run, "output_log.txt")
+            if not run.isdigit() or not os.path.exists(log):
+                continue
+            starts.append(int(run[14:18]) / 10)  # the run id is stamped just before the spawn
+            for line in open(log):
+                if "INFO] T " in line:
+                    t = float(line.split("INFO] T ")[1])
+                    ticks.append(int(t))
+                    delays.append((t - int(t)) * 1000)
+        doubled += len(ticks) - len(set(ticks))
+        full = range(min(ticks) + 1, max(ticks))  # whole seconds between the first and last
+        missed += sum(1 for t in full if t not in set(ticks))
+    print(f"schedule accuracy: {jobs} jobs on '* * * * * *' for {seconds} s ({len(delays)} runs)")
+    print(f"  run start after the tick (daemon, just before the spawn): p50 {pct(starts, 50):.2f} ms, p99 {pct(starts, 99):.2f} ms, max {max(starts):.2f} ms")
+    print(f"  child's first instruction after the tick:              p50 {pct(delays, 50):.2f} ms, p99 {pct(delays, 99):.2f} ms, max {max(delays):.2f} ms")
+    floor = spawn_floor(stamp, jobs)
+    print(f"  floor: {jobs} posix_spawns at once from a bare Python loop: p50 {pct(floor, 50):.2f} ms, p99 {pct(floor, 99):.2f} ms")
+    print(f"  missed ticks {missed}, doubled ticks {doubled}")
+    shutil.rmtree(tmp)
+
+
+def spawn_floor(binary, n, trials=20):
+    """Delay to the first instruction of `n` children spawned at once, no daemon."""
+    res = []
+    for _ in range(trials):
+        r, w = os.pipe()
+        t0 = time.time()
+        pids = [os.posix_spawn(binary, [binary], {}, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)]) for _ in range(n)]
+        os.close(w)
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+        os.close(r)
+        for p in pids:
+            os.waitpid(p, 0)
+        res += [(float(line.split()[1]) - t0) * 1000 for line in out.decode().splitlines()]
+        time.sleep(0.05)
+    return res
+
+
+def bench_trigger():
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    stamp = stamp_binary(tmp)
+    job = os.path.join(tmp, "jobs", "triggered", "stamp")
+    os.makedirs(job)
+    shutil.copy(stamp, os.path.join(job, "run"))
+    n = 50 if QUICK else 200
+    d = Daemon(tmp, config={"history_size": 1000})
+    sock = os.path.join(tmp, "data", "instances", "bench.sock")
+    wait_for(lambda: os.path.exists(sock), 10)
+    data = os.path.join(tmp, "data", "jobs", "triggered", "stamp")
+
+    def child_time(run_id):
+        log = os.path.join(data, run_id, "output_log.txt")
+        wait_for(lambda: os.path.exists(log) and "INFO] T " in open(log).read(), 10)
+        return float(open(log).read().split("INFO] T ")[1].split()[0])
+
+    # At the daemon: a connected client sends the request; the child stamps its start.
+    s = unix_http(sock)
+    direct = []
+    for _ in range(n):
+        t0 = time.time()
+        code, body = http(s, "POST", "/api/triggeredwebjobs/stamp/run")
+        assert code == 202, body
+        direct.append((child_time(body["id"]) - t0) * 1000)
+        http(s, "GET", f"/api/triggeredwebjobs/stamp/history/{body['id']}?wait=10")
+    # Through the CLI: from starting `webjobs run` to the child's first instruction.
+    cli = []
+    env = clean_env(WEBJOBS_INSTANCE_ID="bench")
+    for _ in range(n // 2):
+        t0 = time.time()
+        out = subprocess.run([BIN, "--root", tmp, "--config", os.path.join(tmp, "webjobs.json"), "run", "stamp"], env=env, capture_output=True, text=True, check=True)
+        cli.append((child_time(out.stdout.strip()) - t0) * 1000)
+        http(s, "GET", f"/api/triggeredwebjobs/stamp/history/{out.stdout.strip()}?wait=10")
+    # Floor: a bare spawn of the same binary.
+    bare = []
+    for _ in range(n):
+        t0 = time.time()
+        out = subprocess.run([stamp], capture_output=True, text=True)
+        bare.append((float(out.stdout.split()[1]) - t0) * 1000)
+    # Throughput: back-to-back runs, each awaited, history written.
+    m = 200 if QUICK else 1000
+    t0 = time.perf_counter()
+    for _ in range(m):
+        code, body = http(s, "POST", "/api/triggeredwebjobs/stamp/run")
+        assert code == 202, body
+        http(s, "GET", f"/api/triggeredwebjobs/stamp/history/{body['id']}?wait=10")
+    rate = m / (time.perf_counter() - t0)
+    s.close()
+    d.stop()
+    print("trigger to exec: request to the child's first instruction (a static C job)")
+    print(f"  at the daemon (API request on the Unix socket): p50 {pct(direct, 50):.2f} ms, p95 {pct(direct, 95):.2f} ms")
+    print(f"  through the CLI (`webjobs run`):                p50 {pct(cli, 50):.2f} ms, p95 {pct(cli, 95):.2f} ms")
+    print(f"  floor (Python subprocess spawn of the binary):   p50 {pct(bare, 50):.2f} ms, p95 {pct(bare, 95):.2f} ms")
+    print(f"throughput: {m} runs back to back, each awaited, history written: {rate:.0f} runs/s")
+    shutil.rmtree(tmp)
+
+
 def main():
     which = next((a for a in sys.argv[1:] if not a.startswith("--")), "all")
     if not os.path.exists(BIN):
@@ -278,6 +443,12 @@ def main():
         bench_crash()
     if which in ("reaction", "all"):
         bench_reaction()
+    if which in ("trigger", "all"):
+        bench_trigger()
+    if which in ("schedule", "all"):
+        bench_schedule()
+    if which == "schedule1":
+        bench_schedule(1)
 
 
 if __name__ == "__main__":

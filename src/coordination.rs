@@ -6,8 +6,11 @@
 //! locks, for machines without a shared disk) will slot in beside the files.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -20,8 +23,96 @@ pub enum Coordinator {
 
 /// A held lock; released when dropped (or when the process dies).
 #[derive(Debug)]
-pub struct Lease {
-    _lock: Flock<File>,
+pub enum Lease {
+    /// A lock file opened for this lease.
+    Owned { _lock: Flock<File> },
+    /// A lock on a file kept open by its owner.
+    Shared(Arc<File>),
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Lease::Shared(file) = self {
+            // SAFETY: flock on an open descriptor.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}
+
+/// Size of a holder record or a schedule record: rewritten in place, padded,
+/// so no truncation (and no new file) is ever needed.
+const RECORD: usize = 128;
+
+/// The coordination files of one triggered job, kept open.
+#[derive(Debug)]
+pub struct JobLocks {
+    run_lock: Arc<File>,
+    schedule: File,
+}
+
+impl JobLocks {
+    /// Takes the job's run lock (at most one active run across all daemons),
+    /// without waiting, and records the holder.
+    pub fn try_run(&self, instance: &str) -> io::Result<Option<Lease>> {
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(self.run_lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+        }
+        let lease = Lease::Shared(self.run_lock.clone());
+        let holder = serde_json::json!({"InstanceId": instance, "Pid": std::process::id()});
+        self.run_lock.write_all_at(&padded(&holder.to_string()), 0)?;
+        Ok(Some(lease))
+    }
+
+    /// Who holds the run lock, as the holder wrote it.
+    pub fn run_holder(&self) -> Option<String> {
+        holder_text(&read_record(&self.run_lock)?)
+    }
+
+    /// Claims schedule tick `tick`: true exactly once across all daemons
+    /// sharing the data folder (read and written under a lock).
+    pub fn claim_tick(&self, tick: jiff::Timestamp) -> io::Result<bool> {
+        let fd = self.schedule.as_raw_fd();
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let result = (|| {
+            if read_record(&self.schedule).and_then(|t| parse_tick(&t)).is_some_and(|last| last >= tick) {
+                return Ok(false);
+            }
+            let record = serde_json::json!({"LastTick": tick.to_string()}).to_string();
+            self.schedule.write_all_at(&padded(&record), 0)?;
+            Ok(true)
+        })();
+        // SAFETY: as above.
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        result
+    }
+}
+
+fn padded(text: &str) -> Vec<u8> {
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.resize(RECORD.max(bytes.len() + 1) - 1, b' ');
+    bytes.push(b'\n');
+    bytes
+}
+
+fn read_record(file: &File) -> Option<String> {
+    let mut buf = vec![0u8; RECORD * 2];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+fn parse_tick(text: &str) -> Option<jiff::Timestamp> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v["LastTick"].as_str()?.parse().ok()
+}
+
+fn holder_text(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    Some(format!("instance {} (pid {})", v["InstanceId"].as_str()?, v["Pid"]))
 }
 
 /// The daemon could not register its instance.
@@ -43,38 +134,14 @@ impl Coordinator {
         }
     }
 
-    /// Tries to take a triggered job's run lock (at most one active run of a
-    /// job across all daemons), without waiting.
-    pub fn try_run_lock(&self, job_data_dir: &Path, instance: &str) -> io::Result<Option<Lease>> {
+    /// Opens the per-job files a triggered job coordinates through, once; the
+    /// actor keeps them open so a run or a tick costs no file creation.
+    pub fn job_locks(&self, job_data_dir: &Path) -> io::Result<JobLocks> {
         match self {
-            Coordinator::Files { .. } => try_lock_file(&job_data_dir.join("triggeredJob.lock"), instance),
-        }
-    }
-
-    /// Who holds a triggered job's run lock.
-    pub fn run_lock_holder(&self, job_data_dir: &Path) -> Option<String> {
-        match self {
-            Coordinator::Files { .. } => holder_of(&job_data_dir.join("triggeredJob.lock")),
-        }
-    }
-
-    /// Claims schedule tick `tick` of a job for this daemon: true exactly once
-    /// across all daemons sharing the data folder (the last claimed tick is
-    /// kept in `schedule.json`, read and written under a lock).
-    pub fn claim_tick(&self, job_data_dir: &Path, tick: jiff::Timestamp) -> io::Result<bool> {
-        match self {
-            Coordinator::Files { .. } => {
-                let lock = open_lock(&job_data_dir.join("schedule.lock"))?;
-                let _held = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
-                if last_tick(job_data_dir).is_some_and(|last| last >= tick) {
-                    return Ok(false);
-                }
-                let text = serde_json::json!({"LastTick": tick.to_string()}).to_string();
-                let tmp = job_data_dir.join(".schedule.json.tmp");
-                std::fs::write(&tmp, text)?;
-                std::fs::rename(tmp, job_data_dir.join("schedule.json"))?;
-                Ok(true)
-            }
+            Coordinator::Files { .. } => Ok(JobLocks {
+                run_lock: Arc::new(open_lock(&job_data_dir.join("triggeredJob.lock"))?),
+                schedule: open_lock(&job_data_dir.join("schedule.json"))?,
+            }),
         }
     }
 
@@ -88,27 +155,28 @@ impl Coordinator {
 
 /// The last schedule tick any daemon claimed for a job.
 pub fn last_tick(job_data_dir: &Path) -> Option<jiff::Timestamp> {
-    let text = std::fs::read_to_string(job_data_dir.join("schedule.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["LastTick"].as_str()?.parse().ok()
+    parse_tick(std::fs::read_to_string(job_data_dir.join("schedule.json")).ok()?.trim())
 }
 
 fn open_lock(path: &Path) -> io::Result<File> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    let open = || OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path);
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+            open()
+        }
+        other => other,
     }
-    OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
 }
 
 /// Takes an exclusive lock on `path` if free, and writes who holds it.
 fn try_lock_file(path: &Path, instance: &str) -> io::Result<Option<Lease>> {
     let file = open_lock(path)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0)?;
+        Ok(lock) => {
             let holder = serde_json::json!({"InstanceId": instance, "Pid": std::process::id()});
-            writeln!(&mut *lock, "{holder}")?;
-            Ok(Some(Lease { _lock: lock }))
+            lock.write_all_at(&padded(&holder.to_string()), 0)?;
+            Ok(Some(Lease::Owned { _lock: lock }))
         }
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, e)) => Err(e.into()),
@@ -116,9 +184,7 @@ fn try_lock_file(path: &Path, instance: &str) -> io::Result<Option<Lease>> {
 }
 
 fn holder_of(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
-    Some(format!("instance {} (pid {})", v["InstanceId"].as_str()?, v["Pid"]))
+    holder_text(&std::fs::read_to_string(path).ok()?)
 }
 
 /// This daemon's registration in `data/instances/`: held for its whole life.
@@ -170,14 +236,28 @@ mod tests {
     }
 
     #[test]
-    fn a_tick_is_claimed_once() {
+    fn a_tick_is_claimed_once_across_daemons() {
         let d = tempfile::tempdir().unwrap();
         let c = Coordinator::Files { data_dir: d.path().into() };
+        let (a, b) = (c.job_locks(d.path()).unwrap(), c.job_locks(d.path()).unwrap());
         let t: jiff::Timestamp = "2026-11-21T09:30:00Z".parse().unwrap();
-        assert!(c.claim_tick(d.path(), t).unwrap());
-        assert!(!c.claim_tick(d.path(), t).unwrap());
-        assert!(!c.claim_tick(d.path(), "2026-11-21T09:29:00Z".parse().unwrap()).unwrap());
+        assert!(a.claim_tick(t).unwrap());
+        assert!(!b.claim_tick(t).unwrap());
+        assert!(!a.claim_tick("2026-11-21T09:29:00Z".parse().unwrap()).unwrap());
         assert_eq!(last_tick(d.path()), Some(t));
+        assert!(b.claim_tick("2026-11-21T09:30:00.5Z".parse().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn the_run_lock_is_exclusive_across_daemons() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Coordinator::Files { data_dir: d.path().into() };
+        let (a, b) = (c.job_locks(d.path()).unwrap(), c.job_locks(d.path()).unwrap());
+        let lease = a.try_run("one").unwrap().unwrap();
+        assert!(b.try_run("two").unwrap().is_none());
+        assert!(b.run_holder().unwrap().starts_with("instance one"));
+        drop(lease);
+        assert!(b.try_run("two").unwrap().is_some());
     }
 
     #[test]

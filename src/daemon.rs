@@ -63,7 +63,6 @@ pub async fn run(
         instance: config.instance_id.clone(),
         marker_prefix: marker_prefix(&config),
         coordinator: Coordinator::Files { data_dir: config.data_dir.clone() },
-        clock: crate::clock::watch_clock().map_err(DaemonError::Signals)?,
     });
     stop_leftovers(&config, &shared.marker_prefix).await;
     let reaper = process::spawn_reaper().map_err(DaemonError::Signals)?;

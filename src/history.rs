@@ -68,17 +68,16 @@ pub fn run_id(now: jiff::Timestamp) -> String {
     format!("{}{ffff:04}", z.strftime("%Y%m%d%H%M%S"))
 }
 
-/// Creates the folder of a new run; the id moves on by 0.1 ms if taken
-/// (two runs in the same instant, or by two daemons).
-pub fn create_run_dir(job_data: &Path, now: jiff::Timestamp) -> io::Result<(String, PathBuf)> {
-    std::fs::create_dir_all(job_data)?;
-    let mut t = now;
+/// Creates the folder of run `id` (or, in the rare case it exists, of the
+/// next free id; the folder name is what history shows).
+pub fn create_run_dir_named(job_data: &Path, id: &str) -> io::Result<PathBuf> {
+    let mut n: u64 = id.parse().map_err(io::Error::other)?;
     for _ in 0..1000 {
-        let id = run_id(t);
-        let dir = job_data.join(&id);
+        let dir = job_data.join(format!("{n:018}"));
         match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok((id, dir)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => t += jiff::SignedDuration::from_micros(100),
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(job_data)?,
             Err(e) => return Err(e),
         }
     }
@@ -135,7 +134,8 @@ mod tests {
     fn ids_are_unique_and_listed_newest_first_and_pruned() {
         let d = tempfile::tempdir().unwrap();
         let t: jiff::Timestamp = "2026-11-21T09:30:00Z".parse().unwrap();
-        let ids: Vec<String> = (0..5).map(|_| create_run_dir(d.path(), t).unwrap().0).collect();
+        let name = |p: PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+        let ids: Vec<String> = (0..5).map(|_| name(create_run_dir_named(d.path(), &run_id(t)).unwrap())).collect();
         assert_eq!(ids[1], "202611210930000001");
         let listed = run_ids(d.path());
         assert_eq!(listed[0], ids[4]);

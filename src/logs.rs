@@ -215,10 +215,14 @@ pub struct LogFile {
 
 impl LogFile {
     pub fn open(path: &Path, instance: &str, rotation: Option<Rotation>) -> io::Result<LogFile> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let open = || OpenOptions::new().create(true).append(true).open(path);
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+                open()?
+            }
+            other => other?,
+        };
         let size = file.metadata()?.len();
         Ok(LogFile {
             path: path.to_path_buf(),
@@ -239,6 +243,11 @@ impl LogFile {
         self.stamper.prefix(&mut self.buf, level, now);
         push_readable(&mut self.buf, text);
         self.buf.push(b'\n');
+    }
+
+    /// Buffers one daemon line about the job (written at the next flush).
+    pub fn sys_buffered(&mut self, level: Level, text: &str) {
+        self.line(level, text.as_bytes(), SystemTime::now());
     }
 
     /// Writes one daemon line about the job, at once.

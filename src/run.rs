@@ -67,6 +67,13 @@ impl Run {
         }
     }
 
+    /// Waits for the leader without capturing output (a run being abandoned).
+    pub async fn wait_leader_quietly(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.child.wait().await;
+        process::leader_reaped(self.pid);
+        status
+    }
+
     fn leader_exited(&mut self, status: std::io::Result<ExitStatus>) -> ExitStatus {
         let status = status.unwrap_or_else(|_| ExitStatus::from_raw(0x7f00));
         process::leader_reaped(self.pid);

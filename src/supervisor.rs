@@ -21,8 +21,6 @@ pub struct Shared {
     /// Prefix of every run marker this daemon hands out (see [`crate::process::MARKER_VAR`]).
     pub marker_prefix: String,
     pub coordinator: Coordinator,
-    /// Changes when the system clock is set (schedules recompute).
-    pub clock: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Shared {

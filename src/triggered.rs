@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::{Wake, WallTimer};
 
 use crate::config::Config;
 use crate::coordination::{self, Lease};
@@ -153,8 +155,11 @@ struct Actor {
     good: Option<Arc<Runnable>>,
     data_dir: PathBuf,
     rx: mpsc::UnboundedReceiver<Control>,
-    clock: watch::Receiver<u64>,
+    /// Armed at `next_tick`.
+    timer: WallTimer,
     scheduler_log: LogFile,
+    locks: coordination::JobLocks,
+    last_run_id: Option<String>,
     active: Option<Active>,
     queue: VecDeque<RunRequest>,
     next_tick: Option<Timestamp>,
@@ -181,9 +186,25 @@ impl Actor {
                 return None;
             }
         };
+        let locks = match shared.coordinator.job_locks(&data_dir) {
+            Ok(locks) => locks,
+            Err(e) => {
+                tracing::error!(job = %key, error = %e, "cannot open the job's lock files; the job will not run");
+                return None;
+            }
+        };
+        let timer = match WallTimer::new() {
+            Ok(timer) => timer,
+            Err(e) => {
+                tracing::error!(job = %key, error = %e, "cannot create the schedule timer; the job will not run");
+                return None;
+            }
+        };
         Some(Actor {
             key,
-            clock: shared.clock.clone(),
+            timer,
+            locks,
+            last_run_id: None,
             shared,
             config,
             good: def.runnable(),
@@ -215,7 +236,6 @@ impl Actor {
 
     /// Waits for the next event and handles it.
     async fn step(&mut self) {
-        let tick_at = self.next_tick.map(monotonic);
         let retry_at = self.retry.as_ref().map(|r| r.at);
         let check_at = self.active.as_ref().map(next_check);
         let active = &mut self.active;
@@ -225,12 +245,12 @@ impl Actor {
                 self.on_control(control).await;
             }
             status = leader_exit(active) => self.on_exit(status).await,
-            () = sleep_until(tick_at) => self.on_tick().await,
+            wake = self.timer.wait() => match wake {
+                Wake::Due => self.on_tick().await,
+                Wake::ClockChanged => self.on_clock_set(),
+            },
             () = sleep_until(retry_at) => self.on_retry().await,
             () = sleep_until(check_at) => self.on_check().await,
-            Ok(()) = self.clock.changed() => {
-                self.scheduler_log.sys(Level::SysWarn, "the system clock was set; the next tick is recomputed from the new time");
-            }
         }
     }
 
@@ -256,7 +276,7 @@ impl Actor {
                 self.exiting = true;
                 self.queue.clear();
                 self.retry = None;
-                self.next_tick = None;
+                self.set_next_tick(None);
                 if self.active.is_some() {
                     self.end_active(End::Shutdown(why)).await;
                 }
@@ -307,11 +327,10 @@ impl Actor {
     }
 
     async fn start_run(&mut self, job: &Arc<Runnable>, request: RunRequest, attempt: u32) -> Result<Accepted, Refused> {
-        let lease = match self.shared.coordinator.try_run_lock(&self.data_dir, &self.shared.instance) {
+        let lease = match self.locks.try_run(&self.shared.instance) {
             Ok(Some(lease)) => lease,
             Ok(None) => {
-                let holder =
-                    self.shared.coordinator.run_lock_holder(&self.data_dir).unwrap_or_else(|| "another daemon".into());
+                let holder = self.locks.run_holder().unwrap_or_else(|| "another daemon".into());
                 if job.settings.overlap == Overlap::Queue {
                     self.queue.push_back(request);
                     self.retry_queue_later();
@@ -321,14 +340,31 @@ impl Actor {
             }
             Err(e) => return Err(Refused::Failed(format!("cannot take the run lock: {e}"))),
         };
-        let (id, dir) = history::create_run_dir(&self.data_dir, Timestamp::now())
-            .map_err(|e| Refused::Failed(format!("cannot create the run folder: {e}")))?;
-        history::prune(&self.data_dir, self.config.switches.history_size as usize, &[&id]);
-        let mut log = LogFile::open(&dir.join("output_log.txt"), &self.shared.instance, None)
-            .map_err(|e| Refused::Failed(e.to_string()))?;
+        let started = std::time::SystemTime::now();
+        let id = self.next_run_id();
+        // The process first: creating files is the slow part, and the child needs none of them.
+        let spawned = self.spawn(job, &id, &request).await;
+        // Let other jobs due at the same tick spawn before this one writes its files.
+        tokio::task::yield_now().await;
+        let (dir, mut log) = match self.open_run_files(&id) {
+            Ok(files) => files,
+            Err(e) => {
+                if let Ok(mut run) = spawned {
+                    crate::process::signal_group(run.pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = run.wait_leader_quietly().await;
+                }
+                return Err(Refused::Failed(format!("cannot create the run folder or its log: {e}")));
+            }
+        };
+        let args = if request.arguments.is_empty() {
+            String::new()
+        } else {
+            format!(" with arguments {:?}", request.arguments)
+        };
+        log.line(Level::SysInfo, format!("run {id} triggered by {}{args}", request.trigger).as_bytes(), started);
         let mut status = RunStatus {
-            status: RunState::Initializing,
-            start_time: format_time(std::time::SystemTime::now()),
+            status: RunState::Running,
+            start_time: format_time(started),
             end_time: None,
             trigger: request.trigger.clone(),
             exit_code: None,
@@ -339,17 +375,9 @@ impl Actor {
             error: None,
             duration_ms: None,
         };
-        let _ = history::write_status(&dir, &status);
-        let args = if request.arguments.is_empty() {
-            String::new()
-        } else {
-            format!(" with arguments {:?}", request.arguments)
-        };
-        log.sys(Level::SysInfo, &format!("run {id} triggered by {}{args}", request.trigger));
-        match self.spawn(job, &id, &request).await {
+        match spawned {
             Ok(run) => {
-                log.sys(Level::SysInfo, &format!("started process {}: {}", run.pid, run_command_line(&run)));
-                status.status = RunState::Running;
+                log.sys(Level::SysInfo, &format!("started process {}: {}", run.pid, run.command_line));
                 status.pid = Some(run.pid.as_raw());
                 let _ = history::write_status(&dir, &status);
                 let idle = job.settings.idle_timeout.unwrap_or(self.config.switches.idle_timeout);
@@ -383,6 +411,26 @@ impl Actor {
                 Ok(Accepted::Started(id))
             }
         }
+    }
+
+    /// A run id after every id this actor handed out (ids sort by time).
+    fn next_run_id(&mut self) -> String {
+        let mut id = history::run_id(Timestamp::now());
+        if let Some(last) = &self.last_run_id
+            && id <= *last
+        {
+            id = format!("{:018}", last.parse::<u64>().unwrap_or(0) + 1);
+        }
+        self.last_run_id = Some(id.clone());
+        id
+    }
+
+    /// The run's folder, pruned history, and its log.
+    fn open_run_files(&self, id: &str) -> std::io::Result<(PathBuf, LogFile)> {
+        let dir = history::create_run_dir_named(&self.data_dir, id)?;
+        history::prune(&self.data_dir, self.config.switches.history_size as usize, &[id]);
+        let log = LogFile::open(&dir.join("output_log.txt"), &self.shared.instance, None)?;
+        Ok((dir, log))
     }
 
     async fn spawn(&mut self, job: &Arc<Runnable>, id: &str, request: &RunRequest) -> std::io::Result<Run> {
@@ -591,7 +639,7 @@ impl Actor {
 
     /// Computes the next tick; at start-up, handles the ticks missed while down.
     async fn arm_schedule(&mut self, startup: bool) {
-        self.next_tick = None;
+        self.set_next_tick(None);
         let Some(schedule) = self.schedule() else { return };
         let tz = self.zone();
         let now = Timestamp::now();
@@ -600,7 +648,7 @@ impl Actor {
             self.handle_missed(last, now).await;
         }
         let from = last.map_or(now, |l| l.max(now));
-        self.next_tick = schedule.next_after(from, &tz);
+        self.set_next_tick(schedule.next_after(from, &tz));
         match self.next_tick {
             Some(t) => self.scheduler_log.sys(
                 Level::SysInfo,
@@ -628,25 +676,42 @@ impl Actor {
         job.settings.schedule.clone()
     }
 
+    /// Sets the next tick and arms the wall-clock timer for it.
+    fn set_next_tick(&mut self, tick: Option<Timestamp>) {
+        self.next_tick = tick;
+        if let Err(e) = self.timer.set(tick) {
+            self.scheduler_log.sys(Level::SysError, &format!("cannot arm the schedule timer: {e}"));
+        }
+    }
+
+    /// The system clock was set: ticks now in the past were missed (catch-up
+    /// rules apply); after a step back, nothing fires twice (the last claimed
+    /// tick is the floor).
+    fn on_clock_set(&mut self) {
+        self.scheduler_log
+            .sys(Level::SysWarn, "the system clock was set; the next tick is recomputed from the new time");
+        self.set_next_tick(self.next_tick);
+    }
+
     async fn on_tick(&mut self) {
         let (Some(tick), Some(schedule)) = (self.next_tick, self.schedule()) else { return };
         let now = Timestamp::now();
         if now < tick {
-            return; // the clock went back: wait on, the deadline is recomputed
+            return self.set_next_tick(Some(tick)); // woken early by a clock step back
         }
-        let tz = self.zone();
         if now.duration_since(tick).unsigned_abs() > LATE {
             let last = coordination::last_tick(&self.data_dir).unwrap_or(tick - jiff::SignedDuration::from_secs(1));
             self.handle_missed(last.min(tick - jiff::SignedDuration::from_nanos(1)), now).await;
         } else {
             self.fire(tick, &schedule, None).await;
         }
-        self.next_tick = schedule.next_after(tick.max(now), &tz);
+        let tz = self.zone();
+        self.set_next_tick(schedule.next_after(tick.max(now), &tz));
     }
 
     /// Claims `tick` across daemons and asks for a run.
     async fn fire(&mut self, tick: Timestamp, schedule: &crate::schedule::Schedule, missed: Option<String>) {
-        match self.shared.coordinator.claim_tick(&self.data_dir, tick) {
+        match self.locks.claim_tick(tick) {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -701,7 +766,7 @@ impl Actor {
         if run {
             self.fire(newest, &schedule, Some(format!(" (missed tick at {newest})"))).await;
         } else {
-            let _ = self.shared.coordinator.claim_tick(&self.data_dir, newest);
+            let _ = self.locks.claim_tick(newest);
         }
     }
 
@@ -710,7 +775,8 @@ impl Actor {
     fn mark_lost_runs(&mut self) {
         for id in history::run_ids(&self.data_dir) {
             let dir = self.data_dir.join(&id);
-            let Some(mut status) = history::read_status(&dir) else { continue };
+            let mut status =
+                history::read_status(&dir).unwrap_or_else(|| lost_before_start(&dir, &self.shared.instance));
             if status.status.is_final() {
                 continue;
             }
@@ -750,8 +816,28 @@ impl Actor {
     }
 }
 
-fn run_command_line(run: &Run) -> String {
-    run.command_line.clone()
+/// The status of a run folder whose status was never written (the daemon
+/// died between creating the folder and starting the process).
+fn lost_before_start(dir: &std::path::Path, instance: &str) -> RunStatus {
+    let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let start_time = jiff::civil::DateTime::strptime("%Y%m%d%H%M%S", &id[..14.min(id.len())])
+        .ok()
+        .and_then(|dt| dt.to_zoned(TimeZone::UTC).ok())
+        .map(|z| format_time(std::time::SystemTime::from(z.timestamp())))
+        .unwrap_or_default();
+    RunStatus {
+        status: RunState::Initializing,
+        start_time,
+        end_time: None,
+        trigger: String::new(),
+        exit_code: None,
+        signal: None,
+        instance: instance.to_string(),
+        pid: None,
+        arguments: Vec::new(),
+        error: None,
+        duration_ms: None,
+    }
 }
 
 /// The next time the active run's limits must be looked at.
@@ -759,12 +845,6 @@ fn next_check(active: &Active) -> tokio::time::Instant {
     let period = (active.idle / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let next = tokio::time::Instant::now() + period;
     active.deadline.map_or(next, |d| d.min(next))
-}
-
-/// The monotonic instant at which wall-clock time `t` comes (now, if past).
-fn monotonic(t: Timestamp) -> tokio::time::Instant {
-    let wait = t.duration_since(Timestamp::now()).unsigned_abs();
-    if t <= Timestamp::now() { tokio::time::Instant::now() } else { tokio::time::Instant::now() + wait }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
