@@ -33,6 +33,23 @@ pub struct Config {
     pub timezone: Option<String>,
     /// How often an inactive instance retries a singleton job's lock.
     pub singleton_retry: Duration,
+    pub api: ApiConfig,
+}
+
+/// The HTTP API and dashboard over TCP (the Unix socket is always on).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    /// `None` = no TCP listener. Default `127.0.0.1:8719`.
+    pub listen: Option<String>,
+    /// Basic credentials (WebJobs' deployment credentials), if configured.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Where the bearer token is kept (created at first start, mode 0600).
+    pub token_file: PathBuf,
+    /// Largest request body (a deployed zip or file).
+    pub max_upload: u64,
+    /// Largest total size a deployed zip may unpack to.
+    pub max_unpacked: u64,
 }
 
 /// Log file policy.
@@ -68,6 +85,8 @@ pub struct Sources {
     pub file: Option<PathBuf>,
     /// `--root DIR` (or `WEBJOBS_ROOT`, resolved by the caller through clap).
     pub root: Option<PathBuf>,
+    /// `serve --listen ADDR:PORT`.
+    pub listen: Option<String>,
 }
 
 /// The configuration could not be used; every problem is listed.
@@ -79,7 +98,8 @@ pub struct ConfigError {
 
 const KNOWN_KEYS: &str = "root, jobs_dir, data_dir, temp_dir, instance_id, debounce_ms, log, \
     interpreters, timezone, singleton_retry_ms, stopped, disable_schedule, history_size, \
-    restart_time, idle_timeout";
+    restart_time, idle_timeout, listen, api_user, api_password, token_file, max_upload_bytes, \
+    max_unpacked_bytes";
 
 impl Config {
     /// Resolves the configuration from the process environment.
@@ -96,6 +116,16 @@ impl Config {
         }
         if let Some(root) = &sources.root {
             builder.root = root.clone();
+        }
+        if let Some(listen) = &sources.listen {
+            builder.listen = Some(listen.clone());
+        }
+        if builder.api_user.is_some() != builder.api_password.is_some() {
+            problems.push(Problem {
+                file: sources.file.clone().unwrap_or_default(),
+                key: "api_user".into(),
+                message: "api_user and api_password go together: set both or neither".into(),
+            });
         }
         if problems.is_empty() { Ok(builder.finish(sources.file.clone())) } else { Err(ConfigError { problems }) }
     }
@@ -134,6 +164,12 @@ struct Builder {
     switches: Switches,
     timezone: Option<String>,
     singleton_retry: Duration,
+    listen: Option<String>,
+    api_user: Option<String>,
+    api_password: Option<String>,
+    token_file: Option<PathBuf>,
+    max_upload: u64,
+    max_unpacked: u64,
 }
 
 impl Builder {
@@ -156,6 +192,12 @@ impl Builder {
             },
             timezone: None,
             singleton_retry: Duration::from_secs(1),
+            listen: Some("127.0.0.1:8719".into()),
+            api_user: None,
+            api_password: None,
+            token_file: None,
+            max_upload: 100 * 1024 * 1024,
+            max_unpacked: 1024 * 1024 * 1024,
         };
         b.read_env_switches(env, problems);
         b
@@ -258,6 +300,34 @@ impl Builder {
         self.read_log(r);
         self.read_interpreters(r);
         self.read_switches(r);
+        self.read_api(r);
+    }
+
+    fn read_api<'a>(&mut self, r: &mut Reader<'a>) {
+        if r.has_null("listen") {
+            r.value("listen");
+            self.listen = None;
+        } else if let Some(addr) = r.string("listen") {
+            if addr.parse::<std::net::SocketAddr>().is_ok() {
+                self.listen = Some(addr.to_string());
+            } else {
+                let message = format!(
+                    "expected ADDRESS:PORT such as \"127.0.0.1:8719\" (or null for no TCP listener), found \"{addr}\""
+                );
+                r.problem("listen", message);
+            }
+        }
+        self.api_user = r.string("api_user").map(str::to_string);
+        self.api_password = r.string("api_password").map(str::to_string);
+        if let Some(p) = r.string("token_file") {
+            self.token_file = Some(PathBuf::from(p));
+        }
+        if let Some(n) = r.integer("max_upload_bytes", 1024, u64::MAX) {
+            self.max_upload = n;
+        }
+        if let Some(n) = r.integer("max_unpacked_bytes", 1024, u64::MAX) {
+            self.max_unpacked = n;
+        }
     }
 
     fn read_log<'a>(&mut self, r: &mut Reader<'a>) {
@@ -334,6 +404,17 @@ impl Builder {
             switches: self.switches,
             timezone: self.timezone,
             singleton_retry: self.singleton_retry,
+            api: ApiConfig {
+                listen: self.listen,
+                user: self.api_user,
+                password: self.api_password,
+                token_file: self
+                    .token_file
+                    .map(|p| if p.is_absolute() { p } else { self.root.join(p) })
+                    .unwrap_or_else(|| under_root(self.data_dir.clone()).join("api-token")),
+                max_upload: self.max_upload,
+                max_unpacked: self.max_unpacked,
+            },
         }
     }
 }
@@ -353,7 +434,7 @@ mod tests {
         std::fs::write(&file, json).unwrap();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        Config::load_with_env(&Sources { file: Some(file), root: None }, &lookup)
+        Config::load_with_env(&Sources { file: Some(file), root: None, listen: None }, &lookup)
     }
 
     #[test]
@@ -422,7 +503,8 @@ mod tests {
     #[test]
     fn the_shipped_example_configuration_is_valid_and_complete() {
         let file = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/settings/webjobs.json"));
-        let c = Config::load_with_env(&Sources { file: Some(file.clone()), root: None }, &|_| None).unwrap();
+        let c =
+            Config::load_with_env(&Sources { file: Some(file.clone()), root: None, listen: None }, &|_| None).unwrap();
         assert_eq!(c.jobs_dir, PathBuf::from("/var/lib/webjobs/jobs"));
         let text = std::fs::read_to_string(&file).unwrap();
         for key in KNOWN_KEYS.split(", ") {

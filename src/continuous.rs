@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::coordination::Lease;
@@ -44,6 +44,8 @@ pub enum Control {
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Control>,
+    /// The job's status as this daemon sees it, updated on every change.
+    pub status: watch::Receiver<ContinuousStatus>,
 }
 
 impl Handle {
@@ -60,12 +62,13 @@ pub fn spawn(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (status_tx, status) = watch::channel(ContinuousStatus::new(&shared.instance));
     tasks.spawn(async move {
-        if let Some(actor) = Actor::new(def, config, shared, rx) {
+        if let Some(actor) = Actor::new(def, config, shared, rx, status_tx) {
             actor.run().await;
         }
     });
-    Handle { tx }
+    Handle { tx, status }
 }
 
 /// What the actor should be doing now.
@@ -94,6 +97,7 @@ struct Actor {
     log: LogFile,
     status: ContinuousStatus,
     rx: mpsc::UnboundedReceiver<Control>,
+    status_tx: watch::Sender<ContinuousStatus>,
     backoff_step: u32,
     lease: Option<Lease>,
     reported: Vec<String>,
@@ -106,6 +110,7 @@ impl Actor {
         config: Arc<Config>,
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Control>,
+        status_tx: watch::Sender<ContinuousStatus>,
     ) -> Option<Actor> {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
@@ -127,6 +132,7 @@ impl Actor {
             data_dir,
             log,
             rx,
+            status_tx,
             backoff_step: 0,
             lease: None,
             reported: Vec::new(),
@@ -256,6 +262,8 @@ impl Actor {
             &format!("process {} ended with {exit} after {}", run.pid, human_uptime(uptime)),
         );
         self.status.last_exit = Some(exit);
+        self.shared.metrics.output("continuous", &self.key.name, run.output.bytes);
+        self.shared.metrics.restarted(&self.key.name);
         self.backoff(&job, uptime).await;
     }
 
@@ -263,6 +271,7 @@ impl Actor {
         self.set_status(JobStatus::Stopping, |_| {});
         run.stop(&mut self.log, grace, why).await;
         let exit = run.describe_exit();
+        self.shared.metrics.output("continuous", &self.key.name, run.output.bytes);
         self.log.sys(Level::SysInfo, &format!("process {} stopped ({exit})", run.pid));
         self.status.last_exit = Some(exit);
         self.set_status(then, |s| s.pid = None);
@@ -408,6 +417,8 @@ impl Actor {
 
     fn persist(&mut self) {
         self.status.updated = format_time(SystemTime::now());
+        self.status_tx.send_replace(self.status.clone());
+        self.shared.changed();
         if let Err(e) = status::write(&self.data_dir, &self.status) {
             tracing::error!(job = %self.key, error = %e, "cannot write the status file");
         }

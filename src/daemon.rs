@@ -63,23 +63,34 @@ pub async fn run(
         instance: config.instance_id.clone(),
         marker_prefix: marker_prefix(&config),
         coordinator: Coordinator::Files { data_dir: config.data_dir.clone() },
+        metrics: crate::metrics::Metrics::new(),
+        generation: Default::default(),
     });
     stop_leftovers(&config, &shared.marker_prefix).await;
     let reaper = process::spawn_reaper().map_err(DaemonError::Signals)?;
     let (events_tx, events_rx) = mpsc::channel(64);
     let _watch = watcher::watch(&config.jobs_dir, config.debounce, events_tx.clone())?;
     let config = Arc::new(config);
-    let mut supervisor = Supervisor::new(config.clone(), shared);
+    let mut supervisor = Supervisor::new(config.clone(), shared.clone());
     supervisor.load().await;
     let socket = crate::api::socket_path(&config.data_dir, &config.instance_id);
-    let listener =
-        crate::api::bind_unix(&socket).map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
-    let api_state = crate::api::ApiState { events: events_tx.clone(), config: config.clone() };
-    let api = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, crate::api::router(api_state)).await {
-            tracing::error!(error = %e, "the API server stopped");
-        }
-    });
+    let token = crate::api::load_or_create_token(&config.api.token_file)
+        .map_err(|source| DaemonError::Socket { path: config.api.token_file.clone(), source })?;
+    let basic = config.api.user.clone().zip(config.api.password.clone());
+    let auth = Arc::new(crate::api::Auth { basic, token });
+    let api_state = crate::api::ApiState {
+        events: events_tx.clone(),
+        config: config.clone(),
+        shared: shared.clone(),
+        catalog: supervisor.catalog(),
+        list_cache: Default::default(),
+    };
+    let (api_tasks, address) = crate::api::start(api_state, auth)
+        .await
+        .map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
+    if let Some(address) = address {
+        tracing::info!(%address, "API and dashboard: http://{address}/");
+    }
     tracing::info!(instance = %config.instance_id, jobs = %config.jobs_dir.display(), data = %config.data_dir.display(), "webjobs is running");
     notifier.ready();
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
@@ -87,7 +98,9 @@ pub async fn run(
     let shutdown = async move {
         shutdown.await;
         // No new requests while the jobs stop.
-        api.abort();
+        for task in api_tasks {
+            task.abort();
+        }
     };
     supervisor.run(events_rx, shutdown).await;
     let _ = std::fs::remove_file(&socket);

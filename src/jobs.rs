@@ -461,7 +461,7 @@ mod tests {
     }
 
     fn config_at(root: &Path) -> Config {
-        let sources = crate::config::Sources { file: None, root: Some(root.to_path_buf()) };
+        let sources = crate::config::Sources { file: None, root: Some(root.to_path_buf()), listen: None };
         Config::load_with_env(&sources, &|_| None).unwrap()
     }
 

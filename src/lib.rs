@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod history;
 pub mod jobs;
 pub mod logs;
+pub mod metrics;
 pub mod output;
 pub mod problems;
 pub mod process;

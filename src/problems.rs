@@ -175,6 +175,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Whether `key` is present with the value null (and marks it as known).
+    pub fn has_null(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(Value::is_null)
+    }
+
     /// Keys present in the object that no accessor asked for.
     pub fn unknown_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.map.keys().filter(|k| !self.read.contains(k.as_str())).cloned().collect();

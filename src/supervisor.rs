@@ -21,9 +21,17 @@ pub struct Shared {
     /// Prefix of every run marker this daemon hands out (see [`crate::process::MARKER_VAR`]).
     pub marker_prefix: String,
     pub coordinator: Coordinator,
+    pub metrics: crate::metrics::Metrics,
+    /// Bumped on every status change of any job (the API's cache key and ETag).
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
+    /// Notes that some job's published status changed.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
     /// The marker of one run of `key`.
     pub fn marker(&self, key: &JobKey, nonce: &str) -> String {
         format!("{}{}/{}/{nonce}", self.marker_prefix, key.kind.as_str(), key.name)
@@ -80,6 +88,27 @@ struct Entry {
     actor: Actor,
 }
 
+/// A read-only view of the job table, published to the API on every change.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// False until the first scan is done (health: not ready).
+    pub loaded: bool,
+    pub jobs: BTreeMap<JobKey, CatalogEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    pub def: Arc<JobDef>,
+    pub live: Live,
+}
+
+/// What a job's actor publishes.
+#[derive(Debug, Clone)]
+pub enum Live {
+    Continuous(tokio::sync::watch::Receiver<crate::status::ContinuousStatus>),
+    Triggered(tokio::sync::watch::Receiver<triggered::Summary>),
+}
+
 /// Owns the job table.
 pub struct Supervisor {
     config: Arc<Config>,
@@ -87,11 +116,34 @@ pub struct Supervisor {
     jobs: BTreeMap<JobKey, Entry>,
     tasks: JoinSet<()>,
     reloads: u64,
+    catalog: tokio::sync::watch::Sender<Arc<Catalog>>,
 }
 
 impl Supervisor {
     pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Supervisor {
-        Supervisor { config, shared, jobs: BTreeMap::new(), tasks: JoinSet::new(), reloads: 0 }
+        let (catalog, _) = tokio::sync::watch::channel(Arc::new(Catalog::default()));
+        Supervisor { config, shared, jobs: BTreeMap::new(), tasks: JoinSet::new(), reloads: 0, catalog }
+    }
+
+    /// The catalog as it changes.
+    pub fn catalog(&self) -> tokio::sync::watch::Receiver<Arc<Catalog>> {
+        self.catalog.subscribe()
+    }
+
+    fn publish(&self) {
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|(key, entry)| {
+                let live = match &entry.actor {
+                    Actor::Continuous(h) => Live::Continuous(h.status.clone()),
+                    Actor::Triggered(h) => Live::Triggered(h.summary.clone()),
+                };
+                (key.clone(), CatalogEntry { def: entry.def.clone(), live })
+            })
+            .collect();
+        self.catalog.send_replace(Arc::new(Catalog { loaded: true, jobs }));
+        self.shared.changed();
     }
 
     /// Loads every job and starts the continuous ones.
@@ -102,6 +154,7 @@ impl Supervisor {
         for def in defs {
             self.upsert(def);
         }
+        self.publish();
     }
 
     /// Serves events until `shutdown` completes, then stops every job.
@@ -138,6 +191,7 @@ impl Supervisor {
                 None => self.remove(&key),
             }
         }
+        self.publish();
     }
 
     async fn on_reload(&mut self, config: Arc<Config>) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::{Wake, WallTimer};
 
@@ -88,10 +88,19 @@ pub enum Refused {
     Failed(String),
 }
 
+/// What the actor publishes about its job (for the API, without file reads).
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// The newest run this daemon knows of: its id and status.
+    pub latest: Option<(String, RunStatus)>,
+    pub next_tick: Option<Timestamp>,
+}
+
 /// The supervisor's handle on the actor.
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Control>,
+    pub summary: watch::Receiver<Summary>,
 }
 
 impl Handle {
@@ -107,12 +116,13 @@ pub fn spawn(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (summary_tx, summary) = watch::channel(Summary::default());
     tasks.spawn(async move {
-        if let Some(actor) = Actor::new(def, config, shared, rx) {
+        if let Some(actor) = Actor::new(def, config, shared, rx, summary_tx) {
             actor.run().await;
         }
     });
-    Handle { tx }
+    Handle { tx, summary }
 }
 
 /// Why an active run is being ended by us.
@@ -155,6 +165,7 @@ struct Actor {
     good: Option<Arc<Runnable>>,
     data_dir: PathBuf,
     rx: mpsc::UnboundedReceiver<Control>,
+    summary: watch::Sender<Summary>,
     /// Armed at `next_tick`.
     timer: WallTimer,
     scheduler_log: LogFile,
@@ -175,6 +186,7 @@ impl Actor {
         config: Arc<Config>,
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Control>,
+        summary: watch::Sender<Summary>,
     ) -> Option<Actor> {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
@@ -211,6 +223,7 @@ impl Actor {
             def,
             data_dir,
             rx,
+            summary,
             scheduler_log,
             active: None,
             queue: VecDeque::new(),
@@ -224,6 +237,11 @@ impl Actor {
 
     async fn run(mut self) {
         self.mark_lost_runs();
+        let latest = history::run_ids(&self.data_dir)
+            .into_iter()
+            .next()
+            .and_then(|id| history::read_status(&self.data_dir.join(&id)).map(|s| (id, s)));
+        self.publish_run(latest);
         self.report_problems();
         self.arm_schedule(true).await;
         while !(self.exiting && self.active.is_none()) {
@@ -380,6 +398,7 @@ impl Actor {
                 log.sys(Level::SysInfo, &format!("started process {}: {}", run.pid, run.command_line));
                 status.pid = Some(run.pid.as_raw());
                 let _ = history::write_status(&dir, &status);
+                self.publish_run(Some((id.clone(), status.clone())));
                 let idle = job.settings.idle_timeout.unwrap_or(self.config.switches.idle_timeout);
                 let deadline = job.settings.timeout.map(|t| tokio::time::Instant::now() + t);
                 let active = Active {
@@ -406,6 +425,8 @@ impl Actor {
                 status.error = Some(format!("failed to start: {e}"));
                 status.end_time = Some(format_time(std::time::SystemTime::now()));
                 let _ = history::write_status(&dir, &status);
+                self.shared.metrics.run_finished(&self.key.name, "Failed", Duration::ZERO);
+                self.publish_run(Some((id.clone(), status.clone())));
                 drop(lease);
                 self.after_run(&request, attempt, RunState::Failed, &id);
                 Ok(Accepted::Started(id))
@@ -529,6 +550,9 @@ impl Actor {
         if let Err(e) = history::write_status(&active.dir, &active.status) {
             tracing::error!(job = %self.key, error = %e, "cannot write the run status");
         }
+        self.shared.metrics.run_finished(&self.key.name, state.as_str(), duration);
+        self.shared.metrics.output("triggered", &self.key.name, active.run.output.bytes);
+        self.publish_run(Some((active.id.clone(), active.status.clone())));
         let id = active.id.clone();
         let (request, attempt) = (active.request.clone(), active.attempt);
         drop(active);
@@ -676,9 +700,16 @@ impl Actor {
         job.settings.schedule.clone()
     }
 
+    fn publish_run(&mut self, latest: Option<(String, RunStatus)>) {
+        self.summary.send_modify(|s| s.latest = latest);
+        self.shared.changed();
+    }
+
     /// Sets the next tick and arms the wall-clock timer for it.
     fn set_next_tick(&mut self, tick: Option<Timestamp>) {
         self.next_tick = tick;
+        self.summary.send_modify(|s| s.next_tick = tick);
+        self.shared.changed();
         if let Err(e) = self.timer.set(tick) {
             self.scheduler_log.sys(Level::SysError, &format!("cannot arm the schedule timer: {e}"));
         }
@@ -719,6 +750,7 @@ impl Actor {
                 return;
             }
         }
+        self.shared.metrics.tick_started(Timestamp::now().duration_since(tick).unsigned_abs());
         let trigger = format!("Schedule - {schedule}{}", missed.unwrap_or_default());
         match self.request_run(RunRequest { arguments: Vec::new(), trigger }, true).await {
             Ok(Accepted::Started(id)) => {

@@ -1,43 +1,84 @@
-//! The HTTP API, with WebJobs' (Kudu's) routes and JSON field names. Handlers
-//! read files or send requests to the supervisor; they hold no job state.
+//! The HTTP API, with WebJobs' (Kudu's) routes and JSON field names, the
+//! dashboard, `/metrics` and `/health`. Handlers read the catalog (published by
+//! the supervisor) or files, and send requests to the supervisor; they hold no
+//! job state.
 //!
-//! Served on a Unix socket (`data/instances/<instance>.sock`) for the local
-//! CLI, guarded by its file permissions.
+//! Served on a Unix socket (`data/instances/<instance>.sock`, guarded by its
+//! file permissions) for the local CLI, and on TCP (loopback by default) where
+//! every request is authenticated.
 
+mod auth;
+mod dashboard;
+mod deploy;
+mod files;
+mod jobs;
 mod runs;
 pub mod views;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+pub use auth::{Auth, load_or_create_token};
 
 use crate::config::Config;
-use crate::supervisor::Event;
+use crate::jobs::JobKind;
+use crate::supervisor::{Catalog, Event, Shared};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct ApiState {
     pub events: mpsc::Sender<Event>,
     pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    /// The rendered job list, kept until anything changes.
+    pub list_cache: Arc<Mutex<Option<ListCache>>>,
 }
 
+/// A rendered `GET /api/webjobs` body for one generation and base URL.
+pub struct ListCache {
+    key: (u64, String, Option<JobKind>),
+    body: axum::body::Bytes,
+    etag: String,
+}
+
+/// Every route, unauthenticated (the TCP listener adds [`auth::require`]).
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let mut router = Router::new()
+        .route("/api/webjobs", get(jobs::list_all))
         .route("/api/triggeredwebjobs/{job}/run", post(runs::run))
         .route("/api/triggeredwebjobs/{job}/cancel", post(runs::cancel))
         .route("/api/triggeredwebjobs/{job}/history", get(runs::history))
         .route("/api/triggeredwebjobs/{job}/history/{id}", get(runs::one_run))
-        .with_state(state)
+        .route("/api/continuouswebjobs/{job}/start", post(jobs::start))
+        .route("/api/continuouswebjobs/{job}/stop", post(jobs::stop))
+        .route("/vfs/data/jobs/{kind}/{job}/{file}", get(files::job_file))
+        .route("/vfs/data/jobs/triggered/{job}/{id}/output_log.txt", get(files::run_output))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .merge(dashboard::routes());
+    for kind in JobKind::ALL {
+        router = router.merge(jobs::kind_routes(kind));
+    }
+    let limit = usize::try_from(state.config.api.max_upload).unwrap_or(usize::MAX);
+    router.layer(axum::extract::DefaultBodyLimit::max(limit)).with_state(state)
 }
 
 /// The socket of instance `id` on a data folder.
 pub fn socket_path(data_dir: &Path, id: &str) -> PathBuf {
     data_dir.join("instances").join(format!("{id}.sock"))
+}
+
+/// Where a daemon writes the TCP address it listens on (for tools and tests).
+pub fn address_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("instances").join(format!("{id}.addr"))
 }
 
 /// Binds the Unix socket (mode 0660), replacing a stale one.
@@ -55,7 +96,103 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// Serves the API on the Unix socket and, if configured, on TCP (with auth).
+/// Returns the TCP address actually bound.
+pub async fn start(
+    state: ApiState,
+    auth: Arc<Auth>,
+) -> std::io::Result<(Vec<tokio::task::JoinHandle<()>>, Option<std::net::SocketAddr>)> {
+    let config = state.config.clone();
+    let socket = socket_path(&config.data_dir, &config.instance_id);
+    let unix = bind_unix(&socket)?;
+    let app = router(state);
+    let local = app.clone().layer(axum::middleware::map_request(local_request));
+    let mut tasks = vec![tokio::spawn(serve(unix, local))];
+    let mut bound = None;
+    if let Some(listen) = &config.api.listen {
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+        let addr = tcp.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the API listens beyond loopback; put TLS in front of it (see README)");
+        }
+        let _ = std::fs::write(address_path(&config.data_dir, &config.instance_id), addr.to_string());
+        let app = app.layer(axum::middleware::from_fn_with_state(auth, auth::require));
+        tasks.push(tokio::spawn(serve(tcp, app)));
+        bound = Some(addr);
+    }
+    Ok((tasks, bound))
+}
+
+async fn serve<L>(listener: L, app: Router)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the API server stopped");
+    }
+}
+
 /// An error as JSON `{"error": "..."}` (WebJobs returns a message body).
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Requests on the Unix socket have no meaningful host: URLs in JSON stay relative.
+async fn local_request(mut request: axum::extract::Request) -> axum::extract::Request {
+    request.headers_mut().remove(header::HOST);
+    request
+}
+
+/// `http://host` for absolute URLs in JSON (empty on the Unix socket).
+pub fn base_url(headers: &HeaderMap) -> String {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return String::new() };
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// A JSON body with an ETag, or 304 when the client has it already.
+pub fn with_etag(headers: &HeaderMap, body: axum::body::Bytes, etag: &str) -> Response {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.to_string())]).into_response();
+    }
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let catalog = state.catalog.borrow().clone();
+    let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    for entry in catalog.jobs.values() {
+        let view = views::JobView::from_catalog("", entry);
+        *counts.entry((view.kind.to_string(), view.status)).or_default() += 1;
+    }
+    let counts: Vec<(String, String, i64)> = counts.into_iter().map(|((k, s), n)| (k, s, n)).collect();
+    let body = state.shared.metrics.render(&counts);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+/// `GET /health`: 200 once the jobs are loaded, 503 before.
+async fn health(State(state): State<ApiState>) -> Response {
+    let catalog = state.catalog.borrow().clone();
+    if catalog.loaded {
+        axum::Json(
+            serde_json::json!({"status": "ready", "jobs": catalog.jobs.len(), "instance": state.config.instance_id}),
+        )
+        .into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "loading"}))).into_response()
+    }
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 
 use super::views::RunView;
-use super::{ApiState, error};
+use super::{ApiState, base_url, error};
 use crate::history;
 use crate::jobs::{JobKey, JobKind, valid_name};
 use crate::supervisor::Event;
@@ -47,7 +47,7 @@ pub async fn run(
     };
     match answer {
         Ok(Accepted::Started(id)) => {
-            let url = format!("/api/triggeredwebjobs/{job}/history/{id}");
+            let url = format!("{}/api/triggeredwebjobs/{job}/history/{id}", base_url(&headers));
             let body = serde_json::json!({"id": id, "url": url, "queued": false});
             (StatusCode::ACCEPTED, [(header::LOCATION, url)], axum::Json(body)).into_response()
         }
@@ -81,17 +81,23 @@ fn job_data(state: &ApiState, job: &str) -> Option<std::path::PathBuf> {
 }
 
 /// `GET /api/triggeredwebjobs/{job}/history` → `{"runs": [newest first]}`.
-pub async fn history(State(state): State<ApiState>, Path(job): Path<String>) -> Response {
+pub async fn history(State(state): State<ApiState>, headers: HeaderMap, Path(job): Path<String>) -> Response {
     let Some(data) = job_data(&state, &job) else { return not_found(&job) };
+    let base = base_url(&headers);
     let runs: Vec<RunView> =
-        history::run_ids(&data).iter().filter_map(|id| RunView::load("", &job, &data, id)).collect();
-    axum::Json(serde_json::json!({ "runs": runs })).into_response()
+        history::run_ids(&data).iter().filter_map(|id| RunView::load(&base, &job, &data, id)).collect();
+    // WebJobs' ETag: the latest run's id, status and end time.
+    let latest = runs.first().map(|r| format!("{}{}{:?}", r.id, r.status, r.end_time)).unwrap_or_default();
+    let etag = format!("\"{:016x}\"", crate::config::fnv1a(format!("{latest}{}{base}", runs.len()).as_bytes()));
+    let body = axum::body::Bytes::from(serde_json::to_vec(&serde_json::json!({ "runs": runs })).unwrap_or_default());
+    super::with_etag(&headers, body, &etag)
 }
 
 /// `GET /api/triggeredwebjobs/{job}/history/{id}[?wait=SECONDS]`: with `wait`,
 /// answers when the run has ended (or the wait is over).
 pub async fn one_run(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Path((job, id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
@@ -102,7 +108,7 @@ pub async fn one_run(
         let waited = ask(&state, &job, |reply| Control::Wait { run, reply });
         let _ = tokio::time::timeout(Duration::from_secs_f64(seconds.min(3600.0)), waited).await;
     }
-    match RunView::load("", &job, &data, &id) {
+    match RunView::load(&base_url(&headers), &job, &data, &id) {
         Some(view) => axum::Json(view).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no run {id} of triggered job \"{job}\"")),
     }

@@ -87,3 +87,108 @@ mod tests {
         assert_eq!(timespan(std::time::Duration::from_secs(90_061)), "1.01:01:01.0000000");
     }
 }
+
+/// One job, as WebJobs shows it (`GET /api/{type}webjobs/{job}`), plus our extensions.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub run_command: Option<String>,
+    pub url: String,
+    pub extra_info_url: Option<String>,
+    pub error: Option<String>,
+    pub using_sdk: bool,
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Continuous: this daemon's status; triggered: the latest run's status (or "Ready").
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detailed_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_run: Option<Option<RunView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler_logs_url: Option<String>,
+    pub schedule: Option<String>,
+    pub next_run: Option<String>,
+    pub disabled: bool,
+    pub warnings: Vec<String>,
+}
+
+impl JobView {
+    /// From the catalog: no file is read.
+    pub fn from_catalog(base: &str, entry: &crate::supervisor::CatalogEntry) -> JobView {
+        use crate::supervisor::Live;
+        let def = &entry.def;
+        let (kind, name) = (def.key.kind.as_str(), def.key.name.as_str());
+        let errors = def.errors();
+        let settings = def.settings.settings.as_ref().ok();
+        let mut view = JobView {
+            name: name.to_string(),
+            kind,
+            run_command: def.script.as_ref().ok().map(|s| s.file.clone()),
+            url: format!("{base}/api/{kind}webjobs/{name}"),
+            extra_info_url: None,
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
+            using_sdk: false,
+            settings: settings.map(|s| s.raw.clone()).unwrap_or_default(),
+            status: String::new(),
+            detailed_status: None,
+            log_url: None,
+            latest_run: None,
+            history_url: None,
+            scheduler_logs_url: None,
+            schedule: settings.and_then(|s| s.schedule.as_ref()).map(|s| s.source().to_string()),
+            next_run: None,
+            disabled: def.disabled,
+            warnings: def.warnings(),
+        };
+        match &entry.live {
+            Live::Continuous(rx) => {
+                let s = rx.borrow();
+                view.status = s.status.as_str().to_string();
+                view.detailed_status = Some(format!("{} - {}", s.instance, s.status.as_str()));
+                view.error = s.error.clone().or(view.error);
+                view.log_url = Some(format!("{base}/vfs/data/jobs/continuous/{name}/job_log.txt"));
+            }
+            Live::Triggered(rx) => {
+                let s = rx.borrow();
+                let latest = s.latest.as_ref().map(|(id, st)| RunView::new(base, name, id, st.clone()));
+                view.status = latest
+                    .as_ref()
+                    .map(|r| r.status.clone())
+                    .unwrap_or_else(|| if errors.is_empty() { "Ready".into() } else { "Invalid".into() });
+                view.latest_run = Some(latest);
+                view.next_run = s.next_tick.map(|t| t.to_string());
+                view.history_url = Some(format!("{base}/api/triggeredwebjobs/{name}/history"));
+                view.scheduler_logs_url = Some(format!("{base}/vfs/data/jobs/triggered/{name}/job_scheduler.log"));
+            }
+        }
+        if !errors.is_empty() && view.status.is_empty() {
+            view.status = "Invalid".into();
+        }
+        view
+    }
+}
+
+impl JobView {
+    /// A job just deployed (the daemon has not picked it up yet).
+    pub fn from_def(base: &str, def: &crate::jobs::JobDef) -> JobView {
+        use crate::supervisor::{CatalogEntry, Live};
+        let live = match def.key.kind {
+            crate::jobs::JobKind::Continuous => {
+                let mut status = crate::status::ContinuousStatus::new("");
+                status.status = crate::status::JobStatus::Initializing;
+                Live::Continuous(tokio::sync::watch::channel(status).1)
+            }
+            crate::jobs::JobKind::Triggered => Live::Triggered(tokio::sync::watch::channel(Default::default()).1),
+        };
+        let entry = CatalogEntry { def: std::sync::Arc::new(def.clone()), live };
+        let mut view = JobView::from_catalog(base, &entry);
+        view.detailed_status = None;
+        view
+    }
+}

@@ -47,6 +47,9 @@ pub struct Client {
     socket: PathBuf,
 }
 
+/// Where a streamed body goes, chunk by chunk.
+type Sink<'a> = Option<&'a mut dyn FnMut(&[u8])>;
+
 impl Client {
     /// The daemon of this configuration's instance, else any live one on the data folder.
     pub fn connect(config: &Config) -> Result<Client, ClientError> {
@@ -76,10 +79,20 @@ impl Client {
 
     fn request(&self, method: &str, path: &str) -> Result<Response, ClientError> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| self.io(e))?;
-        runtime.block_on(self.send(method, path))
+        runtime.block_on(self.send(method, path, None))
     }
 
-    async fn send(&self, method: &str, path: &str) -> Result<Response, ClientError> {
+    /// GETs `path`, handing the body to `on_chunk` as it arrives (a live tail).
+    /// Returns the status.
+    pub fn stream(&self, path: &str, mut on_chunk: impl FnMut(&[u8])) -> Result<u16, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| self.io(e))?;
+        runtime.block_on(async {
+            let response = self.send("GET", path, Some(&mut on_chunk)).await?;
+            Ok(response.status)
+        })
+    }
+
+    async fn send(&self, method: &str, path: &str, mut sink: Sink<'_>) -> Result<Response, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => ClientError::Permission { path: self.socket.clone() },
             _ => self.io(e),
@@ -96,8 +109,18 @@ impl Client {
             .map_err(|e| self.io(e))?;
         let response = sender.send_request(request).await.map_err(|e| self.io(e))?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| self.io(e))?.to_bytes().to_vec();
-        Ok(Response { status, body })
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.io(e))?;
+            if let Some(data) = frame.data_ref() {
+                match (&mut sink, status) {
+                    (Some(sink), 200) => sink(data),
+                    _ => bytes.extend_from_slice(data),
+                }
+            }
+        }
+        Ok(Response { status, body: bytes })
     }
 
     fn io(&self, e: impl std::fmt::Display) -> ClientError {

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use crate::api::views::RunView;
+use crate::cli::client::encode;
 use crate::cli::run::{follow_file, follow_run, run_dir};
 use crate::cli::{EXIT_NOT_FOUND, find_job};
 use crate::config::Config;
@@ -18,8 +19,21 @@ pub fn history(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCo
         }
     };
     let data = config.job_data_dir(&def.key);
-    let runs: Vec<RunView> =
-        history::run_ids(&data).iter().filter_map(|id| RunView::load("", &def.key.name, &data, id)).collect();
+    let runs: Vec<serde_json::Value> = match crate::cli::list::daemon(config) {
+        Err(code) => return Ok(code),
+        Ok(Some(client)) => {
+            let r = client.get(&format!("/api/triggeredwebjobs/{}/history", encode(&def.key.name)))?;
+            if r.status != 200 {
+                anyhow::bail!("the daemon answered {}: {}", r.status, r.error());
+            }
+            r.json()["runs"].as_array().cloned().unwrap_or_default()
+        }
+        Ok(None) => history::run_ids(&data)
+            .iter()
+            .filter_map(|id| RunView::load("", &def.key.name, &data, id))
+            .filter_map(|v| serde_json::to_value(v).ok())
+            .collect(),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "runs": runs }))?);
         return Ok(ExitCode::SUCCESS);
@@ -29,11 +43,22 @@ pub fn history(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     println!("{:<18}  {:<12}  {:<24}  {:<16}  {:<10}  TRIGGER", "RUN", "STATUS", "START", "DURATION", "EXIT");
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
     for r in &runs {
-        let exit = r.exit_code.map(|c| c.to_string()).or(r.signal.clone()).unwrap_or_default();
+        let exit = if r["exit_code"].is_null() { text(&r["signal"]) } else { text(&r["exit_code"]) };
+        let fields = [&r["id"], &r["status"], &r["start_time"], &r["duration"]].map(text);
         println!(
             "{:<18}  {:<12}  {:<24}  {:<16}  {:<10}  {}",
-            r.id, r.status, r.start_time, r.duration, exit, r.trigger
+            fields[0],
+            fields[1],
+            fields[2],
+            fields[3],
+            exit,
+            text(&r["trigger"])
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -48,6 +73,34 @@ pub fn logs(config: &Config, spec: &str, run: Option<&str>, follow: bool) -> any
         }
     };
     let data = config.job_data_dir(&def.key);
+    let client = match crate::cli::list::daemon(config) {
+        Err(code) => return Ok(code),
+        Ok(client) => client,
+    };
+    if let Some(client) = client {
+        let url = match def.key.kind {
+            JobKind::Continuous => format!("/vfs/data/jobs/continuous/{}/job_log.txt", encode(&def.key.name)),
+            JobKind::Triggered => match run_dir(config, &def.key.name, run.unwrap_or("latest")) {
+                Some(dir) => format!(
+                    "/vfs/data/jobs/triggered/{}/{}/output_log.txt",
+                    encode(&def.key.name),
+                    dir.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                None => {
+                    eprintln!("webjobs: {} has no run {}", def.key, run.unwrap_or("yet"));
+                    return Ok(ExitCode::from(EXIT_NOT_FOUND));
+                }
+            },
+        };
+        let url = if follow { format!("{url}?follow=1") } else { url };
+        let status = client.stream(&url, |chunk| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(chunk);
+            let _ = out.flush();
+        })?;
+        return Ok(if status == 200 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_FOUND) });
+    }
     match def.key.kind {
         JobKind::Continuous => {
             let path = data.join("job_log.txt");

@@ -1,129 +1,82 @@
-//! `webjobs list` and `webjobs status <job>`: the jobs on disk, with the
-//! status each daemon persisted for them.
+//! `webjobs list` and `webjobs status <job>`: from the daemon's API, or from
+//! the data folder when no daemon runs (said on stderr).
 
 use std::process::ExitCode;
 
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::cli::{EXIT_NOT_FOUND, find_job};
+use crate::cli::client::{Client, ClientError, encode};
+use crate::cli::{EXIT_DAEMON, EXIT_NOT_FOUND, find_job};
 use crate::config::Config;
 use crate::coordination::instance_alive;
 use crate::jobs::{self, JobDef, JobKind};
 use crate::status::{self, ContinuousStatus, JobStatus};
 
-/// One job as the CLI shows it.
-#[derive(Debug, Serialize)]
-struct JobView {
-    name: String,
-    #[serde(rename = "type")]
-    kind: JobKind,
-    status: String,
-    /// One line per instance: `<instance> - <Status>` (WebJobs' format).
-    detailed_status: String,
-    run_command: Option<String>,
-    error: Option<String>,
-    warnings: Vec<String>,
-    log_path: Option<String>,
-    instances: Vec<InstanceView>,
-}
-
-#[derive(Debug, Serialize)]
-struct InstanceView {
-    /// Whether that daemon is running now (its status is stale otherwise).
-    daemon_running: bool,
-    #[serde(flatten)]
-    status: ContinuousStatus,
-}
-
-fn view(config: &Config, def: &JobDef) -> JobView {
-    let data = config.job_data_dir(&def.key);
-    let instances: Vec<InstanceView> = match def.key.kind {
-        JobKind::Continuous => status::read_all(&data)
-            .into_iter()
-            .map(|s| InstanceView { daemon_running: instance_alive(&config.data_dir, &s.instance), status: s })
-            .collect(),
-        JobKind::Triggered => Vec::new(),
-    };
-    let live: Vec<&ContinuousStatus> = instances.iter().filter(|i| i.daemon_running).map(|i| &i.status).collect();
-    let errors = def.errors();
-    let status = overall(def, &errors, &live);
-    let detailed_status = instances
-        .iter()
-        .map(|i| {
-            format!(
-                "{} - {}{}",
-                i.status.instance,
-                i.status.status.as_str(),
-                if i.daemon_running { "" } else { " (daemon not running)" }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let error = live.iter().find_map(|s| s.error.clone()).or_else(|| (!errors.is_empty()).then(|| errors.join("; ")));
-    JobView {
-        name: def.key.name.clone(),
-        kind: def.key.kind,
-        status,
-        detailed_status,
-        run_command: def.script.as_ref().ok().map(|s| s.file.clone()),
-        error,
-        warnings: def.warnings(),
-        log_path: (def.key.kind == JobKind::Continuous).then(|| data.join("job_log.txt").display().to_string()),
-        instances,
-    }
-}
-
-/// WebJobs' rule: the status of the first instance that is not inactive.
-fn overall(def: &JobDef, errors: &[String], live: &[&ContinuousStatus]) -> String {
-    if let Some(active) = live.iter().find(|s| s.status != JobStatus::InactiveInstance).or(live.first()) {
-        return active.status.as_str().to_string();
-    }
-    if !errors.is_empty() {
-        return "Invalid".into();
-    }
-    match def.key.kind {
-        JobKind::Continuous if def.disabled => "Stopped".into(),
-        JobKind::Continuous => "NotRunning".into(),
-        JobKind::Triggered => "Ready".into(),
-    }
-}
-
-fn detail(v: &JobView) -> String {
-    if let Some(e) = &v.error {
-        return e.clone();
-    }
-    let Some(s) = v.instances.iter().find(|i| i.daemon_running).map(|i| &i.status) else {
-        return if v.status == "NotRunning" { "no daemon is running this job".into() } else { String::new() };
-    };
-    match s.status {
-        JobStatus::Running => format!("pid {} since {}", s.pid.unwrap_or(0), s.start_time.clone().unwrap_or_default()),
-        JobStatus::PendingRestart => format!(
-            "restart #{} at {} (last: {})",
-            s.restarts,
-            s.next_restart.clone().unwrap_or_default(),
-            s.last_exit.clone().unwrap_or_default()
-        ),
-        JobStatus::Stopped => s.reason.clone().unwrap_or_default(),
-        _ => String::new(),
+/// The daemon, or `None` (after saying so) when none is running.
+pub(crate) fn daemon(config: &Config) -> Result<Option<Client>, ExitCode> {
+    match Client::connect(config) {
+        Ok(client) => Ok(Some(client)),
+        Err(ClientError::NotRunning { data }) => {
+            eprintln!("webjobs: no daemon is running on {}; showing what is on disk", data.display());
+            Ok(None)
+        }
+        Err(e) => {
+            eprintln!("webjobs: {e}");
+            Err(ExitCode::from(EXIT_DAEMON))
+        }
     }
 }
 
 pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let views: Vec<JobView> = jobs::scan_all(config).iter().map(|d| view(config, d)).collect();
+    let jobs: Vec<Value> = match daemon(config) {
+        Err(code) => return Ok(code),
+        Ok(Some(client)) => match client.get("/api/webjobs") {
+            Ok(r) if r.status == 200 => serde_json::from_slice(&r.body)?,
+            Ok(r) => anyhow::bail!("the daemon answered {}: {}", r.status, r.error()),
+            Err(e) => {
+                eprintln!("webjobs: {e}");
+                return Ok(ExitCode::from(EXIT_DAEMON));
+            }
+        },
+        Ok(None) => jobs::scan_all(config)
+            .iter()
+            .map(|d| serde_json::to_value(disk_view(config, d)))
+            .collect::<Result<_, _>>()?,
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if views.is_empty() {
+    if jobs.is_empty() {
         println!("no jobs in {}", config.jobs_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let width = views.iter().map(|v| v.name.len()).max().unwrap_or(4).max(4);
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let width = jobs.iter().map(|j| text(j, "name").len()).max().unwrap_or(4).max(4);
     println!("{:<width$}  {:<10}  {:<16}  DETAIL", "NAME", "TYPE", "STATUS");
-    for v in &views {
-        println!("{:<width$}  {:<10}  {:<16}  {}", v.name, v.kind.as_str(), v.status, detail(v));
+    for j in &jobs {
+        println!("{:<width$}  {:<10}  {:<16}  {}", text(j, "name"), text(j, "type"), text(j, "status"), detail(j));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line about a job, from its JSON.
+fn detail(j: &Value) -> String {
+    if let Some(e) = j["error"].as_str() {
+        return e.to_string();
+    }
+    let mut parts = Vec::new();
+    if let Some(run) = j["latest_run"].as_object() {
+        parts.push(format!("last run {} {}", run["id"].as_str().unwrap_or(""), run["status"].as_str().unwrap_or("")));
+    }
+    if let Some(next) = j["next_run"].as_str() {
+        parts.push(format!("next {next}"));
+    }
+    if let Some(d) = j["detail"].as_str() {
+        parts.push(d.to_string());
+    }
+    parts.join(", ")
 }
 
 pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -134,43 +87,131 @@ pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(EXIT_NOT_FOUND));
         }
     };
-    let v = view(config, &def);
+    let view: Value = match daemon(config) {
+        Err(code) => return Ok(code),
+        Ok(Some(client)) => {
+            let path = format!("/api/{}webjobs/{}", def.key.kind.as_str(), encode(&def.key.name));
+            match client.get(&path) {
+                Ok(r) if r.status == 200 => serde_json::from_slice(&r.body)?,
+                Ok(r) => anyhow::bail!("the daemon answered {}: {}", r.status, r.error()),
+                Err(e) => {
+                    eprintln!("webjobs: {e}");
+                    return Ok(ExitCode::from(EXIT_DAEMON));
+                }
+            }
+        }
+        Ok(None) => serde_json::to_value(disk_view(config, &def))?,
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("job:      {}/{}", v.kind.as_str(), v.name);
+    println!("job:      {}/{}", def.key.kind.as_str(), def.key.name);
     println!("folder:   {}", def.script_dir.display());
-    println!("status:   {}", v.status);
+    println!("status:   {}", view["status"].as_str().unwrap_or_default());
     if let Ok(script) = &def.script {
         println!("command:  {} {}", script.host.join(" "), script.file);
     }
-    if let Some(path) = &v.log_path {
-        println!("log:      {path}");
+    if def.key.kind == JobKind::Continuous {
+        println!("log:      {}", config.job_data_dir(&def.key).join("job_log.txt").display());
     }
-    if let Some(error) = &v.error {
-        println!("error:    {error}");
-    }
-    for w in &v.warnings {
-        println!("{w}");
-    }
-    for i in &v.instances {
-        let s = &i.status;
-        println!("instance {}{}:", s.instance, if i.daemon_running { "" } else { " (daemon not running)" });
-        println!("  status:        {}", s.status.as_str());
-        let fields = [
-            ("pid", s.pid.map(|p| p.to_string())),
-            ("started", s.start_time.clone()),
-            ("next restart", s.next_restart.clone()),
-            ("last exit", s.last_exit.clone()),
-            ("reason", s.reason.clone()),
-            ("error", s.error.clone()),
-        ];
-        for (name, value) in fields.into_iter().filter_map(|(n, v)| Some((n, v?))) {
-            println!("  {:<14} {value}", format!("{name}:"));
+    for (label, key) in [("schedule", "schedule"), ("next run", "next_run"), ("error", "error")] {
+        if let Some(v) = view[key].as_str() {
+            println!("{:<9} {v}", format!("{label}:"));
         }
-        println!("  restarts:      {}", s.restarts);
-        println!("  updated:       {}", s.updated);
+    }
+    if let Some(run) = view["latest_run"].as_object() {
+        println!(
+            "last run: {} {} ({})",
+            run["id"].as_str().unwrap_or(""),
+            run["status"].as_str().unwrap_or(""),
+            run["trigger"].as_str().unwrap_or("")
+        );
+    }
+    for w in view["warnings"].as_array().into_iter().flatten() {
+        println!("{}", w.as_str().unwrap_or_default());
+    }
+    if let Some(d) = view["detailed_status"].as_str() {
+        println!("instances:");
+        for line in d.lines() {
+            println!("  {line}");
+        }
+    }
+    for s in status::read_all(&config.job_data_dir(&def.key)) {
+        print_instance(config, &s);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_instance(config: &Config, s: &ContinuousStatus) {
+    let running = instance_alive(&config.data_dir, &s.instance);
+    println!("instance {}{}:", s.instance, if running { "" } else { " (daemon not running)" });
+    println!("  status:        {}", s.status.as_str());
+    let fields = [
+        ("pid", s.pid.map(|p| p.to_string())),
+        ("started", s.start_time.clone()),
+        ("next restart", s.next_restart.clone()),
+        ("last exit", s.last_exit.clone()),
+        ("reason", s.reason.clone()),
+        ("error", s.error.clone()),
+    ];
+    for (name, value) in fields.into_iter().filter_map(|(n, v)| Some((n, v?))) {
+        println!("  {:<14} {value}", format!("{name}:"));
+    }
+    println!("  restarts:      {}", s.restarts);
+    println!("  updated:       {}", s.updated);
+}
+
+/// A job as the data folder shows it (no daemon).
+#[derive(Debug, Serialize)]
+struct DiskView {
+    name: String,
+    #[serde(rename = "type")]
+    kind: JobKind,
+    status: String,
+    detailed_status: String,
+    run_command: Option<String>,
+    error: Option<String>,
+    warnings: Vec<String>,
+    detail: String,
+}
+
+fn disk_view(config: &Config, def: &JobDef) -> DiskView {
+    let data = config.job_data_dir(&def.key);
+    let statuses: Vec<(bool, ContinuousStatus)> = match def.key.kind {
+        JobKind::Continuous => {
+            status::read_all(&data).into_iter().map(|s| (instance_alive(&config.data_dir, &s.instance), s)).collect()
+        }
+        JobKind::Triggered => Vec::new(),
+    };
+    let errors = def.errors();
+    let live: Vec<&ContinuousStatus> = statuses.iter().filter(|(alive, _)| *alive).map(|(_, s)| s).collect();
+    let status = match live.iter().find(|s| s.status != JobStatus::InactiveInstance).or(live.first()) {
+        Some(s) => s.status.as_str().to_string(),
+        None if !errors.is_empty() => "Invalid".into(),
+        None if def.key.kind == JobKind::Triggered => crate::history::run_ids(&data)
+            .first()
+            .and_then(|id| crate::history::read_status(&data.join(id)))
+            .map(|s| s.status.as_str().to_string())
+            .unwrap_or_else(|| "Ready".into()),
+        None if def.disabled => "Stopped".into(),
+        None => "NotRunning".into(),
+    };
+    let detailed_status = statuses
+        .iter()
+        .map(|(alive, s)| {
+            format!("{} - {}{}", s.instance, s.status.as_str(), if *alive { "" } else { " (daemon not running)" })
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    DiskView {
+        name: def.key.name.clone(),
+        kind: def.key.kind,
+        detail: if status == "NotRunning" { "no daemon is running this job".into() } else { String::new() },
+        status,
+        detailed_status,
+        run_command: def.script.as_ref().ok().map(|s| s.file.clone()),
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+        warnings: def.warnings(),
+    }
 }

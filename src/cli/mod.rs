@@ -61,7 +61,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon: supervise the jobs folder until SIGTERM/SIGINT.
-    Serve,
+    Serve {
+        /// Serve the HTTP API and dashboard on ADDR:PORT (default from the config, 127.0.0.1:8719).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
+    },
     /// List jobs and their status.
     List {
         #[arg(long)]
@@ -131,7 +135,11 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let sources = Sources { file: cli.config.clone(), root: cli.root.clone() };
+    let listen = match &cli.command {
+        Command::Serve { listen } => listen.clone(),
+        _ => None,
+    };
+    let sources = Sources { file: cli.config.clone(), root: cli.root.clone(), listen };
     let config = match Config::load(&sources) {
         Ok(config) => config,
         Err(e) => {
@@ -140,7 +148,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve => serve::serve(config, sources),
+        Command::Serve { .. } => serve::serve(config, sources),
         Command::List { json } => list::list(&config, json),
         Command::Status { job, json } => list::status(&config, &job, json),
         Command::Start { job } => toggle::toggle(&config, &job, true),

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use crate::cli::client::encode;
 use crate::cli::{EXIT_NOT_FOUND, find_job};
 use crate::config::Config;
 use crate::jobs::{DISABLE_FILE, JobKind};
@@ -17,6 +18,20 @@ pub fn toggle(config: &Config, spec: &str, start: bool) -> anyhow::Result<ExitCo
     };
     if def.key.kind != JobKind::Continuous {
         anyhow::bail!("{} is a triggered job; start and stop apply to continuous jobs", def.key);
+    }
+    match crate::cli::list::daemon(config) {
+        Err(code) => return Ok(code),
+        Ok(Some(client)) => {
+            let path =
+                format!("/api/continuouswebjobs/{}/{}", encode(&def.key.name), if start { "start" } else { "stop" });
+            let r = client.post(&path)?;
+            if r.status != 200 {
+                anyhow::bail!("the daemon answered {}: {}", r.status, r.error());
+            }
+            println!("{}: {}", def.key, if start { "started" } else { "stopped (disable.job written)" });
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(None) => {}
     }
     let file = def.script_dir.join(DISABLE_FILE);
     if start {

@@ -44,7 +44,7 @@ fn sighup_rereads_the_configuration() {
     root.continuous("job", "exec sleep 300\n");
     let daemon = root.start();
     wait_for("running", Duration::from_secs(10), || daemon.job_pids("job").len() == 1);
-    root.write_config(&serde_json::json!({"debounce_ms": 150, "stopped": true}));
+    root.write_config(&serde_json::json!({"debounce_ms": 150, "listen": "127.0.0.1:0", "stopped": true}));
     daemon.signal(libc::SIGHUP);
     wait_for("stopped by WEBJOBS_STOPPED", Duration::from_secs(10), || root.status_is("job", "Stopped"));
     assert_eq!(root.status("job")["Reason"], "WEBJOBS_STOPPED is set");
@@ -52,7 +52,7 @@ fn sighup_rereads_the_configuration() {
     std::fs::write(root.config_path(), "{ broken").unwrap();
     daemon.signal(libc::SIGHUP);
     wait_for("error logged", Duration::from_secs(10), || daemon.stderr().contains("keeping the current configuration"));
-    root.write_config(&serde_json::json!({"debounce_ms": 150}));
+    root.write_config(&serde_json::json!({"debounce_ms": 150, "listen": "127.0.0.1:0"}));
     daemon.signal(libc::SIGHUP);
     wait_for("running again", Duration::from_secs(10), || daemon.job_pids("job").len() == 1);
     daemon.stop();

@@ -33,7 +33,7 @@ impl Root {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let instance = format!("t{}x{n}", std::process::id());
         let root = Root { dir, instance };
-        let mut config = serde_json::json!({"debounce_ms": 150});
+        let mut config = serde_json::json!({"debounce_ms": 150, "listen": "127.0.0.1:0"});
         for (k, v) in extra.as_object().unwrap() {
             config[k] = v.clone();
         }

@@ -1,0 +1,195 @@
+// webjobs dashboard: a client of the same HTTP API as the CLI.
+// Routes: #/ (jobs), #/job/<type>/<name>, #/run/<job>/<run id>.
+"use strict";
+
+const view = document.getElementById("view");
+const filter = document.getElementById("filter");
+let listEtag = null;
+let listJobs = [];
+let timer = null;
+let streamAbort = null;
+
+function esc(text) {
+  return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, { method, cache: "no-cache", credentials: "same-origin", headers: body ? { "Content-Type": "application/json" } : {}, body });
+  if (response.status === 304) return { status: 304 };
+  const text = await response.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch (_) { json = null; }
+  return { status: response.status, json, etag: response.headers.get("ETag"), location: response.headers.get("Location") };
+}
+
+function badge(status) {
+  return `<span class="badge ${esc(status)}">${esc(status)}</span>`;
+}
+
+function when(text) {
+  if (!text) return "";
+  const d = new Date(text);
+  return isNaN(d) ? esc(text) : esc(d.toLocaleString());
+}
+
+// ---------- job list ----------
+
+async function showList() {
+  const r = await api("GET", "/api/webjobs");
+  if (r.status === 200) { listJobs = r.json; listEtag = r.etag; }
+  renderList();
+}
+
+function renderList() {
+  const q = filter.value.trim().toLowerCase();
+  const jobs = q ? listJobs.filter((j) => j.name.toLowerCase().includes(q) || j.status.toLowerCase().includes(q)) : listJobs;
+  const rows = jobs.map((j) => {
+    const last = j.latest_run ? `${badge(j.latest_run.status)} <span class="muted">${when(j.latest_run.start_time)}</span>` : "";
+    return `<tr data-job="${esc(j.name)}" data-type="${esc(j.type)}">
+      <td><a href="#/job/${esc(j.type)}/${esc(j.name)}">${esc(j.name)}</a></td>
+      <td>${esc(j.type)}</td><td class="status">${badge(j.status)}</td>
+      <td><code>${esc(j.schedule || "")}</code></td><td>${when(j.next_run)}</td><td>${last}</td>
+      <td class="muted">${esc(j.error || "")}</td></tr>`;
+  }).join("");
+  view.innerHTML = `<p class="muted">${jobs.length} of ${listJobs.length} jobs</p>
+    <table id="jobs"><thead><tr><th>name</th><th>type</th><th>status</th><th>schedule</th><th>next run</th><th>last run</th><th>error</th></tr></thead>
+    <tbody>${rows}</tbody></table>`;
+}
+
+// ---------- one job ----------
+
+async function showJob(type, name) {
+  const r = await api("GET", `/api/${type}webjobs/${encodeURIComponent(name)}`);
+  if (r.status !== 200) { view.innerHTML = `<p class="error">${esc(r.json?.error || "not found")}</p>`; return; }
+  const j = r.json;
+  const actions = type === "triggered"
+    ? `<input id="run-args" placeholder="arguments, e.g. &quot;Ada Lovelace&quot; --fast"><button id="run-button">Run</button><button id="cancel-button">Cancel</button>`
+    : `<button id="start-button">Start</button><button id="stop-button">Stop</button>`;
+  view.innerHTML = `<h2>${esc(j.name)} <span class="status">${badge(j.status)}</span></h2>
+    <dl><dt>type</dt><dd>${esc(j.type)}</dd><dt>command</dt><dd><code>${esc(j.run_command || "")}</code></dd>
+    ${j.schedule ? `<dt>schedule</dt><dd><code>${esc(j.schedule)}</code> next ${when(j.next_run)}</dd>` : ""}
+    ${j.detailed_status ? `<dt>instances</dt><dd>${esc(j.detailed_status)}</dd>` : ""}
+    <dt>settings</dt><dd><code>${esc(JSON.stringify(j.settings))}</code></dd></dl>
+    ${j.error ? `<p class="error">${esc(j.error)}</p>` : ""}
+    ${(j.warnings || []).map((w) => `<p class="warn">${esc(w)}</p>`).join("")}
+    <div class="actions">${actions}<span id="action-result" class="muted"></span></div>
+    <div id="detail"></div>`;
+  if (type === "triggered") {
+    document.getElementById("run-button").onclick = () => runJob(name);
+    document.getElementById("cancel-button").onclick = () => act("POST", `/api/triggeredwebjobs/${encodeURIComponent(name)}/cancel`);
+    await showHistory(name);
+  } else {
+    document.getElementById("start-button").onclick = () => act("POST", `/api/continuouswebjobs/${encodeURIComponent(name)}/start`);
+    document.getElementById("stop-button").onclick = () => act("POST", `/api/continuouswebjobs/${encodeURIComponent(name)}/stop`);
+    const url = `/vfs/data/jobs/continuous/${encodeURIComponent(name)}/job_log.txt`;
+    document.getElementById("detail").innerHTML = `<p><a href="${url}?download=1">download job_log.txt</a></p><pre class="output" id="output"></pre>`;
+    follow(url, true);
+  }
+}
+
+async function act(method, path) {
+  const r = await api(method, path);
+  document.getElementById("action-result").textContent = r.status < 300 ? "done" : (r.json?.error || `HTTP ${r.status}`);
+}
+
+async function runJob(name) {
+  const args = document.getElementById("run-args").value;
+  const query = args.trim() ? `?arguments=${encodeURIComponent(args)}` : "";
+  const r = await api("POST", `/api/triggeredwebjobs/${encodeURIComponent(name)}/run${query}`);
+  const out = document.getElementById("action-result");
+  if (r.status === 202 && r.json?.id) { location.hash = `#/run/${encodeURIComponent(name)}/${r.json.id}`; return; }
+  out.textContent = r.status === 202 ? "queued" : (r.json?.error || `HTTP ${r.status}`);
+}
+
+async function showHistory(name) {
+  const r = await api("GET", `/api/triggeredwebjobs/${encodeURIComponent(name)}/history`);
+  const runs = r.json?.runs || [];
+  const rows = runs.map((run) => `<tr data-run="${esc(run.id)}"><td><a href="#/run/${esc(name)}/${esc(run.id)}">${esc(run.id)}</a></td>
+    <td>${badge(run.status)}</td><td>${when(run.start_time)}</td><td>${esc(run.duration)}</td>
+    <td>${esc(run.exit_code ?? run.signal ?? "")}</td><td>${esc(run.trigger)}</td></tr>`).join("");
+  document.getElementById("detail").innerHTML = `<h3>runs</h3><table id="history"><thead><tr><th>run</th><th>status</th><th>start</th><th>duration</th><th>exit</th><th>trigger</th></tr></thead><tbody>${rows}</tbody></table>`;
+}
+
+// ---------- one run ----------
+
+async function showRun(name, id) {
+  const r = await api("GET", `/api/triggeredwebjobs/${encodeURIComponent(name)}/history/${encodeURIComponent(id)}`);
+  if (r.status !== 200) { view.innerHTML = `<p class="error">${esc(r.json?.error || "not found")}</p>`; return; }
+  const run = r.json;
+  view.innerHTML = `<h2><a href="#/job/triggered/${esc(name)}">${esc(name)}</a> run ${esc(id)} <span class="status" id="run-status">${badge(run.status)}</span></h2>
+    <p class="muted">trigger: ${esc(run.trigger)}; arguments: <code>${esc(JSON.stringify(run.arguments))}</code></p>
+    ${run.error ? `<p class="error">${esc(run.error)}</p>` : ""}
+    <div class="actions"><a href="${esc(run.output_url)}?download=1">download output_log.txt</a><button id="cancel-button">Cancel</button><span id="action-result" class="muted"></span></div>
+    <pre class="output" id="output"></pre>`;
+  document.getElementById("cancel-button").onclick = () => act("POST", `/api/triggeredwebjobs/${encodeURIComponent(name)}/cancel?run=${encodeURIComponent(id)}`);
+  const live = run.status === "Running" || run.status === "Initializing";
+  await follow(run.output_url, live);
+  if (live) {
+    const done = await api("GET", `/api/triggeredwebjobs/${encodeURIComponent(name)}/history/${encodeURIComponent(id)}`);
+    const status = document.getElementById("run-status");
+    if (status && done.json) status.innerHTML = badge(done.json.status);
+  }
+}
+
+// Streams a log into #output; stdout, stderr and the daemon's lines are told apart.
+async function follow(url, live) {
+  if (streamAbort) streamAbort.abort();
+  const controller = new AbortController();
+  streamAbort = controller;
+  const out = document.getElementById("output");
+  let pending = "";
+  const append = (text) => {
+    pending += text;
+    const lines = pending.split("\n");
+    pending = lines.pop();
+    const frag = document.createDocumentFragment();
+    for (const line of lines) frag.appendChild(renderLine(line));
+    out.appendChild(frag);
+    out.scrollTop = out.scrollHeight;
+  };
+  try {
+    const response = await fetch(live ? `${url}?follow=1` : url, { credentials: "same-origin", signal: controller.signal });
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      append(decoder.decode(value, { stream: true }));
+    }
+    if (pending) append("\n");
+  } catch (_) { /* navigation away */ }
+}
+
+function renderLine(line) {
+  const div = document.createElement("div");
+  const m = /^\[([^\]>]+) > ([^:]+): (SYS INFO|SYS WARN|SYS ERROR|INFO|ERROR)\] (.*)$/.exec(line);
+  if (!m) { div.className = "line"; div.textContent = line; return div; }
+  div.className = "line " + (m[3].startsWith("SYS") ? "sys" : m[3] === "ERROR" ? "err" : "out");
+  div.dataset.level = m[3];
+  const ts = document.createElement("span");
+  ts.className = "ts";
+  ts.textContent = `${m[1]} ${m[3].padEnd(9)} `;
+  div.appendChild(ts);
+  div.appendChild(document.createTextNode(m[4]));
+  return div;
+}
+
+// ---------- routing ----------
+
+async function route() {
+  clearInterval(timer);
+  if (streamAbort) { streamAbort.abort(); streamAbort = null; }
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  if (parts[0] === "job" && parts.length === 3) return showJob(parts[1], parts[2]);
+  if (parts[0] === "run" && parts.length === 3) return showRun(parts[1], parts[2]);
+  await showList();
+  timer = setInterval(async () => {
+    const r = await api("GET", "/api/webjobs");
+    if (r.status === 200 && r.etag !== listEtag) { listJobs = r.json; listEtag = r.etag; renderList(); }
+  }, 3000);
+}
+
+filter.addEventListener("input", () => { if (!location.hash.startsWith("#/job") && !location.hash.startsWith("#/run")) renderList(); });
+window.addEventListener("hashchange", route);
+api("GET", "/health").then((r) => { document.getElementById("instance").textContent = r.json ? `instance ${r.json.instance}` : ""; });
+route();

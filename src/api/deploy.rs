@@ -1,0 +1,256 @@
+//! Deploying a job over HTTP: `PUT /api/{type}webjobs/{job}` with a zip
+//! (`Content-Type: application/zip`) or one file (named by
+//! `Content-Disposition`), as WebJobs accepts them.
+//!
+//! The upload is unpacked into a staging folder beside the jobs (same file
+//! system), checked like `webjobs validate` does, then swapped with the old
+//! version in one atomic `renameat2(RENAME_EXCHANGE)`: the watcher never sees a
+//! half-written job, and a refused upload leaves the old version untouched.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::views::JobView;
+use super::{ApiState, base_url, error};
+use crate::config::Config;
+use crate::jobs::{DISABLE_FILE, JobDef, JobKey, JobKind, valid_name};
+
+/// Folder under `jobs/` for uploads being unpacked and versions being removed.
+pub const STAGING: &str = ".staging";
+
+/// Why an upload was refused (all 400 but `Io`).
+#[derive(Debug, thiserror::Error)]
+enum DeployError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn put(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(job): UrlPath<String>,
+    body: axum::body::Bytes,
+    kind: JobKind,
+) -> Response {
+    if !valid_name(&job) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid job name \"{job}\": a letter or digit first, then letters, digits, `-` and `_`"),
+        );
+    }
+    let Some(filename) = disposition_filename(&headers) else {
+        return error(StatusCode::BAD_REQUEST, "Missing Content-Disposition header.");
+    };
+    let is_zip = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/zip")));
+    let config = state.config.clone();
+    let key = JobKey::new(kind, &job);
+    let outcome = tokio::task::spawn_blocking(move || deploy(&config, &key, &filename, &body, is_zip)).await;
+    match outcome {
+        Ok(Ok(def)) => axum::Json(JobView::from_def(&base_url(&headers), &def)).into_response(),
+        Ok(Err(DeployError::Refused(message))) => error(StatusCode::BAD_REQUEST, message),
+        Ok(Err(DeployError::Io(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("deploy failed: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("deploy failed: {e}")),
+    }
+}
+
+/// The file name of `Content-Disposition: attachment; filename="x.zip"`, without any folder.
+fn disposition_filename(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_DISPOSITION)?.to_str().ok()?;
+    let raw = value.split(';').find_map(|part| part.trim().strip_prefix("filename="))?;
+    let name = raw.trim().trim_matches('"');
+    let base = name.rsplit(['/', '\\']).next()?.to_string();
+    (!base.is_empty() && base != "." && base != "..").then_some(base)
+}
+
+fn deploy(config: &Config, key: &JobKey, filename: &str, body: &[u8], is_zip: bool) -> Result<JobDef, DeployError> {
+    let staging_root = config.jobs_dir.join(STAGING);
+    std::fs::create_dir_all(&staging_root)?;
+    let staging = staging_root.join(format!("{}-{}-{}", key.name, std::process::id(), nonce()));
+    let result = (|| {
+        std::fs::create_dir(&staging)?;
+        if is_zip {
+            unzip(body, &staging, config.api.max_unpacked)?;
+        } else {
+            std::fs::write(staging.join(filename), body)?;
+        }
+        let def = crate::jobs::read_job_at(config, key.clone(), staging.clone());
+        check(&def)?;
+        let target = crate::jobs::kind_dir(config, key.kind).join(&key.name);
+        keep_disabled(&target, &def.script_dir)?;
+        std::fs::create_dir_all(crate::jobs::kind_dir(config, key.kind))?;
+        swap_in(&staging, &target)?;
+        Ok(crate::jobs::read_job_at(config, key.clone(), target))
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+fn nonce() -> u64 {
+    crate::config::fnv1a(format!("{:?}", std::time::SystemTime::now()).as_bytes())
+}
+
+/// A new version must be runnable and its settings valid.
+fn check(def: &JobDef) -> Result<(), DeployError> {
+    if let Err(e) = &def.script {
+        let hint = if e.starts_with("no runnable script") { "No runnable script file was found." } else { e.as_str() };
+        return Err(DeployError::Refused(hint.to_string()));
+    }
+    if let Err(problems) = &def.settings.settings {
+        let messages: Vec<String> =
+            problems.iter().map(|p| format!("settings.job: key `{}`: {}", p.key, p.message)).collect();
+        return Err(DeployError::Refused(messages.join("; ")));
+    }
+    Ok(())
+}
+
+/// A stopped job stays stopped across a deploy.
+fn keep_disabled(old: &Path, new_script_dir: &Path) -> std::io::Result<()> {
+    let Some(old_def_dir) = std::fs::read_dir(old).ok().map(|_| old.to_path_buf()) else { return Ok(()) };
+    let disabled = walk_for(&old_def_dir, DISABLE_FILE);
+    if disabled && !new_script_dir.join(DISABLE_FILE).exists() {
+        std::fs::write(new_script_dir.join(DISABLE_FILE), b"")?;
+    }
+    Ok(())
+}
+
+fn walk_for(dir: &Path, name: &str) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_name() == name {
+                return true;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    false
+}
+
+/// Puts `staging` at `target` atomically; the old version ends up at `staging`.
+fn swap_in(staging: &Path, target: &Path) -> std::io::Result<()> {
+    if !target.exists() {
+        return std::fs::rename(staging, target);
+    }
+    let (a, b) = (c_path(staging)?, c_path(target)?);
+    // SAFETY: two valid NUL-terminated paths; the flags ask for an atomic exchange.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn c_path(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// Unpacks a zip, refusing it whole if any entry would land outside the folder
+/// (`..`, an absolute path), is a link, or if it unpacks to more than `max` bytes.
+fn unzip(body: &[u8], into: &Path, max: u64) -> Result<(), DeployError> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body))
+        .map_err(|e| DeployError::Refused(format!("not a valid zip file: {e}")))?;
+    let mut planned: Vec<(usize, PathBuf)> = Vec::new();
+    let mut declared = 0u64;
+    for i in 0..archive.len() {
+        let entry =
+            archive.by_index_raw(i).map_err(|e| DeployError::Refused(format!("unreadable zip entry {i}: {e}")))?;
+        let name = entry
+            .name()
+            .map(|n| n.to_string())
+            .map_err(|e| DeployError::Refused(format!("zip entry {i} has an unreadable name: {e}")))?;
+        let relative = safe_relative(&name).ok_or_else(|| {
+            DeployError::Refused(format!(
+                "zip entry \"{name}\" points outside the job folder (absolute path or `..`); refused"
+            ))
+        })?;
+        if entry.is_symlink() {
+            return Err(DeployError::Refused(format!("zip entry \"{name}\" is a link; links are refused")));
+        }
+        declared = declared.saturating_add(entry.size());
+        planned.push((i, relative));
+    }
+    if declared > max {
+        return Err(DeployError::Refused(format!(
+            "the zip unpacks to {declared} bytes, more than max_unpacked_bytes ({max})"
+        )));
+    }
+    let mut written = 0u64;
+    for (i, relative) in planned {
+        let mut entry =
+            archive.by_index(i).map_err(|e| DeployError::Refused(format!("unreadable zip entry {i}: {e}")))?;
+        let path = into.join(&relative);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&path)?;
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut out = std::fs::File::create(&path)?;
+        let copied = std::io::copy(&mut (&mut entry).take(max - written + 1), &mut out)?;
+        written += copied;
+        if written > max {
+            return Err(DeployError::Refused(format!("the zip unpacks to more than max_unpacked_bytes ({max})")));
+        }
+        if let Some(mode) = entry.unix_mode() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o755))?;
+        }
+    }
+    Ok(())
+}
+
+/// A zip entry name as a relative path inside the job, or `None` if it escapes.
+fn safe_relative(name: &str) -> Option<PathBuf> {
+    if name.starts_with('/') || name.starts_with('\\') || name.contains('\0') || name.contains('\\') {
+        return None;
+    }
+    let path = Path::new(name);
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_that_escape_are_refused() {
+        assert_eq!(safe_relative("a/b.sh"), Some(PathBuf::from("a/b.sh")));
+        assert_eq!(safe_relative("./run.sh"), Some(PathBuf::from("run.sh")));
+        for bad in ["../x", "a/../../x", "/etc/passwd", "..", "a\\..\\x", "C:\\x"] {
+            assert_eq!(safe_relative(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_disposition_names_a_file_without_folders() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_DISPOSITION, "attachment; filename=\"../../evil.sh\"".parse().unwrap());
+        assert_eq!(disposition_filename(&h).as_deref(), Some("evil.sh"));
+        h.insert(header::CONTENT_DISPOSITION, "attachment; filename=run.py".parse().unwrap());
+        assert_eq!(disposition_filename(&h).as_deref(), Some("run.py"));
+        h.insert(header::CONTENT_DISPOSITION, "attachment; filename=\"..\"".parse().unwrap());
+        assert_eq!(disposition_filename(&h), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! Prometheus metrics (`GET /metrics`, text format).
+//!
+//! Counters and histograms are updated where things happen (a run ends, a
+//! continuous job restarts, a tick fires); the jobs-by-status gauge is filled
+//! from the catalog at scrape time.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 4.0, 10))
+}
+
+fn delay_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    jobs: Family<Labels, Gauge>,
+    runs: Family<Labels, Counter>,
+    run_duration: HistogramFamily,
+    restarts: Family<Labels, Counter>,
+    schedule_delay: Histogram,
+    log_bytes: Family<Labels, Counter>,
+}
+
+fn job_labels(kind: &str, job: &str) -> Labels {
+    vec![("type".into(), kind.into()), ("job".into(), job.into())]
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("webjobs")),
+            jobs: Family::default(),
+            runs: Family::default(),
+            run_duration: Family::new_with_constructor(duration_histogram),
+            restarts: Family::default(),
+            schedule_delay: delay_histogram(),
+            log_bytes: Family::default(),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
+            r.register("jobs", "Jobs by type and status", m.jobs.clone());
+            r.register("runs", "Finished triggered runs by result", m.runs.clone());
+            r.register("run_duration_seconds", "Duration of triggered runs", m.run_duration.clone());
+            r.register("restarts", "Restarts of continuous jobs", m.restarts.clone());
+            r.register(
+                "schedule_delay_seconds",
+                "Delay between a schedule tick and the start of its run",
+                m.schedule_delay.clone(),
+            );
+            r.register("log_bytes", "Bytes of job output written to logs", m.log_bytes.clone());
+        }
+        m
+    }
+
+    pub fn run_finished(&self, job: &str, result: &str, duration: Duration) {
+        let mut labels = job_labels("triggered", job);
+        self.run_duration.get_or_create(&labels).observe(duration.as_secs_f64());
+        labels.push(("result".into(), result.into()));
+        self.runs.get_or_create(&labels).inc();
+    }
+
+    pub fn restarted(&self, job: &str) {
+        self.restarts.get_or_create(&job_labels("continuous", job)).inc();
+    }
+
+    pub fn tick_started(&self, delay: Duration) {
+        self.schedule_delay.observe(delay.as_secs_f64());
+    }
+
+    pub fn output(&self, kind: &str, job: &str, bytes: u64) {
+        if bytes > 0 {
+            self.log_bytes.get_or_create(&job_labels(kind, job)).inc_by(bytes);
+        }
+    }
+
+    /// The text exposition, with the jobs gauge set from `counts` (type, status, n).
+    pub fn render(&self, counts: &[(String, String, i64)]) -> String {
+        self.jobs.clear();
+        for (kind, status, n) in counts {
+            let labels = vec![("type".to_string(), kind.clone()), ("status".to_string(), status.clone())];
+            self.jobs.get_or_create(&labels).set(*n);
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_prometheus_text_format() {
+        let m = Metrics::new();
+        m.run_finished("nightly", "Success", Duration::from_millis(1500));
+        m.restarted("worker");
+        m.tick_started(Duration::from_millis(2));
+        m.output("continuous", "worker", 42);
+        let text = m.render(&[("continuous".into(), "Running".into(), 3)]);
+        assert!(text.contains("webjobs_jobs{type=\"continuous\",status=\"Running\"} 3"), "{text}");
+        assert!(text.contains("webjobs_runs_total{type=\"triggered\",job=\"nightly\",result=\"Success\"} 1"), "{text}");
+        assert!(text.contains("webjobs_restarts_total{type=\"continuous\",job=\"worker\"} 1"));
+        assert!(text.contains("webjobs_log_bytes_total{type=\"continuous\",job=\"worker\"} 42"));
+        assert!(text.contains("webjobs_run_duration_seconds_bucket"));
+        assert!(text.contains("webjobs_schedule_delay_seconds_count 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
