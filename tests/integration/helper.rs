@@ -347,3 +347,131 @@ pub fn output_lines(log: &str, level: &str) -> Vec<String> {
     let tag = format!(": {level}] ");
     log.lines().filter_map(|l| l.split_once(&tag).map(|(_, t)| t.to_string())).collect()
 }
+
+/// A raw HTTP/1.1 exchange on the daemon's TCP port (the request is sent as
+/// written, so odd paths reach the server unchanged).
+pub struct Http {
+    pub addr: String,
+    pub auth: Option<String>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Root {
+    /// An HTTP client for this root's daemon, authenticated with its token.
+    pub fn http(&self) -> Http {
+        let addr_file = fs::read_dir(self.path().join("data/instances"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "addr"))
+            .expect("the daemon wrote its address");
+        let token = fs::read_to_string(self.path().join("data/api-token")).unwrap().trim().to_string();
+        Http { addr: fs::read_to_string(addr_file).unwrap(), auth: Some(format!("Bearer {token}")) }
+    }
+}
+
+impl Http {
+    pub fn without_auth(&self) -> Http {
+        Http { addr: self.addr.clone(), auth: None }
+    }
+
+    pub fn with_auth(&self, value: &str) -> Http {
+        Http { addr: self.addr.clone(), auth: Some(value.to_string()) }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, &[], b"")
+    }
+
+    pub fn post(&self, path: &str) -> Reply {
+        self.send("POST", path, &[], b"")
+    }
+
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(&self.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(auth) = &self.auth {
+            head.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        parse_reply(&raw)
+    }
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete HTTP response");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Reply { status, headers, body }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+    out
+}
+
+/// A zip file made of `(name, content, unix mode)` entries, built with Python's zipfile
+/// (so the test does not trust our own reading of what it writes).
+pub fn make_zip(dir: &Path, entries: &[(&str, &str)]) -> Vec<u8> {
+    let spec: Vec<(String, String)> = entries.iter().map(|(n, c)| (n.to_string(), c.to_string())).collect();
+    let script = "import json, sys, zipfile\nentries = json.loads(sys.argv[2])\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    for name, content in entries:\n        info = zipfile.ZipInfo(name)\n        info.external_attr = 0o755 << 16\n        z.writestr(info, content)\n";
+    let path = dir.join(format!("upload-{}.zip", COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .arg(serde_json::to_string(&spec).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::read(path).unwrap()
+}

@@ -3,6 +3,7 @@
 
 mod helper;
 
+mod api;
 mod cli;
 mod config;
 mod continuous;
