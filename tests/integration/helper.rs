@@ -425,9 +425,39 @@ impl Http {
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();
         stream.write_all(body).unwrap();
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        parse_reply(&raw)
+        parse_reply(&read_response(&mut stream, method == "HEAD"))
+    }
+}
+
+/// Reads one response: by Content-Length, by chunks, or to the end.
+fn read_response(stream: &mut std::net::TcpStream, head_only: bool) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body = end + 4;
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            if head_only || status == 304 || status == 204 || length == Some(0) {
+                return raw;
+            }
+            if let Some(length) = length
+                && raw.len() >= body + length
+            {
+                return raw;
+            }
+            if head.contains("transfer-encoding: chunked") && raw[body..].windows(5).any(|w| w == b"0\r\n\r\n") {
+                return raw;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
     }
 }
 

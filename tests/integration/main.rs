@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod config;
 mod continuous;
+mod dashboard;
 mod logs;
 mod processes;
 mod singleton;

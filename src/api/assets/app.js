@@ -54,6 +54,7 @@ function renderList() {
   view.innerHTML = `<p class="muted">${jobs.length} of ${listJobs.length} jobs</p>
     <table id="jobs"><thead><tr><th>name</th><th>type</th><th>status</th><th>schedule</th><th>next run</th><th>last run</th><th>error</th></tr></thead>
     <tbody>${rows}</tbody></table>`;
+  if (!performance.getEntriesByName("jobs-rendered").length) performance.mark("jobs-rendered");
 }
 
 // ---------- one job ----------

@@ -1,0 +1,164 @@
+//! The dashboard in a real headless Chromium (through ChromeDriver): the job
+//! list renders, a job runs with an argument from the page, and its output
+//! appears with stdout and stderr told apart.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helper::*;
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Driver {
+    child: Child,
+    http: Http,
+    session: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.http.send("DELETE", &format!("/session/{}", self.session), &[], b"");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    /// Starts ChromeDriver and a headless Chromium session, or `None` when they
+    /// are not installed (which fails the test in CI).
+    fn start(profile: &std::path::Path) -> Option<Driver> {
+        if !std::path::Path::new("/usr/bin/chromedriver").exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "chromium and chromium-driver must be installed in CI (scripts/test does it)"
+            );
+            eprintln!("chromedriver is not installed; skipped");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let http = Http { addr: format!("127.0.0.1:{port}"), auth: None };
+        wait_for("chromedriver", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&http.addr).is_ok() && http.get("/status").status == 200
+        });
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+        ];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
+        let r = http.send("POST", "/session", &[("Content-Type", "application/json")], caps.to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let session = r.json()["value"]["sessionId"].as_str().unwrap().to_string();
+        Some(Driver { child, http, session })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let r = self.http.send(
+            method,
+            &format!("/session/{}{path}", self.session),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+        r.json()["value"].clone()
+    }
+
+    /// Sends every request of the page with this Authorization header.
+    fn authorize(&self, value: &str) {
+        self.call("POST", "/goog/cdp/execute", json!({"cmd": "Network.enable", "params": {}}));
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            json!({"cmd": "Network.setExtraHTTPHeaders", "params": {"headers": {"Authorization": value}}}),
+        );
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", json!({"script": script, "args": []}))
+    }
+
+    fn wait_js(&self, what: &str, script: &str) -> Value {
+        let mut value = Value::Null;
+        wait_for(what, Duration::from_secs(20), || {
+            value = self.js(script);
+            !value.is_null() && value != Value::Bool(false)
+        });
+        value
+    }
+
+    fn element(&self, css: &str) -> String {
+        self.wait_js(css, &format!("return document.querySelector({css:?}) !== null;"));
+        self.call("POST", "/element", json!({"using": "css selector", "value": css}))[ELEMENT]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[test]
+fn the_dashboard_runs_a_job_with_an_argument_and_shows_its_output() {
+    let root = Root::new();
+    root.job("triggered", "greet", &[("greet.js", "for (const n of process.argv.slice(2)) console.log(`hello, ${n}!`);\nconsole.error('a warning on stderr');\n")]);
+    root.continuous("worker", "while true; do echo working; sleep 1; done\n");
+    let daemon = root.start();
+    let Some(driver) = Driver::start(&root.path().join("chrome-profile")) else { return };
+    let http = root.http();
+    driver.authorize(http.auth.as_deref().unwrap());
+    driver.call("POST", "/url", json!({"url": format!("http://{}/", http.addr)}));
+
+    // The list shows both jobs with their status.
+    let status = driver.wait_js("the job list", "const r = document.querySelector('#jobs tr[data-job=\"worker\"] .status'); return r && r.textContent.trim() === 'Running' ? r.textContent : null;");
+    assert_eq!(status, "Running");
+    assert!(driver.js("return document.querySelector('#jobs tr[data-job=\"greet\"]') !== null;").as_bool().unwrap());
+
+    // Open the triggered job, run it with an argument that has a space.
+    let link = driver.element("#jobs tr[data-job=\"greet\"] a");
+    driver.call("POST", &format!("/element/{link}/click"), json!({}));
+    let input = driver.element("#run-args");
+    driver.call("POST", &format!("/element/{input}/value"), json!({"text": "\"Ada Lovelace\" Grace"}));
+    let button = driver.element("#run-button");
+    driver.call("POST", &format!("/element/{button}/click"), json!({}));
+
+    // The run page shows the output, stdout and stderr told apart.
+    let out = driver.wait_js(
+        "stdout lines",
+        "const l = [...document.querySelectorAll('#output .line.out')].map(e => e.textContent); return l.some(t => t.includes('hello, Grace!')) ? l : null;",
+    );
+    let out: Vec<String> = serde_json::from_value(out).unwrap();
+    assert!(out.iter().any(|l| l.contains("hello, Ada Lovelace!")), "{out:?}");
+    let err = driver.wait_js(
+        "stderr line",
+        "const e = document.querySelector('#output .line.err'); return e ? e.textContent : null;",
+    );
+    assert!(err.as_str().unwrap().contains("a warning on stderr"));
+    let colors = driver.js("const c = s => getComputedStyle(document.querySelector(s)).color; return [c('#output .line.out'), c('#output .line.err')];");
+    assert_ne!(colors[0], colors[1], "stdout and stderr look different");
+    assert!(driver.js("return location.hash;").as_str().unwrap().starts_with("#/run/greet/"));
+    let screenshot = driver.call("GET", "/screenshot", json!(null));
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD.decode(screenshot.as_str().unwrap()).unwrap();
+    std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-run.png"), png).unwrap();
+    let runs = root.finished_runs("greet");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["Arguments"], json!(["Ada Lovelace", "Grace"]));
+    drop(driver);
+    daemon.stop();
+}
