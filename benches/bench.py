@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|reaction|trigger|schedule|all] [--quick]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|reaction|trigger|schedule|api|all] [--quick]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -427,6 +427,124 @@ def bench_trigger():
     shutil.rmtree(tmp)
 
 
+def seed_api_jobs(tmp, jobs=1000, runs=50):
+    """1,000 triggered jobs (half on a schedule) with 50 runs of history each, written directly."""
+    for i in range(jobs):
+        job = os.path.join(tmp, "jobs", "triggered", f"job{i:04}")
+        os.makedirs(job)
+        with open(os.path.join(job, "run.sh"), "w") as f:
+            f.write("echo hi\n")
+        if i % 2 == 0:
+            with open(os.path.join(job, "settings.job"), "w") as f:
+                f.write('{"schedule": "0 0 3 * * *"}')
+        data = os.path.join(tmp, "data", "jobs", "triggered", f"job{i:04}")
+        for r in range(runs):
+            run = os.path.join(data, f"2026112103{r:02}000000")
+            os.makedirs(run)
+            status = {"Status": "Success" if r % 7 else "Failed", "StartTime": f"2026-11-21T03:{r:02}:00.000Z",
+                      "EndTime": f"2026-11-21T03:{r:02}:01.000Z", "Trigger": "Schedule - 0 0 3 * * *", "Instance": "bench",
+                      "ExitCode": 0 if r % 7 else 1, "DurationMs": 1000}
+            with open(os.path.join(run, "status"), "w") as f:
+                json.dump(status, f)
+            with open(os.path.join(run, "output_log.txt"), "w") as f:
+                f.write(f"[2026-11-21T03:{r:02}:00.100Z > bench: INFO] hi\n")
+
+
+def bench_api():
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    seed_api_jobs(tmp)
+    d = Daemon(tmp, config={"listen": "127.0.0.1:0"})
+    addr_file = os.path.join(tmp, "data", "instances", "bench.addr")
+    wait_for(lambda: os.path.exists(addr_file), 30)
+    addr = open(addr_file).read().strip()
+    token = open(os.path.join(tmp, "data", "api-token")).read().strip()
+    wait_for(lambda: http_status(addr, token, "/health") == 200, 30)
+    rss = d.status_kib("VmRSS")
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+    duration = "10s" if QUICK else "30s"
+    size = len(http_get(addr, token, "/api/webjobs"))
+    print(f"API: GET /api/webjobs with 1000 jobs (50 runs each), 50 concurrent clients (wrk -t2 -c50, {duration}), {size / 1024:.0f} KiB of JSON")
+    for label, extra in (("plain", []), ("gzip", ["-H", "Accept-Encoding: gzip"])):
+        out = subprocess.run(["wrk", "-t2", "-c50", "-d" + duration, "--latency", "-H", f"Authorization: Bearer {token}", *extra,
+                              f"http://{addr}/api/webjobs"], capture_output=True, text=True).stdout
+        lat = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip().startswith(("50%", "75%", "90%", "99%"))}
+        rps = next((line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")), "?")
+        print(f"  {label:5}: latency p50 {lat.get('50%')}, p90 {lat.get('90%')}, p99 {lat.get('99%')}; {rps} requests/s")
+    print(f"  daemon RSS after start {rss / 1024:.1f} MB, after the load {d.status_kib('VmRSS') / 1024:.1f} MB")
+    render = dashboard_first_render(addr, token, tmp)
+    d.stop()
+    if render is not None:
+        print(f"dashboard: first render of 1000 jobs in headless Chromium: {render:.0f} ms after navigation start")
+    shutil.rmtree(tmp)
+
+
+def http_get(addr, token, path):
+    import urllib.request
+    req = urllib.request.Request(f"http://{addr}{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req) as r:
+        return r.read()
+
+
+def http_status(addr, token, path):
+    try:
+        http_get(addr, token, path)
+        return 200
+    except Exception:
+        return 0
+
+
+def dashboard_first_render(addr, token, tmp):
+    """Time from navigation start to the job table's first render (a mark the page sets)."""
+    import socket
+    import urllib.request
+    if not os.path.exists("/usr/bin/chromedriver"):
+        print("  (chromedriver not installed: no dashboard figure)")
+        return None
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    driver = subprocess.Popen(["/usr/bin/chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wd(method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            return json.loads(r.read())["value"]
+
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/status"), 20, 0.05)
+        args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp}/chrome"]
+        sid = wd("POST", "/session", {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}})["sessionId"]
+        wd("POST", f"/session/{sid}/goog/cdp/execute", {"cmd": "Network.enable", "params": {}})
+        wd("POST", f"/session/{sid}/goog/cdp/execute", {"cmd": "Network.setExtraHTTPHeaders", "params": {"headers": {"Authorization": f"Bearer {token}"}}})
+        times = []
+        for _ in range(5):
+            wd("POST", f"/session/{sid}/url", {"url": f"http://{addr}/?{len(times)}"})
+            script = "const m = performance.getEntriesByName('jobs-rendered')[0]; return m && document.querySelectorAll('#jobs tbody tr').length === 1000 ? m.startTime : null;"
+            value = None
+            deadline = time.time() + 30
+            while value is None and time.time() < deadline:
+                value = wd("POST", f"/session/{sid}/execute/sync", {"script": script, "args": []})
+                time.sleep(0.02)
+            times.append(value)
+        wd("DELETE", f"/session/{sid}")
+        return sorted(times)[len(times) // 2]
+    finally:
+        driver.kill()
+
+
+def http_ok(url):
+    import urllib.request
+    try:
+        urllib.request.urlopen(url)
+        return True
+    except Exception:
+        return False
+
+
 def main():
     which = next((a for a in sys.argv[1:] if not a.startswith("--")), "all")
     if not os.path.exists(BIN):
@@ -447,6 +565,8 @@ def main():
         bench_trigger()
     if which in ("schedule", "all"):
         bench_schedule()
+    if which in ("api", "all"):
+        bench_api()
     if which == "schedule1":
         bench_schedule(1)
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::views::JobView;
-use super::{ApiState, ListCache, base_url, error, with_etag};
+use super::{ApiState, ListCache, accepts_gzip, base_url, error, json_response};
 use crate::jobs::{DISABLE_FILE, JobDef, JobKey, JobKind, valid_name};
 use crate::supervisor::{CatalogEntry, Live};
 
@@ -40,28 +40,27 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap, kind: Option<Jo
     let base = base_url(&headers);
     let generation = state.shared.generation.load(std::sync::atomic::Ordering::Acquire);
     let key = (generation, base.clone(), kind);
-    let cached = {
-        let cache = state.list_cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.as_ref().filter(|c| c.key == key).map(|c| (c.body.clone(), c.etag.clone()))
-    };
-    let (body, etag) = match cached {
-        Some(hit) => hit,
-        None => {
-            let catalog = state.catalog.borrow().clone();
-            let views: Vec<JobView> = catalog
-                .jobs
-                .values()
-                .filter(|e| kind.is_none_or(|k| e.def.key.kind == k))
-                .map(|e| JobView::from_catalog(&base, e))
-                .collect();
-            let body = axum::body::Bytes::from(serde_json::to_vec(&views).unwrap_or_default());
-            let etag = format!("\"{:016x}\"", crate::config::fnv1a(&body));
-            let mut cache = state.list_cache.lock().unwrap_or_else(|e| e.into_inner());
-            *cache = Some(ListCache { key, body: body.clone(), etag: etag.clone() });
-            (body, etag)
-        }
-    };
-    with_etag(&headers, body, &etag)
+    let gzip = accepts_gzip(&headers);
+    let mut cache = state.list_cache.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.as_ref().is_none_or(|c| c.key != key) {
+        let catalog = state.catalog.borrow().clone();
+        let views: Vec<JobView> = catalog
+            .jobs
+            .values()
+            .filter(|e| kind.is_none_or(|k| e.def.key.kind == k))
+            .map(|e| JobView::from_catalog(&base, e))
+            .collect();
+        let body = axum::body::Bytes::from(serde_json::to_vec(&views).unwrap_or_default());
+        let etag = format!("\"{:016x}\"", crate::config::fnv1a(&body));
+        *cache = Some(ListCache { key, body, gzip: None, etag });
+    }
+    let c = cache.as_mut().expect("filled above");
+    if gzip && c.gzip.is_none() {
+        c.gzip = Some(super::gzip(&c.body));
+    }
+    let (body, compressed, etag) = (c.body.clone(), c.gzip.clone().filter(|_| gzip), c.etag.clone());
+    drop(cache);
+    json_response(&headers, body, compressed, &etag)
 }
 
 fn entry(state: &ApiState, kind: JobKind, job: &str) -> Option<CatalogEntry> {

@@ -42,10 +42,12 @@ pub struct ApiState {
     pub list_cache: Arc<Mutex<Option<ListCache>>>,
 }
 
-/// A rendered `GET /api/webjobs` body for one generation and base URL.
+/// A rendered `GET /api/webjobs` body for one generation and base URL, plain
+/// and (made on first demand) gzipped.
 pub struct ListCache {
     key: (u64, String, Option<JobKind>),
     body: axum::body::Bytes,
+    gzip: Option<axum::body::Bytes>,
     etag: String,
 }
 
@@ -155,6 +157,24 @@ pub fn base_url(headers: &HeaderMap) -> String {
 
 /// A JSON body with an ETag, or 304 when the client has it already.
 pub fn with_etag(headers: &HeaderMap, body: axum::body::Bytes, etag: &str) -> Response {
+    json_response(headers, body, None, etag)
+}
+
+/// Whether the client accepts a gzipped body.
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
+}
+
+/// Like [`with_etag`], serving `gzip` (the same JSON, compressed) when given.
+pub fn json_response(
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+    gzip: Option<axum::body::Bytes>,
+    etag: &str,
+) -> Response {
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -162,13 +182,26 @@ pub fn with_etag(headers: &HeaderMap, body: axum::body::Bytes, etag: &str) -> Re
     {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.to_string())]).into_response();
     }
-    let mut response = (StatusCode::OK, body).into_response();
+    let compressed = gzip.is_some();
+    let mut response = (StatusCode::OK, gzip.unwrap_or(body)).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if compressed {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
     response
+}
+
+/// Gzips a body (fast level: this runs once per change of the job list).
+pub fn gzip(body: &[u8]) -> axum::body::Bytes {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 8), flate2::Compression::fast());
+    let _ = encoder.write_all(body);
+    axum::body::Bytes::from(encoder.finish().unwrap_or_default())
 }
 
 /// `GET /metrics`: Prometheus text format.
