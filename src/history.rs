@@ -88,17 +88,14 @@ pub fn is_run_id(name: &str) -> bool {
     name.len() == 18 && name.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Writes a run's status atomically.
+/// Writes a run's status (in place; see [`crate::status::write_record`]).
 pub fn write_status(dir: &Path, status: &RunStatus) -> io::Result<()> {
-    let tmp = dir.join(".status.tmp");
-    let mut text = serde_json::to_vec(status).map_err(io::Error::other)?;
-    text.push(b'\n');
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, dir.join("status"))
+    let text = serde_json::to_vec(status).map_err(io::Error::other)?;
+    crate::status::write_record(&dir.join("status"), &text)
 }
 
 pub fn read_status(dir: &Path) -> Option<RunStatus> {
-    serde_json::from_slice(&std::fs::read(dir.join("status")).ok()?).ok()
+    serde_json::from_slice(std::fs::read(dir.join("status")).ok()?.trim_ascii()).ok()
 }
 
 /// Run ids of a job, newest first.

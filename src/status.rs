@@ -90,20 +90,32 @@ pub fn status_path(dir: &Path, instance: &str) -> PathBuf {
     dir.join(format!("status_{instance}"))
 }
 
-/// Writes the status file atomically (temporary file, then rename).
+/// Writes the status file.
 pub fn write(dir: &Path, status: &ContinuousStatus) -> io::Result<()> {
-    let path = status_path(dir, &status.instance);
-    let tmp = dir.join(format!(".status_{}.tmp", status.instance));
-    let mut text = serde_json::to_vec(status).map_err(io::Error::other)?;
-    text.push(b'\n');
-    if let Err(e) = std::fs::write(&tmp, &text) {
-        if e.kind() != io::ErrorKind::NotFound {
-            return Err(e);
+    let text = serde_json::to_vec(status).map_err(io::Error::other)?;
+    write_record(&status_path(dir, &status.instance), &text)
+}
+
+/// Rewrites a small JSON file in place: padded with spaces to the file's
+/// current length, so it never has to be truncated or replaced. (Replacing a
+/// file by rename, or truncating it to zero, makes ext4 flush it to disk
+/// every time; status files change on every restart.) Readers trim the padding;
+/// one that reads during a write may see a torn record and tries again later.
+pub fn write_record(path: &Path, json: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let open = || std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path);
+    let file = match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+            open()?
         }
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(&tmp, &text)?;
-    }
-    std::fs::rename(&tmp, &path)
+        other => other?,
+    };
+    let len = file.metadata()?.len() as usize;
+    let mut record = json.to_vec();
+    record.resize(len.max(json.len() + 1) - 1, b' ');
+    record.push(b'\n');
+    file.write_all_at(&record, 0)
 }
 
 /// Every instance's status for the job whose data folder is `dir`.
@@ -114,7 +126,8 @@ pub fn read_all(dir: &Path) -> Vec<ContinuousStatus> {
     let mut all: Vec<ContinuousStatus> = entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("status_"))
-        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter_map(|e| serde_json::from_slice(std::fs::read(e.path()).ok()?.trim_ascii()).ok())
         .collect();
     all.sort_by(|a, b| a.instance.cmp(&b.instance));
     all
@@ -123,6 +136,17 @@ pub fn read_all(dir: &Path) -> Vec<ContinuousStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_shrink_without_truncation() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("rec");
+        write_record(&path, br#"{"a":"a long value here"}"#).unwrap();
+        write_record(&path, br#"{"a":1}"#).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.len(), 26);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(text.trim()).unwrap()["a"], 1);
+    }
 
     #[test]
     fn round_trip_with_webjobs_key_names() {

@@ -12,7 +12,9 @@ use crate::systemd::Systemd;
 pub fn serve(config: Config, sources: Sources) -> anyhow::Result<ExitCode> {
     crate::process::init_daemon_process();
     init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Blocking work (scans, working copies) is short; a small pool keeps the
+    // daemon small and quiet after a start of hundreds of jobs.
+    let runtime = tokio::runtime::Builder::new_multi_thread().max_blocking_threads(8).enable_all().build()?;
     runtime.block_on(async move {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
