@@ -64,9 +64,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let (status_tx, status) = watch::channel(ContinuousStatus::new(&shared.instance));
     tasks.spawn(async move {
-        if let Some(actor) = Actor::new(def, config, shared, rx, status_tx) {
-            actor.run().await;
-        }
+        Actor::new(def, config, shared, rx, status_tx).run().await;
     });
     Handle { tx, status }
 }
@@ -111,17 +109,12 @@ impl Actor {
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Control>,
         status_tx: watch::Sender<ContinuousStatus>,
-    ) -> Option<Actor> {
+    ) -> Actor {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
         let rotation = Rotation { max_size: config.log.max_size, keep: config.log.keep };
-        let log = match LogFile::open(&data_dir.join("job_log.txt"), &shared.instance, Some(rotation)) {
-            Ok(log) => log,
-            Err(e) => {
-                tracing::error!(job = %key, error = %e, "cannot open the job log; the job will not run");
-                return None;
-            }
-        };
+        // Created at the first line: nothing on disk stands between discovery and the first start.
+        let log = LogFile::lazy(&data_dir.join("job_log.txt"), &shared.instance, Some(rotation));
         let mut actor = Actor {
             status: ContinuousStatus::new(&shared.instance),
             key,
@@ -139,7 +132,7 @@ impl Actor {
             exiting: false,
         };
         actor.report_problems();
-        Some(actor)
+        actor
     }
 
     async fn run(mut self) {
@@ -306,6 +299,8 @@ impl Actor {
         };
         let command = build_command(job, cwd, env.vars(&job.settings.env), self.shared.marker(&self.key, &nonce));
         let run = Run::start(&command, shutdown_file, self.config.log.max_line)?;
+        // Other jobs starting at the same moment spawn before this one writes its files.
+        tokio::task::yield_now().await;
         self.log.sys(
             Level::SysInfo,
             &format!("started process {} (restart {}): {}", run.pid, self.status.restarts, command.display()),

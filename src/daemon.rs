@@ -57,6 +57,7 @@ pub async fn run(
     reloads: mpsc::Receiver<Config>,
     notifier: impl Notifier,
 ) -> Result<(), DaemonError> {
+    let started = std::time::Instant::now();
     create_dirs(&config)?;
     let _instance = coordination::register_instance(&config.data_dir, &config.instance_id)?;
     let shared = Arc::new(Shared {
@@ -70,9 +71,11 @@ pub async fn run(
     let reaper = process::spawn_reaper().map_err(DaemonError::Signals)?;
     let (events_tx, events_rx) = mpsc::channel(64);
     let _watch = watcher::watch(&config.jobs_dir, config.debounce, events_tx.clone())?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "watching the jobs folder");
     let config = Arc::new(config);
     let mut supervisor = Supervisor::new(config.clone(), shared.clone());
     supervisor.load().await;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "jobs loaded and started");
     let socket = crate::api::socket_path(&config.data_dir, &config.instance_id);
     let token = crate::api::load_or_create_token(&config.api.token_file)
         .map_err(|source| DaemonError::Socket { path: config.api.token_file.clone(), source })?;

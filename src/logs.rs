@@ -215,23 +215,38 @@ pub struct LogFile {
 
 impl LogFile {
     pub fn open(path: &Path, instance: &str, rotation: Option<Rotation>) -> io::Result<LogFile> {
-        let open = || OpenOptions::new().create(true).append(true).open(path);
+        let mut log = LogFile::lazy(path, instance, rotation);
+        log.ensure_open()?;
+        Ok(log)
+    }
+
+    /// A log whose file is created at the first line written (no disk access now).
+    pub fn lazy(path: &Path, instance: &str, rotation: Option<Rotation>) -> LogFile {
+        LogFile {
+            path: path.to_path_buf(),
+            file: None,
+            rotation,
+            size: 0,
+            stamper: Stamper::new(instance),
+            buf: Vec::new(),
+        }
+    }
+
+    fn ensure_open(&mut self) -> io::Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        let open = || OpenOptions::new().create(true).append(true).open(&self.path);
         let file = match open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+                std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new(".")))?;
                 open()?
             }
             other => other?,
         };
-        let size = file.metadata()?.len();
-        Ok(LogFile {
-            path: path.to_path_buf(),
-            file: Some(file),
-            rotation,
-            size,
-            stamper: Stamper::new(instance),
-            buf: Vec::new(),
-        })
+        self.size = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -277,6 +292,7 @@ impl LogFile {
     }
 
     fn write_buffer(&mut self) -> io::Result<()> {
+        self.ensure_open()?;
         let buf = std::mem::take(&mut self.buf);
         let result = self.write_rotating(&buf);
         self.buf = buf;
@@ -311,10 +327,8 @@ impl LogFile {
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => self.file.insert(OpenOptions::new().create(true).append(true).open(&self.path)?),
-        };
+        self.ensure_open()?;
+        let file = self.file.as_mut().expect("opened above");
         file.write_all(bytes)?;
         self.size += bytes.len() as u64;
         Ok(())

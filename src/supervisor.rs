@@ -150,7 +150,7 @@ impl Supervisor {
     pub async fn load(&mut self) {
         let config = self.config.clone();
         let defs = tokio::task::spawn_blocking(move || jobs::scan_all(&config)).await.unwrap_or_default();
-        tracing::info!(jobs = defs.len(), "jobs loaded");
+        tracing::info!(jobs = defs.len(), "jobs found");
         for def in defs {
             self.upsert(def);
         }

@@ -38,12 +38,21 @@ pub fn prepare(temp_dir: &Path, instance: &str, job: &Runnable) -> io::Result<Pa
     let base = job_temp_dir(temp_dir, &job.key);
     let target = copy_path(temp_dir, instance, job);
     let name = target.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    std::fs::create_dir_all(&base)?;
+    let fresh = match std::fs::create_dir(&base) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(_) => {
+            std::fs::create_dir_all(&base)?;
+            true
+        }
+    };
     let staging = base.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     copy_tree(&job.script_dir, &staging)?;
     std::fs::rename(&staging, &target)?;
-    remove_older_copies(&base, instance, &name);
+    if !fresh {
+        remove_older_copies(&base, instance, &name);
+    }
     Ok(target)
 }
 
