@@ -100,6 +100,8 @@ struct Actor {
     lease: Option<Lease>,
     reported: Vec<String>,
     exiting: bool,
+    /// The data folder exists (made before the first start).
+    data_ready: bool,
 }
 
 impl Actor {
@@ -130,6 +132,7 @@ impl Actor {
             lease: None,
             reported: Vec::new(),
             exiting: false,
+            data_ready: false,
         };
         actor.report_problems();
         actor
@@ -272,6 +275,11 @@ impl Actor {
 
     /// Spawns the process after preparing its working copy.
     async fn start(&mut self, job: &Arc<Runnable>) -> std::io::Result<Run> {
+        // The job may write into WEBJOBS_DATA_PATH from its first instruction.
+        if !self.data_ready {
+            std::fs::create_dir_all(&self.data_dir)?;
+            self.data_ready = true;
+        }
         let temp = self.config.temp_dir.clone();
         let instance = self.shared.instance.clone();
         let copy_of = job.clone();

@@ -138,12 +138,7 @@ pub fn group_alive(pgid: Pid) -> bool {
 /// Processes adopted by the daemon (re-parented orphans) that belong to the run
 /// with `marker`: the grandchildren that escaped the group.
 pub fn escaped(marker: &str) -> Vec<Pid> {
-    let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    own_children()
-        .into_iter()
-        .filter(|pid| !leaders.contains(&pid.as_raw()))
-        .filter(|pid| marker_of(*pid).as_deref() == Some(marker))
-        .collect()
+    marked_among(own_children(), marker)
 }
 
 /// Like [`escaped`], looking only where the kernel puts orphans: the children
@@ -151,16 +146,24 @@ pub fn escaped(marker: &str) -> Vec<Pid> {
 /// small read, for the common check after a process exited by itself.
 pub fn escaped_quick(marker: &str) -> Vec<Pid> {
     let main = std::process::id();
-    let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{main}/children")) else {
-        return escaped(marker);
-    };
+    match std::fs::read_to_string(format!("/proc/self/task/{main}/children")) {
+        Ok(text) => marked_among(children_in(&text), marker),
+        Err(_) => escaped(marker),
+    }
+}
+
+/// The pids among `children` that are not run leaders and carry `marker`.
+fn marked_among(children: Vec<Pid>, marker: &str) -> Vec<Pid> {
     let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    text.split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-        .filter(|pid| !leaders.contains(pid))
-        .map(Pid::from_raw)
+    children
+        .into_iter()
+        .filter(|pid| !leaders.contains(&pid.as_raw()))
         .filter(|pid| marker_of(*pid).as_deref() == Some(marker))
         .collect()
+}
+
+fn children_in(text: &str) -> Vec<Pid> {
+    text.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).collect()
 }
 
 /// Signals each pid; they are processes we recognised by marker a moment ago.
@@ -178,7 +181,7 @@ fn own_children() -> Vec<Pid> {
     let mut pids = Vec::new();
     for task in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(text.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw));
+            pids.extend(children_in(&text));
         }
     }
     pids

@@ -151,12 +151,6 @@ struct Active {
     last_activity: Instant,
 }
 
-struct Retry {
-    at: tokio::time::Instant,
-    request: RunRequest,
-    attempt: u32,
-}
-
 struct Actor {
     key: JobKey,
     shared: Arc<Shared>,
@@ -172,9 +166,11 @@ struct Actor {
     locks: coordination::JobLocks,
     last_run_id: Option<String>,
     active: Option<Active>,
-    queue: VecDeque<RunRequest>,
+    /// Requests waiting to start, with their attempt number (0 = first run).
+    queue: VecDeque<(RunRequest, u32)>,
     next_tick: Option<Timestamp>,
-    retry: Option<Retry>,
+    /// When to try starting the head of `queue` (a retry's delay, or a lock held elsewhere).
+    later: Option<tokio::time::Instant>,
     waiters: Vec<(String, oneshot::Sender<()>)>,
     reported: Vec<String>,
     exiting: bool,
@@ -228,7 +224,7 @@ impl Actor {
             active: None,
             queue: VecDeque::new(),
             next_tick: None,
-            retry: None,
+            later: None,
             waiters: Vec::new(),
             reported: Vec::new(),
             exiting: false,
@@ -254,7 +250,7 @@ impl Actor {
 
     /// Waits for the next event and handles it.
     async fn step(&mut self) {
-        let retry_at = self.retry.as_ref().map(|r| r.at);
+        let later = self.later;
         let check_at = self.active.as_ref().map(next_check);
         let active = &mut self.active;
         tokio::select! {
@@ -267,7 +263,7 @@ impl Actor {
                 Wake::Due => self.on_tick().await,
                 Wake::ClockChanged => self.on_clock_set(),
             },
-            () = sleep_until(retry_at) => self.on_retry().await,
+            () = sleep_until(later) => self.on_later().await,
             () = sleep_until(check_at) => self.on_check().await,
         }
     }
@@ -293,7 +289,7 @@ impl Actor {
             Control::Shutdown { why } => {
                 self.exiting = true;
                 self.queue.clear();
-                self.retry = None;
+                self.later = None;
                 self.set_next_tick(None);
                 if self.active.is_some() {
                     self.end_active(End::Shutdown(why)).await;
@@ -335,7 +331,7 @@ impl Actor {
                     return Err(Refused::Running(why));
                 }
                 Overlap::Queue => {
-                    self.queue.push_back(request);
+                    self.queue.push_back((request, 0));
                     return Ok(Accepted::Queued);
                 }
                 Overlap::Replace => self.end_active(End::Replaced).await,
@@ -349,9 +345,11 @@ impl Actor {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 let holder = self.locks.run_holder().unwrap_or_else(|| "another daemon".into());
-                if job.settings.overlap == Overlap::Queue {
-                    self.queue.push_back(request);
-                    self.retry_queue_later();
+                // A run is active on another daemon, which we cannot hear end:
+                // queued requests and retries try again in a second.
+                if job.settings.overlap == Overlap::Queue || attempt > 0 {
+                    self.queue.push_back((request, attempt));
+                    self.later.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(1));
                     return Ok(Accepted::Queued);
                 }
                 return Err(Refused::Running(format!("a run is active on {holder}")));
@@ -573,41 +571,22 @@ impl Actor {
                 format!("retry {next}/{} of run {id} in {}", job.settings.retries, human(job.settings.retry_delay));
             self.scheduler_log.sys(Level::SysInfo, &text);
             let trigger = format!("Retry {next}/{} of {id}", job.settings.retries);
-            let request = RunRequest { arguments: request.arguments.clone(), trigger };
-            self.retry =
-                Some(Retry { at: tokio::time::Instant::now() + job.settings.retry_delay, request, attempt: next });
+            self.queue.push_front((RunRequest { arguments: request.arguments.clone(), trigger }, next));
+            self.later = Some(tokio::time::Instant::now() + job.settings.retry_delay);
         } else if !self.queue.is_empty() {
-            self.retry_queue_later();
-            if let Some(r) = self.retry.as_mut() {
-                r.at = tokio::time::Instant::now();
-            }
+            self.later = Some(tokio::time::Instant::now());
         }
     }
 
-    /// Queued requests are taken up by the retry timer (also when the lock is
-    /// held by another daemon, which we cannot hear release it).
-    fn retry_queue_later(&mut self) {
-        if self.retry.is_none() && !self.queue.is_empty() {
-            let request = RunRequest { arguments: Vec::new(), trigger: String::new() };
-            self.retry =
-                Some(Retry { at: tokio::time::Instant::now() + Duration::from_secs(1), request, attempt: u32::MAX });
-        }
-    }
-
-    async fn on_retry(&mut self) {
-        let Some(retry) = self.retry.take() else { return };
+    /// Starts the head of the queue (a retry or a queued request), unless a
+    /// run is active: its end calls this again.
+    async fn on_later(&mut self) {
+        self.later = None;
         let Some(job) = self.good.clone() else { return };
         if self.active.is_some() {
             return;
         }
-        let (request, attempt) = if retry.attempt == u32::MAX {
-            match self.queue.pop_front() {
-                Some(request) => (request, 0),
-                None => return,
-            }
-        } else {
-            (retry.request, retry.attempt)
-        };
+        let Some((request, attempt)) = self.queue.pop_front() else { return };
         if let Err(e) = self.start_run(&job, request, attempt).await {
             self.scheduler_log.sys(Level::SysWarn, &format!("could not start a queued or retried run: {e}"));
         }

@@ -195,16 +195,13 @@ async fn delete(State(state): State<ApiState>, Path(job): Path<String>, kind: Jo
 
 /// Waits until the job's actor has ended (its status channel closes).
 async fn wait_actor_gone(live: Live, limit: Duration) {
+    async fn closed<T>(mut rx: tokio::sync::watch::Receiver<T>) {
+        while rx.changed().await.is_ok() {}
+    }
     let wait = async move {
         match live {
-            Live::Continuous(rx) => {
-                let mut rx = rx;
-                while rx.changed().await.is_ok() {}
-            }
-            Live::Triggered(rx) => {
-                let mut rx = rx;
-                while rx.changed().await.is_ok() {}
-            }
+            Live::Continuous(rx) => closed(rx).await,
+            Live::Triggered(rx) => closed(rx).await,
         }
     };
     let _ = tokio::time::timeout(limit, wait).await;

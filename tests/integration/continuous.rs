@@ -14,7 +14,7 @@ fn runs_a_job_with_its_environment() {
         "continuous",
         "env",
         &[
-            ("run.sh", "echo \"NAME=$WEBJOBS_NAME TYPE=$WEBJOBS_TYPE RUN_ID=[$WEBJOBS_RUN_ID] ARGS=[$WEBJOBS_COMMAND_ARGUMENTS] EXTRA=$EXTRA\"\necho \"PATH=$WEBJOBS_PATH\"\necho \"DATA=$WEBJOBS_DATA_PATH\"\necho \"SHUTDOWN=$WEBJOBS_SHUTDOWN_FILE\"\necho \"CWD=$PWD\"\nexec sleep 60\n"),
+            ("run.sh", "test -d \"$WEBJOBS_DATA_PATH\" || echo 'no data folder' >&2\necho \"NAME=$WEBJOBS_NAME TYPE=$WEBJOBS_TYPE RUN_ID=[$WEBJOBS_RUN_ID] ARGS=[$WEBJOBS_COMMAND_ARGUMENTS] EXTRA=$EXTRA\"\necho \"PATH=$WEBJOBS_PATH\"\necho \"DATA=$WEBJOBS_DATA_PATH\"\necho \"SHUTDOWN=$WEBJOBS_SHUTDOWN_FILE\"\necho \"CWD=$PWD\"\nexec sleep 60\n"),
             ("settings.job", r#"{"env": {"EXTRA": "from settings"}}"#),
         ],
     );
@@ -29,6 +29,7 @@ fn runs_a_job_with_its_environment() {
     assert_eq!(out[2], format!("DATA={}", root.data_dir("continuous", "env").display()));
     assert!(out[3].contains("/temp/JobsShutdown/continuous/env/"));
     assert!(root.status_is("env", "Running"));
+    assert!(!log.contains("no data folder"), "WEBJOBS_DATA_PATH exists when the job starts");
     assert!(daemon.stop().success());
 }
 

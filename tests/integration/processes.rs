@@ -76,7 +76,10 @@ fn leftovers_of_a_job_whose_main_process_exited_are_stopped_before_a_restart() {
     );
     let daemon = root.start();
     wait_for("pending restart", Duration::from_secs(10), || root.status_is("leaky", "PendingRestart"));
-    let bg: i32 = read(&root.data_dir("continuous", "leaky").join("bg.pid")).trim().parse().unwrap();
+    let bg: i32 = read(&root.data_dir("continuous", "leaky").join("bg.pid"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid written; log:\n{}\nstatus: {}", root.log("leaky"), root.status("leaky")));
     wait_for("background process gone", Duration::from_secs(10), || !alive(bg));
     assert!(
         root.log("leaky")
