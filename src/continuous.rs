@@ -40,19 +40,8 @@ pub enum Control {
     Shutdown { why: &'static str },
 }
 
-/// The supervisor's handle on a running actor.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    tx: mpsc::UnboundedSender<Control>,
-    /// The job's status as this daemon sees it, updated on every change.
-    pub status: watch::Receiver<ContinuousStatus>,
-}
-
-impl Handle {
-    pub fn send(&self, control: Control) {
-        let _ = self.tx.send(control);
-    }
-}
+/// The supervisor's handle on a continuous job's actor.
+pub type Handle = crate::actor::Handle<Control, ContinuousStatus>;
 
 /// Starts the actor for a continuous job.
 pub fn spawn(
@@ -61,12 +50,9 @@ pub fn spawn(
     shared: Arc<Shared>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Handle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (status_tx, status) = watch::channel(ContinuousStatus::new(&shared.instance));
-    tasks.spawn(async move {
-        Actor::new(def, config, shared, rx, status_tx).run().await;
-    });
-    Handle { tx, status }
+    let (handle, inbox) = crate::actor::channels(ContinuousStatus::new(&shared.instance));
+    tasks.spawn(async move { Actor::new(def, config, shared, inbox).run().await });
+    handle
 }
 
 /// What the actor should be doing now.
@@ -109,8 +95,7 @@ impl Actor {
         def: Arc<JobDef>,
         config: Arc<Config>,
         shared: Arc<Shared>,
-        rx: mpsc::UnboundedReceiver<Control>,
-        status_tx: watch::Sender<ContinuousStatus>,
+        inbox: crate::actor::Inbox<Control, ContinuousStatus>,
     ) -> Actor {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
@@ -126,8 +111,8 @@ impl Actor {
             def,
             data_dir,
             log,
-            rx,
-            status_tx,
+            rx: inbox.rx,
+            status_tx: inbox.state,
             backoff_step: 0,
             lease: None,
             reported: Vec::new(),

@@ -13,6 +13,7 @@
 //! ([`status`]). Daemons sharing a data folder coordinate through kernel
 //! file locks ([`coordination`]). See `docs/architecture.md`.
 
+pub mod actor;
 pub mod api;
 pub mod cli;
 pub mod clock;

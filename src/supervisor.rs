@@ -136,8 +136,8 @@ impl Supervisor {
             .iter()
             .map(|(key, entry)| {
                 let live = match &entry.actor {
-                    Actor::Continuous(h) => Live::Continuous(h.status.clone()),
-                    Actor::Triggered(h) => Live::Triggered(h.summary.clone()),
+                    Actor::Continuous(h) => Live::Continuous(h.state.clone()),
+                    Actor::Triggered(h) => Live::Triggered(h.state.clone()),
                 };
                 (key.clone(), CatalogEntry { def: entry.def.clone(), live })
             })

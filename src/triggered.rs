@@ -96,18 +96,8 @@ pub struct Summary {
     pub next_tick: Option<Timestamp>,
 }
 
-/// The supervisor's handle on the actor.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    tx: mpsc::UnboundedSender<Control>,
-    pub summary: watch::Receiver<Summary>,
-}
-
-impl Handle {
-    pub fn send(&self, control: Control) {
-        let _ = self.tx.send(control);
-    }
-}
+/// The supervisor's handle on a triggered job's actor.
+pub type Handle = crate::actor::Handle<Control, Summary>;
 
 pub fn spawn(
     def: Arc<JobDef>,
@@ -115,14 +105,13 @@ pub fn spawn(
     shared: Arc<Shared>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Handle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (summary_tx, summary) = watch::channel(Summary::default());
+    let (handle, inbox) = crate::actor::channels(Summary::default());
     tasks.spawn(async move {
-        if let Some(actor) = Actor::new(def, config, shared, rx, summary_tx) {
+        if let Some(actor) = Actor::new(def, config, shared, inbox) {
             actor.run().await;
         }
     });
-    Handle { tx, summary }
+    handle
 }
 
 /// Why an active run is being ended by us.
@@ -181,8 +170,7 @@ impl Actor {
         def: Arc<JobDef>,
         config: Arc<Config>,
         shared: Arc<Shared>,
-        rx: mpsc::UnboundedReceiver<Control>,
-        summary: watch::Sender<Summary>,
+        inbox: crate::actor::Inbox<Control, Summary>,
     ) -> Option<Actor> {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
@@ -218,8 +206,8 @@ impl Actor {
             good: def.runnable(),
             def,
             data_dir,
-            rx,
-            summary,
+            rx: inbox.rx,
+            summary: inbox.state,
             scheduler_log,
             active: None,
             queue: VecDeque::new(),

@@ -97,13 +97,18 @@ impl Root {
 
     /// Runs a client command against this root.
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(&self.instance, args)
+    }
+
+    /// Runs a client command as another instance would (it prefers its own daemon).
+    pub fn cli_as(&self, instance: &str, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("--root")
             .arg(self.path())
             .arg("--config")
             .arg(self.config_path())
             .args(args)
-            .env("WEBJOBS_INSTANCE_ID", &self.instance)
+            .env("WEBJOBS_INSTANCE_ID", instance)
             .output()
             .unwrap()
     }

@@ -279,31 +279,9 @@ fn on_demand_runs_are_exclusive_across_daemons() {
     root.job("triggered", "excl", &[("run.sh", "sleep 30\n")]);
     let a = Daemon::start_as(&root, "ea", &[]);
     let b = Daemon::start_as(&root, "eb", &[]);
-    let first = std::process::Command::new(BIN)
-        .args([
-            "--root",
-            root.path().to_str().unwrap(),
-            "--config",
-            root.config_path().to_str().unwrap(),
-            "run",
-            "excl",
-        ])
-        .env("WEBJOBS_INSTANCE_ID", "ea")
-        .output()
-        .unwrap();
+    let first = root.cli_as("ea", &["run", "excl"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let second = std::process::Command::new(BIN)
-        .args([
-            "--root",
-            root.path().to_str().unwrap(),
-            "--config",
-            root.config_path().to_str().unwrap(),
-            "run",
-            "excl",
-        ])
-        .env("WEBJOBS_INSTANCE_ID", "eb")
-        .output()
-        .unwrap();
+    let second = root.cli_as("eb", &["run", "excl"]);
     assert_eq!(second.status.code(), Some(4), "{}", stderr(&second));
     assert!(stderr(&second).contains("a run is active on instance ea"), "{}", stderr(&second));
     a.stop();

@@ -1,0 +1,38 @@
+//! The plumbing every job actor shares: a control channel in, a published
+//! state out. The supervisor holds the [`Handle`]; the API reads the state.
+
+use tokio::sync::{mpsc, watch};
+
+/// The supervisor's handle on one actor.
+#[derive(Debug)]
+pub struct Handle<C, S> {
+    tx: mpsc::UnboundedSender<C>,
+    /// What the actor publishes about its job, updated on every change.
+    pub state: watch::Receiver<S>,
+}
+
+impl<C, S> Clone for Handle<C, S> {
+    fn clone(&self) -> Self {
+        Handle { tx: self.tx.clone(), state: self.state.clone() }
+    }
+}
+
+impl<C, S> Handle<C, S> {
+    /// Sends a control message; one sent to an actor that has ended is dropped.
+    pub fn send(&self, control: C) {
+        let _ = self.tx.send(control);
+    }
+}
+
+/// The actor's side: where controls arrive, and where it publishes its state.
+pub struct Inbox<C, S> {
+    pub rx: mpsc::UnboundedReceiver<C>,
+    pub state: watch::Sender<S>,
+}
+
+/// The two ends of a new actor's channels.
+pub fn channels<C, S>(initial: S) -> (Handle<C, S>, Inbox<C, S>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (state_tx, state) = watch::channel(initial);
+    (Handle { tx, state }, Inbox { rx, state: state_tx })
+}
