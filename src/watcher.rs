@@ -209,6 +209,27 @@ mod tests {
         assert_eq!(hint("/elsewhere/x").as_deref(), Some("full"));
     }
 
+    #[test]
+    fn an_overflow_means_a_full_rescan() {
+        let event = FsEvent::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(matches!(hints_for(Path::new("/j"), &event).as_slice(), [Hint::Full]));
+        let access =
+            FsEvent::new(EventKind::Access(notify::event::AccessKind::Any)).add_path("/j/continuous/a/x".into());
+        assert!(hints_for(Path::new("/j"), &access).is_empty(), "reads are not changes");
+    }
+
+    #[test]
+    fn inotify_limits_name_the_setting_to_raise() {
+        let watches = WatchError::from_notify(Path::new("/j"), notify::Error::new(notify::ErrorKind::MaxFilesWatch));
+        assert!(watches.to_string().contains("sysctl fs.inotify.max_user_watches="), "{watches}");
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let watches = WatchError::from_notify(Path::new("/j"), notify::Error::io(io));
+        assert!(matches!(watches, WatchError::TooManyWatches { .. }));
+        let io = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let handles = WatchError::from_notify(Path::new("/j"), notify::Error::io(io));
+        assert!(handles.to_string().contains("fs.inotify.max_user_instances"), "{handles}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_settles_into_one_batch() {
         let (tx, rx) = mpsc::channel(QUEUE);
