@@ -436,3 +436,30 @@ fn the_cli_goes_through_the_api_and_says_when_no_daemon_runs() {
     assert_eq!(out.status.code(), Some(5));
     assert!(stderr(&out).contains("no webjobs daemon is running"));
 }
+
+#[test]
+fn uploads_over_the_limit_are_refused_and_the_socket_is_private() {
+    let root = Root::with_config(serde_json::json!({"max_upload_bytes": 2048}));
+    let daemon = root.start();
+    let http = root.http();
+    let big = vec![b'x'; 4096];
+    let r =
+        http.send("PUT", "/api/continuouswebjobs/big", &[("Content-Disposition", "attachment; filename=run.sh")], &big);
+    assert_eq!(r.status, 413);
+    assert!(!root.job_dir("continuous", "big").exists());
+    let small = http.send(
+        "PUT",
+        "/api/continuouswebjobs/small",
+        &[("Content-Disposition", "attachment; filename=run.sh")],
+        b"exec sleep 300\n",
+    );
+    assert_eq!(small.status, 200, "{}", small.text());
+    use std::os::unix::fs::PermissionsExt;
+    let socket = std::fs::read_dir(root.path().join("data/instances"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "sock"))
+        .unwrap();
+    assert_eq!(socket.metadata().unwrap().permissions().mode() & 0o777, 0o660);
+    daemon.stop();
+}

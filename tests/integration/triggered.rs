@@ -320,3 +320,18 @@ fn schedule_command_prints_rfc3339_and_rejects_bad_expressions() {
     let out = root.cli(&["schedule", "0 0 12 * * MON", "--timezone", "Mars/Olympus"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn run_mode_on_demand_ignores_the_schedule() {
+    let root = Root::new();
+    root.job(
+        "triggered",
+        "manual",
+        &[("run.sh", "echo hi\n"), ("settings.job", r#"{"schedule": "* * * * * *", "run_mode": "on_demand"}"#)],
+    );
+    let daemon = root.start();
+    std::thread::sleep(Duration::from_millis(2200));
+    assert!(root.runs("manual").is_empty(), "no tick fired");
+    assert!(root.cli(&["run", "manual", "--wait"]).status.success());
+    daemon.stop();
+}
