@@ -45,10 +45,6 @@ pub trait Notifier: Send + 'static {
     }
 }
 
-/// A notifier that tells no one.
-pub struct Silent;
-impl Notifier for Silent {}
-
 /// Runs the daemon until `shutdown` completes; then stops every job by the
 /// stop protocol and returns.
 pub async fn run(
