@@ -1,9 +1,12 @@
 //! The daemon configuration (`webjobs.json`): defaults, the file, the WebJobs
 //! environment switches and command-line overrides, resolved into one value.
 //!
-//! Precedence, lowest first: built-in defaults, environment switches
-//! (`WEBJOBS_STOPPED`, …), the config file, command-line flags (`--root`).
-//! Every problem in the file or the environment is reported at once.
+//! Precedence, lowest first: built-in defaults, the config file, the
+//! environment (`WEBJOBS_STOPPED`, `WEBJOBS_INSTANCE_ID`, …: an operator's
+//! `Environment=` line or app setting wins over the shipped file), command-line
+//! flags (`--root`, `--listen`). Every problem in the file or the environment
+//! is reported at once. Paths are made absolute once, here: jobs run in other
+//! folders and must be handed paths that do not depend on the daemon's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,10 +113,11 @@ impl Config {
     /// Resolves the configuration with an injected environment (for tests).
     pub fn load_with_env(sources: &Sources, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
-        let mut builder = Builder::defaults(env, &mut problems);
+        let mut builder = Builder::defaults();
         if let Some(file) = &sources.file {
             builder.read_file(file, &mut problems);
         }
+        builder.read_env(env, &mut problems);
         if let Some(root) = &sources.root {
             builder.root = root.clone();
         }
@@ -127,7 +131,16 @@ impl Config {
                 message: "api_user and api_password go together: set both or neither".into(),
             });
         }
-        if problems.is_empty() { Ok(builder.finish(sources.file.clone())) } else { Err(ConfigError { problems }) }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        builder.finish(sources.file.clone()).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                file: PathBuf::from("(current directory)"),
+                key: String::new(),
+                message: format!("cannot resolve relative paths: {e}"),
+            }],
+        })
     }
 
     /// The data folder of one job: logs, status, history.
@@ -173,13 +186,13 @@ struct Builder {
 }
 
 impl Builder {
-    fn defaults(env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) -> Builder {
-        let mut b = Builder {
+    fn defaults() -> Builder {
+        Builder {
             root: PathBuf::from("."),
             jobs_dir: PathBuf::from("jobs"),
             data_dir: PathBuf::from("data"),
             temp_dir: PathBuf::from("temp"),
-            instance_id: env("WEBJOBS_INSTANCE_ID").filter(|s| !s.is_empty()),
+            instance_id: None,
             debounce: Duration::from_millis(1000),
             log: LogConfig { max_size: 10 * 1024 * 1024, keep: 2, max_line: 64 * 1024 },
             interpreters: BTreeMap::new(),
@@ -198,12 +211,11 @@ impl Builder {
             token_file: None,
             max_upload: 100 * 1024 * 1024,
             max_unpacked: 1024 * 1024 * 1024,
-        };
-        b.read_env_switches(env, problems);
-        b
+        }
     }
 
-    fn read_env_switches(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
+    /// The environment, over the file: WebJobs' switches and the instance id.
+    fn read_env(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
         let mut bad = |name: &str, value: &str, expected: &str| {
             problems.push(Problem {
                 file: PathBuf::from("(environment)"),
@@ -212,6 +224,13 @@ impl Builder {
             })
         };
         let flag = |v: &str| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true");
+        if let Some(v) = env("WEBJOBS_INSTANCE_ID").filter(|s| !s.is_empty()) {
+            if valid_instance_id(&v) {
+                self.instance_id = Some(v);
+            } else {
+                bad("WEBJOBS_INSTANCE_ID", &v, "1 to 32 letters, digits, `-` or `_`");
+            }
+        }
         if let Some(v) = env("WEBJOBS_STOPPED") {
             self.switches.stopped = flag(&v);
         }
@@ -388,12 +407,13 @@ impl Builder {
         }
     }
 
-    fn finish(self, source: Option<PathBuf>) -> Config {
+    fn finish(self, source: Option<PathBuf>) -> std::io::Result<Config> {
+        let root = std::path::absolute(&self.root)?;
         let under_root = |p: PathBuf| {
-            if p.is_absolute() { p } else { self.root.join(p) }
+            if p.is_absolute() { p } else { root.join(p) }
         };
-        Config {
-            source,
+        Ok(Config {
+            source: source.map(|s| std::path::absolute(&s).unwrap_or(s)),
             jobs_dir: under_root(self.jobs_dir.clone()),
             data_dir: under_root(self.data_dir.clone()),
             temp_dir: under_root(self.temp_dir.clone()),
@@ -410,12 +430,12 @@ impl Builder {
                 password: self.api_password,
                 token_file: self
                     .token_file
-                    .map(|p| if p.is_absolute() { p } else { self.root.join(p) })
+                    .map(&under_root)
                     .unwrap_or_else(|| under_root(self.data_dir.clone()).join("api-token")),
                 max_upload: self.max_upload,
                 max_unpacked: self.max_unpacked,
             },
-        }
+        })
     }
 }
 
@@ -438,11 +458,13 @@ mod tests {
     }
 
     #[test]
-    fn defaults_put_everything_under_the_current_directory() {
+    fn defaults_put_everything_under_the_current_directory_as_absolute_paths() {
         let c = Config::load_with_env(&Sources::default(), &|_| None).unwrap();
-        assert_eq!(c.jobs_dir, PathBuf::from("./jobs"));
-        assert_eq!(c.data_dir, PathBuf::from("./data"));
-        assert_eq!(c.temp_dir, PathBuf::from("./temp"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.jobs_dir, cwd.join("jobs"));
+        assert_eq!(c.data_dir, cwd.join("data"));
+        assert_eq!(c.temp_dir, cwd.join("temp"));
+        assert_eq!(c.api.token_file, cwd.join("data/api-token"));
         assert_eq!(c.switches.history_size, 50);
         assert_eq!(c.debounce, Duration::from_secs(1));
         assert_eq!(c.instance_id.len(), 6);
@@ -474,15 +496,43 @@ mod tests {
     }
 
     #[test]
-    fn environment_switches_apply_and_the_file_overrides_them() {
+    fn the_environment_overrides_the_file() {
         let c = load(
-            r#"{"history_size": 7}"#,
-            &[("WEBJOBS_STOPPED", "TRUE"), ("WEBJOBS_HISTORY_SIZE", "9"), ("WEBJOBS_RESTART_TIME", "-5")],
+            r#"{"history_size": 7, "stopped": false, "idle_timeout": 30, "instance_id": "fromfile"}"#,
+            &[
+                ("WEBJOBS_STOPPED", "TRUE"),
+                ("WEBJOBS_HISTORY_SIZE", "9"),
+                ("WEBJOBS_RESTART_TIME", "-5"),
+                ("WEBJOBS_INSTANCE_ID", "fromenv"),
+            ],
         )
         .unwrap();
         assert!(c.switches.stopped);
-        assert_eq!(c.switches.history_size, 7);
+        assert_eq!(c.switches.history_size, 9);
         assert_eq!(c.switches.restart_time, Some(Duration::ZERO));
+        assert_eq!(
+            c.switches.idle_timeout,
+            Duration::from_secs(30),
+            "the file applies where the environment is silent"
+        );
+        assert_eq!(c.instance_id, "fromenv");
+    }
+
+    #[test]
+    fn the_shipped_file_does_not_pin_the_environment_switches() {
+        let file = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/settings/webjobs.json"));
+        let env = |name: &str| match name {
+            "WEBJOBS_STOPPED" | "WEBJOBS_DISABLE_SCHEDULE" => Some("1".to_string()),
+            "WEBJOBS_HISTORY_SIZE" => Some("3".to_string()),
+            "WEBJOBS_IDLE_TIMEOUT" => Some("7".to_string()),
+            "WEBJOBS_RESTART_TIME" => Some("9".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with_env(&Sources { file: Some(file), root: None, listen: None }, &env).unwrap();
+        assert!(c.switches.stopped && c.switches.disable_schedule);
+        assert_eq!(c.switches.history_size, 3);
+        assert_eq!(c.switches.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.switches.restart_time, Some(Duration::from_secs(9)));
     }
 
     #[test]

@@ -28,6 +28,9 @@ use crate::run::{JobEnv, Run, human};
 use crate::status::{self, ContinuousStatus, JobStatus};
 use crate::supervisor::Shared;
 
+/// The `reason` of a job stopped by its `disable.job`.
+pub const DISABLED_REASON: &str = "disable.job is present";
+
 /// A process that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(120);
 
@@ -141,7 +144,7 @@ impl Actor {
             return Wanted::Stopped("WEBJOBS_STOPPED is set".into());
         }
         if self.def.disabled {
-            return Wanted::Stopped("disable.job is present".into());
+            return Wanted::Stopped(DISABLED_REASON.into());
         }
         match &self.good {
             Some(job) => Wanted::Running(job.clone()),
@@ -281,6 +284,7 @@ impl Actor {
             .join(self.key.kind.as_str())
             .join(&self.key.name)
             .join(format!("{}-{nonce}", self.shared.instance));
+        let port = crate::run::free_port();
         let env = JobEnv {
             name: &self.key.name,
             kind: self.key.kind.as_str(),
@@ -289,6 +293,7 @@ impl Actor {
             run_id: "",
             arguments: "",
             shutdown_file: &shutdown_file,
+            port,
         };
         let command = build_command(job, cwd, env.vars(&job.settings.env), self.shared.marker(&self.key, &nonce));
         let run = Run::start(&command, shutdown_file, self.config.log.max_line)?;
@@ -301,6 +306,7 @@ impl Actor {
         let pid = run.pid.as_raw();
         self.set_status(JobStatus::Running, |s| {
             s.pid = Some(pid);
+            s.port = port;
             s.next_restart = None;
             s.start_time = Some(format_time(SystemTime::now()));
         });

@@ -119,11 +119,14 @@ fn holder_text(text: &str) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error(
-        "instance id `{id}` is already in use by a running daemon ({holder}) on data folder {data}; give each daemon its own instance_id (config) or WEBJOBS_INSTANCE_ID"
+        "a webjobs daemon is already serving data folder {data} as instance `{id}` ({holder}); \
+         stop it first (`systemctl stop webjobs`, or end that pid). Do not start a second daemon with another \
+         instance_id to get around this: every daemon on a data folder runs every non-singleton continuous job, \
+         so each would run twice (see \"Several daemons, one job set\" in the README)"
     )]
     InUse { id: String, holder: String, data: PathBuf },
-    #[error("cannot use the instance lock {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot use the instance lock {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
 }
 
 impl Coordinator {
@@ -183,6 +186,11 @@ fn try_lock_file(path: &Path, instance: &str) -> io::Result<Option<Lease>> {
     }
 }
 
+fn holder_pid(path: &Path) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(std::fs::read_to_string(path).ok()?.trim()).ok()?;
+    v["Pid"].as_u64()
+}
+
 fn holder_of(path: &Path) -> Option<String> {
     holder_text(&std::fs::read_to_string(path).ok()?)
 }
@@ -200,12 +208,12 @@ fn instance_lock_path(data_dir: &Path, id: &str) -> PathBuf {
 /// Registers instance `id`; refuses when a live daemon already uses it.
 pub fn register_instance(data_dir: &Path, id: &str) -> Result<InstanceGuard, InstanceError> {
     let path = instance_lock_path(data_dir, id);
-    let io_err = |source| InstanceError::Io { path: path.clone(), source };
+    let io_err = |cause| InstanceError::Io { path: path.clone(), cause };
     match try_lock_file(&path, id).map_err(io_err)? {
         Some(lease) => Ok(InstanceGuard { _lease: lease }),
         None => Err(InstanceError::InUse {
             id: id.to_string(),
-            holder: holder_of(&path).unwrap_or_else(|| "unknown pid".into()),
+            holder: holder_pid(&path).map_or_else(|| "pid unknown".into(), |pid| format!("pid {pid}")),
             data: data_dir.to_path_buf(),
         }),
     }
@@ -266,7 +274,7 @@ mod tests {
         let guard = register_instance(d.path(), "i1").unwrap();
         assert!(instance_alive(d.path(), "i1"));
         let err = register_instance(d.path(), "i1").unwrap_err().to_string();
-        assert!(err.contains("already in use"), "{err}");
+        assert!(err.contains("already serving") && err.contains("run twice"), "{err}");
         drop(guard);
         assert!(!instance_alive(d.path(), "i1"));
     }

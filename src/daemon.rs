@@ -19,16 +19,33 @@ use crate::watcher::{self, WatchError};
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot create {path}: {source}")]
-    CreateDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot create {path}: {cause}")]
+    CreateDir { path: std::path::PathBuf, cause: std::io::Error },
     #[error(transparent)]
     Instance(#[from] InstanceError),
     #[error(transparent)]
     Watch(#[from] WatchError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
-    #[error("cannot listen on {path}: {source}")]
-    Socket { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot listen on the Unix socket {path}: {cause}")]
+    Socket { path: std::path::PathBuf, cause: std::io::Error },
+    #[error("cannot listen on {address}: {cause}{}", listen_hint(cause))]
+    Listen { address: String, cause: std::io::Error },
+    #[error("cannot read or create the API token {path}: {cause}")]
+    Token { path: std::path::PathBuf, cause: std::io::Error },
+}
+
+/// What to do about a TCP address that cannot be bound.
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another program (perhaps another webjobs daemon) uses it: stop it, or choose another address with \
+             `serve --listen ADDR:PORT` or `listen` in the config (`\"listen\": null` turns TCP off)"
+        }
+        std::io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a port above 1024",
+        std::io::ErrorKind::AddrNotAvailable => "; no interface of this machine has that address",
+        _ => "",
+    }
 }
 
 /// Hooks for the service manager (systemd), called by [`run`].
@@ -56,6 +73,11 @@ pub async fn run(
     let started = std::time::Instant::now();
     create_dirs(&config)?;
     let _instance = coordination::register_instance(&config.data_dir, &config.instance_id)?;
+    // Every listener is bound before any job starts: a daemon that cannot
+    // serve its API fails with no job started.
+    let listeners = crate::api::bind(&config).await?;
+    let token = crate::api::load_or_create_token(&config.api.token_file)
+        .map_err(|cause| DaemonError::Token { path: config.api.token_file.clone(), cause })?;
     let shared = Arc::new(Shared {
         instance: config.instance_id.clone(),
         marker_prefix: marker_prefix(&config),
@@ -73,8 +95,6 @@ pub async fn run(
     supervisor.load().await;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "jobs loaded and started");
     let socket = crate::api::socket_path(&config.data_dir, &config.instance_id);
-    let token = crate::api::load_or_create_token(&config.api.token_file)
-        .map_err(|source| DaemonError::Socket { path: config.api.token_file.clone(), source })?;
     let basic = config.api.user.clone().zip(config.api.password.clone());
     let auth = Arc::new(crate::api::Auth { basic, token });
     let api_state = crate::api::ApiState {
@@ -84,9 +104,8 @@ pub async fn run(
         catalog: supervisor.catalog(),
         list_cache: Default::default(),
     };
-    let (api_tasks, address) = crate::api::start(api_state, auth)
-        .await
-        .map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
+    let address = listeners.tcp_address();
+    let api_tasks = crate::api::serve_all(listeners, api_state, auth);
     if let Some(address) = address {
         tracing::info!(%address, "API and dashboard: http://{address}/");
     }
@@ -143,7 +162,7 @@ fn create_dirs(config: &Config) -> Result<(), DaemonError> {
         config.temp_dir.clone(),
     ];
     for path in dirs {
-        std::fs::create_dir_all(&path).map_err(|source| DaemonError::CreateDir { path, source })?;
+        std::fs::create_dir_all(&path).map_err(|cause| DaemonError::CreateDir { path, cause })?;
     }
     Ok(())
 }

@@ -77,6 +77,9 @@ pub struct JobDef {
     pub fingerprint: u64,
     pub script: Result<Script, String>,
     pub settings: Loaded,
+    /// `webjobssdk.marker` is in the job's data folder (the WebJobs SDK writes
+    /// it); read at each scan.
+    pub using_sdk: bool,
 }
 
 /// A job that can run: the parts of a [`JobDef`] that matter to a process.
@@ -174,15 +177,19 @@ fn scan_with(config: &Config, hosts: &Hosts, key: &JobKey) -> Option<JobDef> {
     if !dir.is_dir() {
         return None;
     }
-    Some(read_job(hosts, key.clone(), dir))
+    Some(read_job(config, hosts, key.clone(), dir))
 }
 
 /// Reads one job folder: descent, script, settings, fingerprint.
 pub fn read_job_at(config: &Config, key: JobKey, dir: PathBuf) -> JobDef {
-    read_job(&Hosts::new(config), key, dir)
+    read_job(config, &Hosts::new(config), key, dir)
 }
 
-fn read_job(hosts: &Hosts, key: JobKey, dir: PathBuf) -> JobDef {
+/// The file the WebJobs SDK writes into a job's data folder.
+pub const SDK_MARKER: &str = "webjobssdk.marker";
+
+fn read_job(config: &Config, hosts: &Hosts, key: JobKey, dir: PathBuf) -> JobDef {
+    let using_sdk = config.job_data_dir(&key).join(SDK_MARKER).exists();
     let script_dir = descend(&dir);
     let fingerprint = fingerprint(&dir, &script_dir);
     let disabled = script_dir.join(DISABLE_FILE).exists();
@@ -195,7 +202,7 @@ fn read_job(hosts: &Hosts, key: JobKey, dir: PathBuf) -> JobDef {
             key.name
         ))
     };
-    JobDef { key, dir, script_dir, disabled, fingerprint, script, settings }
+    JobDef { key, dir, script_dir, disabled, fingerprint, script, settings, using_sdk }
 }
 
 /// While a folder's only entry is a folder, look inside it.

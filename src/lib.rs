@@ -15,6 +15,7 @@
 
 pub mod actor;
 pub mod api;
+pub mod arguments;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,8 +1,15 @@
 //! Capturing a run's stdout and stderr into its log: both pipes read in one
 //! loop, each line stamped on arrival and marked INFO or ERROR.
+//!
+//! Arrival order across the two pipes: both are watched by an epoll instance
+//! of their own (edge-triggered), whose ready list is first-in first-out, so a
+//! wake-up tells which stream got data first; streams are drained in that
+//! order. (Two readable pipes polled side by side carry no order at all:
+//! stdout then stderr written a microsecond apart could be logged either way.)
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::SystemTime;
 
 use tokio::io::unix::AsyncFd;
@@ -19,17 +26,27 @@ const LEVELS: [Level; 2] = [Level::Info, Level::Error];
 
 /// The two output pipes of one run (index 0 stdout, 1 stderr).
 pub struct Output {
-    fds: [Option<AsyncFd<OwnedFd>>; 2],
+    /// An epoll instance watching both pipes; itself watched by the runtime.
+    epoll: AsyncFd<OwnedFd>,
+    fds: [Option<OwnedFd>; 2],
     lines: [LineSplitter; 2],
+    /// Streams that may hold unread data, in the order they became readable.
+    ready: VecDeque<usize>,
     /// Bytes read so far (both streams).
     pub bytes: u64,
 }
 
 impl Output {
     pub fn new(stdout: OwnedFd, stderr: OwnedFd, max_line: usize) -> io::Result<Output> {
+        let epoll = new_epoll()?;
+        for (index, fd) in [&stdout, &stderr].into_iter().enumerate() {
+            watch(&epoll, fd, index)?;
+        }
         Ok(Output {
-            fds: [Some(register(stdout)?), Some(register(stderr)?)],
+            epoll: register(epoll)?,
+            fds: [Some(stdout), Some(stderr)],
             lines: [LineSplitter::new(max_line), LineSplitter::new(max_line)],
+            ready: VecDeque::with_capacity(2),
             bytes: 0,
         })
     }
@@ -42,30 +59,69 @@ impl Output {
     /// Waits until a pipe has data (or closes), moves what it has into `log`.
     /// Pending forever once both pipes are closed.
     pub async fn pump(&mut self, log: &mut LogFile) {
-        let [out, err] = &self.fds;
-        let (index, guard) = tokio::select! {
-            r = readable(out) => (0, r),
-            r = readable(err) => (1, r),
-        };
-        let outcome = match guard {
-            Ok(mut guard) => {
-                let fd = guard.get_inner().as_raw_fd();
-                let outcome = drain(&mut self.bytes, &mut self.lines[index], LEVELS[index], fd, log);
-                if outcome == Drain::WouldBlock {
-                    guard.clear_ready();
-                }
-                outcome
+        while self.ready.is_empty() {
+            if !self.is_open() {
+                return std::future::pending().await;
             }
-            Err(_) => Drain::Closed,
+            if self.wait_ready().await.is_err() {
+                // The epoll instance failed (it never should): read both pipes in turn.
+                self.ready.extend((0..2).filter(|i| self.fds[*i].is_some()));
+            }
+        }
+        let index = self.ready[0];
+        let Some(fd) = self.fds[index].as_ref().map(AsRawFd::as_raw_fd) else {
+            self.ready.pop_front();
+            return;
         };
-        if outcome == Drain::Closed {
-            self.close(index, log);
+        match drain(&mut self.bytes, &mut self.lines[index], LEVELS[index], fd, log) {
+            Drain::WouldBlock => {
+                self.ready.pop_front();
+            }
+            Drain::Closed => {
+                self.ready.pop_front();
+                self.close(index, log);
+            }
+            // More to read: the other stream gets a turn first.
+            Drain::Yield => self.ready.rotate_left(1),
         }
         log.flush();
     }
 
+    /// Waits for the epoll instance and appends the streams it reports, in its order.
+    async fn wait_ready(&mut self) -> io::Result<()> {
+        let mut guard = self.epoll.readable().await?;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        // SAFETY: a valid epoll fd and a buffer of `events.len()` entries; no waiting (timeout 0).
+        let n = unsafe { libc::epoll_wait(guard.get_inner().as_raw_fd(), events.as_mut_ptr(), 2, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
+        }
+        if n == 0 {
+            guard.clear_ready();
+        }
+        for event in &events[..n as usize] {
+            let index = event.u64 as usize;
+            if index < 2 && !self.ready.contains(&index) {
+                self.ready.push_back(index);
+            }
+        }
+        Ok(())
+    }
+
     fn close(&mut self, index: usize, log: &mut LogFile) {
-        self.fds[index] = None;
+        self.ready.retain(|i| *i != index);
+        if let Some(fd) = self.fds[index].take() {
+            // SAFETY: removing a registered fd from our epoll instance; errors are harmless.
+            unsafe {
+                libc::epoll_ctl(
+                    self.epoll.get_ref().as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
         self.lines[index].finish(&mut |line: &[u8]| log.line(LEVELS[index], line, SystemTime::now()));
     }
 
@@ -73,7 +129,7 @@ impl Output {
     /// written, the pipes are closed.
     pub fn finish(&mut self, log: &mut LogFile) {
         for (index, level) in LEVELS.into_iter().enumerate() {
-            if let Some(fd) = self.fds[index].as_ref().map(|f| f.get_ref().as_raw_fd()) {
+            if let Some(fd) = self.fds[index].as_ref().map(AsRawFd::as_raw_fd) {
                 drain(&mut self.bytes, &mut self.lines[index], level, fd, log);
                 self.close(index, log);
             }
@@ -88,11 +144,25 @@ fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
 }
 
-async fn readable(fd: &Option<AsyncFd<OwnedFd>>) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
-    match fd {
-        Some(fd) => fd.readable().await,
-        None => std::future::pending().await,
+fn new_epoll() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Edge-triggered: an event each time new data arrives (or the writer closes),
+/// queued at the tail of the ready list.
+fn watch(epoll: &OwnedFd, fd: &OwnedFd, index: usize) -> io::Result<()> {
+    let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: index as u64 };
+    // SAFETY: both fds are open; `event` is a valid epoll_event.
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut event) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -227,6 +227,12 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// A loopback port free right now (bound to port 0, then let go), as Kudu
+/// picks `WEBJOBS_PORT`.
+pub fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?.local_addr().ok().map(|a| a.port())
+}
+
 /// Environment entries every job process gets (§4 of the contract).
 pub struct JobEnv<'a> {
     pub name: &'a str,
@@ -236,6 +242,8 @@ pub struct JobEnv<'a> {
     pub run_id: &'a str,
     pub arguments: &'a str,
     pub shutdown_file: &'a std::path::Path,
+    /// Continuous jobs: a free loopback port for `…/passthrough/` (Kudu's `WEBJOBS_PORT`).
+    pub port: Option<u16>,
 }
 
 impl JobEnv<'_> {
@@ -252,6 +260,9 @@ impl JobEnv<'_> {
             ("WEBJOBS_SHUTDOWN_FILE", self.shutdown_file.into()),
         ];
         vars.extend(ours.into_iter().map(|(k, v)| (OsString::from(k), v)));
+        if let Some(port) = self.port {
+            vars.push(("WEBJOBS_PORT".into(), port.to_string().into()));
+        }
         vars
     }
 }

@@ -44,6 +44,9 @@ pub struct ContinuousStatus {
     /// Process id (= process group id) of the current run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// `WEBJOBS_PORT` of the current process (where `…/passthrough/` goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// When the current process started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
@@ -73,6 +76,7 @@ impl ContinuousStatus {
             status: JobStatus::Initializing,
             instance: instance.to_string(),
             pid: None,
+            port: None,
             start_time: None,
             next_restart: None,
             restarts: 0,

@@ -49,7 +49,14 @@ pub struct Changes {
 /// Requests to the supervisor.
 #[derive(Debug)]
 pub enum Event {
+    /// The watcher saw these jobs change.
     Changed(Changes),
+    /// An API write changed these jobs: `done` is answered once the new state
+    /// is loaded and published (so the API's answer comes after it).
+    Apply {
+        changes: Changes,
+        done: oneshot::Sender<()>,
+    },
     Reload(Arc<Config>),
     /// Answered when the supervisor loop is responsive (systemd watchdog).
     Ping(oneshot::Sender<()>),
@@ -165,6 +172,10 @@ impl Supervisor {
                 () = &mut shutdown => break,
                 event = events.recv() => match event {
                     Some(Event::Changed(changes)) => self.on_changes(changes).await,
+                    Some(Event::Apply { changes, done }) => {
+                        self.on_changes(changes).await;
+                        let _ = done.send(());
+                    }
                     Some(Event::Reload(config)) => self.on_reload(config).await,
                     Some(Event::Ping(reply)) => { let _ = reply.send(()); }
                     Some(Event::Triggered { name, control }) => self.to_triggered(name, control),

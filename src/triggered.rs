@@ -61,7 +61,11 @@ pub enum Control {
 /// A request for a run.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
+    /// The script's argv after its own.
     pub arguments: Vec<String>,
+    /// The arguments as one string, for `WEBJOBS_COMMAND_ARGUMENTS`: Kudu's
+    /// `?arguments=` as given, or [`crate::arguments::join`] of exact words.
+    pub text: String,
     /// `External - <who>`, `Schedule - <expr>`, `Retry …`.
     pub trigger: String,
 }
@@ -80,6 +84,10 @@ pub enum Refused {
     Running(String),
     #[error("WebJobs are currently in \"stopped\" state (WEBJOBS_STOPPED).")]
     Stopped,
+    #[error(
+        "the job is stopped (disable.job is present): its schedule is paused and runs are refused; start it with `webjobs start {0}` or POST /api/triggeredwebjobs/{0}/start"
+    )]
+    Disabled(String),
     #[error("the job cannot run: {0}")]
     Invalid(String),
     #[error("there is no active run{0} of this job on this daemon")]
@@ -94,6 +102,8 @@ pub struct Summary {
     /// The newest run this daemon knows of: its id and status.
     pub latest: Option<(String, RunStatus)>,
     pub next_tick: Option<Timestamp>,
+    /// `disable.job` is present: no schedule, no runs.
+    pub disabled: bool,
 }
 
 /// The supervisor's handle on a triggered job's actor.
@@ -226,6 +236,8 @@ impl Actor {
             .next()
             .and_then(|id| history::read_status(&self.data_dir.join(&id)).map(|s| (id, s)));
         self.publish_run(latest);
+        let disabled = self.def.disabled;
+        self.summary.send_modify(|s| s.disabled = disabled);
         self.report_problems();
         self.arm_schedule(true).await;
         while !(self.exiting && self.active.is_none()) {
@@ -287,22 +299,47 @@ impl Actor {
     }
 
     async fn on_update(&mut self, def: Arc<JobDef>, config: Arc<Config>) {
-        let before = (self.good.clone(), self.config.timezone.clone(), self.config.switches.clone());
+        let before = (self.good.clone(), self.config.timezone.clone(), self.config.switches.clone(), self.def.disabled);
         self.config = config;
         self.def = def;
         if let Some(job) = self.def.runnable() {
             self.good = Some(job);
         }
         self.report_problems();
-        if before != (self.good.clone(), self.config.timezone.clone(), self.config.switches.clone()) {
+        let disabled = self.def.disabled;
+        if disabled != before.3 {
+            self.on_disabled_changed();
+        }
+        if before != (self.good.clone(), self.config.timezone.clone(), self.config.switches.clone(), disabled) {
             self.arm_schedule(false).await;
         }
+    }
+
+    /// `disable.job` appeared or went away: say so; a stop drops queued
+    /// requests (an active run ends by itself; `cancel` ends it now).
+    fn on_disabled_changed(&mut self) {
+        let disabled = self.def.disabled;
+        self.summary.send_modify(|s| s.disabled = disabled);
+        self.shared.changed();
+        let text = if disabled {
+            let dropped = std::mem::take(&mut self.queue).len();
+            self.later = None;
+            format!(
+                "stopped (disable.job is present): schedule paused, runs refused; {dropped} queued request(s) dropped"
+            )
+        } else {
+            "started (disable.job removed): schedule and runs resume".to_string()
+        };
+        self.scheduler_log.sys(Level::SysInfo, &text);
     }
 
     /// Starts a run now, or says why not (the overlap policy decides when a run is active).
     async fn request_run(&mut self, request: RunRequest, scheduled: bool) -> Result<Accepted, Refused> {
         if self.config.switches.stopped {
             return Err(Refused::Stopped);
+        }
+        if self.def.disabled {
+            return Err(Refused::Disabled(self.key.name.clone()));
         }
         let Some(job) = self.good.clone() else {
             return Err(Refused::Invalid(self.def.errors().join("; ")));
@@ -458,15 +495,15 @@ impl Actor {
             .join("triggered")
             .join(&self.key.name)
             .join(format!("{}-{id}", self.shared.instance));
-        let arguments = shlex::try_join(request.arguments.iter().map(String::as_str)).unwrap_or_default();
         let env = JobEnv {
             name: &self.key.name,
             kind: self.key.kind.as_str(),
             work_dir: &work_dir,
             data_dir: &self.data_dir,
             run_id: id,
-            arguments: &arguments,
+            arguments: &request.text,
             shutdown_file: &shutdown_file,
+            port: None,
         };
         let mut command = crate::continuous::build_command(
             job,
@@ -559,7 +596,8 @@ impl Actor {
                 format!("retry {next}/{} of run {id} in {}", job.settings.retries, human(job.settings.retry_delay));
             self.scheduler_log.sys(Level::SysInfo, &text);
             let trigger = format!("Retry {next}/{} of {id}", job.settings.retries);
-            self.queue.push_front((RunRequest { arguments: request.arguments.clone(), trigger }, next));
+            let retry = RunRequest { trigger, ..request.clone() };
+            self.queue.push_front((retry, next));
             self.later = Some(tokio::time::Instant::now() + job.settings.retry_delay);
         } else if !self.queue.is_empty() {
             self.later = Some(tokio::time::Instant::now());
@@ -660,6 +698,7 @@ impl Actor {
         let job = self.good.as_ref()?;
         if self.config.switches.disable_schedule
             || self.config.switches.stopped
+            || self.def.disabled
             || job.settings.run_mode == RunMode::OnDemand
         {
             return None;
@@ -719,7 +758,7 @@ impl Actor {
         }
         self.shared.metrics.tick_started(Timestamp::now().duration_since(tick).unsigned_abs());
         let trigger = format!("Schedule - {schedule}{}", missed.unwrap_or_default());
-        match self.request_run(RunRequest { arguments: Vec::new(), trigger }, true).await {
+        match self.request_run(RunRequest { arguments: Vec::new(), text: String::new(), trigger }, true).await {
             Ok(Accepted::Started(id)) => {
                 self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: started run {id}"))
             }

@@ -29,8 +29,8 @@ pub enum WatchError {
         "too many inotify instances or open files while watching {path}; raise `sysctl fs.inotify.max_user_instances` or the open-file limit (LimitNOFILE=)"
     )]
     TooManyHandles { path: PathBuf },
-    #[error("cannot watch {path}: {source}")]
-    Other { path: PathBuf, source: notify::Error },
+    #[error("cannot watch {path}: {cause}")]
+    Other { path: PathBuf, cause: notify::Error },
 }
 
 impl WatchError {
@@ -40,7 +40,7 @@ impl WatchError {
             notify::ErrorKind::MaxFilesWatch => WatchError::TooManyWatches { path },
             notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => WatchError::TooManyWatches { path },
             notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => WatchError::TooManyHandles { path },
-            _ => WatchError::Other { path, source: e },
+            _ => WatchError::Other { path, cause: e },
         }
     }
 }

@@ -56,9 +56,20 @@ pub async fn put(
         .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/zip")));
     let config = state.config.clone();
     let key = JobKey::new(kind, &job);
-    let outcome = tokio::task::spawn_blocking(move || deploy(&config, &key, &filename, &body, is_zip)).await;
+    let target = key.clone();
+    let outcome = tokio::task::spawn_blocking(move || deploy(&config, &target, &filename, &body, is_zip)).await;
     match outcome {
-        Ok(Ok(def)) => axum::Json(JobView::from_def(&base_url(&headers), &def)).into_response(),
+        Ok(Ok(def)) => {
+            // Loaded before the answer: a `run` or `GET` right after it finds the new version.
+            super::jobs::apply(&state, &key).await;
+            let base = base_url(&headers);
+            let loaded = state.catalog.borrow().jobs.get(&key).cloned();
+            let view = match loaded {
+                Some(entry) => JobView::from_catalog(&base, &entry),
+                None => JobView::from_def(&base, &def),
+            };
+            axum::Json(view.redacted(&state.config)).into_response()
+        }
         Ok(Err(DeployError::Refused(message))) => error(StatusCode::BAD_REQUEST, message),
         Ok(Err(DeployError::Io(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("deploy failed: {e}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("deploy failed: {e}")),

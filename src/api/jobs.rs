@@ -1,34 +1,92 @@
 //! Jobs: list, get, start/stop, settings, delete.
 
+use std::io::ErrorKind;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodFilter, get, on, post};
 
 use super::views::JobView;
 use super::{ApiState, ListCache, accepts_gzip, base_url, error, json_response};
+use crate::config::Config;
 use crate::jobs::{DISABLE_FILE, JobDef, JobKey, JobKind, valid_name};
-use crate::supervisor::{CatalogEntry, Live};
+use crate::status::{ContinuousStatus, JobStatus};
+use crate::supervisor::{CatalogEntry, Changes, Event, Live};
 
-/// `GET|PUT|DELETE /api/{kind}webjobs/{job}`, its settings, and the list of one kind.
-pub fn kind_routes(kind: JobKind) -> Router<ApiState> {
-    let prefix = format!("/api/{}webjobs", kind.as_str());
-    Router::new()
-        .route(&prefix, get(move |s, h| list(s, h, Some(kind))))
+/// The methods Kudu's passthrough forwards.
+const PROXIED: MethodFilter = MethodFilter::GET
+    .or(MethodFilter::HEAD)
+    .or(MethodFilter::PUT)
+    .or(MethodFilter::POST)
+    .or(MethodFilter::DELETE)
+    .or(MethodFilter::PATCH);
+
+/// Every route of one kind of job under `prefix` (`/api/{kind}webjobs` or an alias).
+pub fn kind_routes(kind: JobKind, prefix: &str) -> Router<ApiState> {
+    let job = format!("{prefix}/{{job}}");
+    let mut router = Router::new()
+        .route(prefix, get(move |s, h| list(s, h, Some(kind))))
         .route(
-            &format!("{prefix}/{{job}}"),
+            &job,
             get(move |s, h, p| get_job(s, h, p, kind))
                 .put(move |s, h, p, b| super::deploy::put(s, h, p, b, kind))
                 .delete(move |s, p| delete(s, p, kind)),
         )
         .route(
-            &format!("{prefix}/{{job}}/settings"),
+            &format!("{job}/settings"),
             get(move |s, p| get_settings(s, p, kind)).put(move |s, p, b| put_settings(s, p, b, kind)),
         )
+        .route(&format!("{job}/start"), post(move |s, p| start(s, p, kind)))
+        .route(&format!("{job}/stop"), post(move |s, p| stop(s, p, kind)));
+    router = match kind {
+        JobKind::Triggered => router
+            .route(&format!("{job}/run"), post(super::runs::run))
+            .route(&format!("{job}/cancel"), post(super::runs::cancel))
+            .route(&format!("{job}/history"), get(super::runs::history))
+            .route(&format!("{job}/history/{{id}}"), get(super::runs::one_run)),
+        JobKind::Continuous => router
+            .route(&format!("{job}/passthrough"), on(PROXIED, super::passthrough::root))
+            .route(&format!("{job}/passthrough/"), on(PROXIED, super::passthrough::root))
+            .route(&format!("{job}/passthrough/{{*path}}"), on(PROXIED, super::passthrough::with_path)),
+    };
+    router
+}
+
+/// `GET /api/triggeredwebjobsswagger`: the triggered jobs as a Swagger 2.0
+/// document, one `POST …/run` operation each (Kudu's "WebJobs as microservice").
+pub async fn swagger(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let catalog = state.catalog.borrow().clone();
+    let base = base_url(&headers);
+    let (scheme, host) = base.split_once("://").unwrap_or(("http", "localhost"));
+    let paths: serde_json::Map<String, serde_json::Value> = catalog
+        .jobs
+        .keys()
+        .filter(|k| k.kind == JobKind::Triggered)
+        .map(|k| {
+            let operation = serde_json::json!({"post": {
+                "deprecated": false,
+                "operationId": k.name,
+                "consumes": [],
+                "produces": [],
+                "responses": {"200": {"description": "Success"}, "default": {"description": "Success"}},
+                "parameters": [{"name": "arguments", "in": "query", "description": "Web Job Arguments", "required": false, "type": "string"}],
+            }});
+            (format!("/api/triggeredjobs/{}/run", k.name), operation)
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "swagger": "2.0",
+        "info": {"version": "v1", "title": "WebJobs"},
+        "host": host,
+        "schemes": [scheme],
+        "paths": paths,
+    }))
+    .into_response()
 }
 
 pub async fn list_all(state: State<ApiState>, headers: HeaderMap) -> Response {
@@ -48,7 +106,7 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap, kind: Option<Jo
             .jobs
             .values()
             .filter(|e| kind.is_none_or(|k| e.def.key.kind == k))
-            .map(|e| JobView::from_catalog(&base, e))
+            .map(|e| JobView::from_catalog(&base, e).redacted(&state.config))
             .collect();
         let body = axum::body::Bytes::from(serde_json::to_vec(&views).unwrap_or_default());
         let etag = format!("\"{:016x}\"", crate::config::fnv1a(&body));
@@ -71,12 +129,27 @@ fn not_found(kind: JobKind, job: &str) -> Response {
     error(StatusCode::NOT_FOUND, format!("no {} job named \"{job}\"", kind.as_str()))
 }
 
-/// The job's folder on disk (for writes), if it exists.
-fn job_dir(state: &ApiState, kind: JobKind, job: &str) -> Option<JobDef> {
+/// A job's definition for a write: the catalog's, or, for a job folder the
+/// daemon has not loaded yet, read from disk off the runtime.
+async fn job_def(state: &ApiState, kind: JobKind, job: &str) -> Option<Arc<JobDef>> {
     if !valid_name(job) {
         return None;
     }
-    crate::jobs::scan_job(&state.config, &JobKey::new(kind, job))
+    if let Some(entry) = entry(state, kind, job) {
+        return Some(entry.def);
+    }
+    let (config, key) = (state.config.clone(), JobKey::new(kind, job));
+    tokio::task::spawn_blocking(move || crate::jobs::scan_job(&config, &key)).await.ok().flatten().map(Arc::new)
+}
+
+/// Has the supervisor load `key` from disk now and waits until it has: the
+/// answer to an API write comes after the daemon has taken it in.
+pub async fn apply(state: &ApiState, key: &JobKey) {
+    let (done, applied) = tokio::sync::oneshot::channel();
+    let changes = Changes { jobs: [key.clone()].into_iter().collect(), full: false };
+    if state.events.send(Event::Apply { changes, done }).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(30), applied).await;
+    }
 }
 
 async fn get_job(
@@ -87,14 +160,23 @@ async fn get_job(
 ) -> Response {
     let Some(entry) = entry(&state, kind, &job) else { return not_found(kind, &job) };
     let mut view = JobView::from_catalog(&base_url(&headers), &entry);
+    view.redact(&state.config);
+    // The SDK writes its marker while the job runs: look again (the list shows it from the last scan).
+    view.using_sdk = tokio::fs::try_exists(state.config.job_data_dir(&entry.def.key).join(crate::jobs::SDK_MARKER))
+        .await
+        .unwrap_or(view.using_sdk);
     if kind == JobKind::Continuous {
         // Every daemon sharing the data folder: "<instance> - <Status>" lines.
-        let data = state.config.job_data_dir(&entry.def.key);
-        let lines: Vec<String> = crate::status::read_all(&data)
-            .iter()
-            .filter(|s| crate::coordination::instance_alive(&state.config.data_dir, &s.instance))
-            .map(|s| format!("{} - {}", s.instance, s.status.as_str()))
-            .collect();
+        let (config, key) = (state.config.clone(), entry.def.key.clone());
+        let lines = tokio::task::spawn_blocking(move || {
+            crate::status::read_all(&config.job_data_dir(&key))
+                .iter()
+                .filter(|s| crate::coordination::instance_alive(&config.data_dir, &s.instance))
+                .map(|s| format!("{} - {}", s.instance, s.status.as_str()))
+                .collect::<Vec<String>>()
+        })
+        .await
+        .unwrap_or_default();
         if !lines.is_empty() {
             view.detailed_status = Some(lines.join("\r\n"));
         }
@@ -102,34 +184,97 @@ async fn get_job(
     axum::Json(view).into_response()
 }
 
-/// `POST /api/continuouswebjobs/{job}/start`: removes `disable.job`.
-pub async fn start(State(state): State<ApiState>, Path(job): Path<String>) -> Response {
-    toggle(&state, &job, true)
+/// `POST /api/{kind}webjobs/{job}/start`: removes `disable.job`; answers once the job has started
+/// (continuous) or its schedule and runs are back (triggered).
+async fn start(State(state): State<ApiState>, Path(job): Path<String>, kind: JobKind) -> Response {
+    toggle(&state, kind, &job, true).await
 }
 
-/// `POST /api/continuouswebjobs/{job}/stop`: writes `disable.job` (persisted).
-pub async fn stop(State(state): State<ApiState>, Path(job): Path<String>) -> Response {
-    toggle(&state, &job, false)
+/// `POST /api/{kind}webjobs/{job}/stop`: writes `disable.job` (persisted); answers once the
+/// process is stopped (continuous) or the schedule paused (triggered; an active run goes on).
+async fn stop(State(state): State<ApiState>, Path(job): Path<String>, kind: JobKind) -> Response {
+    toggle(&state, kind, &job, false).await
 }
 
-fn toggle(state: &ApiState, job: &str, start: bool) -> Response {
-    let Some(def) = job_dir(state, JobKind::Continuous, job) else { return not_found(JobKind::Continuous, job) };
+async fn toggle(state: &ApiState, kind: JobKind, job: &str, start: bool) -> Response {
+    let Some(def) = job_def(state, kind, job).await else { return not_found(kind, job) };
     let file = def.script_dir.join(DISABLE_FILE);
-    let result = if start {
-        std::fs::remove_file(&file).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-    } else {
-        std::fs::write(&file, b"")
-    };
-    match result {
-        Ok(()) => axum::Json(serde_json::json!({"name": job, "disabled": !start})).into_response(),
-        Err(e) => error(StatusCode::CONFLICT, format!("cannot change {}: {e}", file.display())),
+    let target = file.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        if start {
+            std::fs::remove_file(&target).or_else(|e| if e.kind() == ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        } else {
+            std::fs::write(&target, b"")
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    if let Err(e) = result {
+        let action = if start { "remove" } else { "write" };
+        return error(StatusCode::CONFLICT, io_problem(&state.config, action, &file, &e));
     }
+    apply(state, &def.key).await;
+    let grace = def.settings.settings.as_ref().map(|s| s.stopping_wait_time).unwrap_or(Duration::from_secs(30));
+    let status = match entry(state, kind, job).map(|e| e.live) {
+        Some(live) => settled(live, start, grace + Duration::from_secs(15)).await,
+        None => String::new(),
+    };
+    axum::Json(serde_json::json!({"name": job, "type": kind.as_str(), "disabled": !start, "status": status}))
+        .into_response()
+}
+
+/// Waits (bounded) until the job's actor shows the effect of a start or stop; returns its status.
+async fn settled(live: Live, start: bool, limit: Duration) -> String {
+    let disabled_reason = Some(crate::continuous::DISABLED_REASON);
+    match live {
+        Live::Continuous(mut rx) => {
+            let done = |s: &ContinuousStatus| {
+                let stopped_by_file = s.status == JobStatus::Stopped && s.reason.as_deref() == disabled_reason;
+                if start { !stopped_by_file } else { matches!(s.status, JobStatus::Stopped | JobStatus::Invalid) }
+            };
+            let _ = tokio::time::timeout(limit, rx.wait_for(done)).await;
+            rx.borrow().status.as_str().to_string()
+        }
+        Live::Triggered(mut rx) => {
+            let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.disabled != start)).await;
+            if rx.borrow().disabled { "Stopped".to_string() } else { "Ready".to_string() }
+        }
+    }
+}
+
+/// An I/O error on a job's files, said with what to do about it (and no
+/// absolute server path).
+pub fn io_problem(config: &Config, action: &str, path: &std::path::Path, e: &std::io::Error) -> String {
+    let shown = super::redact(config, &path.display().to_string());
+    if e.kind() != ErrorKind::PermissionDenied {
+        return super::redact(config, &format!("cannot {action} {shown}: {e}"));
+    }
+    let folder = path.parent().unwrap_or(path);
+    let folder_shown = super::redact(config, &folder.display().to_string());
+    let name = |uid: u32| {
+        nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map(|u| format!("{} (uid {uid})", u.name))
+            .unwrap_or_else(|| format!("uid {uid}"))
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    let owner = std::fs::metadata(folder).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let whose = match owner {
+        Ok(uid) => format!("{folder_shown} belongs to {} and the daemon runs as {}", name(uid), name(me)),
+        Err(_) => format!("the daemon runs as {}", name(me)),
+    };
+    let user = nix::unistd::User::from_uid(me.into()).ok().flatten().map(|u| u.name).unwrap_or(me.to_string());
+    format!(
+        "cannot {action} {shown}: permission denied: {whose}; give the daemon's user write access to the job folder, e.g. `chown -R {user} {folder_shown}`"
+    )
 }
 
 /// `GET …/settings`: the settings.job object as written (`{}` when there is none).
 async fn get_settings(State(state): State<ApiState>, Path(job): Path<String>, kind: JobKind) -> Response {
-    let Some(def) = job_dir(&state, kind, &job) else { return not_found(kind, &job) };
-    let text = std::fs::read_to_string(def.script_dir.join(crate::settings::FILE_NAME)).unwrap_or_default();
+    let Some(def) = job_def(&state, kind, &job).await else { return not_found(kind, &job) };
+    let path = def.script_dir.join(crate::settings::FILE_NAME);
+    let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
     let value = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .filter(|v| v.is_object())
@@ -137,6 +282,7 @@ async fn get_settings(State(state): State<ApiState>, Path(job): Path<String>, ki
     let mut response = axum::Json(value).into_response();
     if let Err(problems) = &def.settings.settings {
         let message = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let message = super::redact(&state.config, &message);
         if let Ok(v) = axum::http::HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
             response.headers_mut().insert("x-webjobs-settings-error", v);
         }
@@ -145,51 +291,63 @@ async fn get_settings(State(state): State<ApiState>, Path(job): Path<String>, ki
 }
 
 /// `PUT …/settings`: validated first; on any problem 400 with every problem and
-/// the file untouched; else written atomically (the job reloads through the watcher).
+/// the file untouched; else written atomically and loaded before the answer.
 async fn put_settings(
     State(state): State<ApiState>,
     Path(job): Path<String>,
     body: axum::body::Bytes,
     kind: JobKind,
 ) -> Response {
-    let Some(def) = job_dir(&state, kind, &job) else { return not_found(kind, &job) };
+    let Some(def) = job_def(&state, kind, &job).await else { return not_found(kind, &job) };
     let path = def.script_dir.join(crate::settings::FILE_NAME);
-    let text = String::from_utf8_lossy(&body);
+    let text = String::from_utf8_lossy(&body).into_owned();
     let loaded = crate::settings::parse(&path, &text, kind);
-    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    let shown = |p: &crate::problems::Problem| super::redact(&state.config, &p.to_string());
+    let warnings: Vec<String> = loaded.warnings.iter().map(shown).collect();
     if let Err(problems) = loaded.settings {
-        let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let messages: Vec<String> = problems.iter().map(shown).collect();
         let body = serde_json::json!({"error": messages.join("; "), "problems": messages, "warnings": warnings});
-        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        return super::error_body(StatusCode::BAD_REQUEST, body);
     }
     let tmp = def.script_dir.join(".settings.job.tmp");
-    if let Err(e) = std::fs::write(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, &path)) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write {}: {e}", path.display()));
+    let (bytes, target) = (text.clone().into_bytes(), path.clone());
+    let written =
+        tokio::task::spawn_blocking(move || std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &target)))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    if let Err(e) = written {
+        return error(StatusCode::CONFLICT, io_problem(&state.config, "write", &path, &e));
     }
+    apply(&state, &def.key).await;
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     axum::Json(serde_json::json!({"settings": value, "warnings": warnings})).into_response()
 }
 
 /// `DELETE /api/{kind}webjobs/{job}`: the job is stopped (by the stop
-/// protocol), then its folder and its data are removed.
+/// protocol), then its folder and its data are removed. A job that does not
+/// exist answers 200 too, as in Kudu ("delete if it exists").
 async fn delete(State(state): State<ApiState>, Path(job): Path<String>, kind: JobKind) -> Response {
-    let Some(def) = job_dir(&state, kind, &job) else { return not_found(kind, &job) };
+    let Some(def) = job_def(&state, kind, &job).await else {
+        return axum::Json(serde_json::json!({"name": job, "deleted": false})).into_response();
+    };
     let trash =
         state.config.jobs_dir.join(super::deploy::STAGING).join(format!("deleted-{job}-{}", std::process::id()));
     let _ = std::fs::create_dir_all(trash.parent().unwrap_or(&state.config.jobs_dir));
     if let Err(e) = std::fs::rename(&def.dir, &trash) {
-        return error(StatusCode::CONFLICT, format!("cannot remove {}: {e}", def.dir.display()));
+        return error(StatusCode::CONFLICT, io_problem(&state.config, "remove", &def.dir, &e));
     }
     let live = entry(&state, kind, &job).map(|e| e.live);
-    let changes = crate::supervisor::Changes { jobs: [def.key.clone()].into_iter().collect(), full: false };
-    let _ = state.events.send(crate::supervisor::Event::Changed(changes)).await;
+    apply(&state, &def.key).await;
     let grace = def.settings.settings.as_ref().map(|s| s.stopping_wait_time).unwrap_or(Duration::from_secs(30));
     if let Some(live) = live {
         wait_actor_gone(live, grace + Duration::from_secs(15)).await;
     }
-    let _ = std::fs::remove_dir_all(&trash);
     let data: PathBuf = state.config.job_data_dir(&def.key);
-    let _ = std::fs::remove_dir_all(&data);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(&trash);
+        std::fs::remove_dir_all(&data)
+    })
+    .await;
     axum::Json(serde_json::json!({"name": job, "deleted": true})).into_response()
 }
 

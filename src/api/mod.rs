@@ -10,9 +10,10 @@
 mod auth;
 mod dashboard;
 mod deploy;
-mod files;
 mod jobs;
+mod passthrough;
 mod runs;
+mod vfs;
 pub mod views;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::sync::{mpsc, watch};
 
 pub use auth::{Auth, load_or_create_token};
@@ -52,25 +53,36 @@ pub struct ListCache {
 }
 
 /// Every route, unauthenticated (the TCP listener adds [`auth::require`]).
+/// Kudu's older aliases are served too: `/api/{type}jobs/…`, `/jobs/{type}/…`
+/// and `/api/jobs/{type}/…` beside `/api/{type}webjobs/…`.
 pub fn router(state: ApiState) -> Router {
     let mut router = Router::new()
-        .route("/api/webjobs", get(jobs::list_all))
-        .route("/api/triggeredwebjobs/{job}/run", post(runs::run))
-        .route("/api/triggeredwebjobs/{job}/cancel", post(runs::cancel))
-        .route("/api/triggeredwebjobs/{job}/history", get(runs::history))
-        .route("/api/triggeredwebjobs/{job}/history/{id}", get(runs::one_run))
-        .route("/api/continuouswebjobs/{job}/start", post(jobs::start))
-        .route("/api/continuouswebjobs/{job}/stop", post(jobs::stop))
-        .route("/vfs/data/jobs/{kind}/{job}/{file}", get(files::job_file))
-        .route("/vfs/data/jobs/triggered/{job}/{id}/output_log.txt", get(files::run_output))
+        .route("/api/triggeredwebjobsswagger", get(jobs::swagger))
+        .route("/api/vfs/{*path}", get(vfs::get))
+        .route("/vfs/{*path}", get(vfs::get))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .merge(dashboard::routes());
+    for prefix in ["/api/webjobs", "/api/jobs", "/jobs"] {
+        router = router.route(prefix, get(jobs::list_all));
+    }
     for kind in JobKind::ALL {
-        router = router.merge(jobs::kind_routes(kind));
+        for prefix in prefixes(kind) {
+            router = router.merge(jobs::kind_routes(kind, &prefix));
+        }
     }
     let limit = usize::try_from(state.config.api.max_upload).unwrap_or(usize::MAX);
-    router.layer(axum::extract::DefaultBodyLimit::max(limit)).with_state(state)
+    let config = state.config.clone();
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response_with_state(config, redact_errors))
+        .with_state(state)
+}
+
+/// The route prefixes of one kind of job: Kudu's own first, then its older aliases.
+fn prefixes(kind: JobKind) -> [String; 4] {
+    let k = kind.as_str();
+    [format!("/api/{k}webjobs"), format!("/api/{k}jobs"), format!("/jobs/{k}"), format!("/api/jobs/{k}")]
 }
 
 /// The socket of instance `id` on a data folder.
@@ -98,33 +110,47 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Serves the API on the Unix socket and, if configured, on TCP (with auth).
-/// Returns the TCP address actually bound.
-pub async fn start(
-    state: ApiState,
-    auth: Arc<Auth>,
-) -> std::io::Result<(Vec<tokio::task::JoinHandle<()>>, Option<std::net::SocketAddr>)> {
-    let config = state.config.clone();
+/// The API's listeners, bound before any job starts.
+pub struct Listeners {
+    unix: tokio::net::UnixListener,
+    tcp: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    /// The TCP address actually bound (the port may have been 0).
+    pub fn tcp_address(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.as_ref().and_then(|t| t.local_addr().ok())
+    }
+}
+
+/// Binds the Unix socket (mode 0660) and, if configured, the TCP address.
+pub async fn bind(config: &Config) -> Result<Listeners, crate::daemon::DaemonError> {
+    use crate::daemon::DaemonError;
     let socket = socket_path(&config.data_dir, &config.instance_id);
-    let unix = bind_unix(&socket)?;
-    let app = router(state);
-    let local = app.clone().layer(axum::middleware::map_request(local_request));
-    let mut tasks = vec![tokio::spawn(serve(unix, local))];
-    let mut bound = None;
-    if let Some(listen) = &config.api.listen {
-        let tcp = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
-        let addr = tcp.local_addr()?;
+    let unix = bind_unix(&socket).map_err(|cause| DaemonError::Socket { path: socket.clone(), cause })?;
+    let Some(listen) = &config.api.listen else { return Ok(Listeners { unix, tcp: None }) };
+    let tcp = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|cause| DaemonError::Listen { address: listen.clone(), cause })?;
+    if let Ok(addr) = tcp.local_addr() {
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the API listens beyond loopback; put TLS in front of it (see README)");
         }
         let _ = std::fs::write(address_path(&config.data_dir, &config.instance_id), addr.to_string());
+    }
+    Ok(Listeners { unix, tcp: Some(tcp) })
+}
+
+/// Serves the API on the Unix socket and, if bound, on TCP (with auth).
+pub fn serve_all(listeners: Listeners, state: ApiState, auth: Arc<Auth>) -> Vec<tokio::task::JoinHandle<()>> {
+    let app = router(state);
+    let local = app.clone().layer(axum::middleware::map_request(local_request));
+    let mut tasks = vec![tokio::spawn(serve(listeners.unix, local))];
+    if let Some(tcp) = listeners.tcp {
         let app = app.layer(axum::middleware::from_fn_with_state(auth, auth::require));
         tasks.push(tokio::spawn(serve(tcp, app)));
-        bound = Some(addr);
     }
-    Ok((tasks, bound))
+    tasks
 }
 
 async fn serve<L>(listener: L, app: Router)
@@ -139,7 +165,46 @@ where
 
 /// An error as JSON `{"error": "..."}` (WebJobs returns a message body).
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+    error_body(status, serde_json::json!({ "error": message.into() }))
+}
+
+/// An error answer with a JSON body of its own shape; marked so that
+/// [`redact_errors`] takes server paths out of it.
+pub fn error_body(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    response.extensions_mut().insert(ErrorBody);
+    response
+}
+
+/// Marks a response as one of our error answers.
+#[derive(Debug, Clone, Copy)]
+struct ErrorBody;
+
+/// Text for API clients with the daemon's absolute folders replaced by their
+/// short names (`jobs/…`, `data/…`, `temp/…`): answers never show server paths.
+pub fn redact(config: &Config, text: &str) -> String {
+    let mut pairs = [(&config.jobs_dir, "jobs"), (&config.data_dir, "data"), (&config.temp_dir, "temp")];
+    pairs.sort_by_key(|(path, _)| std::cmp::Reverse(path.as_os_str().len()));
+    let mut out = text.to_string();
+    for (path, short) in pairs {
+        let path = path.display().to_string();
+        if !path.is_empty() && out.contains(&path) {
+            out = out.replace(&path, short);
+        }
+    }
+    out
+}
+
+/// Takes server paths out of every error answer, whichever handler made it.
+async fn redact_errors(State(config): State<Arc<Config>>, response: Response) -> Response {
+    if response.extensions().get::<ErrorBody>().is_none() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let text = redact(&config, &String::from_utf8_lossy(&bytes));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// Requests on the Unix socket have no meaningful host: URLs in JSON stay relative.

@@ -29,19 +29,28 @@ fn not_found(job: &str) -> Response {
 }
 
 /// `POST /api/triggeredwebjobs/{job}/run?arguments=…` → 202 with `Location`.
+/// `arguments` is Kudu's raw string ([`crate::arguments`]); `arg=` (repeated,
+/// our extension, used by the CLI) gives exact words instead.
 pub async fn run(
     State(state): State<ApiState>,
     Path(job): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    let arguments = match query.get("arguments").map(|a| shlex::split(a)) {
-        None => Vec::new(),
-        Some(Some(args)) => args,
-        Some(None) => return error(StatusCode::BAD_REQUEST, "arguments: unbalanced quotes"),
+    let words: Vec<String> = query.iter().filter(|(k, _)| k == "arg").map(|(_, v)| v.clone()).collect();
+    let raw = query.iter().find(|(k, _)| k == "arguments").map(|(_, v)| v.clone());
+    let (arguments, text) = match raw {
+        Some(_) if !words.is_empty() => {
+            return error(StatusCode::BAD_REQUEST, "give the arguments either as `arguments=` or as `arg=`, not both");
+        }
+        Some(raw) => (crate::arguments::split(&raw), raw),
+        None => {
+            let text = crate::arguments::join(&words);
+            (words, text)
+        }
     };
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
-    let request = RunRequest { arguments, trigger: format!("External - {agent}") };
+    let request = RunRequest { arguments, text, trigger: format!("External - {agent}") };
     let Some(answer) = ask(&state, &job, |reply| Control::Run { request, reply }).await else {
         return not_found(&job);
     };
@@ -52,7 +61,9 @@ pub async fn run(
             (StatusCode::ACCEPTED, [(header::LOCATION, url)], axum::Json(body)).into_response()
         }
         Ok(Accepted::Queued) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"queued": true}))).into_response(),
-        Err(e @ (Refused::Running(_) | Refused::Stopped)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ (Refused::Running(_) | Refused::Stopped | Refused::Disabled(_))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Err(e @ Refused::Invalid(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

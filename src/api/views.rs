@@ -13,7 +13,9 @@ pub struct RunView {
     pub name: String,
     pub status: String,
     pub start_time: String,
-    pub end_time: Option<String>,
+    /// Kudu's type is a non-nullable `DateTime`: while a run is going, its
+    /// default value (`0001-01-01T00:00:00`), never `null`.
+    pub end_time: String,
     /// .NET TimeSpan text `hh:mm:ss.fffffff`, up to now while running.
     pub duration: String,
     pub output_url: String,
@@ -36,7 +38,7 @@ impl RunView {
             name: id.to_string(),
             status: s.status.as_str().to_string(),
             start_time: s.start_time,
-            end_time: s.end_time,
+            end_time: s.end_time.unwrap_or_else(|| NO_TIME.to_string()),
             duration: timespan(duration),
             output_url: format!("{base}/vfs/data/jobs/triggered/{job}/{id}/output_log.txt"),
             error_url: None,
@@ -59,6 +61,9 @@ impl RunView {
         history::read_status(&job_data.join(id)).map(|s| RunView::new(base, job, id, s))
     }
 }
+
+/// .NET's `default(DateTime)` as Newtonsoft.Json writes it.
+pub const NO_TIME: &str = "0001-01-01T00:00:00";
 
 fn since(start: &str) -> std::time::Duration {
     start
@@ -94,9 +99,11 @@ pub struct JobView {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub run_command: Option<String>,
+    /// The script, relative to the job folder (`inner/run.sh` for a job in a sub-folder).
+    pub run_command: String,
     pub url: String,
-    pub extra_info_url: Option<String>,
+    /// The job's page on the dashboard (Kudu: its page on the WebJobs dashboard).
+    pub extra_info_url: String,
     pub error: Option<String>,
     pub using_sdk: bool,
     pub settings: serde_json::Map<String, serde_json::Value>,
@@ -129,11 +136,11 @@ impl JobView {
         let mut view = JobView {
             name: name.to_string(),
             kind,
-            run_command: def.script.as_ref().ok().map(|s| s.file.clone()),
+            run_command: run_command(def),
             url: format!("{base}/api/{kind}webjobs/{name}"),
-            extra_info_url: None,
+            extra_info_url: format!("{base}/#/job/{kind}/{name}"),
             error: (!errors.is_empty()).then(|| errors.join("; ")),
-            using_sdk: false,
+            using_sdk: def.using_sdk,
             settings: settings.map(|s| s.raw.clone()).unwrap_or_default(),
             status: String::new(),
             detailed_status: None,
@@ -157,10 +164,15 @@ impl JobView {
             Live::Triggered(rx) => {
                 let s = rx.borrow();
                 let latest = s.latest.as_ref().map(|(id, st)| RunView::new(base, name, id, st.clone()));
-                view.status = latest
-                    .as_ref()
-                    .map(|r| r.status.clone())
-                    .unwrap_or_else(|| if errors.is_empty() { "Ready".into() } else { "Invalid".into() });
+                let active = latest.as_ref().is_some_and(|r| matches!(r.status.as_str(), "Initializing" | "Running"));
+                view.status = if s.disabled && !active {
+                    "Stopped".into()
+                } else {
+                    latest
+                        .as_ref()
+                        .map(|r| r.status.clone())
+                        .unwrap_or_else(|| if errors.is_empty() { "Ready".into() } else { "Invalid".into() })
+                };
                 view.latest_run = Some(latest);
                 view.next_run = s.next_tick.map(|t| t.to_string());
                 view.history_url = Some(format!("{base}/api/triggeredwebjobs/{name}/history"));
@@ -174,7 +186,29 @@ impl JobView {
     }
 }
 
+/// The script's path relative to the job folder, as Kudu shows it ("" when there is none).
+fn run_command(def: &crate::jobs::JobDef) -> String {
+    let Ok(script) = &def.script else { return String::new() };
+    let inner = def.script_dir.strip_prefix(&def.dir).unwrap_or(std::path::Path::new(""));
+    inner.join(&script.file).to_string_lossy().into_owned()
+}
+
 impl JobView {
+    /// The same view with no server path in its messages.
+    pub fn redacted(mut self, config: &crate::config::Config) -> JobView {
+        self.redact(config);
+        self
+    }
+
+    pub fn redact(&mut self, config: &crate::config::Config) {
+        if let Some(e) = &self.error {
+            self.error = Some(super::redact(config, e));
+        }
+        for w in &mut self.warnings {
+            *w = super::redact(config, w);
+        }
+    }
+
     /// A job just deployed (the daemon has not picked it up yet).
     pub fn from_def(base: &str, def: &crate::jobs::JobDef) -> JobView {
         use crate::supervisor::{CatalogEntry, Live};

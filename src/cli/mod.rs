@@ -139,7 +139,9 @@ pub fn main() -> ExitCode {
         Command::Serve { listen } => listen.clone(),
         _ => None,
     };
-    let sources = Sources { file: cli.config.clone(), root: cli.root.clone(), listen };
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let file = cli.config.clone().or_else(|| installed_config(serving, cli.root.is_some()));
+    let sources = Sources { file, root: cli.root.clone(), listen };
     let config = match Config::load(&sources) {
         Ok(config) => config,
         Err(e) => {
@@ -170,6 +172,19 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// The configuration of an installed daemon, for client commands run on the
+/// server with nothing else to go by (no `--root`, `--config`, `WEBJOBS_ROOT`,
+/// `WEBJOBS_CONFIG`, and no `./jobs` folder). `serve` keeps the current
+/// directory: that is the quick start's embedded default.
+fn installed_config(serving: bool, root_given: bool) -> Option<PathBuf> {
+    let installed = PathBuf::from(INSTALLED_CONFIG);
+    let use_it = !serving && !root_given && !std::path::Path::new("jobs").is_dir() && installed.is_file();
+    use_it.then_some(installed)
+}
+
+/// Where the README's service install puts the daemon's configuration.
+pub const INSTALLED_CONFIG: &str = "/etc/webjobs/webjobs.json";
 
 /// Finds a job by `name` or `kind/name`; a bare name must be unambiguous.
 pub(crate) fn find_job(config: &Config, spec: &str) -> Result<crate::jobs::JobDef, String> {

@@ -15,9 +15,11 @@ pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool
         Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
     };
     let mut path = format!("/api/triggeredwebjobs/{}/run", encode(job));
-    if !args.is_empty() {
-        let joined = shlex::try_join(args.iter().map(String::as_str))?;
-        path.push_str(&format!("?arguments={}", encode(&joined)));
+    // Exact words (`arg=` each), not Kudu's string: what follows `--` is the script's argv.
+    let query: Vec<String> = args.iter().map(|a| format!("arg={}", encode(a))).collect();
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
     }
     let response = client.post(&path).map_err(anyhow::Error::from);
     let response = match response {

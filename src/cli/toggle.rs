@@ -1,5 +1,8 @@
 //! `webjobs start` / `webjobs stop`: remove or write `disable.job`. The file is
-//! the persisted state (as in WebJobs); the daemon reacts through its watcher.
+//! the persisted state (as in WebJobs). Through a running daemon, the command
+//! returns once the daemon has acted on it: a continuous job has started or
+//! stopped; a triggered job's schedule is resumed or paused and on-demand runs
+//! are accepted or refused (an active run goes on; `webjobs cancel` ends it).
 
 use std::process::ExitCode;
 
@@ -16,19 +19,17 @@ pub fn toggle(config: &Config, spec: &str, start: bool) -> anyhow::Result<ExitCo
             return Ok(ExitCode::from(EXIT_NOT_FOUND));
         }
     };
-    if def.key.kind != JobKind::Continuous {
-        anyhow::bail!("{} is a triggered job; start and stop apply to continuous jobs", def.key);
-    }
     match crate::cli::list::daemon(config) {
         Err(code) => return Ok(code),
         Ok(Some(client)) => {
-            let path =
-                format!("/api/continuouswebjobs/{}/{}", encode(&def.key.name), if start { "start" } else { "stop" });
+            let verb = if start { "start" } else { "stop" };
+            let path = format!("/api/{}webjobs/{}/{verb}", def.key.kind.as_str(), encode(&def.key.name));
             let r = client.post(&path)?;
             if r.status != 200 {
                 anyhow::bail!("the daemon answered {}: {}", r.status, r.error());
             }
-            println!("{}: {}", def.key, if start { "started" } else { "stopped (disable.job written)" });
+            let status = r.json()["status"].as_str().unwrap_or_default().to_string();
+            println!("{}: {} ({status})", def.key, outcome(def.key.kind, start));
             return Ok(ExitCode::SUCCESS);
         }
         Ok(None) => {}
@@ -36,7 +37,7 @@ pub fn toggle(config: &Config, spec: &str, start: bool) -> anyhow::Result<ExitCo
     let file = def.script_dir.join(DISABLE_FILE);
     if start {
         match std::fs::remove_file(&file) {
-            Ok(()) => println!("{}: started (removed {})", def.key, file.display()),
+            Ok(()) => println!("{}: {} (removed {})", def.key, outcome(def.key.kind, true), file.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 println!("{}: already started", def.key)
             }
@@ -46,7 +47,16 @@ pub fn toggle(config: &Config, spec: &str, start: bool) -> anyhow::Result<ExitCo
         println!("{}: already stopped", def.key);
     } else {
         std::fs::write(&file, b"").map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
-        println!("{}: stopped (wrote {})", def.key, file.display());
+        println!("{}: {} (wrote {})", def.key, outcome(def.key.kind, false), file.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn outcome(kind: JobKind, start: bool) -> &'static str {
+    match (kind, start) {
+        (JobKind::Continuous, true) => "started",
+        (JobKind::Continuous, false) => "stopped (disable.job written)",
+        (JobKind::Triggered, true) => "started: schedule resumed, runs accepted",
+        (JobKind::Triggered, false) => "stopped (disable.job written): schedule paused, runs refused",
+    }
 }

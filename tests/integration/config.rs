@@ -35,7 +35,19 @@ fn the_same_instance_id_cannot_run_twice_on_one_data_folder() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("is already in use by a running daemon"), "{}", stderr(&out));
+    let text = stderr(&out);
+    let expected = format!(
+        "already serving data folder {} as instance `{}` (pid {})",
+        root.path().join("data").display(),
+        root.instance,
+        _first.pid()
+    );
+    assert!(text.contains(&expected), "{text}");
+    assert!(
+        text.contains("stop it first") && text.contains("would run twice"),
+        "the advice must not be to start a second daemon: {text}"
+    );
+    assert_eq!(text.matches("os error").count(), 0, "{text}");
 }
 
 #[test]

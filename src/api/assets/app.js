@@ -64,7 +64,7 @@ async function showJob(type, name) {
   if (r.status !== 200) { view.innerHTML = `<p class="error">${esc(r.json?.error || "not found")}</p>`; return; }
   const j = r.json;
   const actions = type === "triggered"
-    ? `<input id="run-args" placeholder="arguments, e.g. &quot;Ada Lovelace&quot; --fast"><button id="run-button">Run</button><button id="cancel-button">Cancel</button>`
+    ? `<input id="run-args" placeholder="arguments, e.g. &quot;Ada Lovelace&quot; --fast"><button id="run-button">Run</button><button id="cancel-button">Cancel</button><button id="start-button">Start</button><button id="stop-button">Stop</button>`
     : `<button id="start-button">Start</button><button id="stop-button">Stop</button>`;
   view.innerHTML = `<h2>${esc(j.name)} <span class="status">${badge(j.status)}</span></h2>
     <dl><dt>type</dt><dd>${esc(j.type)}</dd><dt>command</dt><dd><code>${esc(j.run_command || "")}</code></dd>
@@ -75,13 +75,13 @@ async function showJob(type, name) {
     ${(j.warnings || []).map((w) => `<p class="warn">${esc(w)}</p>`).join("")}
     <div class="actions">${actions}<span id="action-result" class="muted"></span></div>
     <div id="detail"></div>`;
+  document.getElementById("start-button").onclick = () => act("POST", `/api/${type}webjobs/${encodeURIComponent(name)}/start`);
+  document.getElementById("stop-button").onclick = () => act("POST", `/api/${type}webjobs/${encodeURIComponent(name)}/stop`);
   if (type === "triggered") {
     document.getElementById("run-button").onclick = () => runJob(name);
     document.getElementById("cancel-button").onclick = () => act("POST", `/api/triggeredwebjobs/${encodeURIComponent(name)}/cancel`);
     await showHistory(name);
   } else {
-    document.getElementById("start-button").onclick = () => act("POST", `/api/continuouswebjobs/${encodeURIComponent(name)}/start`);
-    document.getElementById("stop-button").onclick = () => act("POST", `/api/continuouswebjobs/${encodeURIComponent(name)}/stop`);
     const url = `/vfs/data/jobs/continuous/${encodeURIComponent(name)}/job_log.txt`;
     document.getElementById("detail").innerHTML = `<p><a href="${url}?download=1">download job_log.txt</a></p><pre class="output" id="output"></pre>`;
     follow(url, true);
