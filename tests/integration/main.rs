@@ -10,6 +10,7 @@ mod continuous;
 mod dashboard;
 mod logs;
 mod processes;
+mod quickstart;
 mod singleton;
 mod systemd;
 mod triggered;
