@@ -41,6 +41,8 @@ pub enum Control {
     Update { def: Arc<JobDef>, config: Arc<Config> },
     /// Stop the process (if any) and end the actor. `why` goes into the log.
     Shutdown { why: &'static str },
+    /// Answered once every message before it has been taken in.
+    Sync(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The supervisor's handle on a continuous job's actor.
@@ -187,6 +189,10 @@ impl Actor {
     /// Takes in a control message and says what it means for a running process.
     fn apply(&mut self, control: Control) -> Next {
         match control {
+            Control::Sync(done) => {
+                let _ = done.send(());
+                Next::Continue
+            }
             Control::Shutdown { why } => {
                 self.exiting = true;
                 Next::Exit(why)

@@ -82,6 +82,13 @@ impl Actor {
         }
     }
 
+    fn sync(&self, done: oneshot::Sender<()>) {
+        match self {
+            Actor::Continuous(h) => h.send(continuous::Control::Sync(done)),
+            Actor::Triggered(h) => h.send(triggered::Control::Sync(done)),
+        }
+    }
+
     fn shutdown(&self, why: &'static str) {
         match self {
             Actor::Continuous(h) => h.send(continuous::Control::Shutdown { why }),
@@ -172,10 +179,7 @@ impl Supervisor {
                 () = &mut shutdown => break,
                 event = events.recv() => match event {
                     Some(Event::Changed(changes)) => self.on_changes(changes).await,
-                    Some(Event::Apply { changes, done }) => {
-                        self.on_changes(changes).await;
-                        let _ = done.send(());
-                    }
+                    Some(Event::Apply { changes, done }) => self.on_apply(changes, done).await,
                     Some(Event::Reload(config)) => self.on_reload(config).await,
                     Some(Event::Ping(reply)) => { let _ = reply.send(()); }
                     Some(Event::Triggered { name, control }) => self.to_triggered(name, control),
@@ -203,6 +207,21 @@ impl Supervisor {
             }
         }
         self.publish();
+    }
+
+    /// Loads the changed jobs, then answers `done` through each one's actor:
+    /// an actor handles its messages in order, so its answer means it has
+    /// taken in the new definition (schedule armed, start or stop begun).
+    async fn on_apply(&mut self, changes: Changes, done: oneshot::Sender<()>) {
+        let keys: Vec<JobKey> = changes.jobs.iter().cloned().collect();
+        self.on_changes(changes).await;
+        let actor = keys.iter().find_map(|k| self.jobs.get(k)).map(|e| &e.actor);
+        match actor {
+            Some(actor) => actor.sync(done),
+            None => {
+                let _ = done.send(());
+            }
+        }
     }
 
     async fn on_reload(&mut self, config: Arc<Config>) {

@@ -56,6 +56,8 @@ pub enum Control {
     Shutdown {
         why: &'static str,
     },
+    /// Answered once every message before it has been taken in.
+    Sync(oneshot::Sender<()>),
 }
 
 /// A request for a run.
@@ -271,6 +273,9 @@ impl Actor {
     async fn on_control(&mut self, control: Control) {
         match control {
             Control::Update { def, config } => self.on_update(def, config).await,
+            Control::Sync(done) => {
+                let _ = done.send(());
+            }
             Control::Run { request, reply } => {
                 let result = self.request_run(request, false).await;
                 let _ = reply.send(result);

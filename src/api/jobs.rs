@@ -364,3 +364,24 @@ async fn wait_actor_gone(live: Live, limit: Duration) {
     };
     let _ = tokio::time::timeout(limit, wait).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permission_error_says_whose_folder_and_how_to_fix_it() {
+        let d = tempfile::tempdir().unwrap();
+        let sources = crate::config::Sources { file: None, root: Some(d.path().to_path_buf()), listen: None };
+        let config = Config::load_with_env(&sources, &|_| None).unwrap();
+        let folder = config.jobs_dir.join("continuous/app");
+        std::fs::create_dir_all(&folder).unwrap();
+        let e = std::io::Error::from(ErrorKind::PermissionDenied);
+        let text = io_problem(&config, "write", &folder.join("disable.job"), &e);
+        assert!(text.starts_with("cannot write jobs/continuous/app/disable.job: permission denied: "), "{text}");
+        assert!(text.contains("jobs/continuous/app belongs to ") && text.contains("the daemon runs as "), "{text}");
+        assert!(text.contains("chown -R "), "{text}");
+        assert!(!text.contains(&d.path().display().to_string()), "no server path: {text}");
+        assert!(!text.contains("os error"), "{text}");
+    }
+}

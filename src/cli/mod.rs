@@ -140,7 +140,9 @@ pub fn main() -> ExitCode {
         _ => None,
     };
     let serving = matches!(cli.command, Command::Serve { .. });
-    let file = cli.config.clone().or_else(|| installed_config(serving, cli.root.is_some()));
+    let jobs_here = std::path::Path::new("jobs").is_dir();
+    let installed = std::path::Path::new(INSTALLED_CONFIG);
+    let file = cli.config.clone().or_else(|| installed_config(serving, cli.root.is_some(), jobs_here, installed));
     let sources = Sources { file, root: cli.root.clone(), listen };
     let config = match Config::load(&sources) {
         Ok(config) => config,
@@ -177,10 +179,9 @@ pub fn main() -> ExitCode {
 /// server with nothing else to go by (no `--root`, `--config`, `WEBJOBS_ROOT`,
 /// `WEBJOBS_CONFIG`, and no `./jobs` folder). `serve` keeps the current
 /// directory: that is the quick start's embedded default.
-fn installed_config(serving: bool, root_given: bool) -> Option<PathBuf> {
-    let installed = PathBuf::from(INSTALLED_CONFIG);
-    let use_it = !serving && !root_given && !std::path::Path::new("jobs").is_dir() && installed.is_file();
-    use_it.then_some(installed)
+fn installed_config(serving: bool, root_given: bool, jobs_here: bool, installed: &std::path::Path) -> Option<PathBuf> {
+    let use_it = !serving && !root_given && !jobs_here && installed.is_file();
+    use_it.then(|| installed.to_path_buf())
 }
 
 /// Where the README's service install puts the daemon's configuration.
@@ -207,5 +208,22 @@ pub(crate) fn find_job(config: &Config, spec: &str) -> Result<crate::jobs::JobDe
         _ => {
             Err(format!("`{spec}` is both a continuous and a triggered job: say continuous/{spec} or triggered/{spec}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_commands_on_a_server_find_the_installed_configuration() {
+        let d = tempfile::tempdir().unwrap();
+        let installed = d.path().join("webjobs.json");
+        assert_eq!(installed_config(false, false, false, &installed), None, "none installed");
+        std::fs::write(&installed, "{}").unwrap();
+        assert_eq!(installed_config(false, false, false, &installed), Some(installed.clone()));
+        assert_eq!(installed_config(false, true, false, &installed), None, "--root or WEBJOBS_ROOT wins");
+        assert_eq!(installed_config(false, false, true, &installed), None, "a ./jobs folder is the checkout's");
+        assert_eq!(installed_config(true, false, false, &installed), None, "serve keeps the current directory");
     }
 }

@@ -105,3 +105,28 @@ fn a_gigabyte_without_newline_is_split_with_bounded_memory() {
     assert!(pieces.iter().all(|l| l.split_once("] ").unwrap().1.len() <= 65536));
     daemon.stop();
 }
+
+#[test]
+fn stdout_and_stderr_keep_the_order_they_were_written_in() {
+    let root = Root::new();
+    // Each pair is written back to back (both pipes readable when the daemon wakes),
+    // the pairs a few milliseconds apart.
+    let script = "for i in $(seq 1 60); do echo \"out $i\"; echo \"err $i\" >&2; sleep 0.01; done\nexec sleep 300\n";
+    root.continuous("pairs", script);
+    let daemon = root.start();
+    wait_for("60 pairs", Duration::from_secs(20), || root.log("pairs").contains("ERROR] err 60"));
+    let log = root.log("pairs");
+    let order: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.split_once(": INFO] ").or_else(|| l.split_once(": ERROR] ")).map(|(_, t)| t.to_string()))
+        .collect();
+    let swapped: Vec<usize> = (1..=60)
+        .filter(|i| {
+            let out = order.iter().position(|t| *t == format!("out {i}"));
+            let err = order.iter().position(|t| *t == format!("err {i}"));
+            !(out.is_some() && err.is_some() && out < err)
+        })
+        .collect();
+    assert!(swapped.is_empty(), "stderr before the stdout line written first in pairs {swapped:?}:\n{log}");
+    daemon.stop();
+}

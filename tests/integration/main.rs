@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod continuous;
 mod dashboard;
+mod kudu;
 mod logs;
 mod processes;
 mod quickstart;
