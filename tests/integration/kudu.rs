@@ -359,3 +359,44 @@ fn error_answers_never_show_server_paths() {
     assert!(answers[3].text().contains("settings.job"), "{}", answers[3].text());
     daemon.stop();
 }
+
+/// `kudu-api` from the npm registry, installed once under `target/` (the
+/// project installs it; nothing is assumed to be there).
+fn kudu_client() -> std::path::PathBuf {
+    let prefix = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kudu-client");
+    if !prefix.join("node_modules/kudu-api/package.json").exists() {
+        let out = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg("kudu-api@1.4.1")
+            .output()
+            .expect("npm (installed with node by scripts/test)");
+        assert!(out.status.success(), "npm install kudu-api: {}{}", stdout(&out), stderr(&out));
+    }
+    prefix.join("node_modules")
+}
+
+#[test]
+fn a_real_kudu_client_from_npm_works_unchanged() {
+    let modules = kudu_client();
+    let root = Root::new();
+    let daemon = root.start();
+    let http = root.http();
+    let work = root.path().join("client");
+    std::fs::create_dir_all(&work).unwrap();
+    let zip = make_zip(root.path(), &[("app/run.py", ECHO_ARGS)]);
+    std::fs::write(work.join("job.zip"), zip).unwrap();
+    std::fs::write(work.join("run.sh"), "trap 'exit 0' TERM\nwhile true; do echo beat; sleep 0.2; done\n").unwrap();
+    let token = std::fs::read_to_string(root.path().join("data/api-token")).unwrap().trim().to_string();
+    let out = std::process::Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/kudu_client.js"))
+        .env("NODE_PATH", &modules)
+        .env("KUDU_URL", format!("http://{}/", http.addr))
+        .env("KUDU_TOKEN", token)
+        .env("WORK", &work)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("all calls behaved as with Kudu"));
+    daemon.stop();
+}
