@@ -189,12 +189,12 @@ fn disk_view(config: &Config, def: &JobDef) -> DiskView {
     let status = match live.iter().find(|s| s.status != JobStatus::InactiveInstance).or(live.first()) {
         Some(s) => s.status.as_str().to_string(),
         None if !errors.is_empty() => "Invalid".into(),
+        None if def.disabled => "Stopped".into(),
         None if def.key.kind == JobKind::Triggered => crate::history::run_ids(&data)
             .first()
             .and_then(|id| crate::history::read_status(&data.join(id)))
             .map(|s| s.status.as_str().to_string())
             .unwrap_or_else(|| "Ready".into()),
-        None if def.disabled => "Stopped".into(),
         None => "NotRunning".into(),
     };
     let detailed_status = statuses

@@ -142,3 +142,12 @@ fn a_relative_root_is_made_absolute_for_the_jobs() {
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     daemon.wait().unwrap();
 }
+
+#[test]
+fn a_start_failure_says_its_cause_once() {
+    let out = std::process::Command::new(BIN).args(["--root", "/proc/webjobs-nowhere", "serve"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("cannot create /proc/webjobs-nowhere/jobs"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "the cause once: {err}");
+}
