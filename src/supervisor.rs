@@ -52,7 +52,8 @@ pub enum Event {
     /// The watcher saw these jobs change.
     Changed(Changes),
     /// An API write changed these jobs: `done` is answered once the new state
-    /// is loaded and published (so the API's answer comes after it).
+    /// is loaded, published, and taken in by the (first) job's actor, so the
+    /// API's answer comes after it.
     Apply {
         changes: Changes,
         done: oneshot::Sender<()>,

@@ -595,6 +595,13 @@ impl Actor {
             return;
         }
         let Some(job) = self.good.clone() else { return };
+        if self.def.disabled {
+            if state == RunState::Failed && attempt < job.settings.retries {
+                self.scheduler_log
+                    .sys(Level::SysWarn, &format!("run {id} failed; no retry: the job is stopped (disable.job)"));
+            }
+            return;
+        }
         if state == RunState::Failed && attempt < job.settings.retries {
             let next = attempt + 1;
             let text =

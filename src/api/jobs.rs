@@ -332,8 +332,14 @@ async fn delete(State(state): State<ApiState>, Path(job): Path<String>, kind: Jo
     };
     let trash =
         state.config.jobs_dir.join(super::deploy::STAGING).join(format!("deleted-{job}-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(trash.parent().unwrap_or(&state.config.jobs_dir));
-    if let Err(e) = std::fs::rename(&def.dir, &trash) {
+    let (from, to) = (def.dir.clone(), trash.clone());
+    let moved = tokio::task::spawn_blocking(move || {
+        let _ = std::fs::create_dir_all(to.parent().unwrap_or(&to));
+        std::fs::rename(&from, &to)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    if let Err(e) = moved {
         return error(StatusCode::CONFLICT, io_problem(&state.config, "remove", &def.dir, &e));
     }
     let live = entry(&state, kind, &job).map(|e| e.live);

@@ -29,11 +29,7 @@ fn a_bad_config_is_refused_at_start_with_every_problem() {
 fn the_same_instance_id_cannot_run_twice_on_one_data_folder() {
     let root = Root::new();
     let _first = root.start();
-    let out = std::process::Command::new(BIN)
-        .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap(), "serve"])
-        .env("WEBJOBS_INSTANCE_ID", &root.instance)
-        .output()
-        .unwrap();
+    let out = root.serve_refused();
     assert_eq!(out.status.code(), Some(1));
     let text = stderr(&out);
     let expected = format!(
@@ -97,11 +93,7 @@ fn a_port_in_use_is_one_clear_message_and_no_job_starts() {
     let root = Root::with_config(serde_json::json!({"listen": addr}));
     let marker = root.path().join("started");
     root.continuous("job", &format!("touch {}\nexec sleep 300\n", marker.display()));
-    let out = std::process::Command::new(BIN)
-        .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap(), "serve"])
-        .env("WEBJOBS_INSTANCE_ID", &root.instance)
-        .output()
-        .unwrap();
+    let out = root.serve_refused();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains(&format!("cannot listen on {addr}: ")), "names the address: {err}");

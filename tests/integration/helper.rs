@@ -144,6 +144,15 @@ impl Root {
     pub fn start(&self) -> Daemon {
         Daemon::start(self, &[])
     }
+
+    /// Runs `serve` on this root to its end (for a start that must be refused).
+    pub fn serve_refused(&self) -> Output {
+        Command::new(BIN)
+            .args(["--root", self.path().to_str().unwrap(), "--config", self.config_path().to_str().unwrap(), "serve"])
+            .env("WEBJOBS_INSTANCE_ID", &self.instance)
+            .output()
+            .unwrap()
+    }
 }
 
 /// A `webjobs serve` process; SIGKILLed (with its jobs' groups) if dropped running.

@@ -339,3 +339,24 @@ fn run_mode_on_demand_ignores_the_schedule() {
     assert!(root.cli(&["run", "manual", "--wait"]).status.success());
     daemon.stop();
 }
+
+#[test]
+fn a_stopped_job_does_not_retry_its_failed_run() {
+    let root = Root::new();
+    let release = root.path().join("release");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done\nexit 1\n", release.display());
+    root.job("triggered", "flaky", &[("run.sh", &script), ("settings.job", r#"{"retries": 2, "retry_delay": 0}"#)]);
+    let daemon = root.start();
+    let out = root.cli(&["run", "flaky"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = root.cli(&["stop", "flaky"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::write(&release, "").unwrap();
+    let scheduler = root.data_dir("triggered", "flaky").join("job_scheduler.log");
+    wait_for("the failed run's end", Duration::from_secs(10), || {
+        read(&scheduler).contains("no retry: the job is stopped")
+    });
+    assert_eq!(root.runs("flaky").len(), 1);
+    assert_eq!(root.finished_runs("flaky")[0]["Status"], "Failed");
+    daemon.stop();
+}
