@@ -37,6 +37,8 @@ pub struct Config {
     /// How often an inactive instance retries a singleton job's lock.
     pub singleton_retry: Duration,
     pub api: ApiConfig,
+    /// Put each run in a cgroup of its own when cgroup v2 allows it (`cgroups`, default true).
+    pub cgroups: bool,
 }
 
 /// The HTTP API and dashboard over TCP (the Unix socket is always on).
@@ -102,7 +104,7 @@ pub struct ConfigError {
 const KNOWN_KEYS: &str = "root, jobs_dir, data_dir, temp_dir, instance_id, debounce_ms, log, \
     interpreters, timezone, singleton_retry_ms, stopped, disable_schedule, history_size, \
     restart_time, idle_timeout, listen, api_user, api_password, token_file, max_upload_bytes, \
-    max_unpacked_bytes";
+    max_unpacked_bytes, cgroups";
 
 impl Config {
     /// Resolves the configuration from the process environment.
@@ -183,6 +185,7 @@ struct Builder {
     token_file: Option<PathBuf>,
     max_upload: u64,
     max_unpacked: u64,
+    cgroups: bool,
 }
 
 impl Builder {
@@ -211,6 +214,7 @@ impl Builder {
             token_file: None,
             max_upload: 100 * 1024 * 1024,
             max_unpacked: 1024 * 1024 * 1024,
+            cgroups: true,
         }
     }
 
@@ -315,6 +319,9 @@ impl Builder {
                     format!("unknown time zone \"{tz}\" (expected an IANA name such as \"Europe/Paris\")"),
                 );
             }
+        }
+        if let Some(b) = r.bool("cgroups") {
+            self.cgroups = b;
         }
         self.read_log(r);
         self.read_interpreters(r);
@@ -435,6 +442,7 @@ impl Builder {
                 max_upload: self.max_upload,
                 max_unpacked: self.max_unpacked,
             },
+            cgroups: self.cgroups,
         })
     }
 }

@@ -247,10 +247,13 @@ impl Actor {
         let uptime = run.started.elapsed();
         run.reap_leftovers(&mut self.log, grace).await;
         let exit = run.describe_exit();
+        let usage = run.finish_usage();
+        let cpu = usage.cpu_ms.map(|ms| format!(", CPU {}", human(Duration::from_millis(ms)))).unwrap_or_default();
         self.log.sys(
             if exit == "exit code 0" { Level::SysInfo } else { Level::SysError },
-            &format!("process {} ended with {exit} after {}", run.pid, human_uptime(uptime)),
+            &format!("process {} ended with {exit} after {}{cpu}", run.pid, human_uptime(uptime)),
         );
+        self.shared.metrics.cpu_used("continuous", &self.key.name, usage.cpu_ms);
         self.status.last_exit = Some(exit);
         self.shared.metrics.output("continuous", &self.key.name, run.output.bytes);
         self.shared.metrics.restarted(&self.key.name);
@@ -260,6 +263,8 @@ impl Actor {
     async fn stop_run(&mut self, run: &mut Run, grace: Duration, why: &str, then: JobStatus) {
         self.set_status(JobStatus::Stopping, |_| {});
         run.stop(&mut self.log, grace, why).await;
+        let usage = run.finish_usage();
+        self.shared.metrics.cpu_used("continuous", &self.key.name, usage.cpu_ms);
         let exit = run.describe_exit();
         self.shared.metrics.output("continuous", &self.key.name, run.output.bytes);
         self.log.sys(Level::SysInfo, &format!("process {} stopped ({exit})", run.pid));
@@ -302,7 +307,8 @@ impl Actor {
             port,
         };
         let command = build_command(job, cwd, env.vars(&job.settings.env), self.shared.marker(&self.key, &nonce));
-        let run = Run::start(&command, shutdown_file, self.config.log.max_line)?;
+        let cgroup = self.shared.run_cgroup(&self.key, &nonce, &job.settings.limits)?;
+        let run = Run::start(&command, shutdown_file, self.config.log.max_line, cgroup)?;
         // Other jobs starting at the same moment spawn before this one writes its files.
         tokio::task::yield_now().await;
         self.log.sys(

@@ -78,13 +78,19 @@ pub async fn run(
     let listeners = crate::api::bind(&config).await?;
     let token = crate::api::load_or_create_token(&config.api.token_file)
         .map_err(|cause| DaemonError::Token { path: config.api.token_file.clone(), cause })?;
+    let prefix = marker_prefix(&config);
+    let containment =
+        crate::cgroup::Containment::detect(&format!("webjobs-{}", prefix.trim_end_matches('/')), config.cgroups);
+    tracing::info!("containment: {}", containment.describe());
     let shared = Arc::new(Shared {
         instance: config.instance_id.clone(),
-        marker_prefix: marker_prefix(&config),
+        marker_prefix: prefix,
         coordinator: Coordinator::Files { data_dir: config.data_dir.clone() },
+        containment,
         metrics: crate::metrics::Metrics::new(),
         generation: Default::default(),
     });
+    stop_leftover_cgroups(&config, &shared.containment).await;
     stop_leftovers(&config, &shared.marker_prefix).await;
     let reaper = process::spawn_reaper().map_err(DaemonError::Signals)?;
     let (events_tx, events_rx) = mpsc::channel(64);
@@ -127,6 +133,10 @@ pub async fn run(
         w.abort();
     }
     reaper.abort();
+    if let crate::cgroup::Containment::Cgroup(root) = &shared.containment {
+        // Empty once every run has ended; a populated one stays for the next start to end.
+        let _ = std::fs::remove_dir(&root.dir);
+    }
     tracing::info!("all jobs stopped; bye");
     Ok(())
 }
@@ -173,6 +183,39 @@ pub fn marker_prefix(config: &Config) -> String {
     let data = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     let key = fnv1a(format!("{}\0{}", data.display(), config.instance_id).as_bytes());
     format!("{}.{key:016x}/", config.instance_id)
+}
+
+/// Ends what a previous life of this daemon left in its run cgroups (it was
+/// killed or crashed): everything in them, whatever it did to its group,
+/// session or environment. Says so in each job's log.
+async fn stop_leftover_cgroups(config: &Config, containment: &crate::cgroup::Containment) {
+    let crate::cgroup::Containment::Cgroup(root) = containment else { return };
+    for cgroup in root.leftovers() {
+        let pids: Vec<i32> = cgroup.pids().iter().map(|p| p.as_raw()).collect();
+        if !pids.is_empty() {
+            cgroup.kill();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while cgroup.populated() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let name = cgroup.name();
+            let mut parts = name.splitn(2, '-');
+            let kind = parts.next().and_then(JobKind::parse);
+            let job = parts.next().and_then(|rest| rest.rsplit_once('-')).map(|(job, _)| job.to_string());
+            let text = format!(
+                "found {} process(es) left running by a previous daemon that did not stop cleanly, in the cgroup of its run (pids {pids:?}); killed them",
+                pids.len()
+            );
+            tracing::warn!(cgroup = %name, "{text}");
+            if let (Some(JobKind::Continuous), Some(job)) = (kind, job) {
+                let path = config.job_data_dir(&JobKey::new(JobKind::Continuous, job)).join("job_log.txt");
+                if let Ok(mut log) = LogFile::open(&path, &config.instance_id, None) {
+                    log.sys(Level::SysWarn, &text);
+                }
+            }
+        }
+        drop(cgroup);
+    }
 }
 
 /// Ends the processes a previous run of this daemon left behind (it was

@@ -59,6 +59,12 @@ pub struct RunStatus {
     /// Milliseconds from start to end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// CPU time of every process of the run (from its cgroup), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// Peak memory of the run's cgroup, bytes (where the memory controller is enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak: Option<u64>,
 }
 
 /// A fresh run id for `now`: `yyyyMMddHHmmssffff` (UTC, ten-thousandths of a second).

@@ -16,6 +16,7 @@
 pub mod actor;
 pub mod api;
 pub mod arguments;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;

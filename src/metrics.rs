@@ -33,6 +33,7 @@ pub struct Metrics {
     restarts: Family<Labels, Counter>,
     schedule_delay: Histogram,
     log_bytes: Family<Labels, Counter>,
+    cpu: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 fn job_labels(kind: &str, job: &str) -> Labels {
@@ -49,6 +50,7 @@ impl Metrics {
             restarts: Family::default(),
             schedule_delay: delay_histogram(),
             log_bytes: Family::default(),
+            cpu: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,6 +64,7 @@ impl Metrics {
                 m.schedule_delay.clone(),
             );
             r.register("log_bytes", "Bytes of job output written to logs", m.log_bytes.clone());
+            r.register("cpu_seconds", "CPU time of ended runs and processes, from their cgroups", m.cpu.clone());
         }
         m
     }
@@ -79,6 +82,13 @@ impl Metrics {
 
     pub fn tick_started(&self, delay: Duration) {
         self.schedule_delay.observe(delay.as_secs_f64());
+    }
+
+    /// CPU time of a run or process that ended (known only with cgroups).
+    pub fn cpu_used(&self, kind: &str, job: &str, cpu_ms: Option<u64>) {
+        if let Some(ms) = cpu_ms {
+            self.cpu.get_or_create(&job_labels(kind, job)).inc_by(ms as f64 / 1000.0);
+        }
     }
 
     pub fn output(&self, kind: &str, job: &str, bytes: u64) {

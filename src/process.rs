@@ -79,8 +79,10 @@ pub fn init_daemon_process() {
 }
 
 /// Starts `command` as the leader of a new process group, stdin from
-/// /dev/null, stdout and stderr into two fresh pipes.
-pub fn spawn(command: &Command) -> io::Result<Spawned> {
+/// /dev/null, stdout and stderr into two fresh pipes. With `cgroup_procs`
+/// (an open `cgroup.procs`), the child enters that cgroup before it execs, so
+/// nothing it runs is ever outside it.
+pub fn spawn(command: &Command, cgroup_procs: Option<std::os::fd::RawFd>) -> io::Result<Spawned> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     // A larger pipe lets a chatty job write on while the daemon is busy; best effort.
@@ -99,6 +101,15 @@ pub fn spawn(command: &Command) -> io::Result<Spawned> {
         .stderr(Stdio::from(err_w))
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(fd) = cgroup_procs {
+        // SAFETY: runs in the forked child before exec and only calls write(2),
+        // which is async-signal-safe, on an fd the parent keeps open.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 { Ok(()) } else { Err(io::Error::last_os_error()) }
+            });
+        }
+    }
     let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
     let child = cmd.spawn()?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -240,6 +251,12 @@ fn reap_exited_orphans() {
     }
 }
 
+/// Every process on the machine carrying exactly `marker`, wherever it went
+/// (its own group or session included): the escapees of one run.
+pub fn marked_exactly(marker: &str) -> Vec<Pid> {
+    find_marked(marker).into_iter().filter(|(_, m)| m == marker).map(|(pid, _)| pid).collect()
+}
+
 /// Every process on the machine whose marker starts with `prefix`: what a
 /// previous daemon left behind. A pid reused by an unrelated process carries
 /// no marker and is never matched.
@@ -314,7 +331,7 @@ mod tests {
             marker: "test-marker-xyz".into(),
         };
         init_daemon_process();
-        let mut s = spawn(&c).unwrap();
+        let mut s = spawn(&c, None).unwrap();
         assert_eq!(pgid_of(s.pid), Some(s.pid));
         // The kernel fills in the new program's environment just after the
         // vfork parent resumes, so give it a moment.

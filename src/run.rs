@@ -1,9 +1,10 @@
 //! One process run: spawn, capture, and the stop protocol that ends it only
 //! when no process of it is left.
 //!
-//! Stop protocol: create the shutdown file, SIGTERM the process group (and any
-//! escaped grandchild), wait up to the grace period, SIGKILL them, and wait
-//! until the group is empty. Output keeps flowing into the log meanwhile.
+//! Stop protocol: create the shutdown file, SIGTERM every process of the run
+//! (its cgroup, or its process group and escaped grandchildren), wait up to
+//! the grace period, SIGKILL them (`cgroup.kill`), and wait until none is
+//! left. Output keeps flowing into the log meanwhile.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::cgroup::RunCgroup;
 use crate::logs::{Level, LogFile};
 use crate::output::Output;
 use crate::process::{self, Command};
@@ -35,12 +37,26 @@ pub struct Run {
     pub command_line: String,
     shutdown_file: PathBuf,
     exit: Option<ExitStatus>,
+    /// The run's own cgroup, when containment is by cgroup.
+    cgroup: Option<RunCgroup>,
+}
+
+/// What a run used, read from its cgroup when it ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_ms: Option<u64>,
+    pub memory_peak: Option<u64>,
 }
 
 impl Run {
     /// Spawns `command`; the caller logs the start.
-    pub fn start(command: &Command, shutdown_file: PathBuf, max_line: usize) -> std::io::Result<Run> {
-        let spawned = process::spawn(command)?;
+    pub fn start(
+        command: &Command,
+        shutdown_file: PathBuf,
+        max_line: usize,
+        cgroup: Option<RunCgroup>,
+    ) -> std::io::Result<Run> {
+        let spawned = process::spawn(command, cgroup.as_ref().and_then(RunCgroup::procs_fd))?;
         let output = Output::new(spawned.stdout, spawned.stderr, max_line)?;
         Ok(Run {
             child: spawned.child,
@@ -51,6 +67,7 @@ impl Run {
             command_line: command.display(),
             shutdown_file,
             exit: None,
+            cgroup,
         })
     }
 
@@ -81,15 +98,22 @@ impl Run {
         status
     }
 
-    /// Whether any process of this run is left (the group, or escaped grandchildren).
+    /// Whether any process of this run is left: its cgroup is populated; or,
+    /// without one, its group or any process carrying its marker lives.
     fn remaining(&self) -> (bool, Vec<Pid>) {
-        (process::group_alive(self.pid), process::escaped(&self.marker))
+        match &self.cgroup {
+            Some(cgroup) => (cgroup.populated(), Vec::new()),
+            None => (process::group_alive(self.pid), process::marked_exactly(&self.marker)),
+        }
     }
 
     /// Ends whatever is left of the run after its leader exited by itself.
     /// Returns true when leftovers had to be stopped.
     pub async fn reap_leftovers(&mut self, log: &mut LogFile, grace: Duration) -> bool {
-        let (group, escaped) = (process::group_alive(self.pid), process::escaped_quick(&self.marker));
+        let (group, escaped) = match &self.cgroup {
+            Some(cgroup) => (cgroup.populated(), Vec::new()),
+            None => (process::group_alive(self.pid), process::escaped_quick(&self.marker)),
+        };
         if !group && escaped.is_empty() {
             self.drain(log).await;
             return false;
@@ -117,33 +141,47 @@ impl Run {
 
     async fn terminate(&mut self, log: &mut LogFile, grace: Duration) {
         self.write_shutdown_file();
-        process::signal_group(self.pid, Signal::SIGTERM);
-        process::signal_all(&process::escaped(&self.marker), Signal::SIGTERM);
+        self.signal_all(Signal::SIGTERM);
         if !self.wait_gone(log, grace).await {
-            log.sys(
-                Level::SysWarn,
-                &format!("still running after {}; sending SIGKILL to process group {}", human(grace), self.pid),
-            );
-            self.kill_all();
+            let what = match &self.cgroup {
+                Some(c) => format!("every process of cgroup {} (cgroup.kill)", c.name()),
+                None => format!("process group {} and the run's escaped processes", self.pid),
+            };
+            log.sys(Level::SysWarn, &format!("still running after {}; sending SIGKILL to {what}", human(grace)));
+            self.signal_all(Signal::SIGKILL);
             if !self.wait_gone(log, KILL_TIMEOUT).await {
-                let (_, escaped) = self.remaining();
+                let left: Vec<i32> = match &self.cgroup {
+                    Some(c) => c.pids(),
+                    None => process::marked_exactly(&self.marker),
+                }
+                .iter()
+                .map(|p| p.as_raw())
+                .collect();
                 log.sys(
                     Level::SysError,
                     &format!(
-                        "processes of group {} (and {:?}) survived SIGKILL for {}; they may be stuck in the kernel",
-                        self.pid,
-                        escaped,
+                        "processes {left:?} of the run survived SIGKILL for {}; they may be stuck in the kernel (the run stays open until they are gone)",
                         human(KILL_TIMEOUT)
                     ),
                 );
+                // Never claim the run ended while its processes live.
+                while !self.wait_gone(log, KILL_TIMEOUT).await {
+                    self.signal_all(Signal::SIGKILL);
+                }
             }
         }
         self.drain(log).await;
     }
 
-    fn kill_all(&self) {
-        process::signal_group(self.pid, Signal::SIGKILL);
-        process::signal_all(&process::escaped(&self.marker), Signal::SIGKILL);
+    /// `signal` to every process of the run: its cgroup, its group, and (without
+    /// a cgroup) every process that carries its marker, wherever it went.
+    fn signal_all(&self, signal: Signal) {
+        process::signal_group(self.pid, signal);
+        match &self.cgroup {
+            Some(cgroup) if signal == Signal::SIGKILL => cgroup.kill(),
+            Some(cgroup) => cgroup.signal(signal),
+            None => process::signal_all(&process::marked_exactly(&self.marker), signal),
+        }
     }
 
     /// Polls (briefly, only while stopping) until nothing of the run is left.
@@ -157,7 +195,7 @@ impl Run {
                 if !group && escaped.is_empty() {
                     return true;
                 }
-                // Late escapees get the same signal the group got.
+                // Late escapees get the signal the others got.
                 process::signal_all(&escaped, Signal::SIGTERM);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -191,6 +229,23 @@ impl Run {
             let _ = std::fs::create_dir_all(parent);
         }
         let _ = std::fs::write(&self.shutdown_file, crate::logs::format_time(std::time::SystemTime::now()));
+    }
+
+    /// What the run used (from its cgroup), and the cgroup removed. Call once
+    /// the run is over.
+    pub fn finish_usage(&mut self) -> Usage {
+        let Some(cgroup) = self.cgroup.take() else { return Usage::default() };
+        Usage { cpu_ms: cgroup.cpu_usec().map(|u| u / 1000), memory_peak: cgroup.memory_peak() }
+    }
+
+    /// CPU time used so far by the run's processes, in clock ticks or
+    /// microseconds (only compared with itself): how the idle timeout tells a
+    /// busy silent job from a stuck one.
+    pub fn cpu_so_far(&self) -> u64 {
+        match self.cgroup.as_ref().and_then(RunCgroup::cpu_usec) {
+            Some(usec) => usec,
+            None => process::group_cpu_ticks(self.pid),
+        }
     }
 
     /// How the leader ended, once it has.

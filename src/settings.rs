@@ -63,6 +63,8 @@ pub struct Settings {
     pub max_restart_delay: Duration,
     pub env: BTreeMap<String, String>,
     pub run_mode: RunMode,
+    /// `memory_max`, `cpu_max`, `tasks_max`: the run's cgroup limits.
+    pub limits: crate::cgroup::Limits,
     /// The file's object as written, for the settings API.
     pub raw: Map<String, Value>,
 }
@@ -76,7 +78,11 @@ pub struct Loaded {
 }
 
 const KNOWN_KEYS: &str = "schedule, is_singleton, stopping_wait_time, is_in_place, timezone, timeout, \
-    idle_timeout, retries, retry_delay, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode";
+    idle_timeout, retries, retry_delay, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
+    memory_max, cpu_max, tasks_max";
+
+/// The largest `settings.job` read (a bigger one is an error, not a memory hog).
+pub const MAX_FILE: u64 = 1024 * 1024;
 
 impl Settings {
     /// Defaults for a job without `settings.job`.
@@ -103,6 +109,7 @@ impl Settings {
                 JobKind::Continuous => RunMode::Continuous,
                 JobKind::Triggered => RunMode::OnDemand,
             },
+            limits: Default::default(),
             raw: Map::new(),
         }
     }
@@ -111,7 +118,7 @@ impl Settings {
 /// Reads `settings.job` in `dir` (defaults when it does not exist).
 pub fn load(dir: &Path, kind: JobKind) -> Loaded {
     let file = dir.join(FILE_NAME);
-    match std::fs::read_to_string(&file) {
+    match read_small_file(&file, MAX_FILE) {
         Ok(text) => parse(&file, &text, kind),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Loaded { settings: Ok(Settings::defaults(kind)), warnings: Vec::new() }
@@ -123,8 +130,55 @@ pub fn load(dir: &Path, kind: JobKind) -> Loaded {
     }
 }
 
-/// Parses and validates the text of a `settings.job`.
+/// Reads a small text file that must be a regular file: opened without
+/// blocking (a FIFO named like it never blocks the daemon), refused when it is
+/// anything else (a device such as `/dev/zero`, a FIFO, a folder) or larger
+/// than `max` bytes.
+pub fn read_small_file(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!(
+            "not a regular file (a {}); settings.job must be a plain JSON file",
+            kind_of_file(&meta)
+        )));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, more than the {max} bytes a settings file may have",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("more than the {max} bytes a settings file may have")));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8 text"))
+}
+
+fn kind_of_file(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "folder"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// Parses and validates the text of a `settings.job`. A UTF-8 byte order
+/// mark (Windows editors write one; WebJobs accepts it) is skipped.
 pub fn parse(file: &Path, text: &str, kind: JobKind) -> Loaded {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let map = match parse_object(file, text) {
         Ok(map) => map,
         Err(p) => {
@@ -204,6 +258,50 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
         r.problem("max_restart_delay", "must not be smaller than restart_delay");
     }
     read_env(r, s);
+    read_limits(r, s);
+}
+
+/// `memory_max` (bytes, or a string with K, M, G), `cpu_max` (CPUs, e.g. 0.5),
+/// `tasks_max` (processes and threads).
+fn read_limits<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    match r.value("memory_max") {
+        None => {}
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|b| b >= 4096) => s.limits.memory_max = n.as_u64(),
+        Some(Value::String(text)) => match parse_bytes(text) {
+            Some(b) if b >= 4096 => s.limits.memory_max = Some(b),
+            _ => r.problem(
+                "memory_max",
+                format!("expected bytes (at least 4096) or a size such as \"512M\" or \"2G\", found \"{text}\""),
+            ),
+        },
+        Some(other) => r.problem("memory_max", format!("expected bytes or a size such as \"512M\", found {other}")),
+    }
+    match r.value("cpu_max") {
+        None => {}
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|c| c > 0.0 && c <= 4096.0) => s.limits.cpu_max = n.as_f64(),
+        Some(other) => {
+            r.problem("cpu_max", format!("expected a number of CPUs above 0, such as 0.5 or 2, found {other}"))
+        }
+    }
+    if let Some(n) = r.integer("tasks_max", 1, 4_194_304) {
+        s.limits.tasks_max = Some(n);
+    }
+}
+
+/// `512M`, `2G`, `64K`, `1048576` (powers of 1024).
+fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits.parse().ok()?;
+    let factor = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 /// A duration that must be above zero when given.
@@ -315,6 +413,50 @@ fn type_warnings(file: &Path, map: &Map<String, Value>, kind: JobKind) -> Vec<Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_are_read_with_units() {
+        let s = parse(
+            Path::new("settings.job"),
+            r#"{"memory_max": "512M", "cpu_max": 0.5, "tasks_max": 64}"#,
+            JobKind::Triggered,
+        )
+        .settings
+        .unwrap();
+        assert_eq!(
+            s.limits,
+            crate::cgroup::Limits { memory_max: Some(512 << 20), cpu_max: Some(0.5), tasks_max: Some(64) }
+        );
+        assert_eq!(parse_bytes("2G"), Some(2 << 30));
+        assert_eq!(parse_bytes("64KiB"), Some(64 << 10));
+        let bad = parse(
+            Path::new("settings.job"),
+            r#"{"memory_max": "lots", "cpu_max": -1, "tasks_max": 0}"#,
+            JobKind::Triggered,
+        );
+        let keys: Vec<String> = bad.settings.unwrap_err().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["memory_max", "cpu_max", "tasks_max"]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let loaded = parse(Path::new("settings.job"), "\u{feff}{\"stopping_wait_time\": 7}", JobKind::Continuous);
+        assert_eq!(loaded.settings.unwrap().stopping_wait_time, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("settings.job");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let err = read_small_file(&fifo, MAX_FILE).unwrap_err().to_string();
+        assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+        let err = read_small_file(Path::new("/dev/zero"), MAX_FILE).unwrap_err().to_string();
+        assert!(err.contains("(a device)"), "{err}");
+        let big = d.path().join("big.job");
+        std::fs::write(&big, vec![b' '; 2 * MAX_FILE as usize]).unwrap();
+        assert!(read_small_file(&big, MAX_FILE).unwrap_err().to_string().contains("more than"));
+    }
 
     /// Settings and warnings, or the errors.
     #[derive(Debug)]

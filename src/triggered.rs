@@ -420,6 +420,8 @@ impl Actor {
             arguments: request.arguments.clone(),
             error: None,
             duration_ms: None,
+            cpu_ms: None,
+            memory_peak: None,
         };
         match spawned {
             Ok(run) => {
@@ -517,7 +519,8 @@ impl Actor {
             self.shared.marker(&self.key, id),
         );
         command.args.extend(request.arguments.iter().map(Into::into));
-        Run::start(&command, shutdown_file, self.config.log.max_line)
+        let cgroup = self.shared.run_cgroup(&self.key, id, &job.settings.limits)?;
+        Run::start(&command, shutdown_file, self.config.log.max_line, cgroup)
     }
 
     /// The leader exited by itself: end the run by its exit code.
@@ -557,7 +560,10 @@ impl Actor {
     fn finish(&mut self, mut active: Active, state: RunState, error: Option<String>) {
         let exit = active.run.exit_status();
         let duration = active.run.started.elapsed();
+        let usage = active.run.finish_usage();
         let s = &mut active.status;
+        s.cpu_ms = usage.cpu_ms;
+        s.memory_peak = usage.memory_peak;
         s.status = state;
         s.end_time = Some(format_time(std::time::SystemTime::now()));
         s.duration_ms = Some(duration.as_millis() as u64);
@@ -579,6 +585,7 @@ impl Actor {
             tracing::error!(job = %self.key, error = %e, "cannot write the run status");
         }
         self.shared.metrics.run_finished(&self.key.name, state.as_str(), duration);
+        self.shared.metrics.cpu_used("triggered", &self.key.name, usage.cpu_ms);
         self.shared.metrics.output("triggered", &self.key.name, active.run.output.bytes);
         self.publish_run(Some((active.id.clone(), active.status.clone())));
         let id = active.id.clone();
@@ -655,7 +662,7 @@ impl Actor {
             active.last_activity = Instant::now();
             return;
         }
-        let cpu = crate::process::group_cpu_ticks(active.run.pid);
+        let cpu = active.run.cpu_so_far();
         if cpu != active.last_cpu {
             active.last_cpu = cpu;
             active.last_activity = Instant::now();
@@ -887,6 +894,8 @@ fn lost_before_start(dir: &std::path::Path, instance: &str) -> RunStatus {
         arguments: Vec::new(),
         error: None,
         duration_ms: None,
+        cpu_ms: None,
+        memory_peak: None,
     }
 }
 

@@ -160,6 +160,7 @@ async fn get_job(
 ) -> Response {
     let Some(entry) = entry(&state, kind, &job) else { return not_found(kind, &job) };
     let mut view = JobView::from_catalog(&base_url(&headers), &entry);
+    view.containment = Some(state.shared.containment.describe());
     view.redact(&state.config);
     // The SDK writes its marker while the job runs: look again (the list shows it from the last scan).
     view.using_sdk = tokio::fs::try_exists(state.config.job_data_dir(&entry.def.key).join(crate::jobs::SDK_MARKER))

@@ -286,9 +286,14 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 async fn health(State(state): State<ApiState>) -> Response {
     let catalog = state.catalog.borrow().clone();
     if catalog.loaded {
-        axum::Json(
-            serde_json::json!({"status": "ready", "jobs": catalog.jobs.len(), "instance": state.config.instance_id}),
-        )
+        let containment = &state.shared.containment;
+        axum::Json(serde_json::json!({
+            "status": "ready",
+            "jobs": catalog.jobs.len(),
+            "instance": state.config.instance_id,
+            "containment": containment.kind(),
+            "containment_detail": redact(&state.config, &containment.describe()),
+        }))
         .into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "loading"}))).into_response()

@@ -28,6 +28,10 @@ pub struct RunView {
     pub instance: String,
     pub arguments: Vec<String>,
     pub error: Option<String>,
+    /// CPU time of all the run's processes (cgroup containment), milliseconds.
+    pub cpu_time_ms: Option<u64>,
+    /// Peak memory of the run's cgroup, bytes (with the memory controller).
+    pub memory_peak_bytes: Option<u64>,
 }
 
 impl RunView {
@@ -50,6 +54,8 @@ impl RunView {
             instance: s.instance,
             arguments: s.arguments,
             error: s.error,
+            cpu_time_ms: s.cpu_ms,
+            memory_peak_bytes: s.memory_peak,
         }
     }
 
@@ -123,6 +129,9 @@ pub struct JobView {
     pub next_run: Option<String>,
     pub disabled: bool,
     pub warnings: Vec<String>,
+    /// How this daemon contains the job's processes (one job's GET only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containment: Option<String>,
 }
 
 impl JobView {
@@ -152,6 +161,7 @@ impl JobView {
             next_run: None,
             disabled: def.disabled,
             warnings: def.warnings(),
+            containment: None,
         };
         match &entry.live {
             Live::Continuous(rx) => {

@@ -115,7 +115,9 @@ pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCod
     if def.key.kind == JobKind::Continuous {
         println!("log:      {}", config.job_data_dir(&def.key).join("job_log.txt").display());
     }
-    for (label, key) in [("schedule", "schedule"), ("next run", "next_run"), ("error", "error")] {
+    for (label, key) in
+        [("schedule", "schedule"), ("next run", "next_run"), ("error", "error"), ("contained", "containment")]
+    {
         if let Some(v) = view[key].as_str() {
             println!("{:<9} {v}", format!("{label}:"));
         }

@@ -281,6 +281,29 @@ fn kill_marked(prefix: &str) {
     for pid in marked_pids(prefix, "") {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+    remove_cgroups(prefix);
+}
+
+/// Ends and removes the run cgroups of a daemon the test killed (a daemon
+/// that stops cleanly removes its own), so tests leave nothing behind.
+fn remove_cgroups(prefix: &str) {
+    for mount in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let Ok(entries) = fs::read_dir(mount) else { continue };
+        for dir in entries.flatten().map(|e| e.path()) {
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("webjobs-{prefix}")) {
+                continue;
+            }
+            for run in fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                let _ = fs::write(run.join("cgroup.kill"), "1");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while fs::remove_dir(&run).is_err() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let _ = fs::remove_dir(&dir);
+        }
+    }
 }
 
 /// Live processes whose WEBJOBS_RUN_MARKER starts with `prefix` and names `job`.

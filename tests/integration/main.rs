@@ -6,6 +6,7 @@ mod helper;
 mod api;
 mod cli;
 mod config;
+mod containment;
 mod continuous;
 mod dashboard;
 mod kudu;
