@@ -255,11 +255,11 @@ impl RunCgroup {
 
     /// SIGKILL to everything in the cgroup, at once (`cgroup.kill`), or to each process.
     pub fn kill(&self) {
-        if self.kill_file {
-            if let Ok(mut f) = OpenOptions::new().write(true).open(self.dir.join("cgroup.kill")) {
-                let _ = f.write_all(b"1");
-                return;
-            }
+        if self.kill_file
+            && let Ok(mut f) = OpenOptions::new().write(true).open(self.dir.join("cgroup.kill"))
+        {
+            let _ = f.write_all(b"1");
+            return;
         }
         self.signal(Signal::SIGKILL);
     }
