@@ -6,7 +6,11 @@
 //! leaves its run cgroups behind, and its next start ends what is in them.
 //!
 //! Layout: `<cgroup2 mount><the daemon's cgroup>/webjobs-<instance>.<hash>/`
-//! holds one cgroup per run, `<kind>-<job>-<nonce>`. Under systemd the unit
+//! holds the run cgroups: `<kind>.<job>`, used by one run after the other (a
+//! job runs one process tree at a time on a daemon; creating and removing a
+//! cgroup per run would cost more than the rest of a start), or, where the
+//! memory controller is enabled (so that `memory.peak` is the run's own),
+//! `<kind>.<job>.<nonce>` per run. Under systemd the unit
 //! has `Delegate=yes`, so the daemon may create cgroups below its own. When no
 //! cgroup can be had (no cgroup2, no permission), the daemon says so and keeps
 //! process groups and run markers ([`Containment::ProcessGroups`]).
@@ -107,12 +111,13 @@ impl Containment {
         }
     }
 
-    /// A cgroup for a new run (none when containment is by process groups),
-    /// with `limits` applied. Limits without cgroups or without their
-    /// controller are an error: the job does not run unlimited by mistake.
-    pub fn new_run(&self, name: &str, limits: &Limits) -> io::Result<Option<RunCgroup>> {
+    /// The cgroup for a new run of job `job` (`<kind>.<name>`; none when
+    /// containment is by process groups), with `limits` applied. Limits without
+    /// cgroups or without their controller are an error: the job does not run
+    /// unlimited by mistake.
+    pub fn new_run(&self, job: &str, nonce: &str, limits: &Limits) -> io::Result<Option<RunCgroup>> {
         match self {
-            Containment::Cgroup(root) => root.new_run(name, limits).map(Some),
+            Containment::Cgroup(root) => root.new_run(job, nonce, limits).map(Some),
             Containment::ProcessGroups { why } => match limits.entries().first() {
                 Some((key, ..)) => Err(io::Error::other(format!(
                     "{key} needs a cgroup v2 of the daemon's own, and there is none here ({why})"
@@ -135,7 +140,7 @@ impl Root {
         Ok(Root { dir, controllers, kill_file })
     }
 
-    fn new_run(&self, name: &str, limits: &Limits) -> io::Result<RunCgroup> {
+    fn new_run(&self, job: &str, nonce: &str, limits: &Limits) -> io::Result<RunCgroup> {
         for (key, controller, ..) in limits.entries() {
             if !self.controllers.iter().any(|c| c == controller) {
                 return Err(io::Error::other(format!(
@@ -145,7 +150,8 @@ impl Root {
                 )));
             }
         }
-        let dir = self.dir.join(name);
+        let per_run = self.controllers.iter().any(|c| c == "memory");
+        let dir = if per_run { self.dir.join(format!("{job}.{nonce}")) } else { self.dir.join(job) };
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -158,7 +164,18 @@ impl Root {
                 .map_err(|e| io::Error::other(format!("{key}: cannot write {value} to {file}: {e}")))?;
         }
         let procs = OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
-        Ok(RunCgroup { dir, procs: Some(procs), kill_file: self.kill_file })
+        let mut run = RunCgroup { dir, procs: Some(procs), kill_file: self.kill_file, cpu_base: 0, per_run };
+        run.cpu_base = run.cpu_total().unwrap_or(0);
+        Ok(run)
+    }
+
+    /// Removes the run cgroups (each empty once its run ended) and the
+    /// daemon's folder: a daemon that stops cleanly leaves nothing.
+    pub fn remove_all(&self) {
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+        let _ = std::fs::remove_dir(&self.dir);
     }
 
     /// Run cgroups left by a previous life of this daemon (it was killed).
@@ -166,7 +183,7 @@ impl Root {
         let entries = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
         entries
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| RunCgroup { dir: e.path(), procs: None, kill_file: self.kill_file })
+            .map(|e| RunCgroup { dir: e.path(), procs: None, kill_file: self.kill_file, cpu_base: 0, per_run: true })
             .collect()
     }
 }
@@ -225,6 +242,10 @@ pub struct RunCgroup {
     /// `cgroup.procs`, open for the child to enter before it execs.
     procs: Option<File>,
     kill_file: bool,
+    /// `usage_usec` when the run started (the cgroup may have served runs before).
+    cpu_base: u64,
+    /// Created for this run alone: removed when it is let go.
+    per_run: bool,
 }
 
 impl RunCgroup {
@@ -264,28 +285,40 @@ impl RunCgroup {
         self.signal(Signal::SIGKILL);
     }
 
-    /// CPU time used by every process that ran in the cgroup, in microseconds.
+    /// CPU time used by every process of this run, in microseconds.
     pub fn cpu_usec(&self) -> Option<u64> {
+        self.cpu_total().map(|t| t.saturating_sub(self.cpu_base))
+    }
+
+    fn cpu_total(&self) -> Option<u64> {
         let text = std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
         text.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
     }
 
-    /// Peak memory (`memory.peak`), where the memory controller is enabled.
+    /// Peak memory of this run (`memory.peak` of its own cgroup), where the
+    /// memory controller is enabled.
     pub fn memory_peak(&self) -> Option<u64> {
+        if !self.per_run {
+            return None;
+        }
         std::fs::read_to_string(self.dir.join("memory.peak")).ok()?.trim().parse().ok()
     }
 
-    /// The cgroup's folder name (`<kind>-<job>-<nonce>`).
+    /// The cgroup's folder name (`<kind>.<job>` or `<kind>.<job>.<nonce>`).
     pub fn name(&self) -> String {
         self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 }
 
-/// An empty run cgroup is removed when it is let go (best effort: one
-/// still populated stays, and the next start of the daemon ends it).
+/// A run's own cgroup is removed when it is let go (best effort: one still
+/// populated stays, and the next start of the daemon ends it); a job's
+/// reused one stays for its next run.
 impl Drop for RunCgroup {
     fn drop(&mut self) {
         self.procs = None;
+        if !self.per_run {
+            return;
+        }
         if let Err(e) = std::fs::remove_dir(&self.dir) {
             tracing::debug!(cgroup = %self.dir.display(), error = %e, "cannot remove a run cgroup");
         }
@@ -313,8 +346,8 @@ mod tests {
     #[test]
     fn without_cgroups_a_limit_is_an_error_not_ignored() {
         let c = Containment::ProcessGroups { why: "test".into() };
-        assert!(c.new_run("x", &Limits::default()).unwrap().is_none());
-        let err = c.new_run("x", &Limits { tasks_max: Some(3), ..Default::default() }).unwrap_err().to_string();
+        assert!(c.new_run("x", "1", &Limits::default()).unwrap().is_none());
+        let err = c.new_run("x", "1", &Limits { tasks_max: Some(3), ..Default::default() }).unwrap_err().to_string();
         assert!(err.contains("tasks_max needs a cgroup"), "{err}");
     }
 }

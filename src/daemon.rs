@@ -135,7 +135,7 @@ pub async fn run(
     reaper.abort();
     if let crate::cgroup::Containment::Cgroup(root) = &shared.containment {
         // Empty once every run has ended; a populated one stays for the next start to end.
-        let _ = std::fs::remove_dir(&root.dir);
+        root.remove_all();
     }
     tracing::info!("all jobs stopped; bye");
     Ok(())
@@ -199,9 +199,9 @@ async fn stop_leftover_cgroups(config: &Config, containment: &crate::cgroup::Con
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let name = cgroup.name();
-            let mut parts = name.splitn(2, '-');
+            let mut parts = name.split('.');
             let kind = parts.next().and_then(JobKind::parse);
-            let job = parts.next().and_then(|rest| rest.rsplit_once('-')).map(|(job, _)| job.to_string());
+            let job = parts.next().map(str::to_string);
             let text = format!(
                 "found {} process(es) left running by a previous daemon that did not stop cleanly, in the cgroup of its run (pids {pids:?}); killed them",
                 pids.len()

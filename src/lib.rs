@@ -33,6 +33,7 @@ pub mod process;
 pub mod run;
 pub mod schedule;
 pub mod settings;
+pub mod spawn;
 pub mod status;
 pub mod supervisor;
 pub mod systemd;

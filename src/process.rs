@@ -12,7 +12,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Mutex;
 
 use nix::errno::Errno;
@@ -56,13 +55,13 @@ fn shell_quote(s: &str) -> String {
 
 /// A started run: the leader (also the process group id) and its output pipes.
 pub struct Spawned {
-    pub child: tokio::process::Child,
+    pub child: crate::spawn::Leader,
     pub pid: Pid,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
 }
 
-/// Pids that tokio owns (run leaders); the adopted-orphan reaper leaves them alone.
+/// Run leaders (waited for through their pidfds); the adopted-orphan reaper leaves them alone.
 static LEADERS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 /// Prepares the daemon process: become a subreaper and clear the signal mask
@@ -80,45 +79,42 @@ pub fn init_daemon_process() {
 
 /// Starts `command` as the leader of a new process group, stdin from
 /// /dev/null, stdout and stderr into two fresh pipes. With `cgroup_procs`
-/// (an open `cgroup.procs`), the child enters that cgroup before it execs, so
-/// nothing it runs is ever outside it.
+/// (an open `cgroup.procs`), the child enters that cgroup before it execs
+/// (see [`crate::spawn`]).
 pub fn spawn(command: &Command, cgroup_procs: Option<std::os::fd::RawFd>) -> io::Result<Spawned> {
+    use std::os::fd::AsRawFd;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     // A larger pipe lets a chatty job write on while the daemon is busy; best effort.
     let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(256 * 1024));
-    let mut cmd = tokio::process::Command::new(&command.program);
-    cmd.args(&command.args)
-        .current_dir(&command.cwd)
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .env(MARKER_VAR, &command.marker)
-        // systemd's variables are for the daemon, not for its jobs.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(fd) = cgroup_procs {
-        // SAFETY: runs in the forked child before exec and only calls write(2),
-        // which is async-signal-safe, on an fd the parent keeps open.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 { Ok(()) } else { Err(io::Error::last_os_error()) }
-            });
-        }
-    }
+    let devnull = std::fs::File::open("/dev/null")?;
+    let prepared = crate::spawn::Prepared::new(&command.program, &command.args, &command.cwd, environment(command))?;
+    let stdio = crate::spawn::Stdio {
+        stdin: devnull.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        cgroup_procs,
+    };
+    // Held across the spawn: the orphan reaper never sees a leader it does not know.
     let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
-    let child = cmd.spawn()?;
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    leaders.insert(pid);
+    let child = crate::spawn::spawn(&prepared, &stdio)?;
+    leaders.insert(child.pid.as_raw());
     drop(leaders);
-    Ok(Spawned { child, pid: Pid::from_raw(pid), stdout: out_r, stderr: err_r })
+    Ok(Spawned { pid: child.pid, child, stdout: out_r, stderr: err_r })
 }
 
-/// Forgets a leader once tokio has reaped it.
+/// The daemon's environment, the job's, and the run marker; systemd's
+/// variables are the daemon's, not its jobs'.
+fn environment(command: &Command) -> Vec<(OsString, OsString)> {
+    let skip = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", MARKER_VAR];
+    let mut env: std::collections::BTreeMap<OsString, OsString> =
+        std::env::vars_os().filter(|(k, _)| !skip.iter().any(|s| k == s)).collect();
+    env.extend(command.env.iter().cloned());
+    env.insert(MARKER_VAR.into(), command.marker.clone().into());
+    env.into_iter().collect()
+}
+
+/// Forgets a leader once it has been reaped (or let go).
 pub fn leader_reaped(pid: Pid) {
     LEADERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid.as_raw());
 }

@@ -28,7 +28,7 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running process group and its output.
 pub struct Run {
-    child: tokio::process::Child,
+    child: crate::spawn::Leader,
     pub pid: Pid,
     pub output: Output,
     pub started: Instant,

@@ -42,7 +42,7 @@ impl Shared {
         nonce: &str,
         limits: &crate::cgroup::Limits,
     ) -> std::io::Result<Option<crate::cgroup::RunCgroup>> {
-        self.containment.new_run(&format!("{}-{}-{nonce}", key.kind.as_str(), key.name), limits)
+        self.containment.new_run(&format!("{}.{}", key.kind.as_str(), key.name), nonce, limits)
     }
 
     /// The marker of one run of `key`.

@@ -61,7 +61,7 @@ fn nothing_a_run_started_survives_a_stop() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(left.is_empty(), "processes left after the stop: {left:?}");
     let log = root.log("scatter");
-    assert!(log.contains("sending SIGKILL to every process of cgroup continuous-scatter-"), "{log}");
+    assert!(log.contains("sending SIGKILL to every process of cgroup continuous.scatter"), "{log}");
     let status = stdout(&root.cli(&["status", "scatter"]));
     assert!(status.contains("contained: cgroup v2"), "{status}");
     daemon.stop();
