@@ -254,6 +254,11 @@ impl RunCgroup {
         self.procs.as_ref().map(AsRawFd::as_raw_fd)
     }
 
+    /// The child is in: `cgroup.procs` need not stay open.
+    pub fn entered(&mut self) {
+        self.procs = None;
+    }
+
     /// Whether any process is left in the cgroup.
     pub fn populated(&self) -> bool {
         match std::fs::read_to_string(self.dir.join("cgroup.events")) {

@@ -56,7 +56,11 @@ impl Run {
         max_line: usize,
         cgroup: Option<RunCgroup>,
     ) -> std::io::Result<Run> {
+        let mut cgroup = cgroup;
         let spawned = process::spawn(command, cgroup.as_ref().and_then(RunCgroup::procs_fd))?;
+        if let Some(c) = cgroup.as_mut() {
+            c.entered();
+        }
         let output = Output::new(spawned.stdout, spawned.stderr, max_line)?;
         Ok(Run {
             child: spawned.child,

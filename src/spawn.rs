@@ -98,7 +98,7 @@ pub fn spawn(prep: &Prepared, stdio: &Stdio) -> io::Result<Leader> {
         // suspended parent keeps alive, no allocation, and _exit on failure.
         unsafe { child_main(program, cwd, argv, envp, stdin, stdout, stderr, procs, err_w_fd) }
     });
-    let mut stack = vec![0u8; 64 * 1024];
+    let mut stack = Stack::new()?;
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: signal masks of this thread, restored below. With every signal
@@ -110,7 +110,7 @@ pub fn spawn(prep: &Prepared, stdio: &Stdio) -> io::Result<Leader> {
     let flags = nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK;
     // SAFETY: the callback runs on `stack`, in our address space, while this
     // thread is suspended (CLONE_VFORK) until the child execs or exits.
-    let cloned = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) };
+    let cloned = unsafe { nix::sched::clone(child, stack.usable(), flags, Some(libc::SIGCHLD)) };
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
     drop(err_w);
@@ -121,6 +121,50 @@ pub fn spawn(prep: &Prepared, stdio: &Stdio) -> io::Result<Leader> {
         return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
     }
     Leader::new(pid)
+}
+
+/// The child's stack: mapped for one spawn, with a guard page below it, so
+/// that an overflow faults instead of writing over the daemon's memory.
+struct Stack {
+    base: *mut libc::c_void,
+}
+
+const STACK_SIZE: usize = 64 * 1024;
+const GUARD: usize = 4096;
+
+impl Stack {
+    fn new() -> io::Result<Stack> {
+        // SAFETY: a fresh private anonymous mapping, checked before use.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                STACK_SIZE + GUARD,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the first page of the mapping just made.
+        unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) };
+        Ok(Stack { base })
+    }
+
+    /// The writable part (stacks grow down towards the guard page).
+    fn usable(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is STACK_SIZE + GUARD bytes long and lives as long as self.
+        unsafe { std::slice::from_raw_parts_mut(self.base.cast::<u8>().add(GUARD), STACK_SIZE) }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in new().
+        unsafe { libc::munmap(self.base, STACK_SIZE + GUARD) };
+    }
 }
 
 /// The child, between clone and exec.
