@@ -306,7 +306,11 @@ impl Actor {
             shutdown_file: &shutdown_file,
             port,
         };
-        let command = build_command(job, cwd, env.vars(&job.settings.env), self.shared.marker(&self.key, &nonce));
+        let mut command = build_command(job, cwd, env.vars(&job.settings.env), self.shared.marker(&self.key, &nonce));
+        // A singleton's lock goes with the run: held while any process of it
+        // lives, even if this daemon is killed, so no other daemon starts a
+        // second copy beside an orphaned one.
+        command.inherit = self.lease.as_ref().map(Lease::fd);
         let cgroup = self.shared.run_cgroup(&self.key, &nonce, &job.settings.limits)?;
         let run = Run::start(&command, shutdown_file, self.config.log.max_line, cgroup)?;
         // Other jobs starting at the same moment spawn before this one writes its files.
@@ -460,7 +464,7 @@ pub fn build_command(
     if !job.script.host.is_empty() {
         args.push(script.into());
     }
-    Command { program, args, cwd, env, marker }
+    Command { program, args, cwd, env, marker, inherit: None }
 }
 
 #[cfg(test)]

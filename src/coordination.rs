@@ -30,6 +30,16 @@ pub enum Lease {
     Shared(Arc<File>),
 }
 
+impl Lease {
+    /// The descriptor that holds the lock (for a run to inherit).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Lease::Owned { _lock } => _lock.as_raw_fd(),
+            Lease::Shared(file) => file.as_raw_fd(),
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Lease::Shared(file) = self {

@@ -32,6 +32,9 @@ pub struct Command {
     pub env: Vec<(OsString, OsString)>,
     /// Value of [`MARKER_VAR`].
     pub marker: String,
+    /// A descriptor the process keeps, as fd 3: a singleton's lock, so that
+    /// the lock lasts as long as the run, even if the daemon is killed.
+    pub inherit: Option<std::os::fd::RawFd>,
 }
 
 impl Command {
@@ -94,6 +97,7 @@ pub fn spawn(command: &Command, cgroup_procs: Option<std::os::fd::RawFd>) -> io:
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         cgroup_procs,
+        keep: command.inherit,
     };
     // Held across the spawn: the orphan reaper never sees a leader it does not know.
     let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
@@ -313,6 +317,7 @@ mod tests {
             cwd: "/".into(),
             env: vec![],
             marker: String::new(),
+            inherit: None,
         };
         assert_eq!(c.display(), "/usr/bin/bash run.sh 'a b' 'it'\\''s'");
     }
@@ -325,6 +330,7 @@ mod tests {
             cwd: "/".into(),
             env: vec![],
             marker: "test-marker-xyz".into(),
+            inherit: None,
         };
         init_daemon_process();
         let mut s = spawn(&c, None).unwrap();

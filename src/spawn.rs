@@ -84,6 +84,8 @@ pub struct Stdio {
     pub stderr: RawFd,
     /// An open `cgroup.procs` the child writes `0` to, to enter the cgroup.
     pub cgroup_procs: Option<RawFd>,
+    /// A descriptor the child keeps, as fd 3.
+    pub keep: Option<RawFd>,
 }
 
 /// Starts the process; it leads a new process group. Returns once it has
@@ -92,11 +94,18 @@ pub fn spawn(prep: &Prepared, stdio: &Stdio) -> io::Result<Leader> {
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let err_w_fd = err_w.as_raw_fd();
     let (program, cwd, argv, envp) = (prep.program.as_ptr(), prep.cwd.as_ptr(), prep.argv.as_ptr(), prep.envp.as_ptr());
-    let (stdin, stdout, stderr, procs) = (stdio.stdin, stdio.stdout, stdio.stderr, stdio.cgroup_procs);
+    let fds = ChildFds {
+        stdin: stdio.stdin,
+        stdout: stdio.stdout,
+        stderr: stdio.stderr,
+        procs: stdio.cgroup_procs,
+        keep: stdio.keep,
+        err_w: err_w_fd,
+    };
     let child = Box::new(move || -> isize {
         // SAFETY: the vfork child: only async-signal-safe calls on data the
         // suspended parent keeps alive, no allocation, and _exit on failure.
-        unsafe { child_main(program, cwd, argv, envp, stdin, stdout, stderr, procs, err_w_fd) }
+        unsafe { child_main(program, cwd, argv, envp, &fds) }
     });
     let mut stack = Stack::new()?;
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
@@ -167,19 +176,25 @@ impl Drop for Stack {
     }
 }
 
+/// The descriptors the child works with.
+struct ChildFds {
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    procs: Option<RawFd>,
+    keep: Option<RawFd>,
+    err_w: RawFd,
+}
+
 /// The child, between clone and exec.
-#[allow(clippy::too_many_arguments)]
 unsafe fn child_main(
     program: *const libc::c_char,
     cwd: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
-    stdin: RawFd,
-    stdout: RawFd,
-    stderr: RawFd,
-    procs: Option<RawFd>,
-    err_w: RawFd,
+    fds: &ChildFds,
 ) -> isize {
+    let err_w = fds.err_w;
     /// Reports errno to the parent and ends the child.
     unsafe fn fail(err_w: RawFd) -> ! {
         unsafe {
@@ -208,12 +223,12 @@ unsafe fn child_main(
         if libc::setpgid(0, 0) != 0 {
             fail(err_w);
         }
-        if let Some(fd) = procs
+        if let Some(fd) = fds.procs
             && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
         {
             fail(err_w);
         }
-        for (src, dst) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+        for (src, dst) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
             let ok = if src == dst { libc::fcntl(dst, libc::F_SETFD, 0) == 0 } else { libc::dup2(src, dst) == dst };
             if !ok {
                 fail(err_w);
@@ -221,6 +236,12 @@ unsafe fn child_main(
         }
         // Every other descriptor closes at exec (kernel 5.11+; best effort before).
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        if let Some(fd) = fds.keep {
+            let ok = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) == 0 } else { libc::dup2(fd, 3) == 3 };
+            if !ok {
+                fail(err_w);
+            }
+        }
         if libc::chdir(cwd) != 0 {
             fail(err_w);
         }

@@ -145,3 +145,36 @@ fn without_cgroups_escapees_that_keep_the_marker_are_killed_too() {
     assert!(left.is_empty(), "a TERM-deaf child in its own group got SIGKILL too: {left:?}");
     daemon.stop();
 }
+
+#[test]
+fn descriptors_the_daemon_inherited_do_not_reach_jobs() {
+    let root = Root::new();
+    let fds = "import os\nprint('fds', sorted(int(f) for f in os.listdir('/proc/self/fd')))\n";
+    root.job("triggered", "fds", &[("run.py", fds)]);
+    // The daemon starts with fd 7 open (as a careless parent would leave it).
+    let stderr_path = root.path().join("daemon.log");
+    let mut daemon = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("exec 7</etc/hostname; exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap(), "serve"])
+        .env("WEBJOBS_INSTANCE_ID", &root.instance)
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("daemon", Duration::from_secs(10), || read(&stderr_path).contains("webjobs is running"));
+    let daemon_fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", daemon.id()))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert!(daemon_fds.contains(&"7".to_string()), "the daemon has fd 7: {daemon_fds:?}");
+    let out = root.cli(&["run", "fds", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = root.runs("fds").pop().unwrap();
+    let line = output_lines(&root.run_log("fds", &id), "INFO").pop().unwrap();
+    // 0-2, and the folder listdir itself opens.
+    assert_eq!(line, "fds [0, 1, 2, 3]", "the job sees only its own descriptors");
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait().unwrap();
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::helper::*;
 
 #[test]
-fn one_instance_runs_a_singleton_and_another_takes_over_after_a_sigkill() {
+fn a_singleton_never_runs_twice_through_a_sigkill_of_its_holder() {
     let root = Root::with_config(serde_json::json!({"singleton_retry_ms": 500}));
     root.job("continuous", "only", &[("run.sh", "exec sleep 300\n"), ("settings.job", r#"{"is_singleton": true}"#)]);
     root.continuous("everywhere", "exec sleep 300\n");
@@ -25,10 +25,41 @@ fn one_instance_runs_a_singleton_and_another_takes_over_after_a_sigkill() {
     assert!(other.job_pids("only").is_empty(), "never two at once");
     let list = stdout(&root.cli(&["status", "only"]));
     assert!(list.contains("InactiveInstance") && list.contains("Running"), "{list}");
-    let _leftovers = holder.kill9();
-    let took = time_until("takeover", Duration::from_secs(5), || other.job_pids("only").len() == 1);
-    eprintln!("takeover after {took:?}");
+    // SIGKILL of the holder: its job runs on as an orphan and keeps the lock
+    // (the run holds it), so the other daemon must not start a second copy.
+    let holder_instance = holder.marker_prefix.trim_end_matches('.').to_string();
+    let orphan = holder.job_pids("only");
+    let leftovers = holder.kill9();
+    let copies = || marked_pids(&leftovers.prefix, "only").len() + other.job_pids("only").len();
+    let sample_until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < sample_until {
+        assert!(copies() <= 1, "two copies of a singleton at once");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(orphan.iter().all(|p| alive(*p)), "the orphan runs on");
+    assert!(other.job_pids("only").is_empty(), "no takeover while the old run lives");
+    // The killed daemon comes back: it ends its leftovers, which frees the lock;
+    // exactly one copy runs again (sampled all along).
+    let back = Daemon::start_as(&root, &holder_instance, &[]);
+    let running = || {
+        let mut pids = back.job_pids("only");
+        pids.extend(other.job_pids("only"));
+        pids.sort();
+        pids.dedup();
+        pids
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = running();
+        assert!(pids.len() <= 1, "two copies at once: {pids:?}");
+        if pids.len() == 1 && !orphan.contains(&pids[0]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no copy runs after the holder came back: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = root.log("only");
     assert!(log.contains("singleton lock acquired"), "{log}");
     other.stop();
+    back.stop();
 }
