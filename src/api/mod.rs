@@ -8,6 +8,7 @@
 //! every request is authenticated.
 
 mod auth;
+mod connections;
 mod dashboard;
 mod deploy;
 mod jobs;
@@ -153,14 +154,54 @@ pub fn serve_all(listeners: Listeners, state: ApiState, auth: Arc<Auth>) -> Vec<
     tasks
 }
 
-async fn serve<L>(listener: L, app: Router)
+/// How long a client has to send a request's headers; also how long a
+/// keep-alive connection may wait for its next request before it is closed.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `app` so that clients cannot starve the daemon: headers must come
+/// within [`HEADER_TIMEOUT`] (idle and slow connections are closed), and at
+/// most [`connection_cap`] connections are open at once. A new connection
+/// beyond the cap closes the one that has been idle longest (waiting for a
+/// request, not sending a response: a live tail is never cut), so a client
+/// that speaks is served even while others hold connections open doing
+/// nothing; a log line says the cap was reached.
+async fn serve<L>(mut listener: L, app: Router)
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the API server stopped");
+    let cap = connection_cap();
+    let table = Arc::new(Mutex::new(connections::Table::default()));
+    let mut warned = false;
+    loop {
+        let (io, _) = listener.accept().await;
+        let (id, evicted) = {
+            let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+            let full = t.len() >= cap;
+            if full && !warned {
+                tracing::warn!(
+                    cap,
+                    "the API has as many connections open as it allows; the longest idle ones are closed for new ones"
+                );
+            }
+            warned = full;
+            let evicted = if full { t.evict_idlest() } else { None };
+            (t.open(), evicted)
+        };
+        if let Some(evict) = evicted {
+            let _ = evict.send(());
+        }
+        tokio::spawn(connections::serve(io, app.clone(), table.clone(), id));
     }
+}
+
+/// Connections served at once: a quarter of the descriptors this process may
+/// open (the rest are for jobs' pipes, logs and files), between 16 and 1024.
+fn connection_cap() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    usize::try_from(soft / 4).unwrap_or(1024).clamp(16, 1024)
 }
 
 /// An error as JSON `{"error": "..."}` (WebJobs returns a message body).

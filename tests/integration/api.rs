@@ -463,3 +463,86 @@ fn uploads_over_the_limit_are_refused_and_the_socket_is_private() {
     assert_eq!(socket.metadata().unwrap().permissions().mode() & 0o777, 0o660);
     daemon.stop();
 }
+
+#[test]
+fn idle_connections_cannot_starve_the_daemon() {
+    use std::os::unix::process::CommandExt;
+    let root = Root::new();
+    root.job(
+        "continuous",
+        "flappy",
+        &[("run.sh", "exit 1\n"), ("settings.job", r#"{"restart_delay": 0.05, "max_restart_delay": 0.1}"#)],
+    );
+    let log_path = root.path().join("daemon.log");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap(), "serve"])
+        .env("WEBJOBS_INSTANCE_ID", &root.instance)
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    // SAFETY: setrlimit in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut daemon = cmd.spawn().unwrap();
+    wait_for("daemon", Duration::from_secs(10), || read(&log_path).contains("webjobs is running"));
+    let http = root.http();
+    // 500 clients connect and send nothing.
+    let idle: Vec<std::net::TcpStream> = (0..500).map(|_| std::net::TcpStream::connect(&http.addr).unwrap()).collect();
+    let restarts = || root.status("flappy")["Restarts"].as_u64().unwrap_or(0);
+    let before = restarts();
+    wait_for("the crash-looping job to go on restarting", Duration::from_secs(10), || restarts() >= before + 20);
+    // The CLI (Unix socket) answers at once; TCP answers once idle connections time out.
+    let started = std::time::Instant::now();
+    let out = root.cli(&["list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(5), "the CLI waited {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    assert_eq!(http.get("/health").status, 200);
+    assert!(started.elapsed() < Duration::from_secs(15), "/health answered after {:?}", started.elapsed());
+    assert!(read(&log_path).contains("as many connections open as it allows"), "{}", read(&log_path));
+    // An idle connection is closed by the daemon.
+    let mut first = &idle[0];
+    first.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut first, &mut buf).unwrap_or(0), 0, "closed by the daemon");
+    drop(idle);
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait().unwrap();
+}
+
+#[test]
+fn silent_and_idle_keep_alive_connections_are_closed() {
+    use std::io::{Read, Write};
+    let root = Root::new();
+    let daemon = root.start();
+    let http = root.http();
+    let token = std::fs::read_to_string(root.path().join("data/api-token")).unwrap();
+    let silent = std::net::TcpStream::connect(&http.addr).unwrap();
+    let mut kept = std::net::TcpStream::connect(&http.addr).unwrap();
+    let request =
+        format!("GET /health HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n", http.addr, token.trim());
+    kept.write_all(request.as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let n = kept.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "keep-alive answered");
+    for mut stream in [&silent, &kept] {
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => panic!("not closed by the daemon: {e}"),
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(15), "closed after {took:?}");
+    daemon.stop();
+}
