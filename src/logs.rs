@@ -105,16 +105,27 @@ impl Stamper {
     }
 }
 
-/// Appends `text` keeping it readable: valid UTF-8 as is, each invalid byte as
-/// `\xNN`, a trailing carriage return dropped, and no newline inside.
+/// Appends `text` keeping it readable: valid UTF-8 as is, each invalid byte
+/// and each NUL as `\xNN` (a NUL would make tools take the log for binary), a
+/// trailing carriage return dropped, and no newline inside.
 pub fn push_readable(out: &mut Vec<u8>, text: &[u8]) {
     let text = text.strip_suffix(b"\r").unwrap_or(text);
-    if let Ok(s) = std::str::from_utf8(text) {
+    if let Ok(s) = std::str::from_utf8(text)
+        && memchr::memchr(0, text).is_none()
+    {
         out.extend_from_slice(s.as_bytes());
         return;
     }
     for chunk in text.utf8_chunks() {
-        out.extend_from_slice(chunk.valid().as_bytes());
+        for piece in chunk.valid().as_bytes().split_inclusive(|b| *b == 0) {
+            match piece.split_last() {
+                Some((0, rest)) => {
+                    out.extend_from_slice(rest);
+                    out.extend_from_slice(b"\\x00");
+                }
+                _ => out.extend_from_slice(piece),
+            }
+        }
         for b in chunk.invalid() {
             out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
         }
@@ -173,7 +184,11 @@ impl LineSplitter {
         while self.partial.len() + bytes.len() > self.max {
             let room = self.max - self.partial.len();
             self.partial.extend_from_slice(&bytes[..room]);
-            let cut = utf8_cut(&self.partial, self.max);
+            // The character at the end of the buffer may go on in the bytes not read in yet.
+            let cut = match bytes.get(room) {
+                Some(next) if next & 0xC0 == 0x80 => utf8_cut(&self.partial, self.max - 1),
+                _ => utf8_cut(&self.partial, self.max),
+            };
             let tail = self.partial.split_off(cut);
             emit(&self.partial);
             self.partial.clear();
@@ -441,6 +456,25 @@ mod tests {
     fn split_does_not_cut_a_character() {
         let lines = split(5, &["aaaé€b\n".as_bytes()]);
         assert_eq!(lines, ["aaaé", "€b"]);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_cut_on_character_boundaries_however_it_arrives() {
+        // "aé€" * 200 without a newline, fed in chunks that split characters.
+        let text = "aé€".repeat(200);
+        for chunk in [1, 2, 3, 7, 64] {
+            let pieces: Vec<&[u8]> = text.as_bytes().chunks(chunk).collect();
+            let lines = split(10, &pieces);
+            assert_eq!(lines.concat(), text, "chunks of {chunk}");
+            assert!(lines.iter().all(|l| l.len() <= 10 && !l.contains('\u{FFFD}')), "chunks of {chunk}: {lines:?}");
+        }
+    }
+
+    #[test]
+    fn nul_bytes_are_escaped() {
+        let mut out = Vec::new();
+        push_readable(&mut out, b"a\0b\0");
+        assert_eq!(String::from_utf8(out).unwrap(), "a\\x00b\\x00");
     }
 
     #[test]

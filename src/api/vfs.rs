@@ -60,14 +60,30 @@ pub async fn get(
     let mut response = if flag("follow") {
         Body::from_stream(tail(target.clone(), run_dir_of(&target))).into_response()
     } else {
-        match tokio::fs::File::open(&target).await {
-            Ok(file) => {
-                let mut r = Body::from_stream(chunks(file)).into_response();
-                r.headers_mut().insert(header::CONTENT_LENGTH, meta.len().into());
-                r
+        let len = meta.len();
+        let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|r| byte_range(r, len)) {
+            None => None,
+            Some(Some(range)) => Some(range),
+            Some(None) => {
+                let mut r = error(StatusCode::RANGE_NOT_SATISFIABLE, format!("the file has {len} bytes"));
+                r.headers_mut().insert(header::CONTENT_RANGE, format!("bytes */{len}").parse().expect("ascii"));
+                return r;
             }
+        };
+        let (start, end) = range.unwrap_or((0, len.saturating_sub(1)));
+        let file = match tokio::fs::File::open(&target).await {
+            Ok(file) => file,
             Err(_) => return error(StatusCode::NOT_FOUND, "not found"),
+        };
+        let count = if len == 0 { 0 } else { end - start + 1 };
+        let mut r = Body::from_stream(chunks(file, start, count)).into_response();
+        r.headers_mut().insert(header::CONTENT_LENGTH, count.into());
+        r.headers_mut().insert(header::ACCEPT_RANGES, "bytes".parse().expect("ascii"));
+        if range.is_some() {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r.headers_mut().insert(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}").parse().expect("ascii"));
         }
+        r
     };
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, mime(&name).parse().expect("static header"));
@@ -147,18 +163,38 @@ fn run_dir_of(file: &FsPath) -> Option<PathBuf> {
     (is_output && dir.file_name().and_then(|n| n.to_str()).is_some_and(history::is_run_id)).then(|| dir.into())
 }
 
-/// A file read in chunks: memory stays bounded whatever its size.
-fn chunks(file: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
-    futures_util::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; CHUNK];
+/// One `Range: bytes=…` range of a file of `len` bytes, as inclusive
+/// offsets; `None` when it cannot be satisfied (or is not one byte range).
+fn byte_range(header: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    let (first, last) = spec.split_once('-')?;
+    let (start, end) = match (first.trim(), last.trim()) {
+        ("", suffix) => (len.checked_sub(suffix.parse::<u64>().ok()?.min(len))?, len.checked_sub(1)?),
+        (start, "") => (start.parse().ok()?, len.checked_sub(1)?),
+        (start, end) => (start.parse().ok()?, end.parse::<u64>().ok()?.min(len.checked_sub(1)?)),
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+/// `count` bytes of a file from `start`, read in chunks: memory stays
+/// bounded whatever the file's size.
+fn chunks(file: tokio::fs::File, start: u64, count: u64) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+    futures_util::stream::unfold((file, start, count, false), |(mut file, start, left, sought)| async move {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        if left == 0 {
+            return None;
+        }
+        if !sought && let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
+            return Some((Err(e), (file, start, 0, true)));
+        }
+        let mut buf = vec![0u8; CHUNK.min(left as usize)];
         match file.read(&mut buf).await {
             Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok(buf), file))
+                Some((Ok(buf), (file, start, left - n as u64, true)))
             }
-            Err(e) => Some((Err(e), file)),
+            Err(e) => Some((Err(e), (file, start, 0, true))),
         }
     })
 }
@@ -216,6 +252,18 @@ mod tests {
         for bad in ["data/api-token", "data/instances/x.sock", "data/jobs/../api-token", "data/jobsx", "etc/passwd"] {
             assert_eq!(confined(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(byte_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=-100", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=990-2000", 1000), Some((990, 999)));
+        assert_eq!(byte_range("bytes=1000-", 1000), None);
+        assert_eq!(byte_range("bytes=5-1", 1000), None);
+        assert_eq!(byte_range("bytes=0-1,5-6", 1000), None);
+        assert_eq!(byte_range("items=0-1", 1000), None);
     }
 
     #[test]

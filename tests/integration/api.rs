@@ -546,3 +546,60 @@ fn silent_and_idle_keep_alive_connections_are_closed() {
     assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(15), "closed after {took:?}");
     daemon.stop();
 }
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_big_log_is_served_in_bounded_memory_and_by_ranges() {
+    use std::io::{Read, Write};
+    let root = Root::new();
+    root.continuous("big", "exec sleep 300\n");
+    let daemon = root.start();
+    wait_for("running", Duration::from_secs(10), || root.status_is("big", "Running"));
+    // A 1 GiB rotated log (sparse: it reads as zeros without touching the disk).
+    let path = root.data_dir("continuous", "big").join("job_log.1.txt");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(1 << 30).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all(b"FIRST").unwrap();
+    let http = root.http();
+    let before = peak_rss_kib(daemon.pid() as u32);
+    let mut stream = std::net::TcpStream::connect(&http.addr).unwrap();
+    let auth = http.auth.clone().unwrap();
+    let request = format!(
+        "GET /vfs/data/jobs/continuous/big/job_log.1.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    assert!(total > 1 << 30, "the whole file came: {total}");
+    let growth = peak_rss_kib(daemon.pid() as u32).saturating_sub(before);
+    assert!(growth < 16 * 1024, "daemon peak RSS grew {growth} KiB serving 1 GiB");
+    let head = http.send("GET", "/vfs/data/jobs/continuous/big/job_log.1.txt", &[("Range", "bytes=0-4")], b"");
+    assert_eq!(head.status, 206);
+    assert_eq!(head.body, b"FIRST");
+    assert_eq!(head.header("content-range"), Some("bytes 0-4/1073741824"));
+    let tail = http.send("GET", "/vfs/data/jobs/continuous/big/job_log.1.txt", &[("Range", "bytes=-3")], b"");
+    assert_eq!((tail.status, tail.body.len()), (206, 3));
+    let beyond =
+        http.send("GET", "/vfs/data/jobs/continuous/big/job_log.1.txt", &[("Range", "bytes=2000000000-")], b"");
+    assert_eq!(beyond.status, 416);
+    daemon.stop();
+}
