@@ -229,6 +229,8 @@ impl Actor {
             Err(e) => {
                 self.log.sys(Level::SysError, &format!("failed to start: {e}"));
                 self.status.last_exit = Some(format!("failed to start: {e}"));
+                // In the status and the API's `error` too, not only in the log.
+                self.status.error = Some(format!("failed to start: {e}"));
                 return self.backoff(&job, Duration::ZERO).await;
             }
         };
@@ -321,6 +323,7 @@ impl Actor {
         );
         let pid = run.pid.as_raw();
         self.set_status(JobStatus::Running, |s| {
+            s.error = s.error.take().filter(|e| !e.starts_with("failed to start: "));
             s.pid = Some(pid);
             s.port = port;
             s.next_restart = None;

@@ -161,23 +161,54 @@ pub fn scan_job(config: &Config, key: &JobKey) -> Option<JobDef> {
     scan_with(config, &Hosts::new(config), key)
 }
 
-/// Names of the folders directly under `jobs/<kind>/` (loose files are ignored).
+/// Names of the folders directly under `jobs/<kind>/`, and of links there
+/// (a link that leads nowhere is listed as an invalid job, not left out);
+/// loose files are ignored.
 pub fn job_names(config: &Config, kind: JobKind) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(kind_dir(config, kind)) else {
         return Vec::new();
     };
-    let mut names: Vec<String> =
-        entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir() || e.file_type().is_ok_and(|t| t.is_symlink()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
 
 fn scan_with(config: &Config, hosts: &Hosts, key: &JobKey) -> Option<JobDef> {
     let dir = kind_dir(config, key.kind).join(&key.name);
-    if !dir.is_dir() {
-        return None;
+    match std::fs::metadata(&dir) {
+        Ok(meta) if meta.is_dir() => Some(read_job(config, hosts, key.clone(), dir)),
+        Ok(_) => None,
+        Err(e) => {
+            // Only a link is listed when it leads nowhere; a missing folder is gone.
+            let link = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink());
+            link.then(|| {
+                let why = if e.raw_os_error() == Some(libc::ELOOP) { "a loop of links" } else { "a link to nothing" };
+                unusable_folder(
+                    key,
+                    dir,
+                    format!("the job folder {} is {why} ({e})", kind_dir(config, key.kind).join(&key.name).display()),
+                )
+            })
+        }
     }
-    Some(read_job(config, hosts, key.clone(), dir))
+}
+
+/// A job whose folder cannot be used: listed, with why, never run.
+fn unusable_folder(key: &JobKey, dir: PathBuf, why: String) -> JobDef {
+    JobDef {
+        key: key.clone(),
+        script_dir: dir.clone(),
+        dir,
+        disabled: false,
+        fingerprint: 0,
+        script: Err(why),
+        settings: Loaded { settings: Ok(settings::Settings::defaults(key.kind)), warnings: Vec::new() },
+        using_sdk: false,
+    }
 }
 
 /// Reads one job folder: descent, script, settings, fingerprint.
@@ -233,6 +264,15 @@ fn extension(name: &str) -> Option<String> {
 /// Picks the script: `run.<ext>` in host order, then an executable `run`,
 /// then the first supported file in name order. Returns the file and its extension.
 pub fn choose_script(dir: &Path) -> Result<(String, Option<String>), String> {
+    if let Err(e) = std::fs::read_dir(dir)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_default();
+        return Err(format!(
+            "cannot read the job folder {}: permission denied (the daemon runs as `{me}`; let it read the folder, e.g. chmod u+rx or chown)",
+            dir.display()
+        ));
+    }
     let files = top_level_files(dir);
     let is_run = |name: &str, ext: &str| name.len() == 4 + ext.len() && name[..4].eq_ignore_ascii_case("run.");
     for ext in HOST_ORDER {

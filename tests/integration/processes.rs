@@ -162,3 +162,37 @@ fn jobs_start_with_no_blocked_signals_even_if_the_daemon_inherited_some() {
     }
     assert!(marked_pids(&format!("{}.", root.instance), "mask").is_empty());
 }
+
+#[test]
+fn a_spawn_failure_shows_in_the_status_and_the_api() {
+    let root = Root::new();
+    let dir = root.job("continuous", "badexec", &[("run", "this is not a program\n")]);
+    std::fs::set_permissions(dir.join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let daemon = root.start();
+    wait_for("the failure in the status", Duration::from_secs(10), || {
+        root.status("badexec")["Error"].as_str().is_some_and(|e| e.contains("failed to start: Exec format error"))
+    });
+    let job = root.http().get("/api/continuouswebjobs/badexec").json();
+    assert!(job["error"].as_str().unwrap().contains("Exec format error"), "{job}");
+    daemon.stop();
+}
+
+#[test]
+fn job_folders_that_are_broken_links_are_listed_with_the_reason() {
+    let root = Root::new();
+    let kind = root.path().join("jobs/continuous");
+    std::os::unix::fs::symlink(root.path().join("nowhere"), kind.join("dangling")).unwrap();
+    std::os::unix::fs::symlink(kind.join("loop2"), kind.join("loop1")).unwrap();
+    std::os::unix::fs::symlink(kind.join("loop1"), kind.join("loop2")).unwrap();
+    let out = root.cli(&["validate", "--json"]);
+    let text = stdout(&out);
+    assert!(text.contains("dangling") && text.contains("a link to nothing"), "{text}");
+    assert!(text.contains("loop1") && text.contains("a loop of links"), "{text}");
+    let daemon = root.start();
+    let jobs = root.http().get("/api/continuouswebjobs").json();
+    let names: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["dangling", "loop1", "loop2"]);
+    assert!(jobs[0]["error"].as_str().unwrap().contains("a link to nothing"), "{jobs}");
+    assert_eq!(jobs[0]["status"], "Invalid");
+    daemon.stop();
+}
