@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|reaction|trigger|schedule|api|all] [--quick]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|api|all] [--quick] [--no-cgroups]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -215,6 +215,47 @@ def bench_footprint():
     print(f"  all running {startup:.2f} s after `serve` started (kernel start times, 10 ms resolution)")
     print(f"  daemon RSS {rss / 1024:.1f} MB (peak {hwm / 1024:.1f} MB)")
     print(f"  daemon CPU over {idle} s idle: {cpu:.3f} s = {100 * cpu / idle:.3f} % of one core")
+    shutil.rmtree(tmp)
+
+
+def bench_stop_escaped(n=300):
+    """A job that scatters n TERM-deaf processes, each in a session of its own:
+    time from `webjobs stop` to the last of them gone, against stopping_wait_time."""
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    job = os.path.join(tmp, "jobs", "continuous", "scatter")
+    os.makedirs(job)
+    tag = f"77{os.getpid() % 1000:03d}"
+    with open(os.path.join(job, "run.sh"), "w") as f:
+        f.write(f"for i in $(seq 1 {n}); do setsid sh -c \"trap '' TERM; exec sleep {tag}\" & done\nwhile true; do sleep 0.1; done\n")
+    with open(os.path.join(job, "settings.job"), "w") as f:
+        json.dump({"stopping_wait_time": 1}, f)
+    d = Daemon(tmp)
+
+    def alive():
+        count = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as c:
+                    if c.read() == b"sleep\0" + tag.encode() + b"\0":
+                        with open(f"/proc/{pid}/stat") as s:
+                            if s.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                                count += 1
+            except OSError:
+                pass
+        return count
+
+    wait_for(lambda: alive() == n, 60, step=0.05)
+    t0 = time.perf_counter()
+    subprocess.run([BIN, "--root", tmp, "--config", os.path.join(tmp, "webjobs.json"), "stop", "scatter"], env=clean_env(WEBJOBS_INSTANCE_ID="bench"), capture_output=True, check=True)
+    answered = time.perf_counter() - t0
+    wait_for(lambda: alive() == 0, 30, step=0.005)
+    gone = time.perf_counter() - t0
+    d.stop()
+    mode = "process groups only" if NO_CGROUPS else "cgroup per run"
+    print(f"stop of a job with {n} TERM-deaf processes in sessions of their own ({mode}), stopping_wait_time 1 s")
+    print(f"  all gone {gone:.3f} s after `webjobs stop` (= stopping_wait_time + {(gone - 1) * 1000:.0f} ms); the command returned after {answered:.3f} s")
     shutil.rmtree(tmp)
 
 
@@ -585,6 +626,8 @@ def main():
         bench_footprint()
     if which in ("crash", "all"):
         bench_crash()
+    if which in ("stop", "all"):
+        bench_stop_escaped()
     if which in ("reaction", "all"):
         bench_reaction()
     if which in ("trigger", "all"):
