@@ -226,7 +226,12 @@ pub struct LogFile {
     size: u64,
     stamper: Stamper,
     buf: Vec<u8>,
+    /// When the file was last checked for having been deleted.
+    checked: Option<std::time::Instant>,
 }
+
+/// How often a log in use is checked for having been deleted under us.
+const DELETED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LogFile {
     pub fn open(path: &Path, instance: &str, rotation: Option<Rotation>) -> io::Result<LogFile> {
@@ -244,6 +249,7 @@ impl LogFile {
             size: 0,
             stamper: Stamper::new(instance),
             buf: Vec::new(),
+            checked: None,
         }
     }
 
@@ -297,12 +303,35 @@ impl LogFile {
         if self.buf.is_empty() {
             return;
         }
+        self.reopen_if_deleted();
         if let Err(e) = self.write_buffer() {
             tracing::error!(path = %self.path.display(), error = %e, "cannot write job log");
         }
         self.buf.clear();
         if self.buf.capacity() > 256 * 1024 {
             self.buf = Vec::new();
+        }
+    }
+
+    /// A log file deleted while in use (by hand, or with its whole data
+    /// folder) would swallow every later line and keep its disk space: at most
+    /// once a second, see whether ours still has a name, and if not start a
+    /// new file (and folder), saying so in it.
+    fn reopen_if_deleted(&mut self) {
+        let now = std::time::Instant::now();
+        if self.checked.is_some_and(|t| now.duration_since(t) < DELETED_CHECK) {
+            return;
+        }
+        self.checked = Some(now);
+        let deleted = self.file.as_ref().is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0));
+        if deleted {
+            self.file = None;
+            let mut warning = Vec::new();
+            self.stamper.prefix(&mut warning, Level::SysWarn, SystemTime::now());
+            warning.extend_from_slice(b"the log file was deleted while in use; this new one goes on from here\n");
+            warning.append(&mut self.buf);
+            self.buf = warning;
+            tracing::warn!(path = %self.path.display(), "a job log was deleted while in use; writing a new one");
         }
     }
 

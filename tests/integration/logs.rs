@@ -130,3 +130,21 @@ fn stdout_and_stderr_keep_the_order_they_were_written_in() {
     assert!(swapped.is_empty(), "stderr before the stdout line written first in pairs {swapped:?}:\n{log}");
     daemon.stop();
 }
+
+#[test]
+fn a_log_deleted_while_in_use_is_started_again() {
+    let root = Root::new();
+    root.continuous("ticker", "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done\n");
+    let daemon = root.start();
+    let log = root.data_dir("continuous", "ticker").join("job_log.txt");
+    wait_for("ticks", Duration::from_secs(10), || read(&log).contains("] tick 3"));
+    std::fs::remove_file(&log).unwrap();
+    wait_for("a new log", Duration::from_secs(10), || {
+        let text = read(&log);
+        text.contains("SYS WARN] the log file was deleted while in use") && text.contains("] tick ")
+    });
+    // The whole data folder too.
+    std::fs::remove_dir_all(root.data_dir("continuous", "ticker")).unwrap();
+    wait_for("a new folder and log", Duration::from_secs(10), || read(&log).contains("deleted while in use"));
+    daemon.stop();
+}
