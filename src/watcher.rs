@@ -49,11 +49,16 @@ impl WatchError {
 enum Hint {
     Job(JobKey),
     Full,
+    /// The jobs folder itself was replaced (renamed over, or a link to it
+    /// flipped): the watch must move to the new one.
+    Replaced,
 }
+
+type SharedWatcher = Arc<std::sync::Mutex<Box<dyn Watcher + Send>>>;
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct WatchGuard {
-    _watcher: Box<dyn Watcher + Send>,
+    _watcher: SharedWatcher,
     _debouncer: tokio::task::JoinHandle<()>,
 }
 
@@ -83,9 +88,39 @@ pub fn watch(jobs_dir: &Path, debounce: Duration, events: mpsc::Sender<Event>) -
             }
         }
     };
-    let watcher = start_watcher(jobs_dir, handler)?;
-    let debouncer = tokio::spawn(debounce_loop(rx, overflow, wake, debounce, events));
+    let mut watcher = start_watcher(jobs_dir, handler)?;
+    // The folder holding the jobs folder, for its replacement (`mv jobs.new
+    // jobs`, `ln -sfn releases/N/jobs jobs`); best effort.
+    if let Some(parent) = jobs_dir.parent()
+        && let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive)
+    {
+        tracing::warn!(error = %e, parent = %parent.display(), "cannot watch the folder holding the jobs folder; replacing the jobs folder will not be noticed");
+    }
+    let watcher: SharedWatcher = Arc::new(std::sync::Mutex::new(watcher));
+    let rewatch = Rewatch { watcher: watcher.clone(), jobs_dir: jobs_dir.to_path_buf() };
+    let debouncer = tokio::spawn(debounce_loop(rx, overflow, wake, debounce, events, Some(rewatch)));
     Ok(WatchGuard { _watcher: watcher, _debouncer: debouncer })
+}
+
+/// Moves the recursive watch to whatever the jobs folder's path names now.
+struct Rewatch {
+    watcher: SharedWatcher,
+    jobs_dir: std::path::PathBuf,
+}
+
+impl Rewatch {
+    fn apply(&self) {
+        let mut w = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = w.unwatch(&self.jobs_dir);
+        match w.watch(&self.jobs_dir, RecursiveMode::Recursive) {
+            Ok(()) => {
+                tracing::info!(jobs = %self.jobs_dir.display(), "the jobs folder was replaced; watching the new one and reloading every job")
+            }
+            Err(e) => {
+                tracing::error!(jobs = %self.jobs_dir.display(), error = %e, "the jobs folder was replaced and the new one cannot be watched")
+            }
+        }
+    }
 }
 
 fn start_watcher<F>(jobs_dir: &Path, handler: F) -> Result<Box<dyn Watcher + Send>, WatchError>
@@ -123,8 +158,12 @@ fn hints_for(root: &Path, event: &FsEvent) -> Vec<Hint> {
 }
 
 fn hint_for_path(root: &Path, path: &Path) -> Option<Hint> {
+    if path == root {
+        return Some(Hint::Replaced);
+    }
     let Ok(rel) = path.strip_prefix(root) else {
-        return Some(Hint::Full);
+        // A sibling of the jobs folder (the parent is watched for its replacement).
+        return (path.parent() != root.parent()).then_some(Hint::Full);
     };
     let mut parts = rel.components().filter_map(|c| match c {
         Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
@@ -147,12 +186,14 @@ async fn debounce_loop(
     wake: Arc<Notify>,
     quiet: Duration,
     events: mpsc::Sender<Event>,
+    rewatch: Option<Rewatch>,
 ) {
     loop {
         let mut changes = Changes::default();
+        let mut replaced = false;
         tokio::select! {
             hint = rx.recv() => match hint {
-                Some(hint) => add(&mut changes, hint),
+                Some(hint) => replaced |= add(&mut changes, hint),
                 None => return,
             },
             () = wake.notified() => {}
@@ -162,12 +203,15 @@ async fn debounce_loop(
             let until = (tokio::time::Instant::now() + quiet).min(latest);
             tokio::select! {
                 hint = rx.recv() => match hint {
-                    Some(hint) => add(&mut changes, hint),
+                    Some(hint) => replaced |= add(&mut changes, hint),
                     None => return,
                 },
                 () = wake.notified() => {}
                 () = tokio::time::sleep_until(until) => break,
             }
+        }
+        if replaced && let Some(rewatch) = &rewatch {
+            rewatch.apply();
         }
         if overflow.swap(false, Ordering::AcqRel) {
             tracing::warn!("file events were lost (queue full); rescanning all jobs");
@@ -179,13 +223,19 @@ async fn debounce_loop(
     }
 }
 
-fn add(changes: &mut Changes, hint: Hint) {
+/// Adds a hint to the batch; true when the jobs folder itself was replaced.
+fn add(changes: &mut Changes, hint: Hint) -> bool {
     match hint {
         Hint::Job(key) => {
             changes.jobs.insert(key);
         }
         Hint::Full => changes.full = true,
+        Hint::Replaced => {
+            changes.full = true;
+            return true;
+        }
     }
+    false
 }
 
 #[cfg(test)]
@@ -196,6 +246,7 @@ mod tests {
         hint_for_path(Path::new("/j"), Path::new(path)).map(|h| match h {
             Hint::Job(k) => k.to_string(),
             Hint::Full => "full".into(),
+            Hint::Replaced => "replaced".into(),
         })
     }
 
@@ -204,7 +255,8 @@ mod tests {
         assert_eq!(hint("/j/continuous/a/run.sh").as_deref(), Some("continuous/a"));
         assert_eq!(hint("/j/triggered/b/x/y/z.py").as_deref(), Some("triggered/b"));
         assert_eq!(hint("/j/continuous").as_deref(), Some("full"));
-        assert_eq!(hint("/j").as_deref(), Some("full"));
+        assert_eq!(hint("/j").as_deref(), Some("replaced"), "the jobs folder itself");
+        assert_eq!(hint("/sibling"), None, "beside the jobs folder: not ours");
         assert_eq!(hint("/j/other/a"), None);
         assert_eq!(hint("/elsewhere/x").as_deref(), Some("full"));
     }
@@ -235,7 +287,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (etx, mut erx) = mpsc::channel(8);
         let overflow = Arc::new(AtomicBool::new(false));
-        tokio::spawn(debounce_loop(rx, overflow, Arc::new(Notify::new()), Duration::from_secs(1), etx));
+        tokio::spawn(debounce_loop(rx, overflow, Arc::new(Notify::new()), Duration::from_secs(1), etx, None));
         for i in 0..500 {
             tx.send(Hint::Job(JobKey::new(JobKind::Continuous, format!("j{i}")))).await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;

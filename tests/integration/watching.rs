@@ -48,3 +48,42 @@ fn five_hundred_jobs_copied_in_settle_into_one_reload() {
     }
     daemon.stop();
 }
+
+#[test]
+fn a_jobs_folder_replaced_by_rename_or_link_flip_is_reloaded_and_watched() {
+    let root = Root::new();
+    root.continuous("one", "exec sleep 300\n");
+    // Deploys by link flip: jobs -> releases/1/jobs.
+    let releases = root.path().join("releases");
+    let jobs = root.path().join("jobs");
+    std::fs::create_dir_all(releases.join("1")).unwrap();
+    std::fs::rename(&jobs, releases.join("1/jobs")).unwrap();
+    std::os::unix::fs::symlink(releases.join("1/jobs"), &jobs).unwrap();
+    let daemon = root.start();
+    wait_for("one running", Duration::from_secs(10), || root.status_is("one", "Running"));
+    // Release 2: `one` gone, `two` new; flipped in as `ln -sfn` does (a new link renamed over).
+    let two = releases.join("2/jobs/continuous/two");
+    std::fs::create_dir_all(&two).unwrap();
+    std::fs::write(two.join("run.sh"), "exec sleep 300\n").unwrap();
+    std::fs::create_dir_all(releases.join("2/jobs/triggered")).unwrap();
+    std::os::unix::fs::symlink(releases.join("2/jobs"), root.path().join("jobs.tmp")).unwrap();
+    std::fs::rename(root.path().join("jobs.tmp"), &jobs).unwrap();
+    wait_for("the flip reloaded", Duration::from_secs(10), || {
+        root.status_is("two", "Running") && root.status_is("one", "Stopped")
+    });
+    // Later edits inside the new target are noticed.
+    root.continuous("three", "exec sleep 300\n");
+    wait_for("a job added to the new folder", Duration::from_secs(10), || root.status_is("three", "Running"));
+    // Replaced by a rename of a plain folder (`mv jobs.new jobs`).
+    let fresh = root.path().join("jobs.new/continuous/four");
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::write(fresh.join("run.sh"), "exec sleep 300\n").unwrap();
+    std::fs::remove_file(&jobs).unwrap();
+    std::fs::rename(root.path().join("jobs.new"), &jobs).unwrap();
+    wait_for("the rename reloaded", Duration::from_secs(10), || {
+        root.status_is("four", "Running") && root.status_is("two", "Stopped")
+    });
+    root.continuous("five", "exec sleep 300\n");
+    wait_for("a job added after the rename", Duration::from_secs(10), || root.status_is("five", "Running"));
+    daemon.stop();
+}
