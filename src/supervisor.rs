@@ -57,6 +57,9 @@ pub struct Changes {
     pub jobs: BTreeSet<JobKey>,
     /// Rescan everything (watcher overflow or error, a whole kind folder changed).
     pub full: bool,
+    /// Jobs whose files are still being written: left alone, even by a full
+    /// rescan (the watcher sends them once they are quiet).
+    pub settling: BTreeSet<JobKey>,
 }
 
 /// Requests to the supervisor.
@@ -251,7 +254,7 @@ impl Supervisor {
             ..(*config).clone()
         });
         let keys = self.jobs.keys().cloned().collect();
-        self.on_changes(Changes { jobs: keys, full: true }).await;
+        self.on_changes(Changes { jobs: keys, full: true, ..Changes::default() }).await;
         for entry in self.jobs.values() {
             entry.actor.update(entry.def.clone(), self.config.clone());
         }
@@ -322,6 +325,7 @@ fn rescan(config: &Config, changes: &Changes, known: &[JobKey]) -> Vec<(JobKey, 
         for kind in JobKind::ALL {
             keys.extend(jobs::job_names(config, kind).into_iter().map(|n| JobKey::new(kind, n)));
         }
+        keys.retain(|k| !changes.settling.contains(k));
     }
     keys.into_iter()
         .map(|key| {

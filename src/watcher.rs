@@ -180,6 +180,10 @@ fn hint_for_path(root: &Path, path: &Path) -> Option<Hint> {
 }
 
 /// Collects hints until nothing new arrives for `quiet`, then sends one batch.
+/// A stream of events forces a batch after `quiet * MAX_DELAY_FACTOR`; then a
+/// job that is still being written (an event within `quiet`) is held back,
+/// from a full rescan too, and goes into a later batch once it is quiet: a
+/// long copy never starts a half-copied job.
 async fn debounce_loop(
     mut rx: mpsc::Receiver<Hint>,
     overflow: Arc<AtomicBool>,
@@ -188,27 +192,37 @@ async fn debounce_loop(
     events: mpsc::Sender<Event>,
     rewatch: Option<Rewatch>,
 ) {
+    let mut carried: std::collections::BTreeMap<JobKey, tokio::time::Instant> = Default::default();
     loop {
-        let mut changes = Changes::default();
-        let mut replaced = false;
-        tokio::select! {
-            hint = rx.recv() => match hint {
-                Some(hint) => replaced |= add(&mut changes, hint),
-                None => return,
-            },
-            () = wake.notified() => {}
+        let mut batch = Batch { changes: Changes::default(), replaced: false, seen: std::mem::take(&mut carried) };
+        batch.changes.jobs.extend(batch.seen.keys().cloned());
+        if batch.seen.is_empty() {
+            tokio::select! {
+                hint = rx.recv() => match hint {
+                    Some(hint) => batch.add(hint),
+                    None => return,
+                },
+                () = wake.notified() => {}
+            }
         }
         let latest = tokio::time::Instant::now() + quiet * MAX_DELAY_FACTOR;
         loop {
             let until = (tokio::time::Instant::now() + quiet).min(latest);
             tokio::select! {
                 hint = rx.recv() => match hint {
-                    Some(hint) => replaced |= add(&mut changes, hint),
+                    Some(hint) => batch.add(hint),
                     None => return,
                 },
                 () = wake.notified() => {}
                 () = tokio::time::sleep_until(until) => break,
             }
+        }
+        let Batch { mut changes, replaced, seen } = batch;
+        let now = tokio::time::Instant::now();
+        for (key, at) in seen.into_iter().filter(|(_, at)| now.duration_since(*at) < quiet) {
+            changes.jobs.remove(&key);
+            changes.settling.insert(key.clone());
+            carried.insert(key, at);
         }
         if replaced && let Some(rewatch) = &rewatch {
             rewatch.apply();
@@ -217,9 +231,26 @@ async fn debounce_loop(
             tracing::warn!("file events were lost (queue full); rescanning all jobs");
             changes.full = true;
         }
-        if events.send(Event::Changed(changes)).await.is_err() {
+        if (changes.full || !changes.jobs.is_empty()) && events.send(Event::Changed(changes)).await.is_err() {
             return;
         }
+    }
+}
+
+/// The hints collected for one batch.
+struct Batch {
+    changes: Changes,
+    replaced: bool,
+    /// When each job last had an event.
+    seen: std::collections::BTreeMap<JobKey, tokio::time::Instant>,
+}
+
+impl Batch {
+    fn add(&mut self, hint: Hint) {
+        if let Hint::Job(key) = &hint {
+            self.seen.insert(key.clone(), tokio::time::Instant::now());
+        }
+        self.replaced |= add(&mut self.changes, hint);
     }
 }
 
@@ -295,5 +326,33 @@ mod tests {
         let Some(Event::Changed(changes)) = erx.recv().await else { panic!() };
         assert_eq!(changes.jobs.len(), 500);
         assert!(tokio::time::timeout(Duration::from_secs(30), erx.recv()).await.is_err(), "only one batch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_still_being_written_waits_past_the_forced_batch() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (etx, mut erx) = mpsc::channel(8);
+        tokio::spawn(debounce_loop(
+            rx,
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Notify::new()),
+            Duration::from_secs(1),
+            etx,
+            None,
+        ));
+        let slow = JobKey::new(JobKind::Continuous, "slow");
+        let quick = JobKey::new(JobKind::Continuous, "quick");
+        tx.send(Hint::Job(quick.clone())).await.unwrap();
+        // `slow` gets a file every half second for 30 s: far past the forced batch at 10 s.
+        for _ in 0..60 {
+            tx.send(Hint::Job(slow.clone())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let Some(Event::Changed(first)) = erx.recv().await else { panic!() };
+        assert_eq!(first.jobs.iter().collect::<Vec<_>>(), [&quick], "only the quiet job");
+        assert!(first.settling.contains(&slow));
+        let Some(Event::Changed(later)) = erx.recv().await else { panic!() };
+        assert_eq!(later.jobs.iter().collect::<Vec<_>>(), [&slow], "once its copy is over");
+        assert!(later.settling.is_empty());
     }
 }

@@ -146,7 +146,7 @@ async fn job_def(state: &ApiState, kind: JobKind, job: &str) -> Option<Arc<JobDe
 /// answer to an API write comes after the daemon has taken it in.
 pub async fn apply(state: &ApiState, key: &JobKey) {
     let (done, applied) = tokio::sync::oneshot::channel();
-    let changes = Changes { jobs: [key.clone()].into_iter().collect(), full: false };
+    let changes = Changes { jobs: [key.clone()].into_iter().collect(), ..Changes::default() };
     if state.events.send(Event::Apply { changes, done }).await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(30), applied).await;
     }

@@ -87,3 +87,23 @@ fn a_jobs_folder_replaced_by_rename_or_link_flip_is_reloaded_and_watched() {
     wait_for("a job added after the rename", Duration::from_secs(10), || root.status_is("five", "Running"));
     daemon.stop();
 }
+
+#[test]
+fn a_slow_copy_never_starts_a_half_copied_job() {
+    // Debounce 150 ms: a stream of events forces a reload after 1.5 s; this copy takes 3 s.
+    let root = Root::new();
+    let daemon = root.start();
+    let dir = root.job_dir("continuous", "slowcopy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("run.sh"), "if [ -e last ]; then echo complete; else echo HALF; fi\nexec sleep 300\n")
+        .unwrap();
+    // A file every 50 ms (faster than the quiet period) for 3 s.
+    for i in 0..60 {
+        std::fs::write(dir.join(format!("part{i}.dat")), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(dir.join("last"), "").unwrap();
+    wait_for("the job started once complete", Duration::from_secs(15), || root.log("slowcopy").contains("] complete"));
+    assert!(!root.log("slowcopy").contains("HALF"), "{}", root.log("slowcopy"));
+    daemon.stop();
+}
