@@ -81,8 +81,27 @@ fn cross_site(headers: &HeaderMap) -> bool {
     ) else {
         return false;
     };
-    let origin_host = origin.split("://").nth(1).unwrap_or(origin);
-    origin == "null" || origin_host != host
+    if origin == "null" {
+        return true;
+    }
+    // Same origin = same scheme, host and port: the daemon's own pages are
+    // `http://<Host>`, or https through a proxy that says so.
+    let scheme = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http");
+    normalize(origin) != normalize(&format!("{scheme}://{host}"))
+}
+
+/// `scheme://host:port`, lowercase, with the scheme's default port made explicit.
+fn normalize(origin: &str) -> String {
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let Some((scheme, authority)) = origin.split_once("://") else { return origin };
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']'));
+    match (has_port, scheme) {
+        (false, "http") => format!("http://{authority}:80"),
+        (false, "https") => format!("https://{authority}:443"),
+        _ => origin,
+    }
 }
 
 /// Middleware for the TCP listener.
@@ -138,6 +157,23 @@ mod tests {
         assert!(!cross_site(&headers(&[("origin", "http://127.0.0.1:8719"), ("host", "127.0.0.1:8719")])));
         assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
         assert!(!cross_site(&headers(&[("host", "127.0.0.1:8719")])), "curl sends no Origin");
+        assert!(
+            cross_site(&headers(&[("origin", "https://127.0.0.1:8719"), ("host", "127.0.0.1:8719")])),
+            "another scheme"
+        );
+        assert!(
+            cross_site(&headers(&[("origin", "http://127.0.0.1:9999"), ("host", "127.0.0.1:8719")])),
+            "another port"
+        );
+        assert!(
+            !cross_site(&headers(&[("origin", "http://jobs.example"), ("host", "jobs.example:80")])),
+            "default port"
+        );
+        assert!(!cross_site(&headers(&[
+            ("origin", "https://jobs.example"),
+            ("host", "jobs.example"),
+            ("x-forwarded-proto", "https")
+        ])));
     }
 
     #[test]

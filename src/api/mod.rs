@@ -76,6 +76,7 @@ pub fn router(state: ApiState) -> Router {
     let config = state.config.clone();
     router
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(limit, refuse_oversized))
         .layer(axum::middleware::map_response_with_state(config, redact_errors))
         .with_state(state)
 }
@@ -234,6 +235,30 @@ pub fn redact(config: &Config, text: &str) -> String {
         }
     }
     out
+}
+
+/// A body announced larger than the limit is refused at once (413), before
+/// a byte of it is read, instead of after the client has sent it all.
+async fn refuse_oversized(
+    State(limit): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = announced.filter(|l| *l > limit as u64) {
+        let mut response = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body ({length} bytes) is larger than max_upload_bytes ({limit})"),
+        );
+        // The body will not be read: the connection cannot be reused.
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(request).await
 }
 
 /// Takes server paths out of every error answer, whichever handler made it.

@@ -454,6 +454,22 @@ fn uploads_over_the_limit_are_refused_and_the_socket_is_private() {
         b"exec sleep 300\n",
     );
     assert_eq!(small.status, 200, "{}", small.text());
+    // A body announced too large is refused at once, before any of it is sent.
+    let mut stream = std::net::TcpStream::connect(&http.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "PUT /api/continuouswebjobs/huge HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Disposition: attachment; filename=run.sh\r\nContent-Length: 900000000\r\n\r\n",
+        http.addr,
+        http.auth.as_deref().unwrap()
+    );
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    let mut answer = [0u8; 64];
+    let n = std::io::Read::read(&mut stream, &mut answer).expect("answered without the body");
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
     use std::os::unix::fs::PermissionsExt;
     let socket = std::fs::read_dir(root.path().join("data/instances"))
         .unwrap()
