@@ -21,6 +21,30 @@ pub enum ClientError {
     Permission { path: PathBuf },
     #[error("cannot talk to the daemon on {path}: {message}")]
     Io { path: PathBuf, message: String },
+    #[error(
+        "the daemon on {path} is not answering (nothing within {seconds}s); it may be stuck or overloaded: see its log (journalctl -u webjobs)"
+    )]
+    NotAnswering { path: PathBuf, seconds: u64 },
+}
+
+/// How long a read (`list`, `status`, `history`, …) waits for the daemon to
+/// start answering; a long-poll (`?wait=N`) gets its N seconds on top. Writes
+/// (run, start, stop, cancel) wait as long as the daemon works on them: a stop
+/// takes up to the job's stopping_wait_time.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn answer_timeout(method: &str, path: &str) -> Option<std::time::Duration> {
+    if method != "GET" {
+        return None;
+    }
+    let wait = path
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("wait="))
+        .and_then(|w| w.parse::<f64>().ok())
+        .filter(|w| w.is_finite() && *w > 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or_default();
+    Some(READ_TIMEOUT + wait)
 }
 
 /// A response, read whole.
@@ -107,7 +131,13 @@ impl Client {
             .header("user-agent", format!("webjobs-cli/{} (uid {})", env!("CARGO_PKG_VERSION"), nix::unistd::getuid()))
             .body(Empty::<Bytes>::new())
             .map_err(|e| self.io(e))?;
-        let response = sender.send_request(request).await.map_err(|e| self.io(e))?;
+        let response = match answer_timeout(method, path) {
+            Some(limit) => tokio::time::timeout(limit, sender.send_request(request))
+                .await
+                .map_err(|_| ClientError::NotAnswering { path: self.socket.clone(), seconds: limit.as_secs() })?,
+            None => sender.send_request(request).await,
+        }
+        .map_err(|e| self.io(e))?;
         let status = response.status().as_u16();
         let mut body = response.into_body();
         let mut bytes = Vec::new();

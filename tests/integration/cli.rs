@@ -59,3 +59,18 @@ fn list_json_without_a_daemon() {
     assert_eq!(v[1]["type"], "triggered");
     assert_eq!(v[1]["run_command"], "run.js");
 }
+
+#[test]
+fn a_daemon_that_does_not_answer_is_named_not_waited_for_forever() {
+    let root = Root::new();
+    let daemon = root.start();
+    daemon.signal(libc::SIGSTOP);
+    let started = std::time::Instant::now();
+    let out = root.cli(&["list"]);
+    let took = started.elapsed();
+    daemon.signal(libc::SIGCONT);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not answering (nothing within 10s)"), "{}", stderr(&out));
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    daemon.stop();
+}
