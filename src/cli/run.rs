@@ -21,6 +21,13 @@ pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool
         path.push('?');
         path.push_str(&query.join("&"));
     }
+    if path.len() > MAX_URL {
+        let message = format!(
+            "the arguments are too long to send to the daemon ({} bytes encoded, at most {MAX_URL}); put the data in a file and pass its path",
+            path.len()
+        );
+        return Ok(fail(2, &message));
+    }
     let response = client.post(&path).map_err(anyhow::Error::from);
     let response = match response {
         Ok(r) => r,
@@ -54,6 +61,9 @@ pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool
     }
     Ok(exit_for_run(state))
 }
+
+/// The longest request line the CLI sends (the daemon reads at most about 400 KiB of head).
+const MAX_URL: usize = 64 * 1024;
 
 fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("webjobs: {message}");

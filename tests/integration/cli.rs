@@ -74,3 +74,16 @@ fn a_daemon_that_does_not_answer_is_named_not_waited_for_forever() {
     assert!(took < std::time::Duration::from_secs(20), "{took:?}");
     daemon.stop();
 }
+
+#[test]
+fn arguments_too_long_to_send_are_a_clear_error() {
+    let root = Root::new();
+    root.job("triggered", "echo", &[("run.sh", "echo \"$@\"\n")]);
+    let daemon = root.start();
+    let long = "x".repeat(100_000);
+    let out = root.cli(&["run", "echo", "--", &long]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the arguments are too long to send"), "{}", stderr(&out));
+    assert!(root.runs("echo").is_empty());
+    daemon.stop();
+}
