@@ -102,22 +102,27 @@ def marked_pids(prefix="bench."):
     return pids
 
 
-def marked(prefix="bench."):
+def count_live(proc_file, matches):
+    """Live (not zombie) processes whose /proc/<pid>/<proc_file> satisfies `matches`."""
     n = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read()
+            with open(f"/proc/{pid}/{proc_file}", "rb") as f:
+                if not matches(f.read()):
+                    continue
             with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                     continue
         except OSError:
             continue
-        if b"WEBJOBS_RUN_MARKER=" + prefix.encode() in env:
-            n += 1
+        n += 1
     return n
+
+
+def marked(prefix="bench."):
+    return count_live("environ", lambda env: b"WEBJOBS_RUN_MARKER=" + prefix.encode() in env)
 
 
 CAT_WRITER = r"""
@@ -232,19 +237,7 @@ def bench_stop_escaped(n=300):
     d = Daemon(tmp)
 
     def alive():
-        count = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as c:
-                    if c.read() == b"sleep\0" + tag.encode() + b"\0":
-                        with open(f"/proc/{pid}/stat") as s:
-                            if s.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
-                                count += 1
-            except OSError:
-                pass
-        return count
+        return count_live("cmdline", lambda cmd: cmd == b"sleep\0" + tag.encode() + b"\0")
 
     wait_for(lambda: alive() == n, 60, step=0.05)
     t0 = time.perf_counter()
