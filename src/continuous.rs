@@ -432,8 +432,11 @@ impl Actor {
         self.status.updated = format_time(SystemTime::now());
         self.status_tx.send_replace(self.status.clone());
         self.shared.changed();
-        if let Err(e) = status::write(&self.data_dir, &self.status) {
-            tracing::error!(job = %self.key, error = %e, "cannot write the status file");
+        match status::write(&self.data_dir, &self.status) {
+            Ok(()) => crate::repeats::clear("status file", &self.key.to_string()),
+            Err(e) => crate::repeats::report("status file", &self.key.to_string(), |held| {
+                tracing::error!(job = %self.key, error = %e, "cannot write the status file{}", crate::repeats::held_note(held));
+            }),
         }
     }
 }

@@ -136,9 +136,26 @@ pub const DISABLE_FILE: &str = "disable.job";
 
 /// A letter or digit first, then letters, digits, `-` and `_`.
 pub fn valid_name(name: &str) -> bool {
+    name_problem(name).is_none()
+}
+
+/// The longest job name: it is part of folder and cgroup names, which the
+/// kernel limits to 255 bytes with room to spare for prefixes and suffixes.
+pub const MAX_NAME: usize = 128;
+
+/// What is wrong with a job name, in the words every surface uses.
+pub fn name_problem(name: &str) -> Option<String> {
     let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    let well_formed = matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !well_formed {
+        let shown: String = name.chars().take(MAX_NAME).collect();
+        return Some(format!(
+            "invalid job name \"{shown}\": a job name starts with a letter or digit and has only letters, digits, `-` and `_`"
+        ));
+    }
+    (name.len() > MAX_NAME)
+        .then(|| format!("invalid job name: {} characters, more than the {MAX_NAME} a job name may have", name.len()))
 }
 
 /// The folder holding jobs of `kind`.
@@ -225,13 +242,9 @@ fn read_job(config: &Config, hosts: &Hosts, key: JobKey, dir: PathBuf) -> JobDef
     let fingerprint = fingerprint(&dir, &script_dir);
     let disabled = script_dir.join(DISABLE_FILE).exists();
     let settings = settings::load(&script_dir, key.kind);
-    let script = if valid_name(&key.name) {
-        choose_script(&script_dir).and_then(|(file, ext)| hosts.resolve(&script_dir, file, ext.as_deref()))
-    } else {
-        Err(format!(
-            "invalid job name \"{}\": a job name starts with a letter or digit and has only letters, digits, `-` and `_`",
-            key.name
-        ))
+    let script = match name_problem(&key.name) {
+        None => choose_script(&script_dir).and_then(|(file, ext)| hosts.resolve(&script_dir, file, ext.as_deref())),
+        Some(problem) => Err(problem),
     };
     JobDef { key, dir, script_dir, disabled, fingerprint, script, settings, using_sdk }
 }
@@ -436,6 +449,9 @@ mod tests {
         for bad in ["", "-a", "_a", "a b", "a.b", "é", ".hidden"] {
             assert!(!valid_name(bad), "{bad}");
         }
+        assert!(valid_name(&"a".repeat(MAX_NAME)));
+        let long = "a".repeat(MAX_NAME + 1);
+        assert!(name_problem(&long).unwrap().contains("129 characters, more than the 128"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod output;
 pub mod problems;
 pub mod process;
+pub mod repeats;
 pub mod run;
 pub mod schedule;
 pub mod settings;

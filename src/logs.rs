@@ -228,6 +228,19 @@ pub struct LogFile {
     buf: Vec<u8>,
     /// When the file was last checked for having been deleted.
     checked: Option<std::time::Instant>,
+    /// Set while lines cannot be written (a full disk, say).
+    trouble: Option<Trouble>,
+}
+
+/// Lines lost since the log file stopped taking them, to be told in the file
+/// once it takes them again; the daemon's log hears of it once a minute.
+struct Trouble {
+    since: SystemTime,
+    error: String,
+    lost: u64,
+    /// A line was cut in the middle by the failing write.
+    torn: bool,
+    repeats: crate::repeats::Repeats,
 }
 
 /// How often a log in use is checked for having been deleted under us.
@@ -250,6 +263,7 @@ impl LogFile {
             stamper: Stamper::new(instance),
             buf: Vec::new(),
             checked: None,
+            trouble: None,
         }
     }
 
@@ -298,18 +312,91 @@ impl LogFile {
         self.buf.len()
     }
 
-    /// Writes the buffer out; a write error is reported once on the daemon's log.
+    /// Writes the buffer out. Lines that cannot be written (a full disk) are
+    /// counted; the first line written again says how many were lost.
     pub fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
         }
         self.reopen_if_deleted();
-        if let Err(e) = self.write_buffer() {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot write job log");
+        if self.trouble.is_none() || self.recovered() {
+            let buf = std::mem::take(&mut self.buf);
+            let mut rest = buf.as_slice();
+            if let Err((e, torn)) = self.write_rotating(&mut rest) {
+                self.lost(&e, memchr::memchr_iter(b'\n', rest).count(), torn);
+            }
+            self.buf = buf;
+        } else {
+            let lines = memchr::memchr_iter(b'\n', &self.buf).count();
+            self.lost_again(lines);
         }
         self.buf.clear();
         if self.buf.capacity() > 256 * 1024 {
             self.buf = Vec::new();
+        }
+    }
+
+    /// Lines could not be written: counts them, reports now or later.
+    fn lost(&mut self, error: &io::Error, lines: usize, torn: bool) {
+        // Opened afresh at the next flush: the folder may have gone, the disk may have room again.
+        self.file = None;
+        let trouble = self.trouble.get_or_insert_with(|| Trouble {
+            since: SystemTime::now(),
+            error: error.to_string(),
+            lost: 0,
+            torn: false,
+            repeats: Default::default(),
+        });
+        trouble.torn |= torn;
+        trouble.error = error.to_string();
+        self.lost_again(lines);
+    }
+
+    fn lost_again(&mut self, lines: usize) {
+        let Some(trouble) = self.trouble.as_mut() else { return };
+        trouble.lost += lines as u64;
+        if trouble.repeats.occurred(std::time::Instant::now()).is_some() {
+            tracing::error!(
+                path = %self.path.display(),
+                error = %trouble.error,
+                lines_lost = trouble.lost,
+                "cannot write job log; its lines are lost until it can (told again once a minute)"
+            );
+        }
+    }
+
+    /// While in trouble, tries to write the line that says how many lines
+    /// were lost; true once it is written (the trouble is over).
+    fn recovered(&mut self) -> bool {
+        let Some(trouble) = self.trouble.as_ref() else { return true };
+        let mut notice = Vec::new();
+        if trouble.torn {
+            notice.push(b'\n');
+        }
+        self.stamper.prefix(&mut notice, Level::SysWarn, SystemTime::now());
+        let text = format!(
+            "{} log lines were lost from {} until now: the log could not be written ({})",
+            trouble.lost,
+            format_time(trouble.since),
+            trouble.error
+        );
+        push_readable(&mut notice, text.as_bytes());
+        notice.push(b'\n');
+        let mut rest = notice.as_slice();
+        match self.write_rotating(&mut rest) {
+            Ok(()) => {
+                let trouble = self.trouble.take().expect("checked above");
+                tracing::warn!(
+                    path = %self.path.display(),
+                    lines_lost = trouble.lost,
+                    "job log writable again; the lines lost are counted in it"
+                );
+                true
+            }
+            Err((e, torn)) => {
+                self.lost(&e, 0, torn);
+                false
+            }
         }
     }
 
@@ -335,17 +422,12 @@ impl LogFile {
         }
     }
 
-    fn write_buffer(&mut self) -> io::Result<()> {
-        self.ensure_open()?;
-        let buf = std::mem::take(&mut self.buf);
-        let result = self.write_rotating(&buf);
-        self.buf = buf;
-        result
-    }
-
     /// Writes whole lines; rotates before a line that would not fit (a line
-    /// longer than the whole file size goes alone into a fresh file).
-    fn write_rotating(&mut self, mut rest: &[u8]) -> io::Result<()> {
+    /// longer than the whole file size goes alone into a fresh file). On an
+    /// error, `rest` is what was not written, and the flag says whether a line
+    /// was cut in the middle.
+    fn write_rotating(&mut self, rest: &mut &[u8]) -> Result<(), (io::Error, bool)> {
+        self.ensure_open().map_err(|e| (e, false))?;
         while !rest.is_empty() {
             let fits = match self.rotation {
                 None => rest.len(),
@@ -361,20 +443,36 @@ impl LogFile {
             };
             if fits == 0 {
                 let rotation = self.rotation.expect("only rotating logs run out of room");
-                self.rotate(rotation)?;
+                self.rotate(rotation).map_err(|e| (e, false))?;
                 continue;
             }
-            self.append(&rest[..fits])?;
-            rest = &rest[fits..];
+            let whole: &[u8] = rest;
+            let (chunk, after) = whole.split_at(fits);
+            if let Err((n, e)) = self.append(chunk) {
+                *rest = &whole[n..];
+                return Err((e, n > 0 && chunk[n - 1] != b'\n'));
+            }
+            *rest = after;
         }
         Ok(())
     }
 
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.ensure_open()?;
+    /// Appends bytes; on an error, how many of them were written.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+        self.ensure_open().map_err(|e| (0, e))?;
         let file = self.file.as_mut().expect("opened above");
-        file.write_all(bytes)?;
-        self.size += bytes.len() as u64;
+        let mut done = 0;
+        while done < bytes.len() {
+            match file.write(&bytes[done..]) {
+                Ok(0) => return Err((done, io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => {
+                    done += n;
+                    self.size += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((done, e)),
+            }
+        }
         Ok(())
     }
 
@@ -519,5 +617,30 @@ mod tests {
         assert!(!rotated_path(&path, 3).exists());
         let newest = std::fs::read_to_string(&path).unwrap();
         assert!(newest.ends_with("SYS INFO] line 39\n"), "{newest}");
+    }
+
+    #[test]
+    fn lines_lost_to_a_full_disk_are_counted_in_the_log_once_it_works_again() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("job_log.txt");
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let mut log = LogFile::lazy(&path, "i", None);
+        for i in 0..5 {
+            log.line(Level::Info, format!("lost {i}").as_bytes(), SystemTime::now());
+            log.line(Level::Error, b"lost too", SystemTime::now());
+            log.flush();
+        }
+        assert_eq!(log.trouble.as_ref().map(|t| t.lost), Some(10));
+        std::fs::remove_file(&path).unwrap(); // room again
+        log.line(Level::Info, b"written", SystemTime::now());
+        log.flush();
+        assert!(log.trouble.is_none());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("SYS WARN] 10 log lines were lost from "), "{text}");
+        assert!(lines[0].contains("No space left on device"), "{text}");
+        assert!(lines[1].ends_with("INFO] written"), "{text}");
     }
 }

@@ -581,8 +581,11 @@ impl Actor {
         active
             .log
             .sys(level, &format!("run {} ended: {} ({what}) after {}", active.id, state.as_str(), human(duration)));
-        if let Err(e) = history::write_status(&active.dir, &active.status) {
-            tracing::error!(job = %self.key, error = %e, "cannot write the run status");
+        match history::write_status(&active.dir, &active.status) {
+            Ok(()) => crate::repeats::clear("run status", &self.key.to_string()),
+            Err(e) => crate::repeats::report("run status", &self.key.to_string(), |held| {
+                tracing::error!(job = %self.key, error = %e, "cannot write the run status{}", crate::repeats::held_note(held));
+            }),
         }
         self.shared.metrics.run_finished(&self.key.name, state.as_str(), duration);
         self.shared.metrics.cpu_used("triggered", &self.key.name, usage.cpu_ms);

@@ -4,7 +4,9 @@
 //! response body (a live tail is busy for as long as it streams).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -75,7 +77,18 @@ where
         let (app, table) = (app.clone(), requests.clone());
         with(&table, |t| t.set_idle(id, false));
         async move {
-            let response = app.oneshot(request.map(Body::new)).await?;
+            let stalled = Arc::new(AtomicBool::new(false));
+            let request = request.map(|body| {
+                if http_body::Body::is_end_stream(&body) {
+                    Body::new(body)
+                } else {
+                    Body::new(Patient::new(body, stalled.clone()))
+                }
+            });
+            let mut response = app.oneshot(request).await?;
+            if stalled.load(Ordering::Acquire) {
+                response = stalled_response();
+            }
             let guard = IdleOnDrop { table, id };
             Ok::<_, std::convert::Infallible>(response.map(|body| Body::new(Tracked { body, _guard: guard })))
         }
@@ -91,6 +104,70 @@ where
     with(&table, |t| {
         t.open.remove(&id);
     });
+}
+
+/// A request body the client stopped sending: 408, and the connection closes.
+fn stalled_response() -> axum::response::Response {
+    let text = format!("the request body stopped arriving: nothing came for {} s", super::HEADER_TIMEOUT.as_secs());
+    let mut response = super::error(axum::http::StatusCode::REQUEST_TIMEOUT, text);
+    response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails when nothing of it arrives for
+/// [`super::HEADER_TIMEOUT`], so a client cannot hold a request (and the
+/// handler waiting for its body) open by announcing more than it sends.
+struct Patient<B> {
+    body: B,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl<B> Patient<B> {
+    fn new(body: B, stalled: Arc<AtomicBool>) -> Self {
+        Patient { body, deadline: Box::pin(tokio::time::sleep(super::HEADER_TIMEOUT)), stalled }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("nothing of the request body arrived for {} s", super::HEADER_TIMEOUT.as_secs())]
+struct Stalled;
+
+impl<B> http_body::Body for Patient<B>
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + super::HEADER_TIMEOUT;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.stalled.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(Stalled.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Marks the connection idle when its response body is done (or dropped).

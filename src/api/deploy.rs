@@ -20,19 +20,59 @@ use axum::response::{IntoResponse, Response};
 use super::views::JobView;
 use super::{ApiState, base_url, error};
 use crate::config::Config;
-use crate::jobs::{DISABLE_FILE, JobDef, JobKey, JobKind, valid_name};
+use crate::jobs::{DISABLE_FILE, JobDef, JobKey, JobKind, name_problem};
 
 /// Folder under `jobs/` for uploads being unpacked and versions being removed.
 pub const STAGING: &str = ".staging";
 
-/// Why an upload was refused (all 400 but `Io`).
+/// Why an upload was not deployed. What is wrong with the upload (a damaged
+/// zip, sizes that lie, names too long or clashing) is the client's to fix:
+/// 400. A full disk is 507; anything else on the server's side, 500.
 #[derive(Debug, thiserror::Error)]
 enum DeployError {
     #[error("{0}")]
     Refused(String),
+    #[error("no room to unpack the upload: {0}")]
+    Full(std::io::Error),
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 }
+
+impl From<std::io::Error> for DeployError {
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => DeployError::Full(e),
+            _ => DeployError::Io(e),
+        }
+    }
+}
+
+impl DeployError {
+    /// An error writing `name` (a path inside the upload): one the upload
+    /// caused (a name too long, a file where a folder must go) refuses it.
+    fn writing(name: &str, e: std::io::Error) -> DeployError {
+        match e.raw_os_error() {
+            Some(libc::ENAMETOOLONG) => {
+                DeployError::Refused(format!("the name \"{name}\" is too long for the file system ({e})"))
+            }
+            Some(libc::ENOTDIR | libc::EISDIR | libc::EEXIST | libc::ENOTEMPTY) => DeployError::Refused(format!(
+                "\"{name}\" clashes with another entry of the upload (a file and a folder of one name): {e}"
+            )),
+            _ => DeployError::from(e),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            DeployError::Refused(_) => StatusCode::BAD_REQUEST,
+            DeployError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            DeployError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// One deploy at a time: two uploads of one job never race to its folder.
+static DEPLOYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub async fn put(
     State(state): State<ApiState>,
@@ -41,11 +81,8 @@ pub async fn put(
     body: axum::body::Bytes,
     kind: JobKind,
 ) -> Response {
-    if !valid_name(&job) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid job name \"{job}\": a letter or digit first, then letters, digits, `-` and `_`"),
-        );
+    if let Some(problem) = name_problem(&job) {
+        return error(StatusCode::BAD_REQUEST, problem);
     }
     let Some(filename) = disposition_filename(&headers) else {
         return error(StatusCode::BAD_REQUEST, "Missing Content-Disposition header.");
@@ -70,8 +107,8 @@ pub async fn put(
             };
             axum::Json(view.redacted(&state.config)).into_response()
         }
-        Ok(Err(DeployError::Refused(message))) => error(StatusCode::BAD_REQUEST, message),
-        Ok(Err(DeployError::Io(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("deploy failed: {e}")),
+        Ok(Err(refused @ DeployError::Refused(_))) => error(refused.status(), refused.to_string()),
+        Ok(Err(e)) => error(e.status(), format!("deploy failed: {e}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("deploy failed: {e}")),
     }
 }
@@ -86,6 +123,7 @@ fn disposition_filename(headers: &HeaderMap) -> Option<String> {
 }
 
 fn deploy(config: &Config, key: &JobKey, filename: &str, body: &[u8], is_zip: bool) -> Result<JobDef, DeployError> {
+    let _one_at_a_time = DEPLOYING.lock().unwrap_or_else(|e| e.into_inner());
     let staging_root = config.jobs_dir.join(STAGING);
     std::fs::create_dir_all(&staging_root)?;
     let staging = staging_root.join(format!("{}-{}-{}", key.name, std::process::id(), nonce()));
@@ -94,7 +132,7 @@ fn deploy(config: &Config, key: &JobKey, filename: &str, body: &[u8], is_zip: bo
         if is_zip {
             unzip(body, &staging, config.api.max_unpacked)?;
         } else {
-            std::fs::write(staging.join(filename), body)?;
+            std::fs::write(staging.join(filename), body).map_err(|e| DeployError::writing(filename, e))?;
         }
         let def = crate::jobs::read_job_at(config, key.clone(), staging.clone());
         check(&def)?;
@@ -104,7 +142,8 @@ fn deploy(config: &Config, key: &JobKey, filename: &str, body: &[u8], is_zip: bo
         swap_in(&staging, &target)?;
         Ok(crate::jobs::read_job_at(config, key.clone(), target))
     })();
-    let _ = std::fs::remove_dir_all(&staging);
+    // A file swapped out of the way (where a job folder should have been) lands here too.
+    let _ = std::fs::remove_dir_all(&staging).or_else(|_| std::fs::remove_file(&staging));
     result
 }
 
@@ -203,17 +242,17 @@ fn unzip(body: &[u8], into: &Path, max: u64) -> Result<(), DeployError> {
     for (i, relative) in planned {
         let mut entry =
             archive.by_index(i).map_err(|e| DeployError::Refused(format!("unreadable zip entry {i}: {e}")))?;
+        let name = relative.display().to_string();
         let path = into.join(&relative);
         if entry.is_dir() {
-            std::fs::create_dir_all(&path)?;
+            std::fs::create_dir_all(&path).map_err(|e| DeployError::writing(&name, e))?;
             continue;
         }
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir_all(parent).map_err(|e| DeployError::writing(&name, e))?;
         }
-        let mut out = std::fs::File::create(&path)?;
-        let copied = std::io::copy(&mut (&mut entry).take(max - written + 1), &mut out)?;
-        written += copied;
+        let mut out = std::fs::File::create(&path).map_err(|e| DeployError::writing(&name, e))?;
+        written += copy_entry(&mut entry, &mut out, &name, max - written)?;
         if written > max {
             return Err(DeployError::Refused(format!("the zip unpacks to more than max_unpacked_bytes ({max})")));
         }
@@ -222,6 +261,28 @@ fn unzip(body: &[u8], into: &Path, max: u64) -> Result<(), DeployError> {
         }
     }
     Ok(())
+}
+
+/// Copies one zip entry out, stopping past `room` bytes (the count then says
+/// so). An entry whose data does not match its header (a size or checksum
+/// that lies) refuses the upload.
+fn copy_entry(entry: &mut impl Read, out: &mut std::fs::File, name: &str, room: u64) -> Result<u64, DeployError> {
+    use std::io::Write;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut copied = 0u64;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(DeployError::Refused(format!("zip entry \"{name}\" is damaged: {e}"))),
+        };
+        copied += n as u64;
+        if copied > room {
+            return Ok(copied);
+        }
+        out.write_all(&buf[..n]).map_err(|e| DeployError::writing(name, e))?;
+    }
 }
 
 /// A zip entry name as a relative path inside the job, or `None` if it escapes.

@@ -166,16 +166,18 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// request, not sending a response: a live tail is never cut), so a client
 /// that speaks is served even while others hold connections open doing
 /// nothing; a log line says the cap was reached.
-async fn serve<L>(mut listener: L, app: Router)
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
+async fn serve<L: Accept>(listener: L, app: Router) {
     let cap = connection_cap();
     let table = Arc::new(Mutex::new(connections::Table::default()));
     let mut warned = false;
     loop {
-        let (io, _) = listener.accept().await;
+        let io = match listener.accept_io().await {
+            Ok(io) => io,
+            Err(e) => {
+                refused_connection(&e).await;
+                continue;
+            }
+        };
         let (id, evicted) = {
             let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
             let full = t.len() >= cap;
@@ -194,6 +196,43 @@ where
         }
         tokio::spawn(connections::serve(io, app.clone(), table.clone(), id));
     }
+}
+
+/// A listener whose accept errors are ours to handle.
+trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        let (stream, _) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// A connection that could not be accepted. One the client gave up on is
+/// nothing; running out of descriptors (`Too many open files`) repeats while
+/// it lasts, so it is told once a minute with a count, and accepting pauses
+/// briefly instead of spinning.
+async fn refused_connection(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        return;
+    }
+    crate::repeats::report("accept", "api", |held| {
+        tracing::error!(error = %e, "the API cannot accept a connection{}", crate::repeats::held_note(held));
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
 /// Connections served at once: a quarter of the descriptors this process may

@@ -186,6 +186,17 @@ fn settings_are_validated_before_they_are_written() {
     daemon.stop();
 }
 
+/// A zip whose headers say its first entry is 4 bytes long when it is longer.
+fn lying_sizes(mut zip: Vec<u8>) -> Vec<u8> {
+    let find = |zip: &[u8], signature: &[u8]| zip.windows(4).position(|w| w == signature).unwrap();
+    let local = find(&zip, b"PK\x03\x04");
+    let central = find(&zip, b"PK\x01\x02");
+    for at in [local + 18, local + 22, central + 20, central + 24] {
+        zip[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
+    }
+    zip
+}
+
 #[test]
 fn deploys_replace_jobs_atomically_and_refuse_bad_uploads() {
     let (root, daemon) = api_root();
@@ -222,6 +233,9 @@ fn deploys_replace_jobs_atomically_and_refuse_bad_uploads() {
             "stopping_wait_time",
         ),
         (b"this is not a zip".to_vec(), "not a valid zip"),
+        (make_zip(root.path(), &[("run.sh", "echo"), ("run.sh/inner.txt", "x")]), "clashes with another entry"),
+        (make_zip(root.path(), &[("run.sh", "echo"), (&"n".repeat(300), "x")]), "is too long"),
+        (lying_sizes(make_zip(root.path(), &[("run.sh", "echo the whole script")])), "is damaged"),
     ];
     for (body, expected) in cases {
         let r = http.send(
@@ -252,6 +266,14 @@ fn deploys_replace_jobs_atomically_and_refuse_bad_uploads() {
         .status,
         400
     );
+    let long_job = format!("/api/continuouswebjobs/{}", "j".repeat(200));
+    let r = http.send("PUT", &long_job, &[("Content-Disposition", "attachment; filename=run.sh")], b"echo");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("200 characters, more than the 128"), "{}", r.text());
+    let long_file = format!("attachment; filename={}.sh", "f".repeat(300));
+    let r = http.send("PUT", "/api/continuouswebjobs/fresh", &[("Content-Disposition", long_file.as_str())], b"echo");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("is too long"), "{}", r.text());
     // Delete stops the job and removes it with its data.
     let pids = daemon.job_pids("fresh");
     assert!(!pids.is_empty());
@@ -544,22 +566,37 @@ fn silent_and_idle_keep_alive_connections_are_closed() {
     let request =
         format!("GET /health HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n", http.addr, token.trim());
     kept.write_all(request.as_bytes()).unwrap();
+    // A deploy that announces more body than it sends, then goes quiet.
+    let mut stalled = std::net::TcpStream::connect(&http.addr).unwrap();
+    let upload = format!(
+        "PUT /api/triggeredwebjobs/slow HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Disposition: attachment; filename=run.sh\r\nContent-Length: 1000\r\n\r\necho half",
+        http.addr,
+        token.trim()
+    );
+    stalled.write_all(upload.as_bytes()).unwrap();
     let started = std::time::Instant::now();
     let mut buf = [0u8; 4096];
     let n = kept.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "keep-alive answered");
-    for mut stream in [&silent, &kept] {
+    let mut answers = Vec::new();
+    for mut stream in [&silent, &kept, &stalled] {
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = Vec::new();
         loop {
             match stream.read(&mut buf) {
                 Ok(0) => break,
-                Ok(_) => continue,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
                 Err(e) => panic!("not closed by the daemon: {e}"),
             }
         }
+        answers.push(String::from_utf8_lossy(&answer).into_owned());
     }
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(15), "closed after {took:?}");
+    assert!(answers[2].starts_with("HTTP/1.1 408"), "{}", answers[2]);
+    assert!(answers[2].contains("the request body stopped arriving"), "{}", answers[2]);
+    assert!(!root.path().join("jobs/triggered/slow").exists(), "half an upload is never deployed");
     daemon.stop();
 }
 

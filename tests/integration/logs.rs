@@ -148,3 +148,39 @@ fn a_log_deleted_while_in_use_is_started_again() {
     wait_for("a new folder and log", Duration::from_secs(10), || read(&log).contains("deleted while in use"));
     daemon.stop();
 }
+
+#[test]
+fn lines_lost_to_a_full_disk_are_counted_once_it_has_room_again() {
+    let root = Root::new();
+    let count = root.path().join("count");
+    root.continuous(
+        "ticker",
+        &format!("i=0; while true; do i=$((i+1)); echo \"tick $i\"; echo $i > {}; sleep 0.02; done\n", count.display()),
+    );
+    let data = root.data_dir("continuous", "ticker");
+    std::fs::create_dir_all(&data).unwrap();
+    let log = data.join("job_log.txt");
+    // Every write to /dev/full fails with "No space left on device".
+    std::os::unix::fs::symlink("/dev/full", &log).unwrap();
+    let daemon = root.start();
+    wait_for("the daemon to say the log cannot be written", Duration::from_secs(10), || {
+        daemon.stderr().contains("cannot write job log")
+    });
+    wait_for("20 lines lost", Duration::from_secs(10), || read(&count).trim().parse::<u64>().is_ok_and(|n| n >= 20));
+    std::fs::remove_file(&log).unwrap(); // room again
+    wait_for("the lost lines counted", Duration::from_secs(10), || read(&log).contains("] tick "));
+    let text = read(&log);
+    let first = text.lines().next().unwrap();
+    let lost: u64 = first
+        .split("SYS WARN] ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the first line counts the lost ones: {text}"));
+    assert!(first.contains("log lines were lost from ") && first.contains("No space left on device"), "{first}");
+    let first_tick: u64 = output_lines(&text, "INFO")[0].trim_start_matches("tick ").parse().unwrap();
+    assert!(first_tick >= 20 && lost >= first_tick - 1, "{lost} lost, first tick kept {first_tick}:\n{text}");
+    let told = daemon.stderr().matches("cannot write job log").count();
+    assert_eq!(told, 1, "a repeating error is told once a minute:\n{}", daemon.stderr());
+    daemon.stop();
+}
