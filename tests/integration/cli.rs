@@ -87,3 +87,31 @@ fn arguments_too_long_to_send_are_a_clear_error() {
     assert!(root.runs("echo").is_empty());
     daemon.stop();
 }
+
+#[test]
+fn an_unreadable_job_folder_says_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    let dir = root.job("continuous", "locked", &[("run.sh", "echo hi")]);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads any folder; without the two capabilities that allow it, it is an ordinary owner.
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--bounding-set=-dac_override,-dac_read_search", BIN]);
+        c
+    } else {
+        std::process::Command::new(BIN)
+    };
+    let out = command
+        .arg("--root")
+        .arg(root.path())
+        .args(["validate", "--json"])
+        .env("WEBJOBS_INSTANCE_ID", "locked-test")
+        .output()
+        .unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    let errors = v[0]["errors"].to_string();
+    assert!(errors.contains("cannot read the job folder") && errors.contains("permission denied"), "{v}");
+    assert!(!errors.contains("no runnable script"), "{v}");
+}
