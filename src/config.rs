@@ -146,8 +146,8 @@ impl Config {
     }
 
     /// The data folder of one job: logs, status, history.
-    pub fn job_data_dir(&self, key: &crate::jobs::JobKey) -> PathBuf {
-        self.data_dir.join("jobs").join(key.kind.as_str()).join(&key.name)
+    pub fn job_data_dir(&self, key: &crate::key::JobKey) -> PathBuf {
+        crate::layout::job_data_dir(&self.data_dir, key)
     }
 
     /// The default instance id: derived from the machine, stable across restarts.
@@ -157,13 +157,8 @@ impl Config {
             .filter(|s| !s.trim().is_empty())
             .or_else(|| nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()))
             .unwrap_or_default();
-        format!("{:06x}", fnv1a(seed.trim().as_bytes()) & 0xff_ffff)
+        format!("{:06x}", crate::hash::fnv1a(seed.trim().as_bytes()) & 0xff_ffff)
     }
-}
-
-/// 64-bit FNV-1a: a small, stable, dependency-free hash for ids and fingerprints.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Accumulates settings before paths are resolved against the root.
@@ -438,7 +433,7 @@ impl Builder {
                 token_file: self
                     .token_file
                     .map(&under_root)
-                    .unwrap_or_else(|| under_root(self.data_dir.clone()).join("api-token")),
+                    .unwrap_or_else(|| under_root(self.data_dir.clone()).join(crate::layout::API_TOKEN)),
                 max_upload: self.max_upload,
                 max_unpacked: self.max_unpacked,
             },

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::coordination::Lease;
-use crate::jobs::{JobDef, JobKey, Runnable};
+use crate::jobs::{JobDef, Runnable};
+use crate::key::JobKey;
 use crate::logs::{Level, LogFile, Rotation, format_time};
 use crate::process::Command;
 use crate::run::{JobEnv, Run, human};
@@ -106,7 +107,7 @@ impl Actor {
         let data_dir = config.job_data_dir(&key);
         let rotation = Rotation { max_size: config.log.max_size, keep: config.log.keep };
         // Created at the first line: nothing on disk stands between discovery and the first start.
-        let log = LogFile::lazy(&data_dir.join("job_log.txt"), &shared.instance, Some(rotation));
+        let log = LogFile::lazy(&data_dir.join(crate::layout::JOB_LOG), &shared.instance, Some(rotation));
         let mut actor = Actor {
             status: ContinuousStatus::new(&shared.instance),
             key,
@@ -289,14 +290,9 @@ impl Actor {
             .map_err(std::io::Error::other)??;
         let cwd = work_dir.clone();
         let nonce =
-            format!("{:x}", crate::config::fnv1a(format!("{:?}{}", SystemTime::now(), std::process::id()).as_bytes()));
-        let shutdown_file = self
-            .config
-            .temp_dir
-            .join("JobsShutdown")
-            .join(self.key.kind.as_str())
-            .join(&self.key.name)
-            .join(format!("{}-{nonce}", self.shared.instance));
+            format!("{:x}", crate::hash::fnv1a(format!("{:?}{}", SystemTime::now(), std::process::id()).as_bytes()));
+        let shutdown_file =
+            crate::layout::shutdown_file(&self.config.temp_dir, &self.key, &self.shared.instance, &nonce);
         let port = crate::run::free_port();
         let env = JobEnv {
             name: &self.key.name,
@@ -476,7 +472,8 @@ pub fn build_command(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{JobKind, Script};
+    use crate::jobs::Script;
+    use crate::key::JobKind;
     use crate::settings::Settings;
 
     fn job() -> Runnable {

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::layout;
+
 /// How this daemon coordinates with the others.
 #[derive(Debug, Clone)]
 pub enum Coordinator {
@@ -143,7 +145,7 @@ impl Coordinator {
     /// Tries to take the singleton lock of a continuous job, without waiting.
     pub fn try_singleton(&self, job_data_dir: &Path, instance: &str) -> io::Result<Option<Lease>> {
         match self {
-            Coordinator::Files { .. } => try_lock_file(&job_data_dir.join("singleton.job.lock"), instance),
+            Coordinator::Files { .. } => try_lock_file(&job_data_dir.join(layout::SINGLETON_LOCK), instance),
         }
     }
 
@@ -152,8 +154,8 @@ impl Coordinator {
     pub fn job_locks(&self, job_data_dir: &Path) -> io::Result<JobLocks> {
         match self {
             Coordinator::Files { .. } => Ok(JobLocks {
-                run_lock: Arc::new(open_lock(&job_data_dir.join("triggeredJob.lock"))?),
-                schedule: open_lock(&job_data_dir.join("schedule.json"))?,
+                run_lock: Arc::new(open_lock(&job_data_dir.join(layout::RUN_LOCK))?),
+                schedule: open_lock(&job_data_dir.join(layout::SCHEDULE_RECORD))?,
             }),
         }
     }
@@ -161,14 +163,14 @@ impl Coordinator {
     /// Who holds a job's singleton lock, as written by the holder.
     pub fn singleton_holder(&self, job_data_dir: &Path) -> Option<String> {
         match self {
-            Coordinator::Files { .. } => holder_of(&job_data_dir.join("singleton.job.lock")),
+            Coordinator::Files { .. } => holder_of(&job_data_dir.join(layout::SINGLETON_LOCK)),
         }
     }
 }
 
 /// The last schedule tick any daemon claimed for a job.
 pub fn last_tick(job_data_dir: &Path) -> Option<jiff::Timestamp> {
-    parse_tick(std::fs::read_to_string(job_data_dir.join("schedule.json")).ok()?.trim())
+    parse_tick(std::fs::read_to_string(job_data_dir.join(layout::SCHEDULE_RECORD)).ok()?.trim())
 }
 
 fn open_lock(path: &Path) -> io::Result<File> {
@@ -212,7 +214,7 @@ pub struct InstanceGuard {
 }
 
 fn instance_lock_path(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir.join("instances").join(format!("{id}.lock"))
+    layout::instance_lock(data_dir, id)
 }
 
 /// Registers instance `id`; refuses when a live daemon already uses it.

@@ -8,9 +8,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, fnv1a};
+use crate::config::Config;
 use crate::coordination::{self, Coordinator, InstanceError};
-use crate::jobs::{JobKey, JobKind};
+use crate::hash::fnv1a;
+use crate::key::{JobKey, JobKind};
 use crate::logs::{Level, LogFile};
 use crate::process;
 use crate::supervisor::{Event, Shared, Supervisor};
@@ -100,7 +101,7 @@ pub async fn run(
     let mut supervisor = Supervisor::new(config.clone(), shared.clone());
     supervisor.load().await;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "jobs loaded and started");
-    let socket = crate::api::socket_path(&config.data_dir, &config.instance_id);
+    let socket = crate::layout::socket(&config.data_dir, &config.instance_id);
     let basic = config.api.user.clone().zip(config.api.password.clone());
     let auth = Arc::new(crate::api::Auth { basic, token });
     let api_state = crate::api::ApiState {
@@ -166,9 +167,9 @@ async fn watchdog(every: Duration, events: mpsc::Sender<Event>, notifier: impl N
 
 fn create_dirs(config: &Config) -> Result<(), DaemonError> {
     let dirs = [
-        config.jobs_dir.join("continuous"),
-        config.jobs_dir.join("triggered"),
-        config.data_dir.join("jobs"),
+        crate::layout::kind_dir(&config.jobs_dir, JobKind::Continuous),
+        crate::layout::kind_dir(&config.jobs_dir, JobKind::Triggered),
+        crate::layout::jobs_data_dir(&config.data_dir),
         config.temp_dir.clone(),
     ];
     for path in dirs {
@@ -208,7 +209,7 @@ async fn stop_leftover_cgroups(config: &Config, containment: &crate::cgroup::Con
             );
             tracing::warn!(cgroup = %name, "{text}");
             if let (Some(JobKind::Continuous), Some(job)) = (kind, job) {
-                let path = config.job_data_dir(&JobKey::new(JobKind::Continuous, job)).join("job_log.txt");
+                let path = config.job_data_dir(&JobKey::new(JobKind::Continuous, job)).join(crate::layout::JOB_LOG);
                 if let Ok(mut log) = LogFile::open(&path, &config.instance_id, None) {
                     log.sys(Level::SysWarn, &text);
                 }
@@ -247,7 +248,7 @@ async fn stop_leftovers(config: &Config, prefix: &str) {
         );
         tracing::warn!(job = %key, "{text}");
         if key.kind == JobKind::Continuous {
-            let path = config.job_data_dir(&key).join("job_log.txt");
+            let path = config.job_data_dir(&key).join(crate::layout::JOB_LOG);
             if let Ok(mut log) = LogFile::open(&path, &config.instance_id, None) {
                 log.sys(Level::SysWarn, &text);
             }

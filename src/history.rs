@@ -97,11 +97,11 @@ pub fn is_run_id(name: &str) -> bool {
 /// Writes a run's status (in place; see [`crate::status::write_record`]).
 pub fn write_status(dir: &Path, status: &RunStatus) -> io::Result<()> {
     let text = serde_json::to_vec(status).map_err(io::Error::other)?;
-    crate::status::write_record(&dir.join("status"), &text)
+    crate::status::write_record(&dir.join(crate::layout::RUN_STATUS), &text)
 }
 
 pub fn read_status(dir: &Path) -> Option<RunStatus> {
-    serde_json::from_slice(std::fs::read(dir.join("status")).ok()?.trim_ascii()).ok()
+    serde_json::from_slice(std::fs::read(dir.join(crate::layout::RUN_STATUS)).ok()?.trim_ascii()).ok()
 }
 
 /// Run ids of a job, newest first.

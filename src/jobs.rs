@@ -2,55 +2,15 @@
 //! and the script hosts (interpreters) that run it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, fnv1a};
+use crate::config::Config;
+use crate::hash::fnv1a;
+use crate::key::{JobKey, JobKind, name_problem};
+use crate::layout::{DISABLE_FILE, SDK_MARKER};
 use crate::settings::{self, Loaded};
-
-/// The two kinds of job, named as the folders are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobKind {
-    Continuous,
-    Triggered,
-}
-
-impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Continuous, JobKind::Triggered];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Continuous => "continuous",
-            JobKind::Triggered => "triggered",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JobKind> {
-        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-/// A job's identity: its kind and folder name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobKey {
-    pub kind: JobKind,
-    pub name: String,
-}
-
-impl JobKey {
-    pub fn new(kind: JobKind, name: impl Into<String>) -> JobKey {
-        JobKey { kind, name: name.into() }
-    }
-}
-
-impl fmt::Display for JobKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.kind.as_str(), self.name)
-    }
-}
 
 /// The file a job runs and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,36 +91,9 @@ impl Runnable {
     }
 }
 
-/// `disable.job`: the job is stopped while this file is in its script folder.
-pub const DISABLE_FILE: &str = "disable.job";
-
-/// A letter or digit first, then letters, digits, `-` and `_`.
-pub fn valid_name(name: &str) -> bool {
-    name_problem(name).is_none()
-}
-
-/// The longest job name: it is part of folder and cgroup names, which the
-/// kernel limits to 255 bytes with room to spare for prefixes and suffixes.
-pub const MAX_NAME: usize = 128;
-
-/// What is wrong with a job name, in the words every surface uses.
-pub fn name_problem(name: &str) -> Option<String> {
-    let mut bytes = name.bytes();
-    let well_formed = matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !well_formed {
-        let shown: String = name.chars().take(MAX_NAME).collect();
-        return Some(format!(
-            "invalid job name \"{shown}\": a job name starts with a letter or digit and has only letters, digits, `-` and `_`"
-        ));
-    }
-    (name.len() > MAX_NAME)
-        .then(|| format!("invalid job name: {} characters, more than the {MAX_NAME} a job name may have", name.len()))
-}
-
 /// The folder holding jobs of `kind`.
 pub fn kind_dir(config: &Config, kind: JobKind) -> PathBuf {
-    config.jobs_dir.join(kind.as_str())
+    crate::layout::kind_dir(&config.jobs_dir, kind)
 }
 
 /// Every job folder of every kind, sorted.
@@ -195,7 +128,7 @@ pub fn job_names(config: &Config, kind: JobKind) -> Vec<String> {
 }
 
 fn scan_with(config: &Config, hosts: &Hosts, key: &JobKey) -> Option<JobDef> {
-    let dir = kind_dir(config, key.kind).join(&key.name);
+    let dir = crate::layout::job_dir(&config.jobs_dir, key);
     match std::fs::metadata(&dir) {
         Ok(meta) if meta.is_dir() => Some(read_job(config, hosts, key.clone(), dir)),
         Ok(_) => None,
@@ -207,7 +140,10 @@ fn scan_with(config: &Config, hosts: &Hosts, key: &JobKey) -> Option<JobDef> {
                 unusable_folder(
                     key,
                     dir,
-                    format!("the job folder {} is {why} ({e})", kind_dir(config, key.kind).join(&key.name).display()),
+                    format!(
+                        "the job folder {} is {why} ({e})",
+                        crate::layout::job_dir(&config.jobs_dir, key).display()
+                    ),
                 )
             })
         }
@@ -232,9 +168,6 @@ fn unusable_folder(key: &JobKey, dir: PathBuf, why: String) -> JobDef {
 pub fn read_job_at(config: &Config, key: JobKey, dir: PathBuf) -> JobDef {
     read_job(config, &Hosts::new(config), key, dir)
 }
-
-/// The file the WebJobs SDK writes into a job's data folder.
-pub const SDK_MARKER: &str = "webjobssdk.marker";
 
 fn read_job(config: &Config, hosts: &Hosts, key: JobKey, dir: PathBuf) -> JobDef {
     let using_sdk = config.job_data_dir(&key).join(SDK_MARKER).exists();
@@ -439,19 +372,6 @@ mod tests {
     }
     fn chosen(dir: &Path) -> String {
         choose_script(dir).map(|(f, _)| f).unwrap_or_else(|e| e)
-    }
-
-    #[test]
-    fn job_names() {
-        for ok in ["a", "A1", "9lives", "my-job_2"] {
-            assert!(valid_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", "_a", "a b", "a.b", "é", ".hidden"] {
-            assert!(!valid_name(bad), "{bad}");
-        }
-        assert!(valid_name(&"a".repeat(MAX_NAME)));
-        let long = "a".repeat(MAX_NAME + 1);
-        assert!(name_problem(&long).unwrap().contains("129 characters, more than the 128"));
     }
 
     #[test]

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::jobs::JobKind;
+use crate::key::JobKind;
 use crate::problems::{Problem, Reader, parse_object};
 use crate::schedule::Schedule;
 
 /// The file name, in the job's script folder.
-pub const FILE_NAME: &str = "settings.job";
+use crate::layout::SETTINGS_FILE;
 
 /// What a triggered job does when a tick or request comes while a run is active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -117,7 +117,7 @@ impl Settings {
 
 /// Reads `settings.job` in `dir` (defaults when it does not exist).
 pub fn load(dir: &Path, kind: JobKind) -> Loaded {
-    let file = dir.join(FILE_NAME);
+    let file = dir.join(SETTINGS_FILE);
     match read_small_file(&file, MAX_FILE) {
         Ok(text) => parse(&file, &text, kind),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -91,7 +91,7 @@ impl ContinuousStatus {
 
 /// `status_<instance>` in `dir`.
 pub fn status_path(dir: &Path, instance: &str) -> PathBuf {
-    dir.join(format!("status_{instance}"))
+    crate::layout::status_file(dir, instance)
 }
 
 /// Writes the status file.
@@ -129,8 +129,7 @@ pub fn read_all(dir: &Path) -> Vec<ContinuousStatus> {
     };
     let mut all: Vec<ContinuousStatus> = entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("status_"))
-        .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(crate::layout::STATUS_PREFIX))
         .filter_map(|e| serde_json::from_slice(std::fs::read(e.path()).ok()?.trim_ascii()).ok())
         .collect();
     all.sort_by(|a, b| a.instance.cmp(&b.instance));

@@ -11,7 +11,8 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::continuous;
 use crate::coordination::Coordinator;
-use crate::jobs::{self, JobDef, JobKey, JobKind};
+use crate::jobs::{self, JobDef};
+use crate::key::{JobKey, JobKind};
 use crate::triggered;
 
 /// What every job actor needs to know about this daemon.

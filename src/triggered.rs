@@ -23,7 +23,8 @@ use crate::clock::{Wake, WallTimer};
 use crate::config::Config;
 use crate::coordination::{self, Lease};
 use crate::history::{self, RunState, RunStatus};
-use crate::jobs::{JobDef, JobKey, Runnable};
+use crate::jobs::{JobDef, Runnable};
+use crate::key::JobKey;
 use crate::logs::{Level, LogFile, Rotation, format_time};
 use crate::run::{JobEnv, Run, human};
 use crate::settings::{CatchUp, Overlap, RunMode};
@@ -187,13 +188,14 @@ impl Actor {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
         let rotation = Some(Rotation { max_size: 1024 * 1024, keep: 1 });
-        let scheduler_log = match LogFile::open(&data_dir.join("job_scheduler.log"), &shared.instance, rotation) {
-            Ok(log) => log,
-            Err(e) => {
-                tracing::error!(job = %key, error = %e, "cannot open the scheduler log; the job will not run");
-                return None;
-            }
-        };
+        let scheduler_log =
+            match LogFile::open(&data_dir.join(crate::layout::SCHEDULER_LOG), &shared.instance, rotation) {
+                Ok(log) => log,
+                Err(e) => {
+                    tracing::error!(job = %key, error = %e, "cannot open the scheduler log; the job will not run");
+                    return None;
+                }
+            };
         let locks = match shared.coordinator.job_locks(&data_dir) {
             Ok(locks) => locks,
             Err(e) => {
@@ -480,7 +482,7 @@ impl Actor {
     fn open_run_files(&self, id: &str) -> std::io::Result<(PathBuf, LogFile)> {
         let dir = history::create_run_dir_named(&self.data_dir, id)?;
         history::prune(&self.data_dir, self.config.switches.history_size as usize, &[id]);
-        let log = LogFile::open(&dir.join("output_log.txt"), &self.shared.instance, None)?;
+        let log = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), &self.shared.instance, None)?;
         Ok((dir, log))
     }
 
@@ -495,13 +497,7 @@ impl Actor {
                     .map_err(std::io::Error::other)??
             }
         };
-        let shutdown_file = self
-            .config
-            .temp_dir
-            .join("JobsShutdown")
-            .join("triggered")
-            .join(&self.key.name)
-            .join(format!("{}-{id}", self.shared.instance));
+        let shutdown_file = crate::layout::shutdown_file(&self.config.temp_dir, &self.key, &self.shared.instance, id);
         let env = JobEnv {
             name: &self.key.name,
             kind: self.key.kind.as_str(),
@@ -850,7 +846,7 @@ impl Actor {
                 Some(format!("the daemon running it (instance {}) stopped before the run ended", status.instance));
             status.pid = None;
             let _ = history::write_status(&dir, &status);
-            if let Ok(mut log) = LogFile::open(&dir.join("output_log.txt"), &self.shared.instance, None) {
+            if let Ok(mut log) = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), &self.shared.instance, None) {
                 log.sys(
                     Level::SysError,
                     &format!("run {id} marked Aborted: {}", status.error.as_deref().unwrap_or_default()),

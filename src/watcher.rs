@@ -10,7 +10,7 @@ use std::time::Duration;
 use notify::{Event as FsEvent, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{Notify, mpsc};
 
-use crate::jobs::{JobKey, JobKind};
+use crate::key::{JobKey, JobKind};
 use crate::supervisor::{Changes, Event};
 
 /// Hints queued between the watcher thread and the debouncer.

@@ -7,12 +7,9 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use crate::jobs::{JobKey, Runnable};
+use crate::jobs::Runnable;
 
-/// The folder all working copies of a job live in.
-pub fn job_temp_dir(temp_dir: &Path, key: &JobKey) -> PathBuf {
-    temp_dir.join("jobs").join(key.kind.as_str()).join(&key.name)
-}
+use crate::layout::job_temp_dir;
 
 /// The folder to run `job` in when no copy has to be made (in place, or a
 /// copy of this exact content exists): one `stat` at most.
@@ -90,7 +87,8 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{JobKind, Script};
+    use crate::jobs::Script;
+    use crate::key::{JobKey, JobKind};
     use crate::settings::Settings;
     use std::os::unix::fs::PermissionsExt;
 

@@ -20,10 +20,9 @@ use axum::response::{IntoResponse, Response};
 use super::views::JobView;
 use super::{ApiState, base_url, error};
 use crate::config::Config;
-use crate::jobs::{DISABLE_FILE, JobDef, JobKey, JobKind, name_problem};
-
-/// Folder under `jobs/` for uploads being unpacked and versions being removed.
-pub const STAGING: &str = ".staging";
+use crate::jobs::JobDef;
+use crate::key::{JobKey, JobKind, name_problem};
+use crate::layout::DISABLE_FILE;
 
 /// Why an upload was not deployed. What is wrong with the upload (a damaged
 /// zip, sizes that lie, names too long or clashing) is the client's to fix:
@@ -124,7 +123,7 @@ fn disposition_filename(headers: &HeaderMap) -> Option<String> {
 
 fn deploy(config: &Config, key: &JobKey, filename: &str, body: &[u8], is_zip: bool) -> Result<JobDef, DeployError> {
     let _one_at_a_time = DEPLOYING.lock().unwrap_or_else(|e| e.into_inner());
-    let staging_root = config.jobs_dir.join(STAGING);
+    let staging_root = crate::layout::staging_dir(&config.jobs_dir);
     std::fs::create_dir_all(&staging_root)?;
     let staging = staging_root.join(format!("{}-{}-{}", key.name, std::process::id(), nonce()));
     let result = (|| {
@@ -136,9 +135,9 @@ fn deploy(config: &Config, key: &JobKey, filename: &str, body: &[u8], is_zip: bo
         }
         let def = crate::jobs::read_job_at(config, key.clone(), staging.clone());
         check(&def)?;
-        let target = crate::jobs::kind_dir(config, key.kind).join(&key.name);
+        let target = crate::layout::job_dir(&config.jobs_dir, key);
         keep_disabled(&target, &def.script_dir)?;
-        std::fs::create_dir_all(crate::jobs::kind_dir(config, key.kind))?;
+        std::fs::create_dir_all(crate::layout::kind_dir(&config.jobs_dir, key.kind))?;
         swap_in(&staging, &target)?;
         Ok(crate::jobs::read_job_at(config, key.clone(), target))
     })();
@@ -148,7 +147,7 @@ fn deploy(config: &Config, key: &JobKey, filename: &str, body: &[u8], is_zip: bo
 }
 
 fn nonce() -> u64 {
-    crate::config::fnv1a(format!("{:?}", std::time::SystemTime::now()).as_bytes())
+    crate::hash::fnv1a(format!("{:?}", std::time::SystemTime::now()).as_bytes())
 }
 
 /// A new version must be runnable and its settings valid.

@@ -14,7 +14,9 @@ use axum::routing::{MethodFilter, get, on, post};
 use super::views::JobView;
 use super::{ApiState, ListCache, accepts_gzip, base_url, error, json_response};
 use crate::config::Config;
-use crate::jobs::{DISABLE_FILE, JobDef, JobKey, JobKind, valid_name};
+use crate::jobs::JobDef;
+use crate::key::{JobKey, JobKind, valid_name};
+use crate::layout::DISABLE_FILE;
 use crate::status::{ContinuousStatus, JobStatus};
 use crate::supervisor::{CatalogEntry, Changes, Event, Live};
 
@@ -109,7 +111,7 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap, kind: Option<Jo
             .map(|e| JobView::from_catalog(&base, e).redacted(&state.config))
             .collect();
         let body = axum::body::Bytes::from(serde_json::to_vec(&views).unwrap_or_default());
-        let etag = format!("\"{:016x}\"", crate::config::fnv1a(&body));
+        let etag = format!("\"{:016x}\"", crate::hash::fnv1a(&body));
         *cache = Some(ListCache { key, body, gzip: None, etag });
     }
     let c = cache.as_mut().expect("filled above");
@@ -163,7 +165,7 @@ async fn get_job(
     view.containment = Some(state.shared.containment.describe());
     view.redact(&state.config);
     // The SDK writes its marker while the job runs: look again (the list shows it from the last scan).
-    view.using_sdk = tokio::fs::try_exists(state.config.job_data_dir(&entry.def.key).join(crate::jobs::SDK_MARKER))
+    view.using_sdk = tokio::fs::try_exists(state.config.job_data_dir(&entry.def.key).join(crate::layout::SDK_MARKER))
         .await
         .unwrap_or(view.using_sdk);
     if kind == JobKind::Continuous {
@@ -274,7 +276,7 @@ pub fn io_problem(config: &Config, action: &str, path: &std::path::Path, e: &std
 /// `GET …/settings`: the settings.job object as written (`{}` when there is none).
 async fn get_settings(State(state): State<ApiState>, Path(job): Path<String>, kind: JobKind) -> Response {
     let Some(def) = job_def(&state, kind, &job).await else { return not_found(kind, &job) };
-    let path = def.script_dir.join(crate::settings::FILE_NAME);
+    let path = def.script_dir.join(crate::layout::SETTINGS_FILE);
     let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
     let value = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
@@ -300,7 +302,7 @@ async fn put_settings(
     kind: JobKind,
 ) -> Response {
     let Some(def) = job_def(&state, kind, &job).await else { return not_found(kind, &job) };
-    let path = def.script_dir.join(crate::settings::FILE_NAME);
+    let path = def.script_dir.join(crate::layout::SETTINGS_FILE);
     let text = String::from_utf8_lossy(&body).into_owned();
     let loaded = crate::settings::parse(&path, &text, kind);
     let shown = |p: &crate::problems::Problem| super::redact(&state.config, &p.to_string());
@@ -332,7 +334,7 @@ async fn delete(State(state): State<ApiState>, Path(job): Path<String>, kind: Jo
         return axum::Json(serde_json::json!({"name": job, "deleted": false})).into_response();
     };
     let trash =
-        state.config.jobs_dir.join(super::deploy::STAGING).join(format!("deleted-{job}-{}", std::process::id()));
+        crate::layout::staging_dir(&state.config.jobs_dir).join(format!("deleted-{job}-{}", std::process::id()));
     let (from, to) = (def.dir.clone(), trash.clone());
     let moved = tokio::task::spawn_blocking(move || {
         let _ = std::fs::create_dir_all(to.parent().unwrap_or(&to));
@@ -384,7 +386,7 @@ mod tests {
         let folder = config.jobs_dir.join("continuous/app");
         std::fs::create_dir_all(&folder).unwrap();
         let e = std::io::Error::from(ErrorKind::PermissionDenied);
-        let text = io_problem(&config, "write", &folder.join("disable.job"), &e);
+        let text = io_problem(&config, "write", &folder.join(crate::layout::DISABLE_FILE), &e);
         assert!(text.starts_with("cannot write jobs/continuous/app/disable.job: permission denied: "), "{text}");
         assert!(text.contains("jobs/continuous/app belongs to ") && text.contains("the daemon runs as "), "{text}");
         assert!(text.contains("chown -R "), "{text}");

@@ -17,7 +17,7 @@ mod runs;
 mod vfs;
 pub mod views;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 pub use auth::{Auth, load_or_create_token};
 
 use crate::config::Config;
-use crate::jobs::JobKind;
+use crate::key::JobKind;
 use crate::supervisor::{Catalog, Event, Shared};
 
 /// What every handler can reach.
@@ -87,16 +87,6 @@ fn prefixes(kind: JobKind) -> [String; 4] {
     [format!("/api/{k}webjobs"), format!("/api/{k}jobs"), format!("/jobs/{k}"), format!("/api/jobs/{k}")]
 }
 
-/// The socket of instance `id` on a data folder.
-pub fn socket_path(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir.join("instances").join(format!("{id}.sock"))
-}
-
-/// Where a daemon writes the TCP address it listens on (for tools and tests).
-pub fn address_path(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir.join("instances").join(format!("{id}.addr"))
-}
-
 /// Binds the Unix socket (mode 0660), replacing a stale one.
 pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
@@ -128,7 +118,7 @@ impl Listeners {
 /// Binds the Unix socket (mode 0660) and, if configured, the TCP address.
 pub async fn bind(config: &Config) -> Result<Listeners, crate::daemon::DaemonError> {
     use crate::daemon::DaemonError;
-    let socket = socket_path(&config.data_dir, &config.instance_id);
+    let socket = crate::layout::socket(&config.data_dir, &config.instance_id);
     let unix = bind_unix(&socket).map_err(|cause| DaemonError::Socket { path: socket.clone(), cause })?;
     let Some(listen) = &config.api.listen else { return Ok(Listeners { unix, tcp: None }) };
     let tcp = tokio::net::TcpListener::bind(listen)
@@ -138,7 +128,7 @@ pub async fn bind(config: &Config) -> Result<Listeners, crate::daemon::DaemonErr
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the API listens beyond loopback; put TLS in front of it (see README)");
         }
-        let _ = std::fs::write(address_path(&config.data_dir, &config.instance_id), addr.to_string());
+        let _ = std::fs::write(crate::layout::address(&config.data_dir, &config.instance_id), addr.to_string());
     }
     Ok(Listeners { unix, tcp: Some(tcp) })
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 
 use super::{ApiState, error};
-use crate::jobs::{JobKey, JobKind};
+use crate::key::{JobKey, JobKind};
 use crate::status::JobStatus;
 use crate::supervisor::Live;
 

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::views::RunView;
 use super::{ApiState, base_url, error};
 use crate::history;
-use crate::jobs::{JobKey, JobKind, valid_name};
+use crate::key::{JobKey, JobKind, valid_name};
 use crate::supervisor::Event;
 use crate::triggered::{Accepted, Control, Refused, RunRequest};
 
@@ -87,7 +87,7 @@ pub async fn cancel(
 
 fn job_data(state: &ApiState, job: &str) -> Option<std::path::PathBuf> {
     let key = JobKey::new(JobKind::Triggered, job);
-    let exists = valid_name(job) && state.config.jobs_dir.join("triggered").join(job).is_dir();
+    let exists = valid_name(job) && crate::layout::job_dir(&state.config.jobs_dir, &key).is_dir();
     exists.then(|| state.config.job_data_dir(&key))
 }
 
@@ -99,7 +99,7 @@ pub async fn history(State(state): State<ApiState>, headers: HeaderMap, Path(job
         history::run_ids(&data).iter().filter_map(|id| RunView::load(&base, &job, &data, id)).collect();
     // WebJobs' ETag: the latest run's id, status and end time.
     let latest = runs.first().map(|r| format!("{}{}{:?}", r.id, r.status, r.end_time)).unwrap_or_default();
-    let etag = format!("\"{:016x}\"", crate::config::fnv1a(format!("{latest}{}{base}", runs.len()).as_bytes()));
+    let etag = format!("\"{:016x}\"", crate::hash::fnv1a(format!("{latest}{}{base}", runs.len()).as_bytes()));
     let body = axum::body::Bytes::from(serde_json::to_vec(&serde_json::json!({ "runs": runs })).unwrap_or_default());
     super::with_etag(&headers, body, &etag)
 }

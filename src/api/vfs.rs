@@ -42,7 +42,7 @@ pub async fn get(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(relative) = confined(&path) else { return error(StatusCode::NOT_FOUND, "not found") };
-    let root = state.config.data_dir.join("jobs");
+    let root = crate::layout::jobs_data_dir(&state.config.data_dir);
     let target = root.join(&relative);
     let checked = {
         let (root, target) = (root.clone(), target.clone());
@@ -151,7 +151,7 @@ fn mime(name: &str) -> &'static str {
     match name.rsplit_once('.').map(|(_, ext)| ext) {
         Some("txt" | "log") => "text/plain; charset=utf-8",
         Some("json") => "application/json",
-        _ if name == "status" || name.starts_with("status_") => "application/json",
+        _ if name == crate::layout::RUN_STATUS || name.starts_with(crate::layout::STATUS_PREFIX) => "application/json",
         _ => "application/octet-stream",
     }
 }
@@ -159,7 +159,7 @@ fn mime(name: &str) -> &'static str {
 /// The run folder of a triggered run's output, so a followed output ends with the run.
 fn run_dir_of(file: &FsPath) -> Option<PathBuf> {
     let dir = file.parent()?;
-    let is_output = file.file_name().is_some_and(|n| n == "output_log.txt");
+    let is_output = file.file_name().is_some_and(|n| n == crate::layout::OUTPUT_LOG);
     (is_output && dir.file_name().and_then(|n| n.to_str()).is_some_and(history::is_run_id)).then(|| dir.into())
 }
 

@@ -223,12 +223,12 @@ impl JobView {
     pub fn from_def(base: &str, def: &crate::jobs::JobDef) -> JobView {
         use crate::supervisor::{CatalogEntry, Live};
         let live = match def.key.kind {
-            crate::jobs::JobKind::Continuous => {
+            crate::key::JobKind::Continuous => {
                 let mut status = crate::status::ContinuousStatus::new("");
                 status.status = crate::status::JobStatus::Initializing;
                 Live::Continuous(tokio::sync::watch::channel(status).1)
             }
-            crate::jobs::JobKind::Triggered => Live::Triggered(tokio::sync::watch::channel(Default::default()).1),
+            crate::key::JobKind::Triggered => Live::Triggered(tokio::sync::watch::channel(Default::default()).1),
         };
         let entry = CatalogEntry { def: std::sync::Arc::new(def.clone()), live };
         let mut view = JobView::from_catalog(base, &entry);

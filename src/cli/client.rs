@@ -77,11 +77,11 @@ type Sink<'a> = Option<&'a mut dyn FnMut(&[u8])>;
 impl Client {
     /// The daemon of this configuration's instance, else any live one on the data folder.
     pub fn connect(config: &Config) -> Result<Client, ClientError> {
-        let own = crate::api::socket_path(&config.data_dir, &config.instance_id);
+        let own = crate::layout::socket(&config.data_dir, &config.instance_id);
         if instance_alive(&config.data_dir, &config.instance_id) && own.exists() {
             return Ok(Client { socket: own });
         }
-        let others = std::fs::read_dir(config.data_dir.join("instances")).into_iter().flatten().flatten();
+        let others = std::fs::read_dir(crate::layout::instances_dir(&config.data_dir)).into_iter().flatten().flatten();
         for entry in others {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_suffix(".sock")

@@ -8,7 +8,7 @@ use crate::cli::run::{follow_file, follow_run, run_dir};
 use crate::cli::{EXIT_NOT_FOUND, find_job};
 use crate::config::Config;
 use crate::history;
-use crate::jobs::JobKind;
+use crate::key::JobKind;
 
 pub fn history(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCode> {
     let def = match find_job(config, &format!("triggered/{}", spec.trim_start_matches("triggered/"))) {
@@ -103,7 +103,7 @@ pub fn logs(config: &Config, spec: &str, run: Option<&str>, follow: bool) -> any
     }
     match def.key.kind {
         JobKind::Continuous => {
-            let path = data.join("job_log.txt");
+            let path = data.join(crate::layout::JOB_LOG);
             if follow {
                 follow_file(&path, || false);
             } else {
@@ -118,7 +118,7 @@ pub fn logs(config: &Config, spec: &str, run: Option<&str>, follow: bool) -> any
             if follow {
                 follow_run(&dir);
             } else {
-                crate::cli::client::print_from(&dir.join("output_log.txt"), 0);
+                crate::cli::client::print_from(&dir.join(crate::layout::OUTPUT_LOG), 0);
             }
         }
     }

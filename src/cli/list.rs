@@ -10,7 +10,8 @@ use crate::cli::client::{Client, ClientError, encode};
 use crate::cli::{EXIT_DAEMON, EXIT_NOT_FOUND, find_job};
 use crate::config::Config;
 use crate::coordination::instance_alive;
-use crate::jobs::{self, JobDef, JobKind};
+use crate::jobs::{self, JobDef};
+use crate::key::JobKind;
 use crate::status::{self, ContinuousStatus, JobStatus};
 
 /// The daemon, or `None` (after saying so) when none is running.
@@ -113,7 +114,7 @@ pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCod
         println!("command:  {} {}", script.host.join(" "), script.file);
     }
     if def.key.kind == JobKind::Continuous {
-        println!("log:      {}", config.job_data_dir(&def.key).join("job_log.txt").display());
+        println!("log:      {}", config.job_data_dir(&def.key).join(crate::layout::JOB_LOG).display());
     }
     for (label, key) in
         [("schedule", "schedule"), ("next run", "next_run"), ("error", "error"), ("contained", "containment")]

@@ -189,7 +189,8 @@ pub const INSTALLED_CONFIG: &str = "/etc/webjobs/webjobs.json";
 
 /// Finds a job by `name` or `kind/name`; a bare name must be unambiguous.
 pub(crate) fn find_job(config: &Config, spec: &str) -> Result<crate::jobs::JobDef, String> {
-    use crate::jobs::{JobKey, JobKind, scan_job};
+    use crate::jobs::scan_job;
+    use crate::key::{JobKey, JobKind};
     let keys: Vec<JobKey> = match spec.split_once('/') {
         Some((kind, name)) => match JobKind::parse(kind) {
             Some(kind) => vec![JobKey::new(kind, name)],

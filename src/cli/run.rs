@@ -7,7 +7,7 @@ use crate::cli::client::{Client, encode, print_from};
 use crate::cli::{EXIT_DAEMON, EXIT_NOT_FOUND, EXIT_REFUSED, exit_for_run};
 use crate::config::Config;
 use crate::history::{self, RunState};
-use crate::jobs::{JobKey, JobKind};
+use crate::key::{JobKey, JobKind};
 
 pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool) -> anyhow::Result<ExitCode> {
     let client = match Client::connect(config) {
@@ -88,7 +88,7 @@ fn wait_run(client: &Client, job: &str, id: &str) {
 
 /// Prints the run's output as it is written, until the run has ended.
 pub fn follow_run(dir: &std::path::Path) {
-    let log = dir.join("output_log.txt");
+    let log = dir.join(crate::layout::OUTPUT_LOG);
     let done = || history::read_status(dir).is_some_and(|s| s.status.is_final());
     follow_file(&log, done);
 }

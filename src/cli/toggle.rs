@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use crate::cli::client::encode;
 use crate::cli::{EXIT_NOT_FOUND, find_job};
 use crate::config::Config;
-use crate::jobs::{DISABLE_FILE, JobKind};
+use crate::key::JobKind;
+use crate::layout::DISABLE_FILE;
 
 pub fn toggle(config: &Config, spec: &str, start: bool) -> anyhow::Result<ExitCode> {
     let def = match find_job(config, spec) {

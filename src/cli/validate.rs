@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::jobs::{self, JobDef, JobKey, JobKind};
+use crate::jobs::{self, JobDef};
+use crate::key::{JobKey, JobKind};
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -91,7 +92,7 @@ fn jobs_at(config: &Config, path: &Path) -> anyhow::Result<Vec<JobDef>> {
 }
 
 fn guess_kind(dir: &Path) -> JobKind {
-    let text = std::fs::read_to_string(dir.join(crate::settings::FILE_NAME)).unwrap_or_default();
+    let text = std::fs::read_to_string(dir.join(crate::layout::SETTINGS_FILE)).unwrap_or_default();
     let has_schedule = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.get("schedule").is_some());
     if has_schedule { JobKind::Triggered } else { JobKind::Continuous }
 }
