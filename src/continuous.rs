@@ -19,15 +19,16 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::actor::Shared;
+use crate::actor::definition::Definition;
+use crate::actor::launch::Launch;
 use crate::config::Config;
 use crate::coordination::Lease;
 use crate::jobs::{JobDef, Runnable};
 use crate::key::JobKey;
 use crate::logs::{Level, LogFile, Rotation, format_time};
-use crate::process::Command;
-use crate::run::{JobEnv, Run, human};
+use crate::run::{Run, human};
 use crate::status::{self, ContinuousStatus, JobStatus};
-use crate::supervisor::Shared;
 
 /// The `reason` of a job stopped by its `disable.job`.
 pub const DISABLED_REASON: &str = "disable.job is present";
@@ -80,9 +81,7 @@ struct Actor {
     key: JobKey,
     shared: Arc<Shared>,
     config: Arc<Config>,
-    def: Arc<JobDef>,
-    /// The last configuration that could run; kept while the files are broken.
-    good: Option<Arc<Runnable>>,
+    definition: Definition,
     data_dir: PathBuf,
     log: LogFile,
     status: ContinuousStatus,
@@ -90,7 +89,6 @@ struct Actor {
     status_tx: watch::Sender<ContinuousStatus>,
     backoff_step: u32,
     lease: Option<Lease>,
-    reported: Vec<String>,
     exiting: bool,
     /// The data folder exists (made before the first start).
     data_ready: bool,
@@ -113,15 +111,13 @@ impl Actor {
             key,
             shared,
             config,
-            good: def.runnable(),
-            def,
+            definition: Definition::new(def),
             data_dir,
             log,
             rx: inbox.rx,
             status_tx: inbox.state,
             backoff_step: 0,
             lease: None,
-            reported: Vec::new(),
             exiting: false,
             data_ready: false,
         };
@@ -146,12 +142,12 @@ impl Actor {
         if self.config.switches.stopped {
             return Wanted::Stopped("WEBJOBS_STOPPED is set".into());
         }
-        if self.def.disabled {
+        if self.definition.def.disabled {
             return Wanted::Stopped(DISABLED_REASON.into());
         }
-        match &self.good {
+        match &self.definition.good {
             Some(job) => Wanted::Running(job.clone()),
-            None => Wanted::Invalid(self.def.errors().join("; ")),
+            None => Wanted::Invalid(self.definition.def.errors().join("; ")),
         }
     }
 
@@ -199,12 +195,9 @@ impl Actor {
                 Next::Exit(why)
             }
             Control::Update { def, config } => {
-                let before = self.good.clone();
+                let before = self.definition.good.clone();
                 self.config = config;
-                self.def = def;
-                if let Some(job) = self.def.runnable() {
-                    self.good = Some(job);
-                }
+                self.definition.update(def);
                 self.report_problems();
                 self.persist();
                 match self.wanted() {
@@ -282,40 +275,30 @@ impl Actor {
             std::fs::create_dir_all(&self.data_dir)?;
             self.data_ready = true;
         }
-        let temp = self.config.temp_dir.clone();
-        let instance = self.shared.instance.clone();
-        let copy_of = job.clone();
-        let work_dir = tokio::task::spawn_blocking(move || crate::workcopy::prepare(&temp, &instance, &copy_of))
-            .await
-            .map_err(std::io::Error::other)??;
-        let cwd = work_dir.clone();
         let nonce =
             format!("{:x}", crate::hash::fnv1a(format!("{:?}{}", SystemTime::now(), std::process::id()).as_bytes()));
-        let shutdown_file =
-            crate::layout::shutdown_file(&self.config.temp_dir, &self.key, &self.shared.instance, &nonce);
         let port = crate::run::free_port();
-        let env = JobEnv {
-            name: &self.key.name,
-            kind: self.key.kind.as_str(),
-            work_dir: &work_dir,
-            data_dir: &self.data_dir,
+        let run = Launch {
+            job,
+            config: &self.config,
+            shared: &self.shared,
+            nonce: &nonce,
             run_id: "",
-            arguments: "",
-            shutdown_file: &shutdown_file,
+            arguments: &[],
+            arguments_text: "",
             port,
-        };
-        let mut command = build_command(job, cwd, env.vars(&job.settings.env), self.shared.marker(&self.key, &nonce));
-        // A singleton's lock goes with the run: held while any process of it
-        // lives, even if this daemon is killed, so no other daemon starts a
-        // second copy beside an orphaned one.
-        command.inherit = self.lease.as_ref().map(Lease::fd);
-        let cgroup = self.shared.run_cgroup(&self.key, &nonce, &job.settings.limits)?;
-        let run = Run::start(&command, shutdown_file, self.config.log.max_line, cgroup)?;
+            // A singleton's lock goes with the run: held while any process of
+            // it lives, even if this daemon is killed, so no other daemon
+            // starts a second copy beside an orphaned one.
+            inherit: self.lease.as_ref().map(Lease::fd),
+        }
+        .start()
+        .await?;
         // Other jobs starting at the same moment spawn before this one writes its files.
         tokio::task::yield_now().await;
         self.log.sys(
             Level::SysInfo,
-            &format!("started process {} (restart {}): {}", run.pid, self.status.restarts, command.display()),
+            &format!("started process {} (restart {}): {}", run.pid, self.status.restarts, run.command_line),
         );
         let pid = run.pid.as_raw();
         self.set_status(JobStatus::Running, |s| {
@@ -392,27 +375,9 @@ impl Actor {
 
     /// Writes new errors and warnings to the job log (once each) and the status.
     fn report_problems(&mut self) {
-        let mut lines = self.def.errors();
-        let keeps_running = self.good.is_some() && !lines.is_empty();
-        if keeps_running {
-            lines = lines
-                .into_iter()
-                .map(|e| format!("{e} (the job keeps running its last valid configuration)"))
-                .collect();
-        }
-        let warnings = self.def.warnings();
-        let all: Vec<String> = lines.iter().chain(warnings.iter()).cloned().collect();
-        if all != self.reported {
-            for line in &lines {
-                self.log.sys(Level::SysError, line);
-            }
-            for line in &warnings {
-                self.log.sys(Level::SysWarn, line);
-            }
-            self.reported = all;
-        }
-        self.status.error = (!lines.is_empty()).then(|| lines.join("; "));
-        self.status.warnings = warnings;
+        self.definition.report(&mut self.log);
+        self.status.error = self.definition.error_text();
+        self.status.warnings = self.definition.def.warnings();
     }
 
     fn set_status(&mut self, status: JobStatus, change: impl FnOnce(&mut ContinuousStatus)) {
@@ -451,24 +416,6 @@ fn human_uptime(d: Duration) -> String {
     if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
 }
 
-/// The command line: host program and its arguments, then the script.
-pub fn build_command(
-    job: &Runnable,
-    cwd: PathBuf,
-    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-    marker: String,
-) -> Command {
-    let script = job.script.file.clone();
-    let (program, mut args): (PathBuf, Vec<std::ffi::OsString>) = match job.script.host.split_first() {
-        Some((program, rest)) => (program.into(), rest.iter().map(Into::into).collect()),
-        None => (cwd.join(&script), Vec::new()),
-    };
-    if !job.script.host.is_empty() {
-        args.push(script.into());
-    }
-    Command { program, args, cwd, env, marker, inherit: None }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,17 +445,5 @@ mod tests {
         let mut config = Config::load_with_env(&Default::default(), &|_| None).unwrap();
         config.switches.restart_time = Some(Duration::from_secs(3));
         assert_eq!(restart_delay(&job(), &config, 9), Duration::from_secs(3));
-    }
-
-    #[test]
-    fn command_puts_the_script_after_the_host() {
-        let mut j = job();
-        j.script.host = vec!["/usr/bin/java".into(), "-jar".into()];
-        j.script.file = "app.jar".into();
-        let c = build_command(&j, "/w".into(), vec![], "m".into());
-        assert_eq!(c.display(), "/usr/bin/java -jar app.jar");
-        j.script.host.clear();
-        j.script.file = "run".into();
-        assert_eq!(build_command(&j, "/w".into(), vec![], "m".into()).display(), "/w/run");
     }
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::actor::Shared;
 use crate::config::Config;
 use crate::coordination::{self, Coordinator, InstanceError};
 use crate::hash::fnv1a;
 use crate::key::{JobKey, JobKind};
 use crate::logs::{Level, LogFile};
 use crate::process;
-use crate::supervisor::{Event, Shared, Supervisor};
+use crate::supervisor::{Event, Supervisor};
 use crate::watcher::{self, WatchError};
 
 /// Why the daemon could not start.

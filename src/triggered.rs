@@ -20,15 +20,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::{Wake, WallTimer};
 
+use crate::actor::Shared;
+use crate::actor::definition::Definition;
+use crate::actor::launch::Launch;
 use crate::config::Config;
 use crate::coordination::{self, Lease};
 use crate::history::{self, RunState, RunStatus};
 use crate::jobs::{JobDef, Runnable};
 use crate::key::JobKey;
 use crate::logs::{Level, LogFile, Rotation, format_time};
-use crate::run::{JobEnv, Run, human};
+use crate::run::{Run, human};
 use crate::settings::{CatchUp, Overlap, RunMode};
-use crate::supervisor::Shared;
 
 /// A tick handled later than this counts as missed (downtime, clock step, suspend).
 const LATE: Duration = Duration::from_secs(2);
@@ -157,8 +159,7 @@ struct Actor {
     key: JobKey,
     shared: Arc<Shared>,
     config: Arc<Config>,
-    def: Arc<JobDef>,
-    good: Option<Arc<Runnable>>,
+    definition: Definition,
     data_dir: PathBuf,
     rx: mpsc::UnboundedReceiver<Control>,
     summary: watch::Sender<Summary>,
@@ -174,7 +175,6 @@ struct Actor {
     /// When to try starting the head of `queue` (a retry's delay, or a lock held elsewhere).
     later: Option<tokio::time::Instant>,
     waiters: Vec<(String, oneshot::Sender<()>)>,
-    reported: Vec<String>,
     exiting: bool,
 }
 
@@ -217,8 +217,7 @@ impl Actor {
             last_run_id: None,
             shared,
             config,
-            good: def.runnable(),
-            def,
+            definition: Definition::new(def),
             data_dir,
             rx: inbox.rx,
             summary: inbox.state,
@@ -228,7 +227,6 @@ impl Actor {
             next_tick: None,
             later: None,
             waiters: Vec::new(),
-            reported: Vec::new(),
             exiting: false,
         })
     }
@@ -240,9 +238,9 @@ impl Actor {
             .next()
             .and_then(|id| history::read_status(&self.data_dir.join(&id)).map(|s| (id, s)));
         self.publish_run(latest);
-        let disabled = self.def.disabled;
+        let disabled = self.def().disabled;
         self.summary.send_modify(|s| s.disabled = disabled);
-        self.report_problems();
+        self.definition.report(&mut self.scheduler_log);
         self.arm_schedule(true).await;
         while !(self.exiting && self.active.is_none()) {
             self.step().await;
@@ -305,19 +303,27 @@ impl Actor {
         }
     }
 
+    fn def(&self) -> &JobDef {
+        &self.definition.def
+    }
+
     async fn on_update(&mut self, def: Arc<JobDef>, config: Arc<Config>) {
-        let before = (self.good.clone(), self.config.timezone.clone(), self.config.switches.clone(), self.def.disabled);
+        let before = (
+            self.definition.good.clone(),
+            self.config.timezone.clone(),
+            self.config.switches.clone(),
+            self.def().disabled,
+        );
         self.config = config;
-        self.def = def;
-        if let Some(job) = self.def.runnable() {
-            self.good = Some(job);
-        }
-        self.report_problems();
-        let disabled = self.def.disabled;
+        self.definition.update(def);
+        self.definition.report(&mut self.scheduler_log);
+        let disabled = self.def().disabled;
         if disabled != before.3 {
             self.on_disabled_changed();
         }
-        if before != (self.good.clone(), self.config.timezone.clone(), self.config.switches.clone(), disabled) {
+        if before
+            != (self.definition.good.clone(), self.config.timezone.clone(), self.config.switches.clone(), disabled)
+        {
             self.arm_schedule(false).await;
         }
     }
@@ -325,7 +331,7 @@ impl Actor {
     /// `disable.job` appeared or went away: say so; a stop drops queued
     /// requests (an active run ends by itself; `cancel` ends it now).
     fn on_disabled_changed(&mut self) {
-        let disabled = self.def.disabled;
+        let disabled = self.def().disabled;
         self.summary.send_modify(|s| s.disabled = disabled);
         self.shared.changed();
         let text = if disabled {
@@ -345,11 +351,11 @@ impl Actor {
         if self.config.switches.stopped {
             return Err(Refused::Stopped);
         }
-        if self.def.disabled {
+        if self.def().disabled {
             return Err(Refused::Disabled(self.key.name.clone()));
         }
-        let Some(job) = self.good.clone() else {
-            return Err(Refused::Invalid(self.def.errors().join("; ")));
+        let Some(job) = self.definition.good.clone() else {
+            return Err(Refused::Invalid(self.def().errors().join("; ")));
         };
         if let Some(active) = &mut self.active {
             match job.settings.overlap {
@@ -487,36 +493,19 @@ impl Actor {
     }
 
     async fn spawn(&mut self, job: &Arc<Runnable>, id: &str, request: &RunRequest) -> std::io::Result<Run> {
-        let work_dir = match crate::workcopy::existing(&self.config.temp_dir, &self.shared.instance, job) {
-            Some(dir) => dir,
-            None => {
-                let (temp, instance, copy_of) =
-                    (self.config.temp_dir.clone(), self.shared.instance.clone(), job.clone());
-                tokio::task::spawn_blocking(move || crate::workcopy::prepare(&temp, &instance, &copy_of))
-                    .await
-                    .map_err(std::io::Error::other)??
-            }
-        };
-        let shutdown_file = crate::layout::shutdown_file(&self.config.temp_dir, &self.key, &self.shared.instance, id);
-        let env = JobEnv {
-            name: &self.key.name,
-            kind: self.key.kind.as_str(),
-            work_dir: &work_dir,
-            data_dir: &self.data_dir,
-            run_id: id,
-            arguments: &request.text,
-            shutdown_file: &shutdown_file,
-            port: None,
-        };
-        let mut command = crate::continuous::build_command(
+        Launch {
             job,
-            work_dir.clone(),
-            env.vars(&job.settings.env),
-            self.shared.marker(&self.key, id),
-        );
-        command.args.extend(request.arguments.iter().map(Into::into));
-        let cgroup = self.shared.run_cgroup(&self.key, id, &job.settings.limits)?;
-        Run::start(&command, shutdown_file, self.config.log.max_line, cgroup)
+            config: &self.config,
+            shared: &self.shared,
+            nonce: id,
+            run_id: id,
+            arguments: &request.arguments,
+            arguments_text: &request.text,
+            port: None,
+            inherit: None,
+        }
+        .start()
+        .await
     }
 
     /// The leader exited by itself: end the run by its exit code.
@@ -600,8 +589,8 @@ impl Actor {
         if self.exiting {
             return;
         }
-        let Some(job) = self.good.clone() else { return };
-        if self.def.disabled {
+        let Some(job) = self.definition.good.clone() else { return };
+        if self.def().disabled {
             if state == RunState::Failed && attempt < job.settings.retries {
                 self.scheduler_log
                     .sys(Level::SysWarn, &format!("run {id} failed; no retry: the job is stopped (disable.job)"));
@@ -626,7 +615,7 @@ impl Actor {
     /// run is active: its end calls this again.
     async fn on_later(&mut self) {
         self.later = None;
-        let Some(job) = self.good.clone() else { return };
+        let Some(job) = self.definition.good.clone() else { return };
         if self.active.is_some() {
             return;
         }
@@ -653,7 +642,7 @@ impl Actor {
         if let Some(deadline) = active.deadline
             && now >= deadline
         {
-            let limit = self.good.as_ref().and_then(|j| j.settings.timeout).unwrap_or_default();
+            let limit = self.definition.good.as_ref().and_then(|j| j.settings.timeout).unwrap_or_default();
             return self.end_active(End::Timeout(limit)).await;
         }
         if active.run.output.bytes != active.last_bytes {
@@ -674,13 +663,17 @@ impl Actor {
     }
 
     fn grace(&self) -> Duration {
-        self.good.as_ref().map(|j| j.settings.stopping_wait_time).unwrap_or(Duration::from_secs(30))
+        self.definition.good.as_ref().map(|j| j.settings.stopping_wait_time).unwrap_or(Duration::from_secs(30))
     }
 
     /// The zone of the job's schedule.
     fn zone(&self) -> TimeZone {
-        let name =
-            self.good.as_ref().and_then(|j| j.settings.timezone.clone()).or_else(|| self.config.timezone.clone());
+        let name = self
+            .definition
+            .good
+            .as_ref()
+            .and_then(|j| j.settings.timezone.clone())
+            .or_else(|| self.config.timezone.clone());
         crate::schedule::resolve_zone(name.as_deref()).unwrap_or(TimeZone::UTC)
     }
 
@@ -713,10 +706,10 @@ impl Actor {
 
     /// The schedule in force, if ticks should fire.
     fn schedule(&self) -> Option<crate::schedule::Schedule> {
-        let job = self.good.as_ref()?;
+        let job = self.definition.good.as_ref()?;
         if self.config.switches.disable_schedule
             || self.config.switches.stopped
-            || self.def.disabled
+            || self.def().disabled
             || job.settings.run_mode == RunMode::OnDemand
         {
             return None;
@@ -790,7 +783,7 @@ impl Actor {
 
     /// Ticks in (`last`, `now`] were missed: one catch-up run per `catch_up`.
     async fn handle_missed(&mut self, last: Timestamp, now: Timestamp) {
-        let (Some(schedule), Some(job)) = (self.schedule(), self.good.clone()) else { return };
+        let (Some(schedule), Some(job)) = (self.schedule(), self.definition.good.clone()) else { return };
         let tz = self.zone();
         let mut missed = 0usize;
         let mut newest = None;
@@ -852,22 +845,6 @@ impl Actor {
                     &format!("run {id} marked Aborted: {}", status.error.as_deref().unwrap_or_default()),
                 );
             }
-        }
-    }
-
-    fn report_problems(&mut self) {
-        let errors = self.def.errors();
-        let warnings = self.def.warnings();
-        let all: Vec<String> = errors.iter().chain(warnings.iter()).cloned().collect();
-        if all != self.reported {
-            for e in &errors {
-                let suffix = if self.good.is_some() { " (the job keeps its last valid configuration)" } else { "" };
-                self.scheduler_log.sys(Level::SysError, &format!("{e}{suffix}"));
-            }
-            for w in &warnings {
-                self.scheduler_log.sys(Level::SysWarn, w);
-            }
-            self.reported = all;
         }
     }
 }

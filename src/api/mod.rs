@@ -29,9 +29,10 @@ use tokio::sync::{mpsc, watch};
 
 pub use auth::{Auth, load_or_create_token};
 
+use crate::actor::Shared;
 use crate::config::Config;
 use crate::key::JobKind;
-use crate::supervisor::{Catalog, Event, Shared};
+use crate::supervisor::{Catalog, Event};
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -140,7 +140,7 @@ fn corrupt_settings_keep_the_last_good_configuration_running() {
     assert_eq!(status["Pid"].as_i64().unwrap() as i32, pid, "the process was not restarted");
     let error = status["Error"].as_str().unwrap();
     assert!(error.contains("settings.job") && error.contains("invalid JSON"), "{error}");
-    assert!(error.contains("keeps running its last valid configuration"));
+    assert!(error.contains("keeps its last valid configuration"));
     assert!(root.log("keep").contains("SYS ERROR]"));
     let out = root.cli(&["status", "keep", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -1,5 +1,14 @@
-//! The plumbing every job actor shares: a control channel in, a published
-//! state out. The supervisor holds the [`Handle`]; the API reads the state.
+//! What the two job actors (continuous, triggered) share: the plumbing (a
+//! control channel in, a published state out: the supervisor holds the
+//! [`Handle`], the API reads the state), the daemon's [`context`], the one
+//! start path ([`launch`]) and the job's definition as it changes
+//! ([`definition`]).
+
+pub mod context;
+pub mod definition;
+pub mod launch;
+
+pub use context::Shared;
 
 use tokio::sync::{mpsc, watch};
 

@@ -1,0 +1,42 @@
+//! What every job actor knows about this daemon: its instance, how runs are
+//! contained and marked, how daemons coordinate, and the metrics.
+
+use crate::coordination::Coordinator;
+use crate::key::JobKey;
+
+/// What every job actor needs to know about this daemon.
+#[derive(Debug)]
+pub struct Shared {
+    pub instance: String,
+    /// Prefix of every run marker this daemon hands out (see [`crate::process::MARKER_VAR`]).
+    pub marker_prefix: String,
+    pub coordinator: Coordinator,
+    /// How runs are contained (a cgroup each, or process groups).
+    pub containment: crate::cgroup::Containment,
+    pub metrics: crate::metrics::Metrics,
+    /// Bumped on every status change of any job (the API's cache key and ETag).
+    pub generation: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// Notes that some job's published status changed.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The cgroup of a new run of `key` (`nonce` tells runs apart), with the
+    /// job's limits; `None` when runs are contained by process groups.
+    pub fn run_cgroup(
+        &self,
+        key: &JobKey,
+        nonce: &str,
+        limits: &crate::cgroup::Limits,
+    ) -> std::io::Result<Option<crate::cgroup::RunCgroup>> {
+        self.containment.new_run(&format!("{}.{}", key.kind.as_str(), key.name), nonce, limits)
+    }
+
+    /// The marker of one run of `key`.
+    pub fn marker(&self, key: &JobKey, nonce: &str) -> String {
+        format!("{}{}/{}/{nonce}", self.marker_prefix, key.kind.as_str(), key.name)
+    }
+}
