@@ -29,25 +29,10 @@ pub enum DaemonError {
     Watch(#[from] WatchError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
-    #[error("cannot listen on the Unix socket {path}: {cause}")]
-    Socket { path: std::path::PathBuf, cause: std::io::Error },
-    #[error("cannot listen on {address}: {cause}{}", listen_hint(cause))]
-    Listen { address: String, cause: std::io::Error },
+    #[error(transparent)]
+    Bind(#[from] crate::api::BindError),
     #[error("cannot read or create the API token {path}: {cause}")]
     Token { path: std::path::PathBuf, cause: std::io::Error },
-}
-
-/// What to do about a TCP address that cannot be bound.
-fn listen_hint(e: &std::io::Error) -> &'static str {
-    match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            "; another program (perhaps another webjobs daemon) uses it: stop it, or choose another address with \
-             `serve --listen ADDR:PORT` or `listen` in the config (`\"listen\": null` turns TCP off)"
-        }
-        std::io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a port above 1024",
-        std::io::ErrorKind::AddrNotAvailable => "; no interface of this machine has that address",
-        _ => "",
-    }
 }
 
 /// Hooks for the service manager (systemd), called by [`run`].

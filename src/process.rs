@@ -7,12 +7,10 @@
 //! (`WEBJOBS_RUN_MARKER`), so the daemon recognises them, now or after a crash.
 //! Tokio reaps the run leaders; [`reap_adopted`] reaps everything else.
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -63,9 +61,6 @@ pub struct Spawned {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
 }
-
-/// Run leaders (waited for through their pidfds); the adopted-orphan reaper leaves them alone.
-static LEADERS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 /// Prepares the daemon process: become a subreaper and clear the signal mask
 /// so that every thread, and so every job, starts with nothing blocked.
@@ -118,10 +113,8 @@ fn environment(command: &Command) -> Vec<(OsString, OsString)> {
     env.into_iter().collect()
 }
 
-/// Forgets a leader once it has been reaped (or let go).
-pub fn leader_reaped(pid: Pid) {
-    LEADERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid.as_raw());
-}
+use crate::spawn::LEADERS;
+pub use crate::spawn::leader_reaped;
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;

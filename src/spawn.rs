@@ -253,6 +253,16 @@ unsafe fn child_main(
     }
 }
 
+/// Run leaders (waited for through their pidfds); the adopted-orphan reaper
+/// leaves them alone.
+pub static LEADERS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Forgets a leader once it has been reaped (or let go).
+pub fn leader_reaped(pid: Pid) {
+    LEADERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid.as_raw());
+}
+
 /// A run's leader: our child, waited for through its pidfd (the daemon's
 /// orphan reaper leaves leaders alone). Killed if let go before it ended.
 pub struct Leader {
@@ -264,7 +274,7 @@ pub struct Leader {
 impl Leader {
     fn new(pid: Pid) -> io::Result<Leader> {
         // SAFETY: pidfd_open of our own child, which cannot be reaped by anyone
-        // else yet (the reaper skips leaders; see crate::process::spawn).
+        // else yet (the reaper skips the pids in LEADERS).
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
         if fd < 0 {
             let e = io::Error::last_os_error();
@@ -290,7 +300,7 @@ impl Leader {
             match try_reap(guard.get_inner().as_raw_fd())? {
                 Some(status) => {
                     self.status = Some(status);
-                    crate::process::leader_reaped(self.pid);
+                    leader_reaped(self.pid);
                     return Ok(status);
                 }
                 None => guard.clear_ready(),
@@ -325,7 +335,7 @@ impl Drop for Leader {
         if self.status.is_none() {
             let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
             // Not ours to wait for any more: the orphan reaper takes it.
-            crate::process::leader_reaped(self.pid);
+            leader_reaped(self.pid);
         }
     }
 }

@@ -116,15 +116,36 @@ impl Listeners {
     }
 }
 
+/// The API could not listen where it was told to.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on the Unix socket {path}: {cause}")]
+    Socket { path: std::path::PathBuf, cause: std::io::Error },
+    #[error("cannot listen on {address}: {cause}{}", listen_hint(cause))]
+    Listen { address: String, cause: std::io::Error },
+}
+
+/// What to do about a TCP address that cannot be bound.
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another program (perhaps another webjobs daemon) uses it: stop it, or choose another address with \
+             `serve --listen ADDR:PORT` or `listen` in the config (`\"listen\": null` turns TCP off)"
+        }
+        std::io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a port above 1024",
+        std::io::ErrorKind::AddrNotAvailable => "; no interface of this machine has that address",
+        _ => "",
+    }
+}
+
 /// Binds the Unix socket (mode 0660) and, if configured, the TCP address.
-pub async fn bind(config: &Config) -> Result<Listeners, crate::daemon::DaemonError> {
-    use crate::daemon::DaemonError;
+pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
     let socket = crate::layout::socket(&config.data_dir, &config.instance_id);
-    let unix = bind_unix(&socket).map_err(|cause| DaemonError::Socket { path: socket.clone(), cause })?;
+    let unix = bind_unix(&socket).map_err(|cause| BindError::Socket { path: socket.clone(), cause })?;
     let Some(listen) = &config.api.listen else { return Ok(Listeners { unix, tcp: None }) };
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|cause| DaemonError::Listen { address: listen.clone(), cause })?;
+        .map_err(|cause| BindError::Listen { address: listen.clone(), cause })?;
     if let Ok(addr) = tcp.local_addr() {
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the API listens beyond loopback; put TLS in front of it (see README)");
