@@ -290,7 +290,7 @@ impl Actor {
             // A singleton's lock goes with the run: held while any process of
             // it lives, even if this daemon is killed, so no other daemon
             // starts a second copy beside an orphaned one.
-            inherit: self.lease.as_ref().map(Lease::fd),
+            inherit: self.lease.as_ref().and_then(Lease::fd),
         }
         .start()
         .await?;
@@ -348,7 +348,7 @@ impl Actor {
         if self.lease.is_some() {
             return true;
         }
-        match self.shared.coordinator.try_singleton(&self.data_dir, &self.shared.instance) {
+        match self.shared.coordinator.try_singleton(&self.key, &self.shared.instance).await {
             Ok(Some(lease)) => {
                 self.lease = Some(lease);
                 self.log.sys(Level::SysInfo, "singleton lock acquired; this instance runs the job");
@@ -356,7 +356,7 @@ impl Actor {
             }
             Ok(None) => {
                 if self.status.status != JobStatus::InactiveInstance {
-                    let holder = self.shared.coordinator.singleton_holder(&self.data_dir).unwrap_or_default();
+                    let holder = self.shared.coordinator.singleton_holder(&self.key).await.unwrap_or_default();
                     self.log.sys(
                         Level::SysInfo,
                         &format!("is_singleton: the job runs on another instance ({holder}); waiting to take over"),

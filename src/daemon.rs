@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::Shared;
 use crate::config::Config;
-use crate::coordination::{self, Coordinator, InstanceError};
+use crate::coordination::{Coordinator, InstanceError};
 use crate::hash::fnv1a;
 use crate::key::{JobKey, JobKind};
 use crate::logs::{Level, LogFile};
@@ -59,7 +59,8 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let started = std::time::Instant::now();
     create_dirs(&config)?;
-    let _instance = coordination::register_instance(&config.data_dir, &config.instance_id)?;
+    let coordinator = Coordinator::for_data(&config.data_dir);
+    let _registration = coordinator.register(&config.instance_id).await?;
     // Every listener is bound before any job starts: a daemon that cannot
     // serve its API fails with no job started.
     let listeners = crate::api::bind(&config).await?;
@@ -72,7 +73,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         instance: config.instance_id.clone(),
         marker_prefix: prefix,
-        coordinator: Coordinator::Files { data_dir: config.data_dir.clone() },
+        coordinator,
         containment,
         metrics: crate::metrics::Metrics::new(),
         generation: Default::default(),

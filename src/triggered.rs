@@ -24,7 +24,7 @@ use crate::actor::Shared;
 use crate::actor::definition::Definition;
 use crate::actor::launch::Launch;
 use crate::config::Config;
-use crate::coordination::{self, Lease};
+use crate::coordination::{JobCoordination, Lease};
 use crate::history::{self, RunState, RunStatus};
 use crate::jobs::{JobDef, Runnable};
 use crate::key::JobKey;
@@ -122,7 +122,7 @@ pub fn spawn(
 ) -> Handle {
     let (handle, inbox) = crate::actor::channels(Summary::default());
     tasks.spawn(async move {
-        if let Some(actor) = Actor::new(def, config, shared, inbox) {
+        if let Some(actor) = Actor::new(def, config, shared, inbox).await {
             actor.run().await;
         }
     });
@@ -166,7 +166,7 @@ struct Actor {
     /// Armed at `next_tick`.
     timer: WallTimer,
     scheduler_log: LogFile,
-    locks: coordination::JobLocks,
+    locks: JobCoordination,
     last_run_id: Option<String>,
     active: Option<Active>,
     /// Requests waiting to start, with their attempt number (0 = first run).
@@ -179,7 +179,7 @@ struct Actor {
 }
 
 impl Actor {
-    fn new(
+    async fn new(
         def: Arc<JobDef>,
         config: Arc<Config>,
         shared: Arc<Shared>,
@@ -196,7 +196,7 @@ impl Actor {
                     return None;
                 }
             };
-        let locks = match shared.coordinator.job_locks(&data_dir) {
+        let locks = match shared.coordinator.job(&key).await {
             Ok(locks) => locks,
             Err(e) => {
                 tracing::error!(job = %key, error = %e, "cannot open the job's lock files; the job will not run");
@@ -232,7 +232,7 @@ impl Actor {
     }
 
     async fn run(mut self) {
-        self.mark_lost_runs();
+        self.mark_lost_runs().await;
         let latest = history::run_ids(&self.data_dir)
             .into_iter()
             .next()
@@ -379,10 +379,10 @@ impl Actor {
     }
 
     async fn start_run(&mut self, job: &Arc<Runnable>, request: RunRequest, attempt: u32) -> Result<Accepted, Refused> {
-        let lease = match self.locks.try_run(&self.shared.instance) {
+        let lease = match self.locks.try_run(&self.shared.instance).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
-                let holder = self.locks.run_holder().unwrap_or_else(|| "another daemon".into());
+                let holder = self.locks.run_holder().await.unwrap_or_else(|| "another daemon".into());
                 // A run is active on another daemon, which we cannot hear end:
                 // queued requests and retries try again in a second.
                 if job.settings.overlap == Overlap::Queue || attempt > 0 {
@@ -683,7 +683,7 @@ impl Actor {
         let Some(schedule) = self.schedule() else { return };
         let tz = self.zone();
         let now = Timestamp::now();
-        let last = coordination::last_tick(&self.data_dir);
+        let last = self.locks.last_tick().await;
         if startup && let Some(last) = last {
             self.handle_missed(last, now).await;
         }
@@ -748,7 +748,7 @@ impl Actor {
             return self.set_next_tick(Some(tick)); // woken early by a clock step back
         }
         if now.duration_since(tick).unsigned_abs() > LATE {
-            let last = coordination::last_tick(&self.data_dir).unwrap_or(tick - jiff::SignedDuration::from_secs(1));
+            let last = self.locks.last_tick().await.unwrap_or(tick - jiff::SignedDuration::from_secs(1));
             self.handle_missed(last.min(tick - jiff::SignedDuration::from_nanos(1)), now).await;
         } else {
             self.fire(tick, &schedule, None).await;
@@ -759,7 +759,7 @@ impl Actor {
 
     /// Claims `tick` across daemons and asks for a run.
     async fn fire(&mut self, tick: Timestamp, schedule: &crate::schedule::Schedule, missed: Option<String>) {
-        match self.locks.claim_tick(tick) {
+        match self.locks.claim_tick(tick).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -815,13 +815,13 @@ impl Actor {
         if run {
             self.fire(newest, &schedule, Some(format!(" (missed tick at {newest})"))).await;
         } else {
-            let _ = self.locks.claim_tick(newest);
+            let _ = self.locks.claim_tick(newest).await;
         }
     }
 
     /// Runs left unfinished by this instance's previous life, or by a daemon
     /// that is gone, become Aborted.
-    fn mark_lost_runs(&mut self) {
+    async fn mark_lost_runs(&mut self) {
         for id in history::run_ids(&self.data_dir) {
             let dir = self.data_dir.join(&id);
             let mut status =
@@ -830,7 +830,7 @@ impl Actor {
                 continue;
             }
             let mine = status.instance == self.shared.instance;
-            if !mine && coordination::instance_alive(&self.config.data_dir, &status.instance) {
+            if !mine && self.shared.coordinator.instance_alive(&status.instance).await {
                 continue;
             }
             status.status = RunState::Aborted;

@@ -170,16 +170,14 @@ async fn get_job(
         .unwrap_or(view.using_sdk);
     if kind == JobKind::Continuous {
         // Every daemon sharing the data folder: "<instance> - <Status>" lines.
-        let (config, key) = (state.config.clone(), entry.def.key.clone());
-        let lines = tokio::task::spawn_blocking(move || {
-            crate::status::read_all(&config.job_data_dir(&key))
-                .iter()
-                .filter(|s| crate::coordination::instance_alive(&config.data_dir, &s.instance))
-                .map(|s| format!("{} - {}", s.instance, s.status.as_str()))
-                .collect::<Vec<String>>()
-        })
-        .await
-        .unwrap_or_default();
+        let dir = state.config.job_data_dir(&entry.def.key);
+        let statuses = tokio::task::spawn_blocking(move || crate::status::read_all(&dir)).await.unwrap_or_default();
+        let mut lines = Vec::new();
+        for s in statuses {
+            if state.shared.coordinator.instance_alive(&s.instance).await {
+                lines.push(format!("{} - {}", s.instance, s.status.as_str()));
+            }
+        }
         if !lines.is_empty() {
             view.detailed_status = Some(lines.join("\r\n"));
         }

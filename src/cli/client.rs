@@ -6,7 +6,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 
 use crate::config::Config;
-use crate::coordination::instance_alive;
+/// Whether daemon `id` on this host's data folder is alive: its socket is a
+/// local file, found through the local lock files whatever the backend.
+pub fn instance_alive(data_dir: &std::path::Path, id: &str) -> bool {
+    crate::coordination::files::Files::new(data_dir).instance_alive(id)
+}
 
 /// Why the daemon could not be reached.
 #[derive(Debug, thiserror::Error)]

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::client::{Client, ClientError, encode};
+use crate::cli::client::{Client, ClientError, encode, instance_alive};
 use crate::cli::{EXIT_DAEMON, EXIT_NOT_FOUND, find_job};
 use crate::config::Config;
-use crate::coordination::instance_alive;
+
 use crate::jobs::{self, JobDef};
 use crate::key::JobKind;
 use crate::status::{self, ContinuousStatus, JobStatus};

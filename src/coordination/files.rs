@@ -1,0 +1,224 @@
+//! The lock-file backend of [`super::Coordinator`]: kernel-released file locks
+//! (`flock`) under the shared data folder (one host, or NFS). A daemon that
+//! dies, however it dies, releases them, so no stale-file heuristics exist.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::key::JobKey;
+use crate::layout;
+
+/// Lock files in one data folder.
+#[derive(Debug, Clone)]
+pub struct Files {
+    data_dir: PathBuf,
+}
+
+/// A held file lock; released when dropped (or when every process holding
+/// its open file description is gone).
+#[derive(Debug)]
+pub enum FileLease {
+    /// A lock file opened for this lease.
+    Owned { _lock: Flock<File> },
+    /// A lock on a file kept open by its owner.
+    Shared(Arc<File>),
+}
+
+impl FileLease {
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            FileLease::Owned { _lock } => _lock.as_raw_fd(),
+            FileLease::Shared(file) => file.as_raw_fd(),
+        }
+    }
+}
+
+impl Drop for FileLease {
+    fn drop(&mut self) {
+        if let FileLease::Shared(file) = self {
+            // SAFETY: flock on an open descriptor.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}
+
+/// Size of a holder record or a schedule record: rewritten in place, padded,
+/// so no truncation (and no new file) is ever needed.
+const RECORD: usize = 128;
+
+/// The coordination files of one triggered job, kept open.
+#[derive(Debug)]
+pub struct JobFiles {
+    run_lock: Arc<File>,
+    schedule: File,
+}
+
+impl JobFiles {
+    pub fn try_run(&self, instance: &str) -> io::Result<Option<FileLease>> {
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(self.run_lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+        }
+        let lease = FileLease::Shared(self.run_lock.clone());
+        self.run_lock.write_all_at(&padded(&holder_record(instance)), 0)?;
+        Ok(Some(lease))
+    }
+
+    pub fn run_holder(&self) -> Option<String> {
+        holder_text(&read_record(&self.run_lock)?)
+    }
+
+    /// Read and written under an exclusive lock of the schedule record.
+    pub fn claim_tick(&self, tick: jiff::Timestamp) -> io::Result<bool> {
+        let fd = self.schedule.as_raw_fd();
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let result = (|| {
+            if self.last_tick().is_some_and(|last| last >= tick) {
+                return Ok(false);
+            }
+            let record = serde_json::json!({"LastTick": tick.to_string()}).to_string();
+            self.schedule.write_all_at(&padded(&record), 0)?;
+            Ok(true)
+        })();
+        // SAFETY: as above.
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        result
+    }
+
+    pub fn last_tick(&self) -> Option<jiff::Timestamp> {
+        read_record(&self.schedule).and_then(|t| parse_tick(&t))
+    }
+}
+
+fn holder_record(instance: &str) -> String {
+    serde_json::json!({"InstanceId": instance, "Pid": std::process::id()}).to_string()
+}
+
+fn padded(text: &str) -> Vec<u8> {
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.resize(RECORD.max(bytes.len() + 1) - 1, b' ');
+    bytes.push(b'\n');
+    bytes
+}
+
+fn read_record(file: &File) -> Option<String> {
+    let mut buf = vec![0u8; RECORD * 2];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+fn parse_tick(text: &str) -> Option<jiff::Timestamp> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v["LastTick"].as_str()?.parse().ok()
+}
+
+fn holder_text(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    Some(format!("instance {} (pid {})", v["InstanceId"].as_str()?, v["Pid"]))
+}
+
+/// The daemon could not register its instance.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error(
+        "a webjobs daemon is already serving data folder {data} as instance `{id}` ({holder}); \
+         stop it first (`systemctl stop webjobs`, or end that pid). Do not start a second daemon with another \
+         instance_id to get around this: every daemon on a data folder runs every non-singleton continuous job, \
+         so each would run twice (see \"Several daemons, one job set\" in the README)"
+    )]
+    InUse { id: String, holder: String, data: PathBuf },
+    #[error("cannot use the instance lock {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+}
+
+impl Files {
+    pub fn new(data_dir: &Path) -> Files {
+        Files { data_dir: data_dir.to_path_buf() }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn try_singleton(&self, key: &JobKey, instance: &str) -> io::Result<Option<FileLease>> {
+        try_lock_file(&self.singleton_path(key), instance)
+    }
+
+    pub fn singleton_holder(&self, key: &JobKey) -> Option<String> {
+        holder_text(&std::fs::read_to_string(self.singleton_path(key)).ok()?)
+    }
+
+    fn singleton_path(&self, key: &JobKey) -> PathBuf {
+        layout::job_data_dir(&self.data_dir, key).join(layout::SINGLETON_LOCK)
+    }
+
+    /// Opens the job's files once; its actor keeps them open.
+    pub fn job(&self, key: &JobKey) -> io::Result<JobFiles> {
+        let dir = layout::job_data_dir(&self.data_dir, key);
+        Ok(JobFiles {
+            run_lock: Arc::new(open_lock(&dir.join(layout::RUN_LOCK))?),
+            schedule: open_lock(&dir.join(layout::SCHEDULE_RECORD))?,
+        })
+    }
+
+    /// Registers instance `id`: its lock is held for the daemon's whole life.
+    pub fn register(&self, id: &str) -> Result<super::Lease, InstanceError> {
+        let path = layout::instance_lock(&self.data_dir, id);
+        let io_err = |cause| InstanceError::Io { path: path.clone(), cause };
+        match try_lock_file(&path, id).map_err(io_err)? {
+            Some(lease) => Ok(super::Lease::Files(lease)),
+            None => Err(InstanceError::InUse {
+                id: id.to_string(),
+                holder: holder_pid(&path).map_or_else(|| "pid unknown".into(), |pid| format!("pid {pid}")),
+                data: self.data_dir.clone(),
+            }),
+        }
+    }
+
+    /// Whether a daemon holds instance `id`'s lock.
+    pub fn instance_alive(&self, id: &str) -> bool {
+        let Ok(file) = File::open(layout::instance_lock(&self.data_dir, id)) else {
+            return false;
+        };
+        Flock::lock(file, FlockArg::LockSharedNonblock).is_err()
+    }
+}
+
+fn open_lock(path: &Path) -> io::Result<File> {
+    let open = || OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path);
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+            open()
+        }
+        other => other,
+    }
+}
+
+/// Takes an exclusive lock on `path` if free, and writes who holds it.
+fn try_lock_file(path: &Path, instance: &str) -> io::Result<Option<FileLease>> {
+    let file = open_lock(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            lock.write_all_at(&padded(&holder_record(instance)), 0)?;
+            Ok(Some(FileLease::Owned { _lock: lock }))
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
+fn holder_pid(path: &Path) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(std::fs::read_to_string(path).ok()?.trim()).ok()?;
+    v["Pid"].as_u64()
+}

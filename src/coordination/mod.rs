@@ -1,0 +1,213 @@
+//! What daemons sharing one job set agree on, behind one contract:
+//!
+//! - **instances**: each daemon registers under its instance id for its whole
+//!   life; a second daemon with the same id is refused; anyone can ask whether
+//!   an instance is alive (to tell a dead daemon's runs from a live one's);
+//! - **singleton lease**: at most one daemon runs a singleton continuous job;
+//!   the lease is released when its holder dies, however it dies — and, for
+//!   a lease with a descriptor ([`Lease::fd`]), only once no process of the
+//!   holder's run is left (the run inherits the descriptor);
+//! - **run lock**: at most one active run of a triggered job across daemons;
+//! - **schedule ticks**: each tick of a job's schedule is claimed by exactly
+//!   one daemon, and the newest claimed tick is the floor for the next one
+//!   (nothing fires twice after a clock step or a restart).
+//!
+//! The actors use [`Coordinator`] and [`JobCoordination`] only; the methods
+//! are async so that a database backend (PostgreSQL) slots in as another
+//! variant without touching them. The one backend today is [`files`]: kernel
+//! file locks in the shared data folder.
+
+pub mod files;
+
+use std::io;
+use std::path::Path;
+
+use crate::key::JobKey;
+
+pub use files::InstanceError;
+
+/// How this daemon coordinates with the others.
+#[derive(Debug, Clone)]
+pub enum Coordinator {
+    /// Lock files in the shared data folder.
+    Files(files::Files),
+}
+
+/// A held lease (singleton, run lock); released when dropped, or when the
+/// process holding it dies.
+#[derive(Debug)]
+pub enum Lease {
+    Files(files::FileLease),
+}
+
+impl Lease {
+    /// The descriptor that holds the lease, when it is one: a run that
+    /// inherits it keeps the lease for as long as any of its processes lives.
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Lease::Files(lease) => Some(lease.fd()),
+        }
+    }
+}
+
+/// This daemon's registration, held for its whole life.
+#[derive(Debug)]
+pub enum Registration {
+    Files(Lease),
+}
+
+/// The coordination of one triggered job (kept by its actor, so that a run or
+/// a tick costs no setup).
+#[derive(Debug)]
+pub enum JobCoordination {
+    Files(files::JobFiles),
+}
+
+impl Coordinator {
+    /// The backend the configuration names (lock files in the data folder).
+    pub fn for_data(data_dir: &Path) -> Coordinator {
+        Coordinator::Files(files::Files::new(data_dir))
+    }
+
+    /// Registers this daemon as instance `id`; refused while a live daemon holds it.
+    pub async fn register(&self, id: &str) -> Result<Registration, InstanceError> {
+        match self {
+            Coordinator::Files(f) => f.register(id).map(Registration::Files),
+        }
+    }
+
+    /// Whether a daemon registered as `id` is alive.
+    pub async fn instance_alive(&self, id: &str) -> bool {
+        match self {
+            Coordinator::Files(f) => f.instance_alive(id),
+        }
+    }
+
+    /// Takes the singleton lease of a continuous job if no one holds it
+    /// (never waits). `instance` is recorded as the holder.
+    pub async fn try_singleton(&self, key: &JobKey, instance: &str) -> io::Result<Option<Lease>> {
+        match self {
+            Coordinator::Files(f) => Ok(f.try_singleton(key, instance)?.map(Lease::Files)),
+        }
+    }
+
+    /// Who holds a job's singleton lease, in words ("instance a1 (pid 42)").
+    pub async fn singleton_holder(&self, key: &JobKey) -> Option<String> {
+        match self {
+            Coordinator::Files(f) => f.singleton_holder(key),
+        }
+    }
+
+    /// The coordination of one triggered job.
+    pub async fn job(&self, key: &JobKey) -> io::Result<JobCoordination> {
+        match self {
+            Coordinator::Files(f) => f.job(key).map(JobCoordination::Files),
+        }
+    }
+
+    /// Where the backend keeps its state, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Coordinator::Files(f) => format!("lock files in {}", f.data_dir().display()),
+        }
+    }
+}
+
+impl JobCoordination {
+    /// Takes the job's run lock (one active run across all daemons) if it is
+    /// free, never waiting. `instance` is recorded as the holder.
+    pub async fn try_run(&self, instance: &str) -> io::Result<Option<Lease>> {
+        match self {
+            JobCoordination::Files(f) => Ok(f.try_run(instance)?.map(Lease::Files)),
+        }
+    }
+
+    /// Who holds the run lock, in words.
+    pub async fn run_holder(&self) -> Option<String> {
+        match self {
+            JobCoordination::Files(f) => f.run_holder(),
+        }
+    }
+
+    /// Claims schedule tick `tick`: true for exactly one caller across all
+    /// daemons, and false for any tick not after the newest claimed one.
+    pub async fn claim_tick(&self, tick: jiff::Timestamp) -> io::Result<bool> {
+        match self {
+            JobCoordination::Files(f) => f.claim_tick(tick),
+        }
+    }
+
+    /// The newest tick any daemon claimed.
+    pub async fn last_tick(&self) -> Option<jiff::Timestamp> {
+        match self {
+            JobCoordination::Files(f) => f.last_tick(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The contract, as any backend must keep it.
+    use super::*;
+    use crate::key::JobKind;
+
+    fn backends(d: &Path) -> Vec<(Coordinator, Coordinator)> {
+        vec![(Coordinator::for_data(d), Coordinator::for_data(d))]
+    }
+
+    #[tokio::test]
+    async fn a_singleton_lease_is_held_once_until_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let key = JobKey::new(JobKind::Continuous, "j");
+        for (a, b) in backends(d.path()) {
+            let first = a.try_singleton(&key, "one").await.unwrap();
+            assert!(first.is_some());
+            assert!(b.try_singleton(&key, "two").await.unwrap().is_none());
+            assert_eq!(b.singleton_holder(&key).await.unwrap(), format!("instance one (pid {})", std::process::id()));
+            drop(first);
+            assert!(b.try_singleton(&key, "two").await.unwrap().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tick_is_claimed_once_and_never_before_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let key = JobKey::new(JobKind::Triggered, "t");
+        for (a, b) in backends(d.path()) {
+            let (a, b) = (a.job(&key).await.unwrap(), b.job(&key).await.unwrap());
+            let t: jiff::Timestamp = "2026-11-21T09:30:00Z".parse().unwrap();
+            assert!(a.claim_tick(t).await.unwrap());
+            assert!(!b.claim_tick(t).await.unwrap());
+            assert!(!a.claim_tick("2026-11-21T09:29:00Z".parse().unwrap()).await.unwrap());
+            assert_eq!(b.last_tick().await, Some(t));
+            assert!(b.claim_tick("2026-11-21T09:30:00.5Z".parse().unwrap()).await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_run_lock_is_held_once_across_daemons() {
+        let d = tempfile::tempdir().unwrap();
+        let key = JobKey::new(JobKind::Triggered, "t");
+        for (a, b) in backends(d.path()) {
+            let (a, b) = (a.job(&key).await.unwrap(), b.job(&key).await.unwrap());
+            let lease = a.try_run("one").await.unwrap().unwrap();
+            assert!(b.try_run("two").await.unwrap().is_none());
+            assert!(b.run_holder().await.unwrap().starts_with("instance one"));
+            drop(lease);
+            assert!(b.try_run("two").await.unwrap().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_instance_id_is_registered_once() {
+        let d = tempfile::tempdir().unwrap();
+        for (a, b) in backends(d.path()) {
+            let guard = a.register("i1").await.unwrap();
+            assert!(b.instance_alive("i1").await);
+            let err = b.register("i1").await.unwrap_err().to_string();
+            assert!(err.contains("already serving") && err.contains("run twice"), "{err}");
+            drop(guard);
+            assert!(!b.instance_alive("i1").await);
+        }
+    }
+}
