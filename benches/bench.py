@@ -214,12 +214,17 @@ def bench_footprint():
     c0 = d.stat()
     time.sleep(idle)
     cpu = d.stat() - c0
+    # Stopping them all: the daemon's SIGTERM to its exit (every job stopped by the protocol).
+    t0 = time.perf_counter()
     d.stop()
+    stop = time.perf_counter() - t0
+    left = marked()
     print(f"footprint: {n} continuous jobs (exec sleep)")
     print(f"  floor (spawn {n} sleeps directly from Python): {floor:.3f} s")
     print(f"  all running {startup:.2f} s after `serve` started (kernel start times, 10 ms resolution)")
     print(f"  daemon RSS {rss / 1024:.1f} MB (peak {hwm / 1024:.1f} MB)")
     print(f"  daemon CPU over {idle} s idle: {cpu:.3f} s = {100 * cpu / idle:.3f} % of one core")
+    print(f"  stop: daemon SIGTERM to exit with all {n} stopped: {stop:.3f} s ({left} job processes left)")
     shutil.rmtree(tmp)
 
 

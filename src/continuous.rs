@@ -56,10 +56,10 @@ pub fn spawn(
     config: Arc<Config>,
     shared: Arc<Shared>,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Handle {
+) -> (Handle, tokio::task::Id) {
     let (handle, inbox) = crate::actor::channels(ContinuousStatus::new(&shared.instance));
-    tasks.spawn(async move { Actor::new(def, config, shared, inbox).run().await });
-    handle
+    let task = tasks.spawn(async move { Actor::new(def, config, shared, inbox).run().await });
+    (handle, task.id())
 }
 
 /// What the actor should be doing now.

@@ -49,10 +49,12 @@ pub enum Event {
     },
 }
 
-/// The actor of a job, by kind.
+/// The actor of a job, by kind; or, after it failed, what the job shows
+/// until it is started again.
 enum Actor {
     Continuous(continuous::Handle),
     Triggered(triggered::Handle),
+    Failed(Live),
 }
 
 impl Actor {
@@ -60,6 +62,7 @@ impl Actor {
         match self {
             Actor::Continuous(h) => h.send(continuous::Control::Update { def, config }),
             Actor::Triggered(h) => h.send(triggered::Control::Update { def, config }),
+            Actor::Failed(_) => {}
         }
     }
 
@@ -67,6 +70,9 @@ impl Actor {
         match self {
             Actor::Continuous(h) => h.send(continuous::Control::Sync(done)),
             Actor::Triggered(h) => h.send(triggered::Control::Sync(done)),
+            Actor::Failed(_) => {
+                let _ = done.send(());
+            }
         }
     }
 
@@ -74,6 +80,15 @@ impl Actor {
         match self {
             Actor::Continuous(h) => h.send(continuous::Control::Shutdown { why }),
             Actor::Triggered(h) => h.send(triggered::Control::Shutdown { why }),
+            Actor::Failed(_) => {}
+        }
+    }
+
+    fn live(&self) -> Live {
+        match self {
+            Actor::Continuous(h) => Live::Continuous(h.state.clone()),
+            Actor::Triggered(h) => Live::Triggered(h.state.clone()),
+            Actor::Failed(live) => live.clone(),
         }
     }
 }
@@ -81,6 +96,22 @@ impl Actor {
 struct Entry {
     def: Arc<JobDef>,
     actor: Actor,
+    /// The actor's task (to tell its end from an older one's).
+    task: tokio::task::Id,
+    /// Consecutive failures of the job's actor, and when to start it again.
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// The first wait before a failed actor is started again; it doubles per
+/// failure in a row, up to [`ACTOR_RETRY_MAX`].
+const ACTOR_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const ACTOR_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The wait before a job's actor that failed `failures` times in a row is
+/// started again.
+fn actor_retry_delay(failures: u32) -> std::time::Duration {
+    ACTOR_RETRY.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16))).min(ACTOR_RETRY_MAX)
 }
 
 /// A read-only view of the job table, published to the API on every change.
@@ -110,6 +141,8 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     jobs: BTreeMap<JobKey, Entry>,
     tasks: JoinSet<()>,
+    /// Which job each actor task belongs to.
+    owners: std::collections::HashMap<tokio::task::Id, JobKey>,
     reloads: u64,
     catalog: tokio::sync::watch::Sender<Arc<Catalog>>,
 }
@@ -117,7 +150,15 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Supervisor {
         let (catalog, _) = tokio::sync::watch::channel(Arc::new(Catalog::default()));
-        Supervisor { config, shared, jobs: BTreeMap::new(), tasks: JoinSet::new(), reloads: 0, catalog }
+        Supervisor {
+            config,
+            shared,
+            jobs: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            owners: Default::default(),
+            reloads: 0,
+            catalog,
+        }
     }
 
     /// The catalog as it changes.
@@ -129,13 +170,7 @@ impl Supervisor {
         let jobs = self
             .jobs
             .iter()
-            .map(|(key, entry)| {
-                let live = match &entry.actor {
-                    Actor::Continuous(h) => Live::Continuous(h.state.clone()),
-                    Actor::Triggered(h) => Live::Triggered(h.state.clone()),
-                };
-                (key.clone(), CatalogEntry { def: entry.def.clone(), live })
-            })
+            .map(|(key, entry)| (key.clone(), CatalogEntry { def: entry.def.clone(), live: entry.actor.live() }))
             .collect();
         self.catalog.send_replace(Arc::new(Catalog { loaded: true, jobs }));
         self.shared.changed();
@@ -156,6 +191,7 @@ impl Supervisor {
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
+            let retry_at = self.jobs.values().filter_map(|e| e.retry_at).min();
             tokio::select! {
                 () = &mut shutdown => break,
                 event = events.recv() => match event {
@@ -166,9 +202,8 @@ impl Supervisor {
                     Some(Event::Triggered { name, control }) => self.to_triggered(name, control),
                     None => break,
                 },
-                Some(result) = self.tasks.join_next() => {
-                    if let Err(e) = result { tracing::error!(error = %e, "a job actor failed"); }
-                }
+                Some(result) = self.tasks.join_next_with_id() => self.on_actor_end(result),
+                () = sleep_until(retry_at) => self.restart_failed(),
             }
         }
         self.stop_all().await;
@@ -226,8 +261,13 @@ impl Supervisor {
 
     fn to_triggered(&self, name: String, control: triggered::Control) {
         let key = JobKey::new(JobKind::Triggered, name);
-        if let Some(Entry { actor: Actor::Triggered(handle), .. }) = self.jobs.get(&key) {
-            handle.send(control);
+        match self.jobs.get(&key).map(|e| &e.actor) {
+            Some(Actor::Triggered(handle)) => handle.send(control),
+            Some(Actor::Failed(Live::Triggered(rx))) => {
+                let why = rx.borrow().failure.clone().unwrap_or_default();
+                triggered::refuse(control, &why);
+            }
+            _ => {}
         }
     }
 
@@ -251,12 +291,71 @@ impl Supervisor {
             return;
         }
         let def = Arc::new(def);
+        let (actor, task) = self.spawn_actor(&def);
+        self.jobs.insert(key, Entry { def, actor, task, failures: 0, retry_at: None });
+    }
+
+    fn spawn_actor(&mut self, def: &Arc<JobDef>) -> (Actor, tokio::task::Id) {
         let (config, shared) = (self.config.clone(), self.shared.clone());
-        let actor = match key.kind {
-            JobKind::Continuous => Actor::Continuous(continuous::spawn(def.clone(), config, shared, &mut self.tasks)),
-            JobKind::Triggered => Actor::Triggered(triggered::spawn(def.clone(), config, shared, &mut self.tasks)),
+        let (actor, task) = match def.key.kind {
+            JobKind::Continuous => {
+                let (handle, task) = continuous::spawn(def.clone(), config, shared, &mut self.tasks);
+                (Actor::Continuous(handle), task)
+            }
+            JobKind::Triggered => {
+                let (handle, task) = triggered::spawn(def.clone(), config, shared, &mut self.tasks);
+                (Actor::Triggered(handle), task)
+            }
         };
-        self.jobs.insert(key, Entry { def, actor });
+        self.owners.insert(task, def.key.clone());
+        (actor, task)
+    }
+
+    /// An actor's task ended. Expected when its job was removed (or the
+    /// daemon is stopping); otherwise it failed (a panic, or it could not
+    /// start): the job shows the failure with its reason, every other job
+    /// goes on, and the actor is started again after a backoff.
+    fn on_actor_end(&mut self, result: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let (id, panic) = match result {
+            Ok((id, ())) => (id, None),
+            Err(e) => (e.id(), Some(panic_text(e))),
+        };
+        let Some(key) = self.owners.remove(&id) else { return };
+        let Some(entry) = self.jobs.get_mut(&key) else { return };
+        if entry.task != id {
+            return;
+        }
+        let why = match panic {
+            Some(panic) => format!("its supervising task failed: {panic}"),
+            None => match entry.actor.live() {
+                Live::Triggered(rx) => rx.borrow().failure.clone(),
+                Live::Continuous(rx) => rx.borrow().error.clone(),
+            }
+            .unwrap_or_else(|| "its supervising task ended".to_string()),
+        };
+        entry.failures += 1;
+        let delay = actor_retry_delay(entry.failures);
+        entry.retry_at = Some(tokio::time::Instant::now() + delay);
+        let reason = format!("{why}; started again in {}", crate::run::human(delay));
+        tracing::error!(job = %key, "the job cannot be run: {reason}");
+        entry.actor = Actor::Failed(failed_live(&self.shared.instance, key.kind, &reason));
+        self.publish();
+    }
+
+    /// Starts again the actors whose retry time has come.
+    fn restart_failed(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<JobKey> =
+            self.jobs.iter().filter(|(_, e)| e.retry_at.is_some_and(|t| t <= now)).map(|(k, _)| k.clone()).collect();
+        for key in due {
+            let Some(def) = self.jobs.get(&key).map(|e| e.def.clone()) else { continue };
+            let (actor, task) = self.spawn_actor(&def);
+            if let Some(entry) = self.jobs.get_mut(&key) {
+                tracing::info!(job = %key, attempt = entry.failures + 1, "starting the job's actor again");
+                (entry.actor, entry.task, entry.retry_at) = (actor, task, None);
+            }
+        }
+        self.publish();
     }
 
     fn remove(&mut self, key: &JobKey) {
@@ -273,11 +372,48 @@ impl Supervisor {
             entry.actor.shutdown("daemon stopping");
         }
         self.jobs.clear();
+        self.owners.clear();
         while let Some(result) = self.tasks.join_next().await {
             if let Err(e) = result {
                 tracing::error!(error = %e, "a job actor failed while stopping");
             }
         }
+    }
+}
+
+/// What a job whose actor failed shows: Invalid, with the reason.
+fn failed_live(instance: &str, kind: JobKind, reason: &str) -> Live {
+    match kind {
+        JobKind::Continuous => {
+            let mut status = crate::status::ContinuousStatus::new(instance);
+            status.status = crate::status::JobStatus::Invalid;
+            status.error = Some(reason.to_string());
+            Live::Continuous(tokio::sync::watch::channel(status).1)
+        }
+        JobKind::Triggered => {
+            let summary = triggered::Summary { failure: Some(reason.to_string()), ..Default::default() };
+            Live::Triggered(tokio::sync::watch::channel(summary).1)
+        }
+    }
+}
+
+/// The message of a panic, as far as it can be told.
+fn panic_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .map_or_else(|| "a panic".to_string(), |m| format!("panic: {m}"))
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

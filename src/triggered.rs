@@ -109,6 +109,8 @@ pub struct Summary {
     pub next_tick: Option<Timestamp>,
     /// `disable.job` is present: no schedule, no runs.
     pub disabled: bool,
+    /// Why the job's actor could not run (it is started again later).
+    pub failure: Option<String>,
 }
 
 /// The supervisor's handle on a triggered job's actor.
@@ -119,14 +121,36 @@ pub fn spawn(
     config: Arc<Config>,
     shared: Arc<Shared>,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Handle {
+) -> (Handle, tokio::task::Id) {
     let (handle, inbox) = crate::actor::channels(Summary::default());
-    tasks.spawn(async move {
-        if let Some(actor) = Actor::new(def, config, shared, inbox).await {
-            actor.run().await;
+    let task = tasks.spawn(async move {
+        let summary = inbox.state.clone();
+        match Actor::new(def, config, shared, inbox).await {
+            Ok(actor) => actor.run().await,
+            // The supervisor reads the reason, shows it and tries again later.
+            Err(why) => summary.send_modify(|s| s.failure = Some(why)),
         }
     });
-    handle
+    (handle, task.id())
+}
+
+/// Answers a control sent to a job whose actor could not start (`why`).
+pub fn refuse(control: Control, why: &str) {
+    match control {
+        Control::Run { reply, .. } => {
+            let _ = reply.send(Err(Refused::Invalid(why.to_string())));
+        }
+        Control::Cancel { run, reply } => {
+            let _ = reply.send(Err(Refused::NoActiveRun(run.map(|r| format!(" {r}")).unwrap_or_default())));
+        }
+        Control::Wait { reply, .. } => {
+            let _ = reply.send(());
+        }
+        Control::Sync(done) => {
+            let _ = done.send(());
+        }
+        Control::Update { .. } | Control::Shutdown { .. } => {}
+    }
 }
 
 /// Why an active run is being ended by us.
@@ -184,33 +208,17 @@ impl Actor {
         config: Arc<Config>,
         shared: Arc<Shared>,
         inbox: crate::actor::Inbox<Control, Summary>,
-    ) -> Option<Actor> {
+    ) -> Result<Actor, String> {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
         let rotation = Some(Rotation { max_size: 1024 * 1024, keep: 1 });
-        let scheduler_log =
-            match LogFile::open(&data_dir.join(crate::layout::SCHEDULER_LOG), &shared.instance, rotation) {
-                Ok(log) => log,
-                Err(e) => {
-                    tracing::error!(job = %key, error = %e, "cannot open the scheduler log; the job will not run");
-                    return None;
-                }
-            };
-        let locks = match shared.coordinator.job(&key).await {
-            Ok(locks) => locks,
-            Err(e) => {
-                tracing::error!(job = %key, error = %e, "cannot open the job's lock files; the job will not run");
-                return None;
-            }
-        };
-        let timer = match WallTimer::new() {
-            Ok(timer) => timer,
-            Err(e) => {
-                tracing::error!(job = %key, error = %e, "cannot create the schedule timer; the job will not run");
-                return None;
-            }
-        };
-        Some(Actor {
+        let log_path = data_dir.join(crate::layout::SCHEDULER_LOG);
+        let scheduler_log = LogFile::open(&log_path, &shared.instance, rotation)
+            .map_err(|e| format!("cannot open the scheduler log {}: {e}", log_path.display()))?;
+        let locks =
+            shared.coordinator.job(&key).await.map_err(|e| format!("cannot use the job's coordination files: {e}"))?;
+        let timer = WallTimer::new().map_err(|e| format!("cannot create the schedule timer: {e}"))?;
+        Ok(Actor {
             key,
             timer,
             locks,

@@ -183,6 +183,10 @@ impl JobView {
                         .map(|r| r.status.clone())
                         .unwrap_or_else(|| if errors.is_empty() { "Ready".into() } else { "Invalid".into() })
                 };
+                if let Some(failure) = &s.failure {
+                    view.status = "Invalid".into();
+                    view.error = Some(failure.clone());
+                }
                 view.latest_run = Some(latest);
                 view.next_run = s.next_tick.map(|t| t.to_string());
                 view.history_url = Some(format!("{base}/api/triggeredwebjobs/{name}/history"));

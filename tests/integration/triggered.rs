@@ -360,3 +360,35 @@ fn a_stopped_job_does_not_retry_its_failed_run() {
     assert_eq!(root.finished_runs("flaky")[0]["Status"], "Failed");
     daemon.stop();
 }
+
+#[test]
+fn a_job_whose_actor_cannot_start_says_why_and_recovers() {
+    let root = Root::new();
+    root.job("triggered", "broken", &[("run.sh", "echo ran\n")]);
+    root.job("triggered", "fine", &[("run.sh", "echo fine\n")]);
+    // A folder where the scheduler log must go: the job's actor cannot open it.
+    let blocker = root.data_dir("triggered", "broken").join("job_scheduler.log");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let daemon = root.start();
+    let http = root.http();
+    wait_for("the failure shown", Duration::from_secs(10), || {
+        http.get("/api/triggeredwebjobs/broken").json()["status"] == "Invalid"
+    });
+    let job = http.get("/api/triggeredwebjobs/broken").json();
+    let error = job["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("cannot open the scheduler log") && error.contains("started again in"), "{job}");
+    let run = http.post("/api/triggeredwebjobs/broken/run");
+    assert_ne!(run.status, 404, "the job exists; it cannot run: {}", run.text());
+    assert!(run.text().contains("cannot open the scheduler log"), "{}", run.text());
+    assert!(daemon.stderr().contains("job=triggered/broken"), "attributed to its job:\n{}", daemon.stderr());
+    // Every other job runs meanwhile.
+    assert!(root.cli(&["run", "fine", "--wait"]).status.success());
+    // Once the cause is gone, the job is started again by itself.
+    std::fs::remove_dir(&blocker).unwrap();
+    wait_for("the actor started again", Duration::from_secs(10), || {
+        http.get("/api/triggeredwebjobs/broken").json()["status"] == "Ready"
+    });
+    let out = root.cli(&["run", "broken", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.stop();
+}
