@@ -178,6 +178,13 @@ impl Root {
         let _ = std::fs::remove_dir(&self.dir);
     }
 
+    /// SIGKILLs every process of every run (`cgroup.kill` of each run cgroup).
+    pub fn kill_all(&self) {
+        for run in self.leftovers() {
+            run.kill();
+        }
+    }
+
     /// Run cgroups left by a previous life of this daemon (it was killed).
     pub fn leftovers(&self) -> Vec<RunCgroup> {
         let entries = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();

@@ -229,36 +229,56 @@ impl Actor {
             }
         };
         let grace = job.settings.stopping_wait_time;
+        // Set once we stop the run ourselves: the status it ends in.
+        let mut then: Option<JobStatus> = None;
         loop {
             tokio::select! {
-                _ = run.wait_leader(&mut self.log) => break,
-                Some(control) = self.rx.recv() => match self.apply(control) {
-                    Next::Continue => {}
-                    Next::Restart(why) => return self.stop_run(&mut run, grace, why, JobStatus::Starting).await,
-                    Next::Stop(why) => return self.stop_run(&mut run, grace, &why, JobStatus::Stopped).await,
-                    Next::Exit(why) => return self.stop_run(&mut run, grace, why, JobStatus::Stopped).await,
-                },
+                () = run.over(&mut self.log) => break,
+                control = self.rx.recv(), if !self.exiting => {
+                    let control = control.unwrap_or(Control::Shutdown { why: "daemon stopping" });
+                    let (why, status) = match self.apply(control) {
+                        Next::Continue => continue,
+                        Next::Restart(why) => (why.to_string(), JobStatus::Starting),
+                        Next::Stop(why) => (why, JobStatus::Stopped),
+                        Next::Exit(why) => (why.to_string(), JobStatus::Stopped),
+                    };
+                    if then.is_some() && self.exiting {
+                        // A shutdown while a stop is under way does not wait out its grace.
+                        run.kill_now(&mut self.log, "the daemon is stopping");
+                    } else if then.is_none() {
+                        self.set_status(JobStatus::Stopping, |_| {});
+                        run.begin_stop(&mut self.log, grace, &why);
+                    }
+                    // The newest wish wins (a restart asked during a stop for good stays a stop).
+                    then = Some(if then == Some(JobStatus::Stopped) { JobStatus::Stopped } else { status });
+                }
             }
         }
-        let uptime = run.started.elapsed();
-        run.reap_leftovers(&mut self.log, grace).await;
+        match then {
+            Some(then) => self.stopped(&mut run, then),
+            None => self.exited(&mut run, &job).await,
+        }
+    }
+
+    /// The process ended by itself: say how, then wait out the restart delay.
+    async fn exited(&mut self, run: &mut Run, job: &Runnable) {
         let exit = run.describe_exit();
         let usage = run.finish_usage();
         let cpu = usage.cpu_ms.map(|ms| format!(", CPU {}", human(Duration::from_millis(ms)))).unwrap_or_default();
+        let clean = run.exit_status().and_then(|s| s.code()) == Some(0);
         self.log.sys(
-            if exit == "exit code 0" { Level::SysInfo } else { Level::SysError },
-            &format!("process {} ended with {exit} after {}{cpu}", run.pid, human_uptime(uptime)),
+            if clean { Level::SysInfo } else { Level::SysError },
+            &format!("process {} ended with {exit} after {}{cpu}", run.pid, human_uptime(run.uptime())),
         );
         self.shared.metrics.cpu_used("continuous", &self.key.name, usage.cpu_ms);
         self.status.last_exit = Some(exit);
         self.shared.metrics.output("continuous", &self.key.name, run.output.bytes);
         self.shared.metrics.restarted(&self.key.name);
-        self.backoff(&job, uptime).await;
+        self.backoff(job, run.uptime()).await;
     }
 
-    async fn stop_run(&mut self, run: &mut Run, grace: Duration, why: &str, then: JobStatus) {
-        self.set_status(JobStatus::Stopping, |_| {});
-        run.stop(&mut self.log, grace, why).await;
+    /// We stopped the process; the job goes on in status `then`.
+    fn stopped(&mut self, run: &mut Run, then: JobStatus) {
         let usage = run.finish_usage();
         self.shared.metrics.cpu_used("continuous", &self.key.name, usage.cpu_ms);
         let exit = run.describe_exit();

@@ -54,6 +54,7 @@ pub trait Notifier: Send + 'static {
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
+    hurry: impl Future<Output = ()> + Send + 'static,
     reloads: mpsc::Receiver<Config>,
     notifier: impl Notifier,
 ) -> Result<(), DaemonError> {
@@ -114,7 +115,14 @@ pub async fn run(
             task.abort();
         }
     };
+    let killer = shared.clone();
+    let escalation = tokio::spawn(async move {
+        hurry.await;
+        tracing::warn!("second stop signal: sending SIGKILL to every process of every job now");
+        killer.kill_everything();
+    });
     supervisor.run(events_rx, shutdown).await;
+    escalation.abort();
     let _ = std::fs::remove_file(&socket);
     forward.abort();
     if let Some(w) = watchdog {

@@ -5,6 +5,19 @@
 //! (its cgroup, or its process group and escaped grandchildren), wait up to
 //! the grace period, SIGKILL them (`cgroup.kill`), and wait until none is
 //! left. Output keeps flowing into the log meanwhile.
+//!
+//! A run is a state machine its actor drives: [`Run::over`] resolves once
+//! nothing of the run is left, and is cancel-safe, so the actor awaits it in
+//! its select loop beside its messages. Stopping is a state with a deadline
+//! ([`Run::begin_stop`]), never an awaited procedure: while a run stops, its
+//! actor answers every request, and [`Run::kill_now`] cuts the grace short.
+//!
+//! ```text
+//!  Live ─leader exits, nothing left──────────────────────────► Draining ─► Over
+//!   │  └leader exits, processes left─┐                            ▲
+//!   └─begin_stop─► Terminating ──────┴─grace over─► Killing ──────┘ (none left)
+//!                       └─────────────kill_now─────────┘
+//! ```
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -25,6 +38,31 @@ use crate::process::{self, Command};
 const PIPE_LEAK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long SIGKILLed processes may take to disappear before we report them.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Polling while a run stops starts this fine and doubles up to [`POLL_MAX`].
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Its leader runs.
+    Live,
+    /// SIGTERM sent: SIGKILL at `deadline` if anything is left.
+    Terminating {
+        deadline: tokio::time::Instant,
+        grace: Duration,
+    },
+    /// SIGKILL sent: told stuck (and killed again) at `deadline`.
+    Killing {
+        deadline: tokio::time::Instant,
+        told: bool,
+    },
+    /// Nothing left: the pipes are read to their end, for a bounded time.
+    Draining {
+        deadline: tokio::time::Instant,
+    },
+    Over,
+}
 
 /// A running process group and its output.
 pub struct Run {
@@ -37,8 +75,15 @@ pub struct Run {
     pub command_line: String,
     shutdown_file: PathBuf,
     exit: Option<ExitStatus>,
+    /// When the leader exited.
+    exited: Option<Instant>,
     /// The run's own cgroup, when containment is by cgroup.
     cgroup: Option<RunCgroup>,
+    phase: Phase,
+    /// The grace period of processes left behind by a leader that exited by itself.
+    grace: Duration,
+    /// The next poll interval while stopping.
+    poll: Duration,
 }
 
 /// What a run used, read from its cgroup when it ends.
@@ -49,12 +94,14 @@ pub struct Usage {
 }
 
 impl Run {
-    /// Spawns `command`; the caller logs the start.
+    /// Spawns `command`; the caller logs the start. `grace` is how long
+    /// processes left behind by an exited leader get between SIGTERM and SIGKILL.
     pub fn start(
         command: &Command,
         shutdown_file: PathBuf,
         max_line: usize,
         cgroup: Option<RunCgroup>,
+        grace: Duration,
     ) -> std::io::Result<Run> {
         let mut cgroup = cgroup;
         let spawned = process::spawn(command, cgroup.as_ref().and_then(RunCgroup::procs_fd))?;
@@ -71,35 +118,129 @@ impl Run {
             command_line: command.display(),
             shutdown_file,
             exit: None,
+            exited: None,
             cgroup,
+            phase: Phase::Live,
+            grace,
+            poll: POLL_MIN,
         })
     }
 
-    /// Waits for the leader to exit, moving output to `log` meanwhile.
-    pub async fn wait_leader(&mut self, log: &mut LogFile) -> ExitStatus {
-        if let Some(status) = self.exit {
-            return status;
-        }
+    /// Resolves once nothing of the run is left and its output is in `log`.
+    /// Cancel-safe: all progress is kept in the run, so it is awaited in a
+    /// select loop and called again.
+    pub async fn over(&mut self, log: &mut LogFile) {
         loop {
-            tokio::select! {
-                status = self.child.wait() => return self.leader_exited(status),
-                () = self.output.pump(log) => {}
+            match self.phase {
+                Phase::Live => {
+                    tokio::select! {
+                        status = self.child.wait() => {
+                            self.leader_exited(status);
+                            self.look_for_leftovers(log);
+                        }
+                        () = self.output.pump(log) => {}
+                    }
+                }
+                Phase::Terminating { .. } | Phase::Killing { .. } => self.poll_stop(log).await,
+                Phase::Draining { deadline } => {
+                    if self.output.is_open() {
+                        tokio::select! {
+                            () = self.output.pump(log) => continue,
+                            () = tokio::time::sleep_until(deadline) => {}
+                        }
+                    }
+                    self.output.finish(log);
+                    let _ = std::fs::remove_file(&self.shutdown_file);
+                    self.phase = Phase::Over;
+                }
+                Phase::Over => return,
             }
         }
     }
 
-    /// Waits for the leader without capturing output (a run being abandoned).
-    pub async fn wait_leader_quietly(&mut self) -> std::io::Result<ExitStatus> {
-        let status = self.child.wait().await;
-        process::leader_reaped(self.pid);
-        status
+    /// Whether the stop protocol is under way (or the run is over).
+    pub fn stopping(&self) -> bool {
+        !matches!(self.phase, Phase::Live)
     }
 
-    fn leader_exited(&mut self, status: std::io::Result<ExitStatus>) -> ExitStatus {
-        let status = status.unwrap_or_else(|_| ExitStatus::from_raw(0x7f00));
+    /// Starts the stop protocol: shutdown file, SIGTERM to every process of
+    /// the run, SIGKILL after `grace`. Returns at once; [`Run::over`] carries
+    /// it out. A run already stopping keeps its course.
+    pub fn begin_stop(&mut self, log: &mut LogFile, grace: Duration, why: &str) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        log.sys(
+            Level::SysInfo,
+            &format!(
+                "stopping ({why}): shutdown file created, SIGTERM sent to process group {}, waiting up to {}",
+                self.pid,
+                human(grace)
+            ),
+        );
+        self.terminate(grace);
+    }
+
+    /// SIGKILLs every process of the run now, whatever grace was left.
+    pub fn kill_now(&mut self, log: &mut LogFile, why: &str) {
+        if !matches!(self.phase, Phase::Live | Phase::Terminating { .. }) {
+            return;
+        }
+        log.sys(Level::SysWarn, &format!("{why}: sending SIGKILL to every process of the run now"));
+        self.kill();
+    }
+
+    /// Ends the run at once without a word (it never got going: its files
+    /// could not be made), and waits for its leader.
+    pub async fn discard(&mut self) {
+        self.signal_all(Signal::SIGKILL);
+        let status = self.child.wait().await;
+        self.leader_exited(status);
+        self.phase = Phase::Over;
+    }
+
+    fn leader_exited(&mut self, status: std::io::Result<ExitStatus>) {
         process::leader_reaped(self.pid);
-        self.exit = Some(status);
-        status
+        self.exited = Some(Instant::now());
+        self.exit = Some(match status {
+            Ok(status) => status,
+            Err(e) => {
+                // Never seen: the leader is our child, waited for through its pidfd.
+                tracing::error!(pid = self.pid.as_raw(), error = %e, "cannot learn how a job's process ended");
+                ExitStatus::from_raw(libc::SIGKILL)
+            }
+        });
+    }
+
+    /// The leader exited by itself: processes it left behind are stopped
+    /// (with a warning); with none, the output is read to its end.
+    fn look_for_leftovers(&mut self, log: &mut LogFile) {
+        let (group, escaped) = match &self.cgroup {
+            Some(cgroup) => (cgroup.populated(), Vec::new()),
+            None => (process::group_alive(self.pid), process::escaped_quick(&self.marker)),
+        };
+        if !group && escaped.is_empty() {
+            self.phase = Phase::Draining { deadline: tokio::time::Instant::now() + PIPE_LEAK_TIMEOUT };
+            return;
+        }
+        log.sys(
+            Level::SysWarn,
+            "the main process exited but other processes of the job are still running; stopping them",
+        );
+        self.terminate(self.grace);
+    }
+
+    fn terminate(&mut self, grace: Duration) {
+        self.write_shutdown_file();
+        self.signal_all(Signal::SIGTERM);
+        self.poll = POLL_MIN;
+        self.phase = Phase::Terminating { deadline: tokio::time::Instant::now() + grace, grace };
+    }
+
+    fn kill(&mut self) {
+        self.signal_all(Signal::SIGKILL);
+        self.poll = POLL_MIN;
+        self.phase = Phase::Killing { deadline: tokio::time::Instant::now() + KILL_TIMEOUT, told: false };
     }
 
     /// Whether any process of this run is left: its cgroup is populated; or,
@@ -111,70 +252,67 @@ impl Run {
         }
     }
 
-    /// Ends whatever is left of the run after its leader exited by itself.
-    /// Returns true when leftovers had to be stopped.
-    pub async fn reap_leftovers(&mut self, log: &mut LogFile, grace: Duration) -> bool {
-        let (group, escaped) = match &self.cgroup {
-            Some(cgroup) => (cgroup.populated(), Vec::new()),
-            None => (process::group_alive(self.pid), process::escaped_quick(&self.marker)),
-        };
-        if !group && escaped.is_empty() {
-            self.drain(log).await;
-            return false;
-        }
-        log.sys(
-            Level::SysWarn,
-            "the main process exited but other processes of the job are still running; stopping them",
-        );
-        self.terminate(log, grace).await;
-        true
-    }
-
-    /// The full stop protocol. `why` goes into the log line.
-    pub async fn stop(&mut self, log: &mut LogFile, grace: Duration, why: &str) {
-        log.sys(
-            Level::SysInfo,
-            &format!(
-                "stopping ({why}): shutdown file created, SIGTERM sent to process group {}, waiting up to {}",
-                self.pid,
-                human(grace)
-            ),
-        );
-        self.terminate(log, grace).await;
-    }
-
-    async fn terminate(&mut self, log: &mut LogFile, grace: Duration) {
-        self.write_shutdown_file();
-        self.signal_all(Signal::SIGTERM);
-        if !self.wait_gone(log, grace).await {
-            let what = match &self.cgroup {
-                Some(c) => format!("every process of cgroup {} (cgroup.kill)", c.name()),
-                None => format!("process group {} and the run's escaped processes", self.pid),
-            };
-            log.sys(Level::SysWarn, &format!("still running after {}; sending SIGKILL to {what}", human(grace)));
-            self.signal_all(Signal::SIGKILL);
-            if !self.wait_gone(log, KILL_TIMEOUT).await {
-                let left: Vec<i32> = match &self.cgroup {
-                    Some(c) => c.pids(),
-                    None => process::marked_exactly(&self.marker),
-                }
-                .iter()
-                .map(|p| p.as_raw())
-                .collect();
-                log.sys(
-                    Level::SysError,
-                    &format!(
-                        "processes {left:?} of the run survived SIGKILL for {}; they may be stuck in the kernel (the run stays open until they are gone)",
-                        human(KILL_TIMEOUT)
-                    ),
-                );
-                // Never claim the run ended while its processes live.
-                while !self.wait_gone(log, KILL_TIMEOUT).await {
-                    self.signal_all(Signal::SIGKILL);
-                }
+    /// One step of a stop: done when nothing is left; past the deadline,
+    /// SIGKILL (and, if even that does not end them, say so, and go on
+    /// killing: a run never ends while its processes live); else wait a
+    /// little, reading output and the leader's end meanwhile.
+    async fn poll_stop(&mut self, log: &mut LogFile) {
+        if self.exit.is_some() {
+            process::reap_adopted();
+            let (group, escaped) = self.remaining();
+            if !group && escaped.is_empty() {
+                self.phase = Phase::Draining { deadline: tokio::time::Instant::now() + PIPE_LEAK_TIMEOUT };
+                return;
+            }
+            if matches!(self.phase, Phase::Terminating { .. }) {
+                // Late escapees get the signal the others got.
+                process::signal_all(&escaped, Signal::SIGTERM);
             }
         }
-        self.drain(log).await;
+        let now = tokio::time::Instant::now();
+        let deadline = match self.phase {
+            Phase::Terminating { deadline, grace } if now >= deadline => {
+                let what = match &self.cgroup {
+                    Some(c) => format!("every process of cgroup {} (cgroup.kill)", c.name()),
+                    None => format!("process group {} and the run's escaped processes", self.pid),
+                };
+                log.sys(Level::SysWarn, &format!("still running after {}; sending SIGKILL to {what}", human(grace)));
+                return self.kill();
+            }
+            Phase::Killing { deadline, told } if now >= deadline => {
+                if !told {
+                    self.tell_stuck(log);
+                }
+                self.signal_all(Signal::SIGKILL);
+                self.phase = Phase::Killing { deadline: now + KILL_TIMEOUT, told: true };
+                return;
+            }
+            Phase::Terminating { deadline, .. } | Phase::Killing { deadline, .. } => deadline,
+            _ => return,
+        };
+        let wake = (now + self.poll).min(deadline);
+        tokio::select! {
+            status = self.child.wait(), if self.exit.is_none() => self.leader_exited(status),
+            () = self.output.pump(log) => {}
+            () = tokio::time::sleep_until(wake) => self.poll = (self.poll * 2).min(POLL_MAX),
+        }
+    }
+
+    fn tell_stuck(&self, log: &mut LogFile) {
+        let left: Vec<i32> = match &self.cgroup {
+            Some(c) => c.pids(),
+            None => process::marked_exactly(&self.marker),
+        }
+        .iter()
+        .map(|p| p.as_raw())
+        .collect();
+        log.sys(
+            Level::SysError,
+            &format!(
+                "processes {left:?} of the run survived SIGKILL for {}; they may be stuck in the kernel (the run stays open until they are gone)",
+                human(KILL_TIMEOUT)
+            ),
+        );
     }
 
     /// `signal` to every process of the run: its cgroup, its group, and (without
@@ -188,51 +326,16 @@ impl Run {
         }
     }
 
-    /// Polls (briefly, only while stopping) until nothing of the run is left.
-    async fn wait_gone(&mut self, log: &mut LogFile, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut tick = Duration::from_millis(5);
-        loop {
-            if self.exit.is_some() {
-                process::reap_adopted();
-                let (group, escaped) = self.remaining();
-                if !group && escaped.is_empty() {
-                    return true;
-                }
-                // Late escapees get the signal the others got.
-                process::signal_all(&escaped, Signal::SIGTERM);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            let sleep = tokio::time::sleep_until((tokio::time::Instant::now() + tick).min(deadline));
-            tokio::select! {
-                status = self.child.wait(), if self.exit.is_none() => { self.leader_exited(status); }
-                () = self.output.pump(log) => {}
-                () = sleep => tick = (tick * 2).min(Duration::from_millis(100)),
-            }
-        }
-    }
-
-    /// Reads the pipes to their end, for a bounded time.
-    async fn drain(&mut self, log: &mut LogFile) {
-        let deadline = tokio::time::sleep(PIPE_LEAK_TIMEOUT);
-        tokio::pin!(deadline);
-        while self.output.is_open() {
-            tokio::select! {
-                () = self.output.pump(log) => {}
-                () = &mut deadline => break,
-            }
-        }
-        self.output.finish(log);
-        let _ = std::fs::remove_file(&self.shutdown_file);
-    }
-
     fn write_shutdown_file(&self) {
         if let Some(parent) = self.shutdown_file.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
         let _ = std::fs::write(&self.shutdown_file, crate::logs::format_time(std::time::SystemTime::now()));
+    }
+
+    /// How long the leader ran (until now while it runs).
+    pub fn uptime(&self) -> Duration {
+        self.exited.unwrap_or_else(Instant::now).duration_since(self.started)
     }
 
     /// What the run used (from its cgroup), and the cgroup removed. Call once

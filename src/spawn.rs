@@ -258,6 +258,11 @@ unsafe fn child_main(
 pub static LEADERS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
+/// The leaders running now.
+pub fn leaders() -> Vec<Pid> {
+    LEADERS.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|p| Pid::from_raw(*p)).collect()
+}
+
 /// Forgets a leader once it has been reaped (or let go).
 pub fn leader_reaped(pid: Pid) {
     LEADERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid.as_raw());

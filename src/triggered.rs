@@ -44,7 +44,7 @@ pub enum Control {
     },
     Run {
         request: RunRequest,
-        reply: oneshot::Sender<Result<Accepted, Refused>>,
+        reply: RunReply,
     },
     /// Cancels the active run (`run` = its id, or any).
     Cancel {
@@ -62,6 +62,9 @@ pub enum Control {
     /// Answered once every message before it has been taken in.
     Sync(oneshot::Sender<()>),
 }
+
+/// Where the answer to a run request goes.
+pub type RunReply = oneshot::Sender<Result<Accepted, Refused>>;
 
 /// A request for a run.
 #[derive(Debug, Clone)]
@@ -177,6 +180,10 @@ struct Active {
     last_bytes: u64,
     last_cpu: u64,
     last_activity: Instant,
+    /// Set when we are ending the run: the state it ends in and why.
+    ending: Option<(RunState, String)>,
+    /// Cancel requests, answered once the run is over.
+    cancels: Vec<oneshot::Sender<Result<String, Refused>>>,
 }
 
 struct Actor {
@@ -199,6 +206,9 @@ struct Actor {
     /// When to try starting the head of `queue` (a retry's delay, or a lock held elsewhere).
     later: Option<tokio::time::Instant>,
     waiters: Vec<(String, oneshot::Sender<()>)>,
+    /// `overlap: replace`: the request that starts once the active run is
+    /// over, and who waits for its answer.
+    replacement: Option<(RunRequest, Option<RunReply>)>,
     exiting: bool,
 }
 
@@ -235,6 +245,7 @@ impl Actor {
             next_tick: None,
             later: None,
             waiters: Vec::new(),
+            replacement: None,
             exiting: false,
         })
     }
@@ -261,14 +272,14 @@ impl Actor {
     /// Waits for the next event and handles it.
     async fn step(&mut self) {
         let later = self.later;
-        let check_at = self.active.as_ref().map(next_check);
+        let check_at = self.active.as_ref().filter(|a| a.ending.is_none()).map(next_check);
         let active = &mut self.active;
         tokio::select! {
             control = self.rx.recv() => {
                 let control = control.unwrap_or(Control::Shutdown { why: "daemon stopping" });
                 self.on_control(control).await;
             }
-            status = leader_exit(active) => self.on_exit(status).await,
+            () = run_over(active) => self.on_over().await,
             wake = self.timer.wait() => match wake {
                 Wake::Due => self.on_tick().await,
                 Wake::ClockChanged => self.on_clock_set(),
@@ -285,13 +296,9 @@ impl Actor {
                 let _ = done.send(());
             }
             Control::Run { request, reply } => {
-                let result = self.request_run(request, false).await;
-                let _ = reply.send(result);
+                self.request_run(request, false, Some(reply)).await;
             }
-            Control::Cancel { run, reply } => {
-                let result = self.cancel(run).await;
-                let _ = reply.send(result);
-            }
+            Control::Cancel { run, reply } => self.cancel(run, reply),
             Control::Wait { run, reply } => {
                 if self.active.as_ref().is_some_and(|a| a.id == run) {
                     self.waiters.push((run, reply));
@@ -304,9 +311,10 @@ impl Actor {
                 self.queue.clear();
                 self.later = None;
                 self.set_next_tick(None);
-                if self.active.is_some() {
-                    self.end_active(End::Shutdown(why)).await;
+                if let Some((_, Some(reply))) = self.replacement.take() {
+                    let _ = reply.send(Err(Refused::Failed(format!("the daemon is stopping ({why})"))));
                 }
+                self.end_active(End::Shutdown(why));
             }
         }
     }
@@ -354,8 +362,44 @@ impl Actor {
         self.scheduler_log.sys(Level::SysInfo, &text);
     }
 
-    /// Starts a run now, or says why not (the overlap policy decides when a run is active).
-    async fn request_run(&mut self, request: RunRequest, scheduled: bool) -> Result<Accepted, Refused> {
+    /// Starts a run now, or says why not (the overlap policy decides when a
+    /// run is active). The answer goes to `reply` (when given) and is
+    /// returned; with `overlap: replace` it comes once the active run is over
+    /// and the new one started (`None` here).
+    async fn request_run(
+        &mut self,
+        request: RunRequest,
+        scheduled: bool,
+        reply: Option<RunReply>,
+    ) -> Option<Result<Accepted, Refused>> {
+        let result = match self.decide(scheduled) {
+            Ok(None) => {
+                let job = self.definition.good.clone().expect("decide checked it");
+                self.start_run(&job, request, 0).await
+            }
+            Ok(Some(Overlap::Queue)) => {
+                self.queue.push_back((request, 0));
+                Ok(Accepted::Queued)
+            }
+            Ok(Some(_)) => {
+                // Replace: the active run stops; the new one starts when it is over.
+                if let Some((_, Some(older))) = self.replacement.replace((request, reply)) {
+                    let _ = older.send(Err(Refused::Running("replaced by a newer request (overlap: replace)".into())));
+                }
+                self.end_active(End::Replaced);
+                return None;
+            }
+            Err(refused) => Err(refused),
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(result.clone());
+        }
+        Some(result)
+    }
+
+    /// Whether a request may run: `Ok(None)` now, `Ok(Some(overlap))` when a
+    /// run is active and `queue` or `replace` applies, or why not.
+    fn decide(&mut self, scheduled: bool) -> Result<Option<Overlap>, Refused> {
         if self.config.switches.stopped {
             return Err(Refused::Stopped);
         }
@@ -365,25 +409,19 @@ impl Actor {
         let Some(job) = self.definition.good.clone() else {
             return Err(Refused::Invalid(self.def().errors().join("; ")));
         };
-        if let Some(active) = &mut self.active {
-            match job.settings.overlap {
-                Overlap::Skip => {
-                    let why = format!("run {} is still running", active.id);
-                    if scheduled {
-                        let text = format!("schedule tick skipped: {why} (overlap: skip)");
-                        active.log.sys(Level::SysWarn, &text);
-                        self.scheduler_log.sys(Level::SysWarn, &text);
-                    }
-                    return Err(Refused::Running(why));
+        let Some(active) = &mut self.active else { return Ok(None) };
+        match job.settings.overlap {
+            Overlap::Skip => {
+                let why = format!("run {} is still running", active.id);
+                if scheduled {
+                    let text = format!("schedule tick skipped: {why} (overlap: skip)");
+                    active.log.sys(Level::SysWarn, &text);
+                    self.scheduler_log.sys(Level::SysWarn, &text);
                 }
-                Overlap::Queue => {
-                    self.queue.push_back((request, 0));
-                    return Ok(Accepted::Queued);
-                }
-                Overlap::Replace => self.end_active(End::Replaced).await,
+                Err(Refused::Running(why))
             }
+            overlap => Ok(Some(overlap)),
         }
-        self.start_run(&job, request, 0).await
     }
 
     async fn start_run(&mut self, job: &Arc<Runnable>, request: RunRequest, attempt: u32) -> Result<Accepted, Refused> {
@@ -412,8 +450,7 @@ impl Actor {
             Ok(files) => files,
             Err(e) => {
                 if let Ok(mut run) = spawned {
-                    crate::process::signal_group(run.pid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = run.wait_leader_quietly().await;
+                    run.discard().await;
                 }
                 return Err(Refused::Failed(format!("cannot create the run folder or its log: {e}")));
             }
@@ -461,6 +498,8 @@ impl Actor {
                     last_bytes: 0,
                     last_cpu: 0,
                     last_activity: Instant::now(),
+                    ending: None,
+                    cancels: Vec::new(),
                 };
                 self.active = Some(active);
                 Ok(Accepted::Started(id))
@@ -516,19 +555,50 @@ impl Actor {
         .await
     }
 
-    /// The leader exited by itself: end the run by its exit code.
-    async fn on_exit(&mut self, _status: std::process::ExitStatus) {
+    /// Nothing of the active run is left: record how it ended (by its exit
+    /// code, or as we ended it).
+    async fn on_over(&mut self) {
         let Some(mut active) = self.active.take() else { return };
-        let grace = self.grace();
-        active.run.reap_leftovers(&mut active.log, grace).await;
-        let exit = active.run.exit_status();
-        let state = if exit.and_then(|s| s.code()) == Some(0) { RunState::Success } else { RunState::Failed };
-        self.finish(active, state, None);
+        let (state, error) = match active.ending.take() {
+            Some((state, why)) => (state, (state != RunState::Success).then_some(why)),
+            None if active.run.exit_status().and_then(|s| s.code()) == Some(0) => (RunState::Success, None),
+            None => (RunState::Failed, None),
+        };
+        let cancels = std::mem::take(&mut active.cancels);
+        let id = active.id.clone();
+        self.finish(active, state, error);
+        for reply in cancels {
+            let _ = reply.send(Ok(id.clone()));
+        }
+        self.start_replacement().await;
     }
 
-    /// Stops the active run by the stop protocol and records why.
-    async fn end_active(&mut self, end: End) {
-        let Some(mut active) = self.active.take() else { return };
+    /// Starts the request that replaces the run just ended (`overlap: replace`).
+    async fn start_replacement(&mut self) {
+        let Some((request, reply)) = self.replacement.take() else { return };
+        let result = match (self.exiting, self.definition.good.clone()) {
+            (true, _) => Err(Refused::Failed("the daemon is stopping".into())),
+            (false, None) => Err(Refused::Invalid(self.def().errors().join("; "))),
+            (false, Some(job)) => self.start_run(&job, request, 0).await,
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Begins ending the active run by the stop protocol and notes why; the
+    /// run is over (and recorded) when [`Run::over`] says so. A shutdown
+    /// while it is already being stopped kills what is left at once.
+    fn end_active(&mut self, end: End) {
+        let grace = self.grace();
+        let Some(active) = self.active.as_mut() else { return };
+        if active.ending.is_some() {
+            // It ends as it was being ended (a cancel stays a cancel), only sooner.
+            if let End::Shutdown(_) = end {
+                active.run.kill_now(&mut active.log, "the daemon is stopping");
+            }
+            return;
+        }
         let (state, why) = match &end {
             End::Cancelled => (RunState::Cancelled, "cancelled".to_string()),
             End::Replaced => (RunState::Cancelled, "replaced by a new run (overlap: replace)".to_string()),
@@ -542,10 +612,8 @@ impl Actor {
             ),
             End::Shutdown(why) => (RunState::Aborted, format!("the daemon is stopping ({why})")),
         };
-        let grace = self.grace();
-        active.run.stop(&mut active.log, grace, &why).await;
-        let error = (state != RunState::Success).then_some(why);
-        self.finish(active, state, error);
+        active.run.begin_stop(&mut active.log, grace, &why);
+        active.ending = Some((state, why));
     }
 
     /// Writes the run's end (status, log line), releases the lock, and starts
@@ -633,14 +701,17 @@ impl Actor {
         }
     }
 
-    async fn cancel(&mut self, run: Option<String>) -> Result<String, Refused> {
+    /// Cancels the active run; answered once it is over.
+    fn cancel(&mut self, run: Option<String>, reply: oneshot::Sender<Result<String, Refused>>) {
         let matches = self.active.as_ref().is_some_and(|a| run.as_ref().is_none_or(|r| *r == a.id));
         if !matches {
-            return Err(Refused::NoActiveRun(run.map(|r| format!(" {r}")).unwrap_or_default()));
+            let _ = reply.send(Err(Refused::NoActiveRun(run.map(|r| format!(" {r}")).unwrap_or_default())));
+            return;
         }
-        let id = self.active.as_ref().map(|a| a.id.clone()).unwrap_or_default();
-        self.end_active(End::Cancelled).await;
-        Ok(id)
+        self.end_active(End::Cancelled);
+        if let Some(active) = self.active.as_mut() {
+            active.cancels.push(reply);
+        }
     }
 
     /// Timeout and idle checks of the active run.
@@ -651,7 +722,7 @@ impl Actor {
             && now >= deadline
         {
             let limit = self.definition.good.as_ref().and_then(|j| j.settings.timeout).unwrap_or_default();
-            return self.end_active(End::Timeout(limit)).await;
+            return self.end_active(End::Timeout(limit));
         }
         if active.run.output.bytes != active.last_bytes {
             active.last_bytes = active.run.output.bytes;
@@ -666,7 +737,7 @@ impl Actor {
         }
         if active.last_activity.elapsed() >= active.idle {
             let idle = active.idle;
-            self.end_active(End::Idle(idle)).await;
+            self.end_active(End::Idle(idle));
         }
     }
 
@@ -777,7 +848,11 @@ impl Actor {
         }
         self.shared.metrics.tick_started(Timestamp::now().duration_since(tick).unsigned_abs());
         let trigger = format!("Schedule - {schedule}{}", missed.unwrap_or_default());
-        match self.request_run(RunRequest { arguments: Vec::new(), text: String::new(), trigger }, true).await {
+        let request = RunRequest { arguments: Vec::new(), text: String::new(), trigger };
+        let Some(result) = self.request_run(request, true, None).await else {
+            return self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: replacing the active run"));
+        };
+        match result {
             Ok(Accepted::Started(id)) => {
                 self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: started run {id}"))
             }
@@ -897,9 +972,10 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn leader_exit(active: &mut Option<Active>) -> std::process::ExitStatus {
+/// Resolves when the active run (if any) is over.
+async fn run_over(active: &mut Option<Active>) {
     match active {
-        Some(a) => a.run.wait_leader(&mut a.log).await,
+        Some(a) => a.run.over(&mut a.log).await,
         None => std::future::pending().await,
     }
 }

@@ -35,6 +35,21 @@ impl Shared {
         self.containment.new_run(&format!("{}.{}", key.kind.as_str(), key.name), nonce, limits)
     }
 
+    /// SIGKILLs every process of every job of this daemon, at once (a second
+    /// stop signal): every run cgroup, every process carrying one of our
+    /// markers, every run's process group.
+    pub fn kill_everything(&self) {
+        use nix::sys::signal::Signal::SIGKILL;
+        if let crate::cgroup::Containment::Cgroup(root) = &self.containment {
+            root.kill_all();
+        }
+        let marked: Vec<_> = crate::process::find_marked(&self.marker_prefix).into_iter().map(|(pid, _)| pid).collect();
+        crate::process::signal_all(&marked, SIGKILL);
+        for leader in crate::spawn::leaders() {
+            crate::process::signal_group(leader, SIGKILL);
+        }
+    }
+
     /// The marker of one run of `key`.
     pub fn marker(&self, key: &JobKey, nonce: &str) -> String {
         format!("{}{}/{}/{nonce}", self.marker_prefix, key.kind.as_str(), key.name)

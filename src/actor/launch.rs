@@ -64,7 +64,7 @@ impl Launch<'_> {
         command.args.extend(self.arguments.iter().map(Into::into));
         command.inherit = self.inherit;
         let cgroup = self.shared.run_cgroup(key, self.nonce, &job.settings.limits)?;
-        Run::start(&command, shutdown_file, self.config.log.max_line, cgroup)
+        Run::start(&command, shutdown_file, self.config.log.max_line, cgroup, job.settings.stopping_wait_time)
     }
 }
 

@@ -31,14 +31,37 @@ pub fn serve(config: Config, sources: Sources) -> anyhow::Result<ExitCode> {
             }
         });
         let systemd = Systemd::from_env();
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-                _ = int.recv() => tracing::info!("SIGINT received; stopping"),
+        // The first SIGTERM or SIGINT stops every job by the protocol; a
+        // second one means now: SIGKILL to all of them.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (hurry_tx, hurry_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut stop_tx = Some(stop_tx);
+            let mut hurry_tx = Some(hurry_tx);
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                if let Some(tx) = stop_tx.take() {
+                    tracing::info!(
+                        "{name} received; stopping every job (a second SIGTERM or SIGINT kills them at once)"
+                    );
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                    let _ = tx.send(());
+                } else if let Some(tx) = hurry_tx.take() {
+                    tracing::warn!("{name} received again");
+                    let _ = tx.send(());
+                }
             }
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        });
+        let shutdown = async move {
+            let _ = stop_rx.await;
         };
-        daemon::run(config, shutdown, reload_rx, systemd).await?;
+        let hurry = async move {
+            let _ = hurry_rx.await;
+        };
+        daemon::run(config, shutdown, hurry, reload_rx, systemd).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

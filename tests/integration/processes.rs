@@ -196,3 +196,90 @@ fn job_folders_that_are_broken_links_are_listed_with_the_reason() {
     assert_eq!(jobs[0]["status"], "Invalid");
     daemon.stop();
 }
+
+const DEAF: &str = "trap 'echo got TERM, ignoring' TERM\nwhile true; do sleep 0.1; done\n";
+
+#[test]
+fn a_job_being_stopped_still_answers_and_a_shutdown_cuts_its_grace_short() {
+    let root = Root::new();
+    root.job("continuous", "deaf", &[("run.sh", DEAF), ("settings.job", r#"{"stopping_wait_time": 60}"#)]);
+    let daemon = root.start();
+    wait_for("running", Duration::from_secs(10), || root.status_is("deaf", "Running"));
+    // Stopped by hand (not through the API): the stop has a minute of grace.
+    std::fs::write(root.job_dir("continuous", "deaf").join("disable.job"), "").unwrap();
+    wait_for("stopping", Duration::from_secs(10), || root.status_is("deaf", "Stopping"));
+    // A write to the job is applied and answered through its actor, mid-stop.
+    let asked = Instant::now();
+    let r = root.http().send(
+        "PUT",
+        "/api/continuouswebjobs/deaf/settings",
+        &[("Content-Type", "application/json")],
+        br#"{"stopping_wait_time": 60, "is_singleton": false}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(asked.elapsed() < Duration::from_secs(5), "answered after {:?}", asked.elapsed());
+    // The daemon's stop does not wait out the rest of the minute.
+    let prefix = daemon.marker_prefix.clone();
+    let stopped = Instant::now();
+    let status = daemon.stop();
+    assert!(status.success());
+    assert!(stopped.elapsed() < Duration::from_secs(10), "the daemon took {:?} to stop", stopped.elapsed());
+    let log = root.log("deaf");
+    assert!(log.contains("the daemon is stopping: sending SIGKILL to every process of the run now"), "{log}");
+    assert!(marked_pids(&prefix, "deaf").is_empty());
+}
+
+#[test]
+fn a_run_being_cancelled_still_answers_requests() {
+    let root = Root::new();
+    root.job("triggered", "slow", &[("run.sh", DEAF), ("settings.job", r#"{"stopping_wait_time": 3}"#)]);
+    let daemon = root.start();
+    let http = root.http();
+    assert!(root.cli(&["run", "slow"]).status.success());
+    wait_for("the run's trap set", Duration::from_secs(10), || {
+        root.runs("slow").first().is_some_and(|id| root.run_status("slow", id)["Status"] == "Running")
+    });
+    let canceller = {
+        let http = root.http();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let r = http.post("/api/triggeredwebjobs/slow/cancel");
+            (r.status, started.elapsed())
+        })
+    };
+    wait_for("the stop under way", Duration::from_secs(10), || {
+        root.run_log("slow", &root.runs("slow")[0]).contains("stopping (cancelled)")
+    });
+    let asked = Instant::now();
+    let second = http.post("/api/triggeredwebjobs/slow/run");
+    assert_eq!(second.status, 409, "{}", second.text());
+    assert!(http.get("/api/triggeredwebjobs/slow").status == 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "answered after {:?} while the run was being stopped",
+        asked.elapsed()
+    );
+    let (status, took) = canceller.join().unwrap();
+    assert!(status < 300, "cancel answered {status}");
+    assert!(took >= Duration::from_secs(2), "the cancel is answered once the run is over ({took:?})");
+    let id = root.runs("slow")[0].clone();
+    assert_eq!(root.run_status("slow", &id)["Status"], "Cancelled");
+    daemon.stop();
+}
+
+#[test]
+fn a_second_stop_signal_kills_every_job_at_once() {
+    let root = Root::new();
+    root.job("continuous", "deaf", &[("run.sh", DEAF), ("settings.job", r#"{"stopping_wait_time": 60}"#)]);
+    let mut daemon = root.start();
+    wait_for("running", Duration::from_secs(10), || root.status_is("deaf", "Running"));
+    daemon.signal(libc::SIGTERM);
+    wait_for("stopping", Duration::from_secs(10), || root.log("deaf").contains("stopping (daemon stopping)"));
+    let second = Instant::now();
+    daemon.signal(libc::SIGINT);
+    let status = daemon.wait(Duration::from_secs(10));
+    assert!(status.success());
+    assert!(second.elapsed() < Duration::from_secs(5), "took {:?}", second.elapsed());
+    assert!(daemon.stderr().contains("second stop signal: sending SIGKILL"), "{}", daemon.stderr());
+    assert!(daemon.job_pids("deaf").is_empty());
+}
