@@ -39,8 +39,6 @@ pub enum DaemonError {
 pub trait Notifier: Send + 'static {
     /// Jobs are loaded and started.
     fn ready(&self) {}
-    /// The daemon is stopping its jobs.
-    fn stopping(&self) {}
     /// The daemon is alive and its supervisor responsive (watchdog).
     fn alive(&self) {}
     /// How often [`Notifier::alive`] must be called, if at all.

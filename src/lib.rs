@@ -5,13 +5,17 @@
 //! run on demand or on a schedule; every line of output is stamped and kept in
 //! a log file per job or per run.
 //!
-//! Theory of operation: one [`supervisor`] task owns the job table. The
-//! [`watcher`] turns file events into debounced hints; the supervisor rescans
-//! the named jobs ([`jobs`], [`settings`]) and tells each job's actor
-//! ([`continuous`]) what changed. An actor owns its process ([`run`],
-//! [`process`]), its log ([`logs`], [`output`]) and its status file
-//! ([`status`]). Daemons sharing a data folder coordinate through kernel
-//! file locks ([`coordination`]). See `docs/architecture.md`.
+//! Theory of operation: one [`supervisor`] task owns the job table and
+//! supervises one actor per job ([`continuous`], [`triggered`]; what they
+//! share is in [`actor`]: the daemon's context, the one start path, the
+//! definition kept while files are broken). The [`watcher`] turns file events
+//! into debounced hints; the supervisor rescans the named jobs ([`jobs`],
+//! [`settings`]; identity in [`key`], every path in [`layout`]) and tells each
+//! actor what changed. An actor owns its process ([`run`]: a state machine it
+//! drives from its select loop, so it answers while a run stops; [`process`],
+//! [`spawn`], [`cgroup`]), its log ([`logs`], [`output`]) and its status
+//! ([`status`], [`history`]). What daemons sharing a job set agree on goes
+//! through one contract ([`coordination`]). See `docs/architecture.md`.
 
 pub mod actor;
 pub mod api;

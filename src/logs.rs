@@ -284,20 +284,11 @@ impl LogFile {
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Buffers one line of job output (or any text) stamped with `now`.
     pub fn line(&mut self, level: Level, text: &[u8], now: SystemTime) {
         self.stamper.prefix(&mut self.buf, level, now);
         push_readable(&mut self.buf, text);
         self.buf.push(b'\n');
-    }
-
-    /// Buffers one daemon line about the job (written at the next flush).
-    pub fn sys_buffered(&mut self, level: Level, text: &str) {
-        self.line(level, text.as_bytes(), SystemTime::now());
     }
 
     /// Writes one daemon line about the job, at once.

@@ -1,5 +1,6 @@
 //! Persisted status of continuous jobs: `status_<instance>` in the job's data
-//! folder, one file per daemon, rewritten whole (atomically) on every change.
+//! folder, one file per daemon, rewritten in place on every change (see
+//! [`write_record`]).
 //! Client commands read these files; they survive the daemon.
 
 use std::io;

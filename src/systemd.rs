@@ -23,10 +23,6 @@ impl Notifier for Systemd {
         let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("jobs loaded")]);
     }
 
-    fn stopping(&self) {
-        let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping jobs")]);
-    }
-
     fn alive(&self) {
         let _ = sd_notify::notify(&[NotifyState::Watchdog]);
     }

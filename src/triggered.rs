@@ -3,10 +3,16 @@
 //! run gets a folder with its `status` and `output_log.txt` (see [`history`]).
 //!
 //! ```text
-//!  Run request / schedule tick ──► [active run?] ──no──► run lock ──► Initializing ─► Running
-//!                                      │ yes                                         │
-//!                     skip (409, SYS WARN) / queue / replace                          ▼
-//!                                                 Success · Failed (→ retry) · Cancelled · Aborted
+//!  request (API, CLI, queue, retry) · schedule tick (claimed once across daemons)
+//!        │
+//!  [a run active here?] ─yes─► overlap: skip → refused (409; SYS WARN for a tick)
+//!        │ no                           queue → starts when the active run is over
+//!        │                              replace → the active run stops; this one starts when it is over
+//!  run lock (one active run across daemons) ─held elsewhere─► queued, tried again in 1 s
+//!        │
+//!  Running ─exits─────────────────────────────────────► Success · Failed ─retries left─► retry after retry_delay
+//!     │ cancel · timeout · idle · shutdown
+//!     └─► stopping (every request still answered) ─────► Cancelled · Failed · Aborted
 //! ```
 
 use std::collections::VecDeque;

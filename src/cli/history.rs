@@ -5,30 +5,23 @@ use std::process::ExitCode;
 use crate::api::views::RunView;
 use crate::cli::client::encode;
 use crate::cli::run::{follow_file, follow_run, run_dir};
-use crate::cli::{EXIT_NOT_FOUND, find_job};
+use crate::cli::{CliError, find_job};
 use crate::config::Config;
 use crate::history;
 use crate::key::JobKind;
 
 pub fn history(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let def = match find_job(config, &format!("triggered/{}", spec.trim_start_matches("triggered/"))) {
-        Ok(def) => def,
-        Err(e) => {
-            eprintln!("webjobs: {e}");
-            return Ok(ExitCode::from(EXIT_NOT_FOUND));
-        }
-    };
+    let def = find_job(config, &format!("triggered/{}", spec.trim_start_matches("triggered/")))?;
     let data = config.job_data_dir(&def.key);
-    let runs: Vec<serde_json::Value> = match crate::cli::list::daemon(config) {
-        Err(code) => return Ok(code),
-        Ok(Some(client)) => {
+    let runs: Vec<serde_json::Value> = match crate::cli::list::daemon(config)? {
+        Some(client) => {
             let r = client.get(&format!("/api/triggeredwebjobs/{}/history", encode(&def.key.name)))?;
             if r.status != 200 {
-                anyhow::bail!("the daemon answered {}: {}", r.status, r.error());
+                return Err(CliError::from_status(r.status, r.error()));
             }
             r.json()["runs"].as_array().cloned().unwrap_or_default()
         }
-        Ok(None) => history::run_ids(&data)
+        None => history::run_ids(&data)
             .iter()
             .filter_map(|id| RunView::load("", &def.key.name, &data, id))
             .filter_map(|v| serde_json::to_value(v).ok())
@@ -65,19 +58,10 @@ pub fn history(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCo
 }
 
 pub fn logs(config: &Config, spec: &str, run: Option<&str>, follow: bool) -> anyhow::Result<ExitCode> {
-    let def = match find_job(config, spec) {
-        Ok(def) => def,
-        Err(e) => {
-            eprintln!("webjobs: {e}");
-            return Ok(ExitCode::from(EXIT_NOT_FOUND));
-        }
-    };
+    let def = find_job(config, spec)?;
     let data = config.job_data_dir(&def.key);
-    let client = match crate::cli::list::daemon(config) {
-        Err(code) => return Ok(code),
-        Ok(client) => client,
-    };
-    if let Some(client) = client {
+    let no_run = || CliError::NotFound(format!("{} has no run {}", def.key, run.unwrap_or("yet")));
+    if let Some(client) = crate::cli::list::daemon(config)? {
         let url = match def.key.kind {
             JobKind::Continuous => format!("/vfs/data/jobs/continuous/{}/job_log.txt", encode(&def.key.name)),
             JobKind::Triggered => match run_dir(config, &def.key.name, run.unwrap_or("latest")) {
@@ -86,10 +70,7 @@ pub fn logs(config: &Config, spec: &str, run: Option<&str>, follow: bool) -> any
                     encode(&def.key.name),
                     dir.file_name().unwrap_or_default().to_string_lossy()
                 ),
-                None => {
-                    eprintln!("webjobs: {} has no run {}", def.key, run.unwrap_or("yet"));
-                    return Ok(ExitCode::from(EXIT_NOT_FOUND));
-                }
+                None => return Err(no_run().into()),
             },
         };
         let url = if follow { format!("{url}?follow=1") } else { url };
@@ -99,7 +80,10 @@ pub fn logs(config: &Config, spec: &str, run: Option<&str>, follow: bool) -> any
             let _ = out.write_all(chunk);
             let _ = out.flush();
         })?;
-        return Ok(if status == 200 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_FOUND) });
+        if status != 200 {
+            return Err(CliError::from_status(status, format!("cannot read the log of {}", def.key)));
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     match def.key.kind {
         JobKind::Continuous => {
@@ -112,8 +96,7 @@ pub fn logs(config: &Config, spec: &str, run: Option<&str>, follow: bool) -> any
         }
         JobKind::Triggered => {
             let Some(dir) = run_dir(config, &def.key.name, run.unwrap_or("latest")) else {
-                eprintln!("webjobs: {} has no run {}", def.key, run.unwrap_or("yet"));
-                return Ok(ExitCode::from(EXIT_NOT_FOUND));
+                return Err(no_run().into());
             };
             if follow {
                 follow_run(&dir);

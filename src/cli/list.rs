@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::client::{Client, ClientError, encode, instance_alive};
-use crate::cli::{EXIT_DAEMON, EXIT_NOT_FOUND, find_job};
+use crate::cli::{CliError, find_job};
 use crate::config::Config;
 
 use crate::jobs::{self, JobDef};
@@ -15,32 +15,27 @@ use crate::key::JobKind;
 use crate::status::{self, ContinuousStatus, JobStatus};
 
 /// The daemon, or `None` (after saying so) when none is running.
-pub(crate) fn daemon(config: &Config) -> Result<Option<Client>, ExitCode> {
+pub(crate) fn daemon(config: &Config) -> Result<Option<Client>, ClientError> {
     match Client::connect(config) {
         Ok(client) => Ok(Some(client)),
         Err(ClientError::NotRunning { data }) => {
             eprintln!("webjobs: no daemon is running on {}; showing what is on disk", data.display());
             Ok(None)
         }
-        Err(e) => {
-            eprintln!("webjobs: {e}");
-            Err(ExitCode::from(EXIT_DAEMON))
-        }
+        Err(e) => Err(e),
     }
 }
 
 pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let jobs: Vec<Value> = match daemon(config) {
-        Err(code) => return Ok(code),
-        Ok(Some(client)) => match client.get("/api/webjobs") {
-            Ok(r) if r.status == 200 => serde_json::from_slice(&r.body)?,
-            Ok(r) => anyhow::bail!("the daemon answered {}: {}", r.status, r.error()),
-            Err(e) => {
-                eprintln!("webjobs: {e}");
-                return Ok(ExitCode::from(EXIT_DAEMON));
+    let jobs: Vec<Value> = match daemon(config)? {
+        Some(client) => {
+            let r = client.get("/api/webjobs")?;
+            if r.status != 200 {
+                return Err(CliError::from_status(r.status, r.error()));
             }
-        },
-        Ok(None) => jobs::scan_all(config)
+            serde_json::from_slice(&r.body)?
+        }
+        None => jobs::scan_all(config)
             .iter()
             .map(|d| serde_json::to_value(disk_view(config, d)))
             .collect::<Result<_, _>>()?,
@@ -81,27 +76,17 @@ fn detail(j: &Value) -> String {
 }
 
 pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let def = match find_job(config, spec) {
-        Ok(def) => def,
-        Err(e) => {
-            eprintln!("webjobs: {e}");
-            return Ok(ExitCode::from(EXIT_NOT_FOUND));
-        }
-    };
-    let view: Value = match daemon(config) {
-        Err(code) => return Ok(code),
-        Ok(Some(client)) => {
+    let def = find_job(config, spec)?;
+    let view: Value = match daemon(config)? {
+        Some(client) => {
             let path = format!("/api/{}webjobs/{}", def.key.kind.as_str(), encode(&def.key.name));
-            match client.get(&path) {
-                Ok(r) if r.status == 200 => serde_json::from_slice(&r.body)?,
-                Ok(r) => anyhow::bail!("the daemon answered {}: {}", r.status, r.error()),
-                Err(e) => {
-                    eprintln!("webjobs: {e}");
-                    return Ok(ExitCode::from(EXIT_DAEMON));
-                }
+            let r = client.get(&path)?;
+            if r.status != 200 {
+                return Err(CliError::from_status(r.status, r.error()));
             }
+            serde_json::from_slice(&r.body)?
         }
-        Ok(None) => serde_json::to_value(disk_view(config, &def))?,
+        None => serde_json::to_value(disk_view(config, &def))?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);

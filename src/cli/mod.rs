@@ -8,6 +8,7 @@
 //! 7 Aborted, 8 Cancelled.
 
 mod client;
+mod error;
 mod history;
 mod list;
 mod run;
@@ -23,12 +24,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Sources};
 
-/// Exit code for a job that does not exist.
-pub const EXIT_NOT_FOUND: u8 = 3;
-/// The daemon refused (409).
-pub const EXIT_REFUSED: u8 = 4;
-/// The daemon cannot be reached.
-pub const EXIT_DAEMON: u8 = 5;
+pub use error::CliError;
 
 /// The exit code of `run --wait` for a run that ended in `state`.
 pub fn exit_for_run(state: crate::history::RunState) -> ExitCode {
@@ -170,7 +166,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("webjobs: {e:#}");
-            ExitCode::FAILURE
+            error::exit_code(&e)
         }
     }
 }
@@ -188,27 +184,27 @@ fn installed_config(serving: bool, root_given: bool, jobs_here: bool, installed:
 pub const INSTALLED_CONFIG: &str = "/etc/webjobs/webjobs.json";
 
 /// Finds a job by `name` or `kind/name`; a bare name must be unambiguous.
-pub(crate) fn find_job(config: &Config, spec: &str) -> Result<crate::jobs::JobDef, String> {
+pub(crate) fn find_job(config: &Config, spec: &str) -> Result<crate::jobs::JobDef, CliError> {
     use crate::jobs::scan_job;
     use crate::key::{JobKey, JobKind};
     let keys: Vec<JobKey> = match spec.split_once('/') {
         Some((kind, name)) => match JobKind::parse(kind) {
             Some(kind) => vec![JobKey::new(kind, name)],
             None => {
-                return Err(format!(
+                return Err(CliError::NotFound(format!(
                     "unknown job type `{kind}` in `{spec}`: use continuous/<name> or triggered/<name>"
-                ));
+                )));
             }
         },
         None => JobKind::ALL.iter().map(|k| JobKey::new(*k, spec)).collect(),
     };
     let found: Vec<_> = keys.iter().filter_map(|k| scan_job(config, k)).collect();
     match found.len() {
-        0 => Err(format!("no job named `{spec}` in {}", config.jobs_dir.display())),
+        0 => Err(CliError::NotFound(format!("no job named `{spec}` in {}", config.jobs_dir.display()))),
         1 => Ok(found.into_iter().next().expect("one job")),
-        _ => {
-            Err(format!("`{spec}` is both a continuous and a triggered job: say continuous/{spec} or triggered/{spec}"))
-        }
+        _ => Err(CliError::NotFound(format!(
+            "`{spec}` is both a continuous and a triggered job: say continuous/{spec} or triggered/{spec}"
+        ))),
     }
 }
 

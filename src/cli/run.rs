@@ -4,16 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cli::client::{Client, encode, print_from};
-use crate::cli::{EXIT_DAEMON, EXIT_NOT_FOUND, EXIT_REFUSED, exit_for_run};
+use crate::cli::{CliError, exit_for_run};
 use crate::config::Config;
 use crate::history::{self, RunState};
 use crate::key::{JobKey, JobKind};
 
 pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool) -> anyhow::Result<ExitCode> {
-    let client = match Client::connect(config) {
-        Ok(c) => c,
-        Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
-    };
+    let client = Client::connect(config)?;
     let mut path = format!("/api/triggeredwebjobs/{}/run", encode(job));
     // Exact words (`arg=` each), not Kudu's string: what follows `--` is the script's argv.
     let query: Vec<String> = args.iter().map(|a| format!("arg={}", encode(a))).collect();
@@ -26,18 +23,11 @@ pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool
             "the arguments are too long to send to the daemon ({} bytes encoded, at most {MAX_URL}); put the data in a file and pass its path",
             path.len()
         );
-        return Ok(fail(2, &message));
+        return Err(CliError::Usage(message).into());
     }
-    let response = client.post(&path).map_err(anyhow::Error::from);
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
-    };
-    match response.status {
-        202 => {}
-        404 => return Ok(fail(EXIT_NOT_FOUND, &response.error())),
-        409 => return Ok(fail(EXIT_REFUSED, &response.error())),
-        _ => return Ok(fail(1, &response.error())),
+    let response = client.post(&path)?;
+    if response.status != 202 {
+        return Err(CliError::from_status(response.status, response.error()));
     }
     let body = response.json();
     if body["queued"] == true {
@@ -64,11 +54,6 @@ pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool
 
 /// The longest request line the CLI sends (the daemon reads at most about 400 KiB of head).
 const MAX_URL: usize = 64 * 1024;
-
-fn fail(code: u8, message: &str) -> ExitCode {
-    eprintln!("webjobs: {message}");
-    ExitCode::from(code)
-}
 
 /// Long-polls the daemon until the run has ended.
 fn wait_run(client: &Client, job: &str, id: &str) {
@@ -113,25 +98,19 @@ pub fn follow_file(path: &std::path::Path, done: impl Fn() -> bool) {
 }
 
 pub fn cancel(config: &Config, job: &str, run: Option<&str>) -> anyhow::Result<ExitCode> {
-    let client = match Client::connect(config) {
-        Ok(c) => c,
-        Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
-    };
+    let client = Client::connect(config)?;
     let mut path = format!("/api/triggeredwebjobs/{}/cancel", encode(job));
     if let Some(run) = run {
         path.push_str(&format!("?run={}", encode(run)));
     }
-    let response = match client.post(&path) {
-        Ok(r) => r,
-        Err(e) => return Ok(fail(EXIT_DAEMON, &e.to_string())),
-    };
+    let response = client.post(&path)?;
     match response.status {
         200 => {
             println!("{} Cancelled", response.json()["id"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
-        404 => Ok(fail(EXIT_NOT_FOUND, &response.error())),
-        _ => Ok(fail(EXIT_REFUSED, &response.error())),
+        404 => Err(CliError::NotFound(response.error()).into()),
+        _ => Err(CliError::Refused(response.error()).into()),
     }
 }
 

@@ -47,7 +47,10 @@ pub fn serve(config: Config, sources: Sources) -> anyhow::Result<ExitCode> {
                     tracing::info!(
                         "{name} received; stopping every job (a second SIGTERM or SIGINT kills them at once)"
                     );
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                    let _ = sd_notify::notify(&[
+                        sd_notify::NotifyState::Stopping,
+                        sd_notify::NotifyState::Status("stopping jobs"),
+                    ]);
                     let _ = tx.send(());
                 } else if let Some(tx) = hurry_tx.take() {
                     tracing::warn!("{name} received again");

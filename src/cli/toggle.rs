@@ -7,33 +7,23 @@
 use std::process::ExitCode;
 
 use crate::cli::client::encode;
-use crate::cli::{EXIT_NOT_FOUND, find_job};
+use crate::cli::{CliError, find_job};
 use crate::config::Config;
 use crate::key::JobKind;
 use crate::layout::DISABLE_FILE;
 
 pub fn toggle(config: &Config, spec: &str, start: bool) -> anyhow::Result<ExitCode> {
-    let def = match find_job(config, spec) {
-        Ok(def) => def,
-        Err(e) => {
-            eprintln!("webjobs: {e}");
-            return Ok(ExitCode::from(EXIT_NOT_FOUND));
+    let def = find_job(config, spec)?;
+    if let Some(client) = crate::cli::list::daemon(config)? {
+        let verb = if start { "start" } else { "stop" };
+        let path = format!("/api/{}webjobs/{}/{verb}", def.key.kind.as_str(), encode(&def.key.name));
+        let r = client.post(&path)?;
+        if r.status != 200 {
+            return Err(CliError::from_status(r.status, r.error()));
         }
-    };
-    match crate::cli::list::daemon(config) {
-        Err(code) => return Ok(code),
-        Ok(Some(client)) => {
-            let verb = if start { "start" } else { "stop" };
-            let path = format!("/api/{}webjobs/{}/{verb}", def.key.kind.as_str(), encode(&def.key.name));
-            let r = client.post(&path)?;
-            if r.status != 200 {
-                anyhow::bail!("the daemon answered {}: {}", r.status, r.error());
-            }
-            let status = r.json()["status"].as_str().unwrap_or_default().to_string();
-            println!("{}: {} ({status})", def.key, outcome(def.key.kind, start));
-            return Ok(ExitCode::SUCCESS);
-        }
-        Ok(None) => {}
+        let status = r.json()["status"].as_str().unwrap_or_default().to_string();
+        println!("{}: {} ({status})", def.key, outcome(def.key.kind, start));
+        return Ok(ExitCode::SUCCESS);
     }
     let file = def.script_dir.join(DISABLE_FILE);
     if start {

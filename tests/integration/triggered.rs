@@ -237,7 +237,11 @@ fn missed_ticks_run_once_after_downtime_when_recent() {
     let (before_catch, before_none) = (root.runs("catch").len(), root.runs("nocatch").len());
     std::thread::sleep(Duration::from_millis(4500));
     let daemon = root.start();
-    wait_for("catch-up run", Duration::from_secs(5), || root.runs("catch").len() > before_catch);
+    // A run's folder appears a moment before its status is written.
+    wait_for("catch-up run", Duration::from_secs(5), || {
+        root.runs("catch").len() > before_catch
+            && root.runs("catch").last().is_some_and(|id| root.run_status("catch", id)["Trigger"].is_string())
+    });
     let newest = root.runs("catch").pop().unwrap();
     assert!(
         root.run_status("catch", &newest)["Trigger"].as_str().unwrap().contains("(missed tick at"),
