@@ -1,0 +1,429 @@
+//! The run slot of a triggered job: starting a run (run lock, run folder,
+//! process), its end (by itself, or ended by us: cancel, timeout, idle,
+//! replace, shutdown), and what follows (a retry, the next queued request).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{Accepted, Active, Actor, End, Refused, RunRequest};
+use crate::actor::launch::Launch;
+use crate::history::{self, RunState, RunStatus};
+use crate::jobs::Runnable;
+use crate::logs::{Level, LogFile, format_time};
+use crate::run::{Run, human};
+use crate::settings::Overlap;
+
+impl Actor {
+    pub(super) async fn start_run(
+        &mut self,
+        job: &Arc<Runnable>,
+        request: RunRequest,
+        attempt: u32,
+    ) -> Result<Accepted, Refused> {
+        let lease = match self.locks.try_run(&self.shared.instance).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                let holder = self.locks.run_holder().await.unwrap_or_else(|| "another daemon".into());
+                // A run is active on another daemon, which we cannot hear end:
+                // queued requests and retries try again in a second.
+                if job.settings.overlap == Overlap::Queue || attempt > 0 {
+                    self.queue.push_back((request, attempt));
+                    self.later.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(1));
+                    return Ok(Accepted::Queued);
+                }
+                return Err(Refused::Running(format!("a run is active on {holder}")));
+            }
+            Err(e) => return Err(Refused::Failed(format!("cannot take the run lock: {e}"))),
+        };
+        let started = std::time::SystemTime::now();
+        let id = self.next_run_id();
+        // The process first: creating files is the slow part, and the child needs none of them.
+        let spawned = self.spawn(job, &id, &request).await;
+        // Let other jobs due at the same tick spawn before this one writes its files.
+        tokio::task::yield_now().await;
+        let (dir, mut log) = match self.open_run_files(&id) {
+            Ok(files) => files,
+            Err(e) => {
+                if let Ok(mut run) = spawned {
+                    run.discard().await;
+                }
+                return Err(Refused::Failed(format!("cannot create the run folder or its log: {e}")));
+            }
+        };
+        let args = if request.arguments.is_empty() {
+            String::new()
+        } else {
+            format!(" with arguments {:?}", request.arguments)
+        };
+        log.line(Level::SysInfo, format!("run {id} triggered by {}{args}", request.trigger).as_bytes(), started);
+        let mut status = RunStatus {
+            status: RunState::Running,
+            start_time: format_time(started),
+            end_time: None,
+            trigger: request.trigger.clone(),
+            exit_code: None,
+            signal: None,
+            instance: self.shared.instance.clone(),
+            pid: None,
+            arguments: request.arguments.clone(),
+            error: None,
+            duration_ms: None,
+            cpu_ms: None,
+            memory_peak: None,
+        };
+        match spawned {
+            Ok(run) => {
+                log.sys(Level::SysInfo, &format!("started process {}: {}", run.pid, run.command_line));
+                status.pid = Some(run.pid.as_raw());
+                let _ = history::write_status(&dir, &status);
+                self.publish_run(Some((id.clone(), status.clone())));
+                let idle = job.settings.idle_timeout.unwrap_or(self.config.switches.idle_timeout);
+                let deadline = job.settings.timeout.map(|t| tokio::time::Instant::now() + t);
+                let active = Active {
+                    id: id.clone(),
+                    dir,
+                    run,
+                    log,
+                    status,
+                    _lease: lease,
+                    request,
+                    attempt,
+                    deadline,
+                    idle,
+                    last_bytes: 0,
+                    last_cpu: 0,
+                    last_activity: Instant::now(),
+                    ending: None,
+                    cancels: Vec::new(),
+                };
+                self.active = Some(active);
+                Ok(Accepted::Started(id))
+            }
+            Err(e) => {
+                log.sys(Level::SysError, &format!("failed to start: {e}"));
+                status.status = RunState::Failed;
+                status.error = Some(format!("failed to start: {e}"));
+                status.end_time = Some(format_time(std::time::SystemTime::now()));
+                let _ = history::write_status(&dir, &status);
+                self.shared.metrics.run_finished(&self.key.name, "Failed", Duration::ZERO);
+                self.publish_run(Some((id.clone(), status.clone())));
+                drop(lease);
+                self.after_run(&request, attempt, RunState::Failed, &id);
+                Ok(Accepted::Started(id))
+            }
+        }
+    }
+
+    /// The run's folder, pruned history, and its log.
+    pub(super) fn open_run_files(&self, id: &str) -> std::io::Result<(PathBuf, LogFile)> {
+        let dir = history::create_run_dir_named(&self.data_dir, id)?;
+        history::prune(&self.data_dir, self.config.switches.history_size as usize, &[id]);
+        let log = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), &self.shared.instance, None)?;
+        Ok((dir, log))
+    }
+
+    /// Nothing of the active run is left: record how it ended (by its exit
+    /// code, or as we ended it).
+    pub(super) async fn on_over(&mut self) {
+        let Some(mut active) = self.active.take() else { return };
+        let (state, error) = match active.ending.take() {
+            Some((state, why)) => (state, (state != RunState::Success).then_some(why)),
+            None if active.run.exit_status().and_then(|s| s.code()) == Some(0) => (RunState::Success, None),
+            None => (RunState::Failed, None),
+        };
+        let cancels = std::mem::take(&mut active.cancels);
+        let id = active.id.clone();
+        self.finish(active, state, error);
+        for reply in cancels {
+            let _ = reply.send(Ok(id.clone()));
+        }
+        self.start_replacement().await;
+    }
+
+    /// Starts the request that replaces the run just ended (`overlap: replace`).
+    pub(super) async fn start_replacement(&mut self) {
+        let Some((request, reply)) = self.replacement.take() else { return };
+        let result = match (self.exiting, self.definition.good.clone()) {
+            (true, _) => Err(Refused::Failed("the daemon is stopping".into())),
+            (false, None) => Err(Refused::Invalid(self.def().errors().join("; "))),
+            (false, Some(job)) => self.start_run(&job, request, 0).await,
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Begins ending the active run by the stop protocol and notes why; the
+    /// run is over (and recorded) when [`Run::over`] says so. A shutdown
+    /// while it is already being stopped kills what is left at once.
+    pub(super) fn end_active(&mut self, end: End) {
+        let grace = self.grace();
+        let Some(active) = self.active.as_mut() else { return };
+        if active.ending.is_some() {
+            // It ends as it was being ended (a cancel stays a cancel), only sooner.
+            if let End::Shutdown(_) = end {
+                active.run.kill_now(&mut active.log, "the daemon is stopping");
+            }
+            return;
+        }
+        let (state, why) = match &end {
+            End::Cancelled => (RunState::Cancelled, "cancelled".to_string()),
+            End::Replaced => (RunState::Cancelled, "replaced by a new run (overlap: replace)".to_string()),
+            End::Timeout(t) => (RunState::Failed, format!("timeout: the run took longer than {}", human(*t))),
+            End::Idle(t) => (
+                RunState::Failed,
+                format!(
+                    "idle_timeout: no output and no CPU time for {}; raise idle_timeout in settings.job (or WEBJOBS_IDLE_TIMEOUT)",
+                    human(*t)
+                ),
+            ),
+            End::Shutdown(why) => (RunState::Aborted, format!("the daemon is stopping ({why})")),
+        };
+        active.run.begin_stop(&mut active.log, grace, &why);
+        active.ending = Some((state, why));
+    }
+
+    /// Writes the run's end (status, log line), releases the lock, and starts
+    /// what follows: a retry or the next queued run.
+    pub(super) fn finish(&mut self, mut active: Active, state: RunState, error: Option<String>) {
+        let exit = active.run.exit_status();
+        let duration = active.run.started.elapsed();
+        let usage = active.run.finish_usage();
+        let s = &mut active.status;
+        s.cpu_ms = usage.cpu_ms;
+        s.memory_peak = usage.memory_peak;
+        s.status = state;
+        s.end_time = Some(format_time(std::time::SystemTime::now()));
+        s.duration_ms = Some(duration.as_millis() as u64);
+        s.exit_code = exit.and_then(|e| e.code());
+        s.signal =
+            exit.and_then(|e| std::os::unix::process::ExitStatusExt::signal(&e)).map(crate::process::signal_name);
+        s.pid = None;
+        if state == RunState::Failed && error.is_none() {
+            s.error = Some(format!("Job failed due to {}", active.run.describe_exit()));
+        } else {
+            s.error = error;
+        }
+        let level = if state == RunState::Success { Level::SysInfo } else { Level::SysError };
+        let what = active.run.describe_exit();
+        active
+            .log
+            .sys(level, &format!("run {} ended: {} ({what}) after {}", active.id, state.as_str(), human(duration)));
+        match history::write_status(&active.dir, &active.status) {
+            Ok(()) => crate::repeats::clear("run status", &self.key.to_string()),
+            Err(e) => crate::repeats::report("run status", &self.key.to_string(), |held| {
+                tracing::error!(job = %self.key, error = %e, "cannot write the run status{}", crate::repeats::held_note(held));
+            }),
+        }
+        self.shared.metrics.run_finished(&self.key.name, state.as_str(), duration);
+        self.shared.metrics.cpu_used("triggered", &self.key.name, usage.cpu_ms);
+        self.shared.metrics.output("triggered", &self.key.name, active.run.output.bytes);
+        self.publish_run(Some((active.id.clone(), active.status.clone())));
+        let id = active.id.clone();
+        let (request, attempt) = (active.request.clone(), active.attempt);
+        drop(active);
+        self.after_run(&request, attempt, state, &id);
+    }
+
+    pub(super) fn after_run(&mut self, request: &RunRequest, attempt: u32, state: RunState, id: &str) {
+        for (_, waiter) in self.waiters.extract_if(.., |(run, _)| run == id) {
+            let _ = waiter.send(());
+        }
+        if self.exiting {
+            return;
+        }
+        let Some(job) = self.definition.good.clone() else { return };
+        let (retries, delay) = (job.settings.retries, job.settings.retry_delay);
+        match next_after_run(state, attempt, retries, self.def().disabled, self.queue.is_empty()) {
+            Next::Nothing => {}
+            Next::NoRetryWhileStopped => self
+                .scheduler_log
+                .sys(Level::SysWarn, &format!("run {id} failed; no retry: the job is stopped (disable.job)")),
+            Next::Retry(next) => {
+                self.scheduler_log
+                    .sys(Level::SysInfo, &format!("retry {next}/{retries} of run {id} in {}", human(delay)));
+                let trigger = format!("Retry {next}/{retries} of {id}");
+                self.queue.push_front((RunRequest { trigger, ..request.clone() }, next));
+                self.later = Some(tokio::time::Instant::now() + delay);
+            }
+            Next::Queued => self.later = Some(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Starts the head of the queue (a retry or a queued request), unless a
+    /// run is active: its end calls this again.
+    pub(super) async fn on_later(&mut self) {
+        self.later = None;
+        let Some(job) = self.definition.good.clone() else { return };
+        if self.active.is_some() {
+            return;
+        }
+        let Some((request, attempt)) = self.queue.pop_front() else { return };
+        if let Err(e) = self.start_run(&job, request, attempt).await {
+            self.scheduler_log.sys(Level::SysWarn, &format!("could not start a queued or retried run: {e}"));
+        }
+    }
+
+    /// Cancels the active run; answered once it is over.
+    pub(super) fn cancel(&mut self, run: Option<String>, reply: oneshot::Sender<Result<String, Refused>>) {
+        let matches = self.active.as_ref().is_some_and(|a| run.as_ref().is_none_or(|r| *r == a.id));
+        if !matches {
+            let _ = reply.send(Err(Refused::NoActiveRun(run.map(|r| format!(" {r}")).unwrap_or_default())));
+            return;
+        }
+        self.end_active(End::Cancelled);
+        if let Some(active) = self.active.as_mut() {
+            active.cancels.push(reply);
+        }
+    }
+
+    /// Timeout and idle checks of the active run.
+    pub(super) async fn on_check(&mut self) {
+        let Some(active) = self.active.as_mut() else { return };
+        let now = tokio::time::Instant::now();
+        let output = active.run.output.bytes;
+        // CPU time is only read when the output says nothing.
+        let cpu = if output == active.last_bytes { active.run.cpu_so_far() } else { active.last_cpu };
+        let seen = Seen { output, cpu };
+        let before = Seen { output: active.last_bytes, cpu: active.last_cpu };
+        match verdict(now, active.deadline, before, seen, active.last_activity.elapsed(), active.idle) {
+            Verdict::Timeout => {
+                let limit = self.definition.good.as_ref().and_then(|j| j.settings.timeout).unwrap_or_default();
+                self.end_active(End::Timeout(limit));
+            }
+            Verdict::Busy => {
+                (active.last_bytes, active.last_cpu) = (seen.output, seen.cpu);
+                active.last_activity = Instant::now();
+            }
+            Verdict::Idle => {
+                let idle = active.idle;
+                self.end_active(End::Idle(idle));
+            }
+            Verdict::Quiet => {}
+        }
+    }
+
+    pub(super) async fn spawn(&mut self, job: &Arc<Runnable>, id: &str, request: &RunRequest) -> std::io::Result<Run> {
+        Launch {
+            job,
+            config: &self.config,
+            shared: &self.shared,
+            nonce: id,
+            run_id: id,
+            arguments: &request.arguments,
+            arguments_text: &request.text,
+            port: None,
+            inherit: None,
+        }
+        .start()
+        .await
+    }
+}
+
+/// The next time the active run's limits must be looked at.
+pub(super) fn next_check(active: &Active) -> tokio::time::Instant {
+    let period = (active.idle / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let next = tokio::time::Instant::now() + period;
+    active.deadline.map_or(next, |d| d.min(next))
+}
+
+/// What follows a run's end.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    Nothing,
+    /// A failed run with retries left, while `disable.job` is present: none.
+    NoRetryWhileStopped,
+    /// Retry with this attempt number (after `retry_delay`).
+    Retry(u32),
+    /// Start the head of the queue now.
+    Queued,
+}
+
+/// After a run that ended in `state` on attempt `attempt` (0 = first run):
+/// a failed run is retried while attempts are left (never while the job is
+/// stopped), else a queued request starts.
+pub(super) fn next_after_run(state: RunState, attempt: u32, retries: u32, disabled: bool, queue_empty: bool) -> Next {
+    let retry = state == RunState::Failed && attempt < retries;
+    match (retry, disabled) {
+        (true, true) => Next::NoRetryWhileStopped,
+        (true, false) => Next::Retry(attempt + 1),
+        (false, _) if disabled || queue_empty => Next::Nothing,
+        (false, _) => Next::Queued,
+    }
+}
+
+/// What a run was last seen doing: bytes of output so far, CPU time so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Seen {
+    pub output: u64,
+    pub cpu: u64,
+}
+
+/// What a check of the active run's limits finds.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Past its `timeout`.
+    Timeout,
+    /// It wrote or computed since the last check.
+    Busy,
+    /// Neither for `idle_timeout`.
+    Idle,
+    /// Neither, not yet for long.
+    Quiet,
+}
+
+/// The check of a run at `now`: `quiet` is how long since it was last busy.
+pub(super) fn verdict(
+    now: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+    before: Seen,
+    seen: Seen,
+    quiet: Duration,
+    idle: Duration,
+) -> Verdict {
+    if deadline.is_some_and(|d| now >= d) {
+        Verdict::Timeout
+    } else if seen != before {
+        Verdict::Busy
+    } else if quiet >= idle {
+        Verdict::Idle
+    } else {
+        Verdict::Quiet
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_run_is_retried_while_attempts_are_left_and_the_job_is_not_stopped() {
+        use RunState::*;
+        assert_eq!(next_after_run(Failed, 0, 2, false, true), Next::Retry(1));
+        assert_eq!(next_after_run(Failed, 1, 2, false, false), Next::Retry(2), "a retry goes before the queue");
+        assert_eq!(next_after_run(Failed, 2, 2, false, true), Next::Nothing, "the last attempt");
+        assert_eq!(next_after_run(Failed, 2, 2, false, false), Next::Queued);
+        assert_eq!(next_after_run(Failed, 0, 2, true, false), Next::NoRetryWhileStopped);
+        assert_eq!(next_after_run(Success, 0, 2, false, false), Next::Queued);
+        assert_eq!(next_after_run(Success, 0, 2, true, false), Next::Nothing, "a stopped job starts nothing queued");
+        for state in [Cancelled, Aborted] {
+            assert_eq!(next_after_run(state, 0, 5, false, true), Next::Nothing, "{state:?} is never retried");
+        }
+    }
+
+    #[test]
+    fn limits_are_judged_at_fixed_instants() {
+        let t0 = tokio::time::Instant::now();
+        let s = |output, cpu| Seen { output, cpu };
+        let idle = Duration::from_secs(10);
+        let quiet = |secs| Duration::from_secs(secs);
+        assert_eq!(verdict(t0, Some(t0), s(0, 0), s(5, 0), quiet(0), idle), Verdict::Timeout, "timeout first");
+        assert_eq!(verdict(t0, Some(t0 + idle), s(0, 0), s(5, 0), quiet(60), idle), Verdict::Busy);
+        assert_eq!(verdict(t0, None, s(5, 7), s(5, 8), quiet(60), idle), Verdict::Busy, "silent but computing");
+        assert_eq!(verdict(t0, None, s(5, 7), s(5, 7), quiet(9), idle), Verdict::Quiet);
+        assert_eq!(verdict(t0, None, s(5, 7), s(5, 7), quiet(10), idle), Verdict::Idle);
+    }
+}
