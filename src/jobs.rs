@@ -35,7 +35,7 @@ pub struct JobDef {
     pub disabled: bool,
     /// Hash of the folder's files (names, sizes, times, modes), `disable.job` excluded.
     pub fingerprint: u64,
-    pub script: Result<Script, String>,
+    pub script: Result<Script, ScriptError>,
     pub settings: Loaded,
     /// `webjobssdk.marker` is in the job's data folder (the WebJobs SDK writes
     /// it); read at each scan.
@@ -57,7 +57,7 @@ impl JobDef {
     pub fn errors(&self) -> Vec<String> {
         let mut errors = Vec::new();
         if let Err(e) = &self.script {
-            errors.push(e.clone());
+            errors.push(e.to_string());
         }
         if let Err(problems) = &self.settings.settings {
             errors.extend(problems.iter().map(|p| p.to_string()));
@@ -158,7 +158,7 @@ fn unusable_folder(key: &JobKey, dir: PathBuf, why: String) -> JobDef {
         dir,
         disabled: false,
         fingerprint: 0,
-        script: Err(why),
+        script: Err(ScriptError::Unusable(why)),
         settings: Loaded { settings: Ok(settings::Settings::defaults(key.kind)), warnings: Vec::new() },
         using_sdk: false,
     }
@@ -177,7 +177,7 @@ fn read_job(config: &Config, hosts: &Hosts, key: JobKey, dir: PathBuf) -> JobDef
     let settings = settings::load(&script_dir, key.kind);
     let script = match name_problem(&key.name) {
         None => choose_script(&script_dir).and_then(|(file, ext)| hosts.resolve(&script_dir, file, ext.as_deref())),
-        Some(problem) => Err(problem),
+        Some(problem) => Err(ScriptError::Unusable(problem)),
     };
     JobDef { key, dir, script_dir, disabled, fingerprint, script, settings, using_sdk }
 }
@@ -207,17 +207,30 @@ fn extension(name: &str) -> Option<String> {
     (!stem.is_empty()).then(|| ext.to_ascii_lowercase())
 }
 
+/// Why a job has no script to run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptError {
+    #[error(
+        "no runnable script in {}: expected run.sh, run.py, run.js, run.php, run.jar, run.ps1, run.exe, run.dll, an executable named `run`, or any file with one of those extensions",
+        dir.display()
+    )]
+    NoScript { dir: PathBuf },
+    /// A script is there but cannot be run, or the folder cannot be read (the reason).
+    #[error("{0}")]
+    Unusable(String),
+}
+
 /// Picks the script: `run.<ext>` in host order, then an executable `run`,
 /// then the first supported file in name order. Returns the file and its extension.
-pub fn choose_script(dir: &Path) -> Result<(String, Option<String>), String> {
+pub fn choose_script(dir: &Path) -> Result<(String, Option<String>), ScriptError> {
     if let Err(e) = std::fs::read_dir(dir)
         && e.kind() == std::io::ErrorKind::PermissionDenied
     {
         let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_default();
-        return Err(format!(
+        return Err(ScriptError::Unusable(format!(
             "cannot read the job folder {}: permission denied (the daemon runs as `{me}`; let it read the folder, e.g. chmod u+rx or chown)",
             dir.display()
-        ));
+        )));
     }
     let files = top_level_files(dir);
     let is_run = |name: &str, ext: &str| name.len() == 4 + ext.len() && name[..4].eq_ignore_ascii_case("run.");
@@ -234,14 +247,11 @@ pub fn choose_script(dir: &Path) -> Result<(String, Option<String>), String> {
         return Ok((name.clone(), extension(name)));
     }
     if let Some(name) = files.iter().find(|n| extension(n).is_some_and(|e| WINDOWS_ONLY.contains(&e.as_str()))) {
-        return Err(format!(
+        return Err(ScriptError::Unusable(format!(
             "{name}: .cmd and .bat scripts cannot run on Linux; add a run.sh (or another supported script) instead"
-        ));
+        )));
     }
-    Err(format!(
-        "no runnable script in {}: expected run.sh, run.py, run.js, run.php, run.jar, run.ps1, run.exe, run.dll, an executable named `run`, or any file with one of those extensions",
-        dir.display()
-    ))
+    Err(ScriptError::NoScript { dir: dir.to_path_buf() })
 }
 
 fn top_level_files(dir: &Path) -> Vec<String> {
@@ -292,7 +302,7 @@ impl Hosts {
     }
 
     /// Turns a chosen file into a [`Script`], or says which host is missing.
-    fn resolve(&self, dir: &Path, file: String, ext: Option<&str>) -> Result<Script, String> {
+    fn resolve(&self, dir: &Path, file: String, ext: Option<&str>) -> Result<Script, ScriptError> {
         let host: Vec<String> = match ext {
             None => Vec::new(),
             Some(ext) => match self.overrides.get(ext) {
@@ -303,16 +313,18 @@ impl Hosts {
         let in_place_default = ext == Some("js");
         if host.is_empty() {
             if !is_executable(&dir.join(&file)) {
-                return Err(format!("{file} is a native executable without the execute bit; run `chmod +x {file}`"));
+                return Err(ScriptError::Unusable(format!(
+                    "{file} is a native executable without the execute bit; run `chmod +x {file}`"
+                )));
             }
             return Ok(Script { file, host, in_place_default });
         }
         let program = self.which(&host[0]).ok_or_else(|| {
             let ext = ext.unwrap_or_default();
-            format!(
+            ScriptError::Unusable(format!(
                 "{} not found on PATH; install it or set interpreters.{ext} in the daemon configuration (needed to run {file})",
                 host[0]
-            )
+            ))
         })?;
         let mut host = host;
         host[0] = program.to_string_lossy().into_owned();
@@ -371,7 +383,7 @@ mod tests {
         fs::write(dir.join(name), "x").unwrap();
     }
     fn chosen(dir: &Path) -> String {
-        choose_script(dir).map(|(f, _)| f).unwrap_or_else(|e| e)
+        choose_script(dir).map(|(f, _)| f).unwrap_or_else(|e| e.to_string())
     }
 
     #[test]
@@ -457,7 +469,7 @@ mod tests {
         touch(&d.path().join("jobs/continuous/s"), "run.sh");
         let jobs = scan_all(&config);
         assert_eq!(jobs.len(), 2);
-        let err = jobs[0].script.clone().unwrap_err();
+        let err = jobs[0].script.clone().unwrap_err().to_string();
         assert!(err.starts_with("python-does-not-exist not found on PATH; install it or set interpreters.py"), "{err}");
         assert!(jobs[1].script.as_ref().unwrap().host[0].ends_with("/bash"));
     }

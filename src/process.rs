@@ -272,20 +272,37 @@ pub fn find_marked(prefix: &str) -> Vec<(Pid, String)> {
 /// CPU time (clock ticks, children included) used so far by the processes
 /// of group `pgid`: how the idle timeout tells a busy silent job from a stuck one.
 pub fn group_cpu_ticks(pgid: Pid) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
-    let mut total = 0;
+    let mut snapshot = CPU_BY_GROUP.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = snapshot.as_ref().is_some_and(|(at, _)| at.elapsed() < CPU_SNAPSHOT_AGE);
+    if !fresh {
+        *snapshot = Some((std::time::Instant::now(), cpu_by_group()));
+    }
+    snapshot.as_ref().and_then(|(_, by_group)| by_group.get(&pgid.as_raw()).copied()).unwrap_or(0)
+}
+
+/// Without cgroups, the CPU time of a group is only known by reading every
+/// process: one reading of `/proc` serves every quiet run for this long
+/// (instead of one reading per run per check).
+const CPU_SNAPSHOT_AGE: std::time::Duration = std::time::Duration::from_millis(250);
+
+type CpuByGroup = Option<(std::time::Instant, std::collections::HashMap<i32, u64>)>;
+static CPU_BY_GROUP: std::sync::Mutex<CpuByGroup> = std::sync::Mutex::new(None);
+
+/// CPU ticks (children included) of every process group, from one pass over `/proc`.
+fn cpu_by_group() -> std::collections::HashMap<i32, u64> {
+    let mut by_group = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return by_group };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         let Some((_, rest)) = stat.rsplit_once(')') else { continue };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(pgid.as_raw()) {
-            continue;
-        }
-        total += [11, 12, 13, 14].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum::<u64>();
+        let Some(pgid) = fields.get(2).and_then(|g| g.parse::<i32>().ok()) else { continue };
+        let ticks = [11, 12, 13, 14].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum::<u64>();
+        *by_group.entry(pgid).or_insert(0) += ticks;
     }
-    total
+    by_group
 }
 
 /// The process group of `pid`, if it still exists.

@@ -153,8 +153,11 @@ fn nonce() -> u64 {
 /// A new version must be runnable and its settings valid.
 fn check(def: &JobDef) -> Result<(), DeployError> {
     if let Err(e) = &def.script {
-        let hint = if e.starts_with("no runnable script") { "No runnable script file was found." } else { e.as_str() };
-        return Err(DeployError::Refused(hint.to_string()));
+        let hint = match e {
+            crate::jobs::ScriptError::NoScript { .. } => "No runnable script file was found.".to_string(),
+            other => other.to_string(),
+        };
+        return Err(DeployError::Refused(hint));
     }
     if let Err(problems) = &def.settings.settings {
         let messages: Vec<String> =

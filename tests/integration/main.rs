@@ -9,6 +9,7 @@ mod config;
 mod containment;
 mod continuous;
 mod dashboard;
+mod inprocess;
 mod kudu;
 mod logs;
 mod processes;

@@ -1,0 +1,58 @@
+//! The in-process tier: the daemon's library entry point, `daemon::run`, on a
+//! temporary folder inside the test (no binary, no signals): started, told to
+//! stop, and awaited like any future.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use webjobs::config::{Config, Sources};
+
+use crate::helper::*;
+
+/// A service manager that only notes readiness.
+struct Ready(Arc<AtomicBool>);
+
+impl webjobs::daemon::Notifier for Ready {
+    fn ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+fn config_for(root: &Root) -> Config {
+    let sources = Sources { file: Some(root.config_path()), root: Some(root.path().to_path_buf()), listen: None };
+    let mut config = Config::load(&sources).unwrap();
+    config.api.listen = None; // the Unix socket only: tests run side by side
+    config.instance_id = root.instance.clone(); // as the helper's CLI calls expect
+    config
+}
+
+#[test]
+fn the_daemon_runs_in_process_and_stops_when_told() {
+    let root = Root::new();
+    root.continuous("ticker", "while true; do echo tick; sleep 0.05; done\n");
+    root.job("triggered", "once", &[("run.sh", "echo once\n")]);
+    let config = config_for(&root);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+    let notifier = Ready(ready.clone());
+    let daemon = runtime.spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        webjobs::daemon::run(config, shutdown, std::future::pending(), reloads, notifier).await
+    });
+    wait_for("ready", Duration::from_secs(10), || ready.load(Ordering::Acquire));
+    wait_for("the job's output", Duration::from_secs(10), || root.log("ticker").contains("] tick"));
+    // The CLI talks to it like to any daemon.
+    let out = root.cli(&["run", "once", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.status_is("ticker", "Running"));
+    stop.send(()).unwrap();
+    let result = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), daemon).await });
+    assert!(matches!(result, Ok(Ok(Ok(())))), "the daemon returned {result:?}");
+    assert!(root.log("ticker").contains("stopping (daemon stopping)"));
+    assert!(root.status_is("ticker", "Stopped"), "{}", root.status("ticker"));
+}
