@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|api|all] [--quick] [--no-cgroups]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|api|scale|all] [--quick] [--no-cgroups]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -544,6 +544,57 @@ def bench_api():
     shutil.rmtree(tmp)
 
 
+def bench_scale(n=10000):
+    """n triggered jobs on one daemon, each scheduled once a minute at second
+    i % 50 (so seconds 50-59 of every minute have no tick): load time, memory,
+    CPU in the quiet seconds, and the job list under load."""
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    for i in range(n):
+        job = os.path.join(tmp, "jobs", "triggered", f"t{i:05}")
+        os.makedirs(job)
+        with open(os.path.join(job, "run.sh"), "w") as f:
+            f.write("exit 0\n")
+        with open(os.path.join(job, "settings.job"), "w") as f:
+            f.write('{"schedule": "%d * * * * *"}' % (i % 50))
+    d = Daemon(tmp, config={"listen": "127.0.0.1:0"})
+    addr_file = os.path.join(tmp, "data", "instances", "bench.addr")
+    wait_for(lambda: os.path.exists(addr_file), 30)
+    addr = open(addr_file).read().strip()
+    token = open(os.path.join(tmp, "data", "api-token")).read().strip()
+    # Loaded: every job listed, with its next tick armed.
+    def loaded():
+        try:
+            jobs = json.loads(http_get(addr, token, "/api/webjobs"))
+        except Exception:
+            return False
+        return len(jobs) == n and all(j.get("next_run") for j in jobs)
+    wait_for(loaded, 60, 0.05)
+    load = time.perf_counter() - d.started
+    # The quiet seconds: from second 51 to 59 of a minute.
+    def second():
+        return time.time() % 60
+    wait_for(lambda: 50.5 < second() < 51.5, 70, 0.05)
+    c0, t0 = d.stat(), time.perf_counter()
+    wait_for(lambda: second() >= 59.0, 10, 0.05)
+    quiet = d.stat() - c0
+    quiet_span = time.perf_counter() - t0
+    rss = d.status_kib("VmRSS")
+    out = subprocess.run(["wrk", "-t2", "-c50", "-d" + ("10s" if QUICK else "20s"), "--latency", "-H", f"Authorization: Bearer {token}",
+                          "-H", "Accept-Encoding: gzip", f"http://{addr}/api/webjobs"], capture_output=True, text=True).stdout
+    lat = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip().startswith(("50%", "99%"))}
+    rps = next((line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")), "?")
+    runs = sum(len([r for r in os.listdir(os.path.join(tmp, "data", "jobs", "triggered", j)) if r.isdigit()])
+               for j in os.listdir(os.path.join(tmp, "data", "jobs", "triggered")))
+    hwm = d.status_kib("VmHWM")
+    d.stop()
+    print(f"scale: {n} triggered jobs, each scheduled once a minute (spread over seconds 0-49)")
+    print(f"  all loaded, every next tick armed, {load:.2f} s after `serve` started")
+    print(f"  daemon RSS {rss / 1024:.1f} MB (peak {hwm / 1024:.1f} MB); {runs} runs made meanwhile")
+    print(f"  daemon CPU in the tick-free seconds: {quiet:.3f} s over {quiet_span:.1f} s = {100 * quiet / quiet_span:.2f} % of one core")
+    print(f"  GET /api/webjobs (gzip, wrk -t2 -c50) while ticks fire: p50 {lat.get('50%')}, p99 {lat.get('99%')}, {rps} requests/s")
+    shutil.rmtree(tmp)
+
+
 def http_get(addr, token, path):
     import urllib.request
     req = urllib.request.Request(f"http://{addr}{path}", headers={"Authorization": f"Bearer {token}"})
@@ -634,6 +685,8 @@ def main():
         bench_schedule()
     if which in ("api", "all"):
         bench_api()
+    if which in ("scale", "all"):
+        bench_scale(1000 if QUICK else 10000)
     if which == "schedule1":
         bench_schedule(1)
 

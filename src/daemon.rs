@@ -29,6 +29,8 @@ pub enum DaemonError {
     Watch(#[from] WatchError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("cannot create the schedule clock (a timerfd): {0}")]
+    Clock(std::io::Error),
     #[error(transparent)]
     Bind(#[from] crate::api::BindError),
     #[error("cannot read or create the API token {path}: {cause}")]
@@ -75,6 +77,7 @@ pub async fn run(
         coordinator,
         containment,
         metrics: crate::metrics::Metrics::new(),
+        clock: crate::clock::Clock::start().map_err(DaemonError::Clock)?,
         generation: Default::default(),
     });
     stop_leftover_cgroups(&config, &shared.containment).await;

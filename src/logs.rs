@@ -230,6 +230,8 @@ pub struct LogFile {
     checked: Option<std::time::Instant>,
     /// Set while lines cannot be written (a full disk, say).
     trouble: Option<Trouble>,
+    /// Closed after every flush (a log written seldom, kept for many jobs).
+    closing: bool,
 }
 
 /// Lines lost since the log file stopped taking them, to be told in the file
@@ -264,6 +266,7 @@ impl LogFile {
             buf: Vec::new(),
             checked: None,
             trouble: None,
+            closing: false,
         }
     }
 
@@ -282,6 +285,14 @@ impl LogFile {
         self.size = file.metadata()?.len();
         self.file = Some(file);
         Ok(())
+    }
+
+    /// Closes the file after every flush: a log written a few times a minute
+    /// holds no descriptor in between (ten thousand scheduled jobs' logs).
+    pub fn closing(mut self) -> LogFile {
+        self.closing = true;
+        self.file = None;
+        self
     }
 
     /// Buffers one line of job output (or any text) stamped with `now`.
@@ -324,6 +335,9 @@ impl LogFile {
         self.buf.clear();
         if self.buf.capacity() > 256 * 1024 {
             self.buf = Vec::new();
+        }
+        if self.closing {
+            self.file = None;
         }
     }
 

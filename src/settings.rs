@@ -66,7 +66,7 @@ pub struct Settings {
     /// `memory_max`, `cpu_max`, `tasks_max`: the run's cgroup limits.
     pub limits: crate::cgroup::Limits,
     /// The file's object as written, for the settings API.
-    pub raw: Map<String, Value>,
+    pub raw: std::sync::Arc<Map<String, Value>>,
 }
 
 /// The outcome of reading a `settings.job`: the settings or every error, and
@@ -110,7 +110,7 @@ impl Settings {
                 JobKind::Triggered => RunMode::OnDemand,
             },
             limits: Default::default(),
-            raw: Map::new(),
+            raw: Default::default(),
         }
     }
 }
@@ -202,7 +202,7 @@ pub fn parse(file: &Path, text: &str, kind: JobKind) -> Loaded {
     if !problems.is_empty() {
         return Loaded { settings: Err(problems), warnings };
     }
-    s.raw = map;
+    s.raw = std::sync::Arc::new(map);
     Loaded { settings: Ok(s), warnings }
 }
 

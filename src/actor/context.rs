@@ -14,6 +14,8 @@ pub struct Shared {
     /// How runs are contained (a cgroup each, or process groups).
     pub containment: crate::cgroup::Containment,
     pub metrics: crate::metrics::Metrics,
+    /// The wall clock schedules are armed on (one timerfd for every job).
+    pub clock: crate::clock::Clock,
     /// Bumped on every status change of any job (the API's cache key and ETag).
     pub generation: std::sync::atomic::AtomicU64,
 }

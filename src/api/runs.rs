@@ -51,7 +51,7 @@ pub async fn run(
     };
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
     let request = RunRequest { arguments, text, trigger: format!("External - {agent}") };
-    let Some(answer) = ask(&state, &job, |reply| Control::Run { request, reply }).await else {
+    let Some(answer) = ask(&state, &job, |reply| Control::Run { request: Box::new(request), reply }).await else {
         return not_found(&job);
     };
     match answer {

@@ -150,7 +150,7 @@ impl JobView {
             extra_info_url: format!("{base}/#/job/{kind}/{name}"),
             error: (!errors.is_empty()).then(|| errors.join("; ")),
             using_sdk: def.using_sdk,
-            settings: settings.map(|s| s.raw.clone()).unwrap_or_default(),
+            settings: settings.map(|s| (*s.raw).clone()).unwrap_or_default(),
             status: String::new(),
             detailed_status: None,
             log_url: None,
@@ -173,7 +173,7 @@ impl JobView {
             }
             Live::Triggered(rx) => {
                 let s = rx.borrow();
-                let latest = s.latest.as_ref().map(|(id, st)| RunView::new(base, name, id, st.clone()));
+                let latest = s.latest.as_deref().map(|(id, st)| RunView::new(base, name, id, st.clone()));
                 let active = latest.as_ref().is_some_and(|r| matches!(r.status.as_str(), "Initializing" | "Running"));
                 view.status = if s.disabled && !active {
                     "Stopped".into()

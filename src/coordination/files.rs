@@ -7,7 +7,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -23,28 +22,13 @@ pub struct Files {
 /// A held file lock; released when dropped (or when every process holding
 /// its open file description is gone).
 #[derive(Debug)]
-pub enum FileLease {
-    /// A lock file opened for this lease.
-    Owned { _lock: Flock<File> },
-    /// A lock on a file kept open by its owner.
-    Shared(Arc<File>),
+pub struct FileLease {
+    lock: Flock<File>,
 }
 
 impl FileLease {
     pub fn fd(&self) -> std::os::fd::RawFd {
-        match self {
-            FileLease::Owned { _lock } => _lock.as_raw_fd(),
-            FileLease::Shared(file) => file.as_raw_fd(),
-        }
-    }
-}
-
-impl Drop for FileLease {
-    fn drop(&mut self) {
-        if let FileLease::Shared(file) = self {
-            // SAFETY: flock on an open descriptor.
-            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-        }
+        self.lock.as_raw_fd()
     }
 }
 
@@ -52,51 +36,37 @@ impl Drop for FileLease {
 /// so no truncation (and no new file) is ever needed.
 const RECORD: usize = 128;
 
-/// The coordination files of one triggered job, kept open.
+/// The coordination files of one triggered job. They are opened when used
+/// (a run, a tick), not kept open: ten thousand jobs cost no descriptors.
 #[derive(Debug)]
 pub struct JobFiles {
-    run_lock: Arc<File>,
-    schedule: File,
+    run_lock: PathBuf,
+    schedule: PathBuf,
 }
 
 impl JobFiles {
     pub fn try_run(&self, instance: &str) -> io::Result<Option<FileLease>> {
-        // SAFETY: flock on an open descriptor.
-        if unsafe { libc::flock(self.run_lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
-        }
-        let lease = FileLease::Shared(self.run_lock.clone());
-        self.run_lock.write_all_at(&padded(&holder_record(instance)), 0)?;
-        Ok(Some(lease))
+        try_lock_file(&self.run_lock, instance)
     }
 
     pub fn run_holder(&self) -> Option<String> {
-        holder_text(&read_record(&self.run_lock)?)
+        holder_text(&std::fs::read_to_string(&self.run_lock).ok()?)
     }
 
     /// Read and written under an exclusive lock of the schedule record.
     pub fn claim_tick(&self, tick: jiff::Timestamp) -> io::Result<bool> {
-        let fd = self.schedule.as_raw_fd();
-        // SAFETY: flock on an open descriptor.
-        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
+        let file = open_lock(&self.schedule)?;
+        let locked = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+        if read_record(&locked).and_then(|t| parse_tick(&t)).is_some_and(|last| last >= tick) {
+            return Ok(false);
         }
-        let result = (|| {
-            if self.last_tick().is_some_and(|last| last >= tick) {
-                return Ok(false);
-            }
-            let record = serde_json::json!({"LastTick": tick.to_string()}).to_string();
-            self.schedule.write_all_at(&padded(&record), 0)?;
-            Ok(true)
-        })();
-        // SAFETY: as above.
-        unsafe { libc::flock(fd, libc::LOCK_UN) };
-        result
+        let record = serde_json::json!({"LastTick": tick.to_string()}).to_string();
+        locked.write_all_at(&padded(&record), 0)?;
+        Ok(true)
     }
 
     pub fn last_tick(&self) -> Option<jiff::Timestamp> {
-        read_record(&self.schedule).and_then(|t| parse_tick(&t))
+        parse_tick(std::fs::read_to_string(&self.schedule).ok()?.trim())
     }
 }
 
@@ -165,10 +135,8 @@ impl Files {
     /// Opens the job's files once; its actor keeps them open.
     pub fn job(&self, key: &JobKey) -> io::Result<JobFiles> {
         let dir = layout::job_data_dir(&self.data_dir, key);
-        Ok(JobFiles {
-            run_lock: Arc::new(open_lock(&dir.join(layout::RUN_LOCK))?),
-            schedule: open_lock(&dir.join(layout::SCHEDULE_RECORD))?,
-        })
+        std::fs::create_dir_all(&dir)?;
+        Ok(JobFiles { run_lock: dir.join(layout::RUN_LOCK), schedule: dir.join(layout::SCHEDULE_RECORD) })
     }
 
     /// Registers instance `id`: its lock is held for the daemon's whole life.
@@ -211,7 +179,7 @@ fn try_lock_file(path: &Path, instance: &str) -> io::Result<Option<FileLease>> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => {
             lock.write_all_at(&padded(&holder_record(instance)), 0)?;
-            Ok(Some(FileLease::Owned { _lock: lock }))
+            Ok(Some(FileLease { lock }))
         }
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, e)) => Err(e.into()),

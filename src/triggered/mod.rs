@@ -50,7 +50,7 @@ pub enum Control {
         config: Arc<Config>,
     },
     Run {
-        request: RunRequest,
+        request: Box<RunRequest>,
         reply: RunReply,
     },
     /// Cancels the active run (`run` = its id, or any).
@@ -115,7 +115,8 @@ pub enum Refused {
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     /// The newest run this daemon knows of: its id and status.
-    pub latest: Option<(String, RunStatus)>,
+    /// Boxed: ten thousand idle jobs publish a pointer each.
+    pub latest: Option<Box<(String, RunStatus)>>,
     pub next_tick: Option<Timestamp>,
     /// `disable.job` is present: no schedule, no runs.
     pub disabled: bool,
@@ -133,14 +134,15 @@ pub fn spawn(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> (Handle, tokio::task::Id) {
     let (handle, inbox) = crate::actor::channels(Summary::default());
-    let task = tasks.spawn(async move {
+    let fut = async move {
         let summary = inbox.state.clone();
-        match Actor::new(def, config, shared, inbox).await {
-            Ok(actor) => actor.run().await,
+        match Box::pin(Actor::new(def, config, shared, inbox)).await {
+            Ok(actor) => Box::pin(actor.run()).await,
             // The supervisor reads the reason, shows it and tries again later.
             Err(why) => summary.send_modify(|s| s.failure = Some(why)),
         }
-    });
+    };
+    let task = tasks.spawn(fut);
     (handle, task.id())
 }
 
@@ -161,6 +163,18 @@ pub fn refuse(control: Control, why: &str) {
         }
         Control::Update { .. } | Control::Shutdown { .. } => {}
     }
+}
+
+/// What the actor's loop woke up for.
+enum Event {
+    Control(Control),
+    /// Nothing of the active run is left.
+    RunOver,
+    Timer(Wake),
+    /// A retry's delay is over, or a queued request may start.
+    Later,
+    /// Time to look at the active run's limits.
+    Check,
 }
 
 /// Why an active run is being ended by us.
@@ -199,14 +213,15 @@ struct Actor {
     config: Arc<Config>,
     definition: Definition,
     data_dir: PathBuf,
-    rx: mpsc::UnboundedReceiver<Control>,
+    rx: mpsc::UnboundedReceiver<Box<Control>>,
     summary: watch::Sender<Summary>,
     /// Armed at `next_tick`.
     timer: WallTimer,
     scheduler_log: LogFile,
     locks: JobCoordination,
     last_run_id: Option<String>,
-    active: Option<Active>,
+    /// Boxed: an idle actor (most of ten thousand) keeps only a pointer.
+    active: Option<Box<Active>>,
     /// Requests waiting to start, with their attempt number (0 = first run).
     queue: VecDeque<(RunRequest, u32)>,
     next_tick: Option<Timestamp>,
@@ -231,10 +246,11 @@ impl Actor {
         let rotation = Some(Rotation { max_size: 1024 * 1024, keep: 1 });
         let log_path = data_dir.join(crate::layout::SCHEDULER_LOG);
         let scheduler_log = LogFile::open(&log_path, &shared.instance, rotation)
-            .map_err(|e| format!("cannot open the scheduler log {}: {e}", log_path.display()))?;
+            .map_err(|e| format!("cannot open the scheduler log {}: {e}", log_path.display()))?
+            .closing();
         let locks =
             shared.coordinator.job(&key).await.map_err(|e| format!("cannot use the job's coordination files: {e}"))?;
-        let timer = WallTimer::new().map_err(|e| format!("cannot create the schedule timer: {e}"))?;
+        let timer = shared.clock.timer();
         Ok(Actor {
             key,
             timer,
@@ -258,7 +274,9 @@ impl Actor {
     }
 
     async fn run(mut self) {
-        self.mark_lost_runs().await;
+        // Boxed: the actor's future stays small while it waits (ten thousand
+        // jobs wait at once); what handles an event is allocated while it runs.
+        Box::pin(self.mark_lost_runs()).await;
         let latest = history::run_ids(&self.data_dir)
             .into_iter()
             .next()
@@ -267,32 +285,38 @@ impl Actor {
         let disabled = self.def().disabled;
         self.summary.send_modify(|s| s.disabled = disabled);
         self.definition.report(&mut self.scheduler_log);
-        self.arm_schedule(true).await;
+        Box::pin(self.arm_schedule(true)).await;
         while !(self.exiting && self.active.is_none()) {
-            self.step().await;
+            let event = self.next_event().await;
+            Box::pin(self.handle(event)).await;
         }
         for (_, waiter) in self.waiters.drain(..) {
             let _ = waiter.send(());
         }
     }
 
-    /// Waits for the next event and handles it.
-    async fn step(&mut self) {
+    /// Waits for the next thing to happen.
+    async fn next_event(&mut self) -> Event {
         let later = self.later;
-        let check_at = self.active.as_ref().filter(|a| a.ending.is_none()).map(next_check);
+        let check_at = self.active.as_ref().filter(|a| a.ending.is_none()).map(|a| next_check(a));
         let active = &mut self.active;
         tokio::select! {
-            control = self.rx.recv() => {
-                let control = control.unwrap_or(Control::Shutdown { why: "daemon stopping" });
-                self.on_control(control).await;
-            }
-            () = run_over(active) => self.on_over().await,
-            wake = self.timer.wait() => match wake {
-                Wake::Due => self.on_tick().await,
-                Wake::ClockChanged => self.on_clock_set(),
-            },
-            () = sleep_until(later) => self.on_later().await,
-            () = sleep_until(check_at) => self.on_check().await,
+            control = self.rx.recv() => Event::Control(control.map_or(Control::Shutdown { why: "daemon stopping" }, |b| *b)),
+            () = run_over(active) => Event::RunOver,
+            wake = self.timer.wait() => Event::Timer(wake),
+            () = sleep_until(later) => Event::Later,
+            () = sleep_until(check_at) => Event::Check,
+        }
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Control(control) => self.on_control(control).await,
+            Event::RunOver => self.on_over().await,
+            Event::Timer(Wake::Due) => self.on_tick().await,
+            Event::Timer(Wake::ClockChanged) => self.on_clock_set(),
+            Event::Later => self.on_later().await,
+            Event::Check => self.on_check().await,
         }
     }
 
@@ -303,7 +327,7 @@ impl Actor {
                 let _ = done.send(());
             }
             Control::Run { request, reply } => {
-                self.request_run(request, false, Some(reply)).await;
+                self.request_run(*request, false, Some(reply)).await;
             }
             Control::Cancel { run, reply } => self.cancel(run, reply),
             Control::Wait { run, reply } => {
@@ -447,7 +471,7 @@ impl Actor {
     }
 
     fn publish_run(&mut self, latest: Option<(String, RunStatus)>) {
-        self.summary.send_modify(|s| s.latest = latest);
+        self.summary.send_modify(|s| s.latest = latest.map(Box::new));
         self.shared.changed();
     }
 }
@@ -460,9 +484,10 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// Resolves when the active run (if any) is over.
-async fn run_over(active: &mut Option<Active>) {
+async fn run_over(active: &mut Option<Box<Active>>) {
     match active {
-        Some(a) => a.run.over(&mut a.log).await,
+        // Boxed too: only an actor with a run pays for the run's future.
+        Some(a) => Box::pin(a.run.over(&mut a.log)).await,
         None => std::future::pending().await,
     }
 }

@@ -99,7 +99,7 @@ impl Actor {
                     ending: None,
                     cancels: Vec::new(),
                 };
-                self.active = Some(active);
+                self.active = Some(Box::new(active));
                 Ok(Accepted::Started(id))
             }
             Err(e) => {
@@ -188,7 +188,7 @@ impl Actor {
 
     /// Writes the run's end (status, log line), releases the lock, and starts
     /// what follows: a retry or the next queued run.
-    pub(super) fn finish(&mut self, mut active: Active, state: RunState, error: Option<String>) {
+    pub(super) fn finish(&mut self, mut active: Box<Active>, state: RunState, error: Option<String>) {
         let exit = active.run.exit_status();
         let duration = active.run.started.elapsed();
         let usage = active.run.finish_usage();
