@@ -98,7 +98,8 @@ pub async fn run(
         config: config.clone(),
         shared: shared.clone(),
         catalog: supervisor.catalog(),
-        list_cache: Default::default(),
+        lists: Default::default(),
+        written: Default::default(),
     };
     let address = listeners.tcp_address();
     let api_tasks = crate::api::serve_all(listeners, api_state, auth);

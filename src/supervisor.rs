@@ -337,7 +337,10 @@ impl Supervisor {
         let delay = actor_retry_delay(entry.failures);
         entry.retry_at = Some(tokio::time::Instant::now() + delay);
         let reason = format!("{why}; started again in {}", crate::run::human(delay));
-        tracing::error!(job = %key, "the job cannot be run: {reason}");
+        // One cause failing many jobs at once (no descriptors left) is told once a minute, with a count.
+        crate::repeats::report("actor failed", &why, |held| {
+            tracing::error!(job = %key, "the job cannot be run: {reason}{}", crate::repeats::held_note(held));
+        });
         entry.actor = Actor::Failed(failed_live(&self.shared.instance, key.kind, &reason));
         self.publish();
     }

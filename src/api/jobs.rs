@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on, post};
 
 use super::views::JobView;
-use super::{ApiState, ListCache, accepts_gzip, base_url, error, json_response};
+use super::{ApiState, base_url, error};
 use crate::config::Config;
 use crate::jobs::JobDef;
 use crate::key::{JobKey, JobKind, valid_name};
@@ -95,32 +95,8 @@ pub async fn list_all(state: State<ApiState>, headers: HeaderMap) -> Response {
     list(state, headers, None).await
 }
 
-/// The job list: rendered once per change of anything, then served from memory.
-async fn list(State(state): State<ApiState>, headers: HeaderMap, kind: Option<JobKind>) -> Response {
-    let base = base_url(&headers);
-    let generation = state.shared.generation.load(std::sync::atomic::Ordering::Acquire);
-    let key = (generation, base.clone(), kind);
-    let gzip = accepts_gzip(&headers);
-    let mut cache = state.list_cache.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.as_ref().is_none_or(|c| c.key != key) {
-        let catalog = state.catalog.borrow().clone();
-        let views: Vec<JobView> = catalog
-            .jobs
-            .values()
-            .filter(|e| kind.is_none_or(|k| e.def.key.kind == k))
-            .map(|e| JobView::from_catalog(&base, e).redacted(&state.config))
-            .collect();
-        let body = axum::body::Bytes::from(serde_json::to_vec(&views).unwrap_or_default());
-        let etag = format!("\"{:016x}\"", crate::hash::fnv1a(&body));
-        *cache = Some(ListCache { key, body, gzip: None, etag });
-    }
-    let c = cache.as_mut().expect("filled above");
-    if gzip && c.gzip.is_none() {
-        c.gzip = Some(super::gzip(&c.body));
-    }
-    let (body, compressed, etag) = (c.body.clone(), c.gzip.clone().filter(|_| gzip), c.etag.clone());
-    drop(cache);
-    json_response(&headers, body, compressed, &etag)
+async fn list(state: State<ApiState>, headers: HeaderMap, kind: Option<JobKind>) -> Response {
+    super::list::list(state, headers, kind).await
 }
 
 fn entry(state: &ApiState, kind: JobKind, job: &str) -> Option<CatalogEntry> {
@@ -152,6 +128,7 @@ pub async fn apply(state: &ApiState, key: &JobKey) {
     if state.events.send(Event::Apply { changes, done }).await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(30), applied).await;
     }
+    state.mark_written();
 }
 
 async fn get_job(
@@ -220,6 +197,7 @@ async fn toggle(state: &ApiState, kind: JobKind, job: &str, start: bool) -> Resp
         Some(live) => settled(live, start, grace + Duration::from_secs(15)).await,
         None => String::new(),
     };
+    state.mark_written();
     axum::Json(serde_json::json!({"name": job, "type": kind.as_str(), "disabled": !start, "status": status}))
         .into_response()
 }

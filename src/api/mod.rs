@@ -12,6 +12,7 @@ mod connections;
 mod dashboard;
 mod deploy;
 mod jobs;
+pub mod list;
 mod passthrough;
 mod runs;
 mod vfs;
@@ -41,17 +42,19 @@ pub struct ApiState {
     pub config: Arc<Config>,
     pub shared: Arc<Shared>,
     pub catalog: watch::Receiver<Arc<Catalog>>,
-    /// The rendered job list, kept until anything changes.
-    pub list_cache: Arc<Mutex<Option<ListCache>>>,
+    /// The rendered job lists (see [`list`]).
+    pub lists: Arc<list::Lists>,
+    /// The change generation after the newest API write: a list asked for
+    /// afterwards shows at least that.
+    pub written: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// A rendered `GET /api/webjobs` body for one generation and base URL, plain
-/// and (made on first demand) gzipped.
-pub struct ListCache {
-    key: (u64, String, Option<JobKind>),
-    body: axum::body::Bytes,
-    gzip: Option<axum::body::Bytes>,
-    etag: String,
+impl ApiState {
+    /// An API write has been applied: lists asked for from now on show it.
+    pub fn mark_written(&self) {
+        let now = self.shared.generation.load(std::sync::atomic::Ordering::Acquire);
+        self.written.fetch_max(now, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Every route, unauthenticated (the TCP listener adds [`auth::require`]).

@@ -54,6 +54,7 @@ pub async fn run(
     let Some(answer) = ask(&state, &job, |reply| Control::Run { request: Box::new(request), reply }).await else {
         return not_found(&job);
     };
+    state.mark_written();
     match answer {
         Ok(Accepted::Started(id)) => {
             let url = format!("{}/api/triggeredwebjobs/{job}/history/{id}", base_url(&headers));

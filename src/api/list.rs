@@ -1,0 +1,113 @@
+//! `GET /api/webjobs`: the job list, rendered off the runtime and served
+//! from memory.
+//!
+//! With thousands of jobs and runs starting every second, the list changes
+//! faster than it can be rendered (JSON of 10,000 jobs, and its gzip). So a
+//! request is answered at once with the newest body rendered, and a fresh one
+//! is rendered in the background (one at a time per variant, at most every
+//! [`REFRESH`]); a client therefore sees background changes within a render.
+//! Its own writes are another matter: after an API write (deploy, settings,
+//! start, stop, delete, run) the list it asks for next is rendered at or after
+//! that write ([`ApiState::mark_written`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use tokio::sync::watch;
+
+use super::views::JobView;
+use super::{ApiState, accepts_gzip, base_url, json_response};
+use crate::key::JobKind;
+
+/// A rendered body older than this is rendered again (in the background)
+/// when asked for and something changed.
+const REFRESH: Duration = Duration::from_millis(250);
+
+/// Rendered lists by base URL and kind filter.
+pub type Lists = std::sync::Mutex<HashMap<(String, Option<JobKind>), Rendered>>;
+
+/// One variant of the list: the newest body and whether one is being made.
+pub struct Rendered {
+    /// The change generation the body shows (0: none yet).
+    generation: u64,
+    at: Instant,
+    body: Option<Bytes>,
+    gzip: Option<Bytes>,
+    etag: String,
+    /// Some client asked for gzip: render it too.
+    gzip_wanted: bool,
+    rendering: bool,
+    /// Sends the generation of each body made.
+    done: watch::Sender<u64>,
+}
+
+impl Default for Rendered {
+    fn default() -> Self {
+        Rendered {
+            generation: 0,
+            at: Instant::now(),
+            body: None,
+            gzip: None,
+            etag: String::new(),
+            gzip_wanted: false,
+            rendering: false,
+            done: watch::channel(0).0,
+        }
+    }
+}
+
+pub async fn list(State(state): State<ApiState>, headers: HeaderMap, kind: Option<JobKind>) -> Response {
+    let key = (base_url(&headers), kind);
+    let gzip = accepts_gzip(&headers);
+    let needed = state.written.load(Ordering::Acquire);
+    loop {
+        let mut made = {
+            let mut lists = state.lists.lock().unwrap_or_else(|e| e.into_inner());
+            let r = lists.entry(key.clone()).or_default();
+            r.gzip_wanted |= gzip;
+            let current = state.shared.generation.load(Ordering::Acquire);
+            let usable = r.body.is_some() && r.generation >= needed && (!gzip || r.gzip.is_some());
+            let outdated = r.generation < current && r.at.elapsed() >= REFRESH;
+            if !r.rendering && (!usable || outdated) {
+                r.rendering = true;
+                render(state.clone(), key.clone(), r.gzip_wanted);
+            }
+            if usable {
+                let body = r.body.clone().expect("usable");
+                let (compressed, etag) = (r.gzip.clone().filter(|_| gzip), r.etag.clone());
+                drop(lists);
+                return json_response(&headers, body, compressed, &etag);
+            }
+            r.done.subscribe()
+        };
+        let _ = made.changed().await;
+    }
+}
+
+/// Renders the list for `key` off the runtime and keeps it.
+fn render(state: ApiState, key: (String, Option<JobKind>), gzip: bool) {
+    tokio::task::spawn_blocking(move || {
+        let generation = state.shared.generation.load(Ordering::Acquire);
+        let catalog = state.catalog.borrow().clone();
+        let (base, kind) = &key;
+        let views: Vec<JobView> = catalog
+            .jobs
+            .values()
+            .filter(|e| kind.is_none_or(|k| e.def.key.kind == k))
+            .map(|e| JobView::from_catalog(base, e).redacted(&state.config))
+            .collect();
+        let body = Bytes::from(serde_json::to_vec(&views).unwrap_or_default());
+        let etag = format!("\"{:016x}\"", crate::hash::fnv1a(&body));
+        let compressed = gzip.then(|| super::gzip(&body));
+        let mut lists = state.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let r = lists.entry(key).or_default();
+        (r.generation, r.at, r.body, r.gzip, r.etag, r.rendering) =
+            (generation.max(1), Instant::now(), Some(body), compressed, etag, false);
+        r.done.send_replace(r.generation);
+    });
+}
