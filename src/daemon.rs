@@ -71,6 +71,13 @@ pub async fn run(
     let containment =
         crate::cgroup::Containment::detect(&format!("webjobs-{}", prefix.trim_end_matches('/')), config.cgroups);
     tracing::info!("containment: {}", containment.describe());
+    if matches!(containment, crate::cgroup::Containment::Cgroup(_))
+        && crate::cgroup::favors_dynamic_changes() == Some(false)
+    {
+        tracing::info!(
+            "cgroup2 is mounted without favordynmods: runs started together (many jobs on one tick) wait for each other to enter their cgroups; on Linux 6.0 or later, `mount -o remount,favordynmods <cgroup2 mount>` makes that cheap"
+        );
+    }
     let shared = Arc::new(Shared {
         instance: config.instance_id.clone(),
         marker_prefix: prefix,
