@@ -449,7 +449,7 @@ mod tests {
             script_dir: "/x".into(),
             fingerprint: 0,
             script: Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false },
-            settings: Settings::defaults(JobKind::Continuous),
+            settings: Settings::defaults(JobKind::Continuous).into(),
         }
     }
 

@@ -49,7 +49,7 @@ pub struct Runnable {
     pub script_dir: PathBuf,
     pub fingerprint: u64,
     pub script: Script,
-    pub settings: settings::Settings,
+    pub settings: Arc<settings::Settings>,
 }
 
 impl JobDef {
@@ -159,7 +159,7 @@ fn unusable_folder(key: &JobKey, dir: PathBuf, why: String) -> JobDef {
         disabled: false,
         fingerprint: 0,
         script: Err(ScriptError::Unusable(why)),
-        settings: Loaded { settings: Ok(settings::Settings::defaults(key.kind)), warnings: Vec::new() },
+        settings: Loaded { settings: Ok(Arc::new(settings::Settings::defaults(key.kind))), warnings: Vec::new() },
         using_sdk: false,
     }
 }

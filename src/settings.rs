@@ -73,7 +73,8 @@ pub struct Settings {
 /// the warnings either way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded {
-    pub settings: Result<Settings, Vec<Problem>>,
+    /// Shared with the job's actor (`Runnable`): one copy per job.
+    pub settings: Result<std::sync::Arc<Settings>, Vec<Problem>>,
     pub warnings: Vec<Problem>,
 }
 
@@ -121,7 +122,7 @@ pub fn load(dir: &Path, kind: JobKind) -> Loaded {
     match read_small_file(&file, MAX_FILE) {
         Ok(text) => parse(&file, &text, kind),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Loaded { settings: Ok(Settings::defaults(kind)), warnings: Vec::new() }
+            Loaded { settings: Ok(std::sync::Arc::new(Settings::defaults(kind))), warnings: Vec::new() }
         }
         Err(e) => Loaded {
             settings: Err(vec![Problem { file, key: String::new(), message: format!("cannot read the file: {e}") }]),
@@ -203,7 +204,7 @@ pub fn parse(file: &Path, text: &str, kind: JobKind) -> Loaded {
         return Loaded { settings: Err(problems), warnings };
     }
     s.raw = std::sync::Arc::new(map);
-    Loaded { settings: Ok(s), warnings }
+    Loaded { settings: Ok(std::sync::Arc::new(s)), warnings }
 }
 
 fn read_webjobs_keys<'a>(r: &mut Reader<'a>, s: &mut Settings) {
@@ -465,7 +466,7 @@ mod tests {
         warnings: Vec<Problem>,
     }
     fn split(l: Loaded) -> Result<Parsed, Vec<Problem>> {
-        l.settings.map(|settings| Parsed { settings, warnings: l.warnings })
+        l.settings.map(|settings| Parsed { settings: (*settings).clone(), warnings: l.warnings })
     }
     fn parse_c(text: &str) -> Result<Parsed, Vec<Problem>> {
         split(parse(Path::new("jobs/continuous/a/settings.job"), text, JobKind::Continuous))

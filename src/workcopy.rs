@@ -98,7 +98,7 @@ mod tests {
             script_dir: dir.to_path_buf(),
             fingerprint,
             script: Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false },
-            settings: Settings::defaults(JobKind::Continuous),
+            settings: Settings::defaults(JobKind::Continuous).into(),
         }
     }
 
@@ -124,7 +124,7 @@ mod tests {
     fn in_place_jobs_run_from_their_folder() {
         let d = tempfile::tempdir().unwrap();
         let mut job = runnable(d.path(), 1);
-        job.settings.is_in_place = Some(true);
+        std::sync::Arc::make_mut(&mut job.settings).is_in_place = Some(true);
         assert_eq!(prepare(&d.path().join("t"), "i", &job).unwrap(), d.path());
     }
 }
