@@ -92,6 +92,8 @@ pub async fn list(State(state): State<ApiState>, headers: HeaderMap, kind: Optio
 /// Renders the list for `key` off the runtime and keeps it.
 fn render(state: ApiState, key: (String, Option<JobKind>), gzip: bool) {
     tokio::task::spawn_blocking(move || {
+        // Should the render fail, the next request starts another (nobody waits forever).
+        let _unmark = Unmark { state: state.clone(), key: key.clone() };
         let generation = state.shared.generation.load(Ordering::Acquire);
         let catalog = state.catalog.borrow().clone();
         let (base, kind) = &key;
@@ -110,4 +112,22 @@ fn render(state: ApiState, key: (String, Option<JobKind>), gzip: bool) {
             (generation.max(1), Instant::now(), Some(body), compressed, etag, false);
         r.done.send_replace(r.generation);
     });
+}
+
+/// Clears the "rendering" mark of a list however its render ends.
+struct Unmark {
+    state: ApiState,
+    key: (String, Option<JobKind>),
+}
+
+impl Drop for Unmark {
+    fn drop(&mut self) {
+        let mut lists = self.state.lists.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = lists.get_mut(&self.key)
+            && r.rendering
+        {
+            r.rendering = false;
+            r.done.send_modify(|_| {});
+        }
+    }
 }

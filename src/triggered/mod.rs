@@ -431,6 +431,9 @@ impl Actor {
     /// Whether a request may run: `Ok(None)` now, `Ok(Some(overlap))` when a
     /// run is active and `queue` or `replace` applies, or why not.
     fn decide(&mut self, scheduled: bool) -> Result<Option<Overlap>, Refused> {
+        if self.exiting {
+            return Err(Refused::Failed("the daemon is stopping".into()));
+        }
         if self.config.switches.stopped {
             return Err(Refused::Stopped);
         }

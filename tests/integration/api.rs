@@ -656,3 +656,39 @@ fn a_big_log_is_served_in_bounded_memory_and_by_ranges() {
     assert_eq!(beyond.status, 416);
     daemon.stop();
 }
+
+#[test]
+fn the_job_list_shows_a_clients_own_writes_at_once() {
+    let (root, daemon) = api_root();
+    let http = root.http();
+    let names = |http: &Http| -> Vec<String> {
+        http.get("/api/webjobs")
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = names(&http); // rendered and kept
+    for round in 0..3 {
+        let job = format!("fresh{round}");
+        let r = http.send(
+            "PUT",
+            &format!("/api/triggeredwebjobs/{job}"),
+            &[("Content-Disposition", "attachment; filename=run.sh")],
+            b"echo hi\n",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(names(&http).contains(&job), "deployed {job}, not in the list asked for next (before: {before:?})");
+        let r = http.send("POST", &format!("/api/triggeredwebjobs/{job}/stop"), &[], b"");
+        assert_eq!(r.status, 200);
+        let list = http.get("/api/webjobs").json();
+        let entry = list.as_array().unwrap().iter().find(|j| j["name"] == job.as_str()).cloned().unwrap();
+        assert_eq!(entry["status"], "Stopped", "{entry}");
+    }
+    // A change made outside the API shows within a render.
+    root.job("triggered", "byhand", &[("run.sh", "echo hi\n")]);
+    wait_for("the hand-made job listed", Duration::from_secs(10), || names(&http).contains(&"byhand".to_string()));
+    daemon.stop();
+}
