@@ -52,6 +52,20 @@ pub struct Runnable {
     pub settings: Arc<settings::Settings>,
 }
 
+#[cfg(test)]
+impl Runnable {
+    /// A continuous job `j` running `run.sh` with bash from `dir`, for tests.
+    pub fn example(dir: &Path, fingerprint: u64) -> Runnable {
+        Runnable {
+            key: JobKey::new(JobKind::Continuous, "j"),
+            script_dir: dir.to_path_buf(),
+            fingerprint,
+            script: Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false },
+            settings: Arc::new(settings::Settings::defaults(JobKind::Continuous)),
+        }
+    }
+}
+
 impl JobDef {
     /// Every error that keeps this job from running, as one line each.
     pub fn errors(&self) -> Vec<String> {

@@ -87,19 +87,11 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::Script;
-    use crate::key::{JobKey, JobKind};
-    use crate::settings::Settings;
+
     use std::os::unix::fs::PermissionsExt;
 
     fn runnable(dir: &Path, fingerprint: u64) -> Runnable {
-        Runnable {
-            key: JobKey::new(JobKind::Continuous, "j"),
-            script_dir: dir.to_path_buf(),
-            fingerprint,
-            script: Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false },
-            settings: Settings::defaults(JobKind::Continuous).into(),
-        }
+        Runnable::example(dir, fingerprint)
     }
 
     #[test]

@@ -89,18 +89,9 @@ pub fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::Script;
-    use crate::key::{JobKey, JobKind};
-    use crate::settings::Settings;
 
     fn job() -> Runnable {
-        Runnable {
-            key: JobKey::new(JobKind::Continuous, "j"),
-            script_dir: "/x".into(),
-            fingerprint: 0,
-            script: Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false },
-            settings: Settings::defaults(JobKind::Continuous).into(),
-        }
+        Runnable::example(std::path::Path::new("/x"), 0)
     }
 
     #[test]
