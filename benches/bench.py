@@ -557,6 +557,17 @@ def bench_scale(n=10000):
         with open(os.path.join(job, "settings.job"), "w") as f:
             f.write('{"schedule": "%d * * * * *"}' % (i % 50))
     d = Daemon(tmp, config={"listen": "127.0.0.1:0"})
+    try:
+        scale_measure(d, tmp, n)
+    finally:
+        # Ten thousand jobs ticking every second must not outlive a failed measurement.
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scale_measure(d, tmp, n):
     addr_file = os.path.join(tmp, "data", "instances", "bench.addr")
     wait_for(lambda: os.path.exists(addr_file), 30)
     addr = open(addr_file).read().strip()
@@ -601,7 +612,6 @@ def bench_scale(n=10000):
     print(f"  daemon CPU in the tick-free seconds: {quiet:.3f} s over {quiet_span:.1f} s = {100 * quiet / quiet_span:.2f} % of one core")
     print(f"  GET /api/webjobs (gzip, wrk -t2 -c50) between ticks: p50 {quiet_lat.get('50%')}, p99 {quiet_lat.get('99%')}, {quiet_rps} requests/s")
     print(f"  … while ticks fire: p50 {lat.get('50%')}, p99 {lat.get('99%')}, {rps} requests/s")
-    shutil.rmtree(tmp)
 
 
 def http_get(addr, token, path):
