@@ -301,7 +301,12 @@ impl Actor {
         let check_at = self.active.as_ref().filter(|a| a.ending.is_none()).map(|a| next_check(a));
         let active = &mut self.active;
         tokio::select! {
-            control = self.rx.recv() => Event::Control(control.map_or(Control::Shutdown { why: "daemon stopping" }, |b| *b)),
+            // Once stopping, nothing more is taken in: the supervisor drops the
+            // channel after its Shutdown, and a closed channel is no second
+            // Shutdown (which would SIGKILL a run in its grace period).
+            control = self.rx.recv(), if !self.exiting => {
+                Event::Control(control.map_or(Control::Shutdown { why: "daemon stopping" }, |b| *b))
+            }
             () = run_over(active) => Event::RunOver,
             wake = self.timer.wait() => Event::Timer(wake),
             () = sleep_until(later) => Event::Later,

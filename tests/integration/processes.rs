@@ -283,3 +283,33 @@ fn a_second_stop_signal_kills_every_job_at_once() {
     assert!(daemon.stderr().contains("second stop signal: sending SIGKILL"), "{}", daemon.stderr());
     assert!(daemon.job_pids("deaf").is_empty());
 }
+
+#[test]
+fn a_daemon_stop_gives_a_triggered_run_its_grace() {
+    let root = Root::new();
+    root.job(
+        "triggered",
+        "polite",
+        &[
+            (
+                "run.sh",
+                "trap 'echo got TERM; sleep 0.3; echo cleaned up; exit 0' TERM\nwhile true; do sleep 0.05; done\n",
+            ),
+            ("settings.job", r#"{"stopping_wait_time": 10}"#),
+        ],
+    );
+    let daemon = root.start();
+    assert!(root.cli(&["run", "polite"]).status.success());
+    wait_for("running", Duration::from_secs(10), || {
+        root.runs("polite").first().is_some_and(|id| root.run_status("polite", id)["Status"] == "Running")
+    });
+    let started = Instant::now();
+    assert!(daemon.stop().success());
+    let took = started.elapsed();
+    let id = root.runs("polite")[0].clone();
+    let log = root.run_log("polite", &id);
+    assert!(log.contains("] cleaned up"), "the run got its grace: {log}");
+    assert!(!log.contains("SIGKILL"), "{log}");
+    assert_eq!(root.run_status("polite", &id)["Status"], "Aborted");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
