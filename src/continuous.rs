@@ -414,8 +414,8 @@ impl Actor {
         self.status_tx.send_replace(self.status.clone());
         self.shared.changed();
         match status::write(&self.data_dir, &self.status) {
-            Ok(()) => crate::repeats::clear("status file", &self.key.to_string()),
-            Err(e) => crate::repeats::report("status file", &self.key.to_string(), |held| {
+            Ok(()) => crate::repeats::clear("status file", &self.key),
+            Err(e) => crate::repeats::report("status file", &self.key, |held| {
                 tracing::error!(job = %self.key, error = %e, "cannot write the status file{}", crate::repeats::held_note(held));
             }),
         }

@@ -3,6 +3,8 @@
 //! so the daemon's log says what is wrong without drowning everything else.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,12 +39,16 @@ impl Repeats {
 }
 
 static SITES: LazyLock<Mutex<HashMap<(&'static str, String), Repeats>>> = LazyLock::new(Default::default);
+/// Some error is being counted: until then, [`clear`] (called on every
+/// success, on hot paths) costs one atomic load.
+static COUNTING: AtomicBool = AtomicBool::new(false);
 
 /// Calls `report` with the number held back if an error of kind `site` about
 /// `subject` (a job, a path) is due to be reported now.
-pub fn report(site: &'static str, subject: &str, report: impl FnOnce(u64)) {
+pub fn report(site: &'static str, subject: &dyn Display, report: impl FnOnce(u64)) {
     let due = {
         let mut sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
+        COUNTING.store(true, Ordering::Release);
         sites.entry((site, subject.to_string())).or_default().occurred(Instant::now())
     };
     if let Some(held) = due {
@@ -51,9 +57,13 @@ pub fn report(site: &'static str, subject: &str, report: impl FnOnce(u64)) {
 }
 
 /// The error of kind `site` about `subject` went away; forgets it.
-pub fn clear(site: &'static str, subject: &str) {
+pub fn clear(site: &'static str, subject: &dyn Display) {
+    if !COUNTING.load(Ordering::Acquire) {
+        return;
+    }
     let mut sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
     sites.remove(&(site, subject.to_string()));
+    COUNTING.store(!sites.is_empty(), Ordering::Release);
 }
 
 /// "" or " (and 12 more times since)" for a report.
@@ -87,11 +97,11 @@ mod tests {
     fn sites_and_subjects_are_counted_apart() {
         let mut seen = Vec::new();
         for subject in ["a", "b", "a", "b", "a"] {
-            report("test-site", subject, |held| seen.push((subject, held)));
+            report("test-site", &subject, |held| seen.push((subject, held)));
         }
         assert_eq!(seen, [("a", 0), ("b", 0)]);
-        clear("test-site", "a");
-        report("test-site", "a", |held| seen.push(("a", held)));
+        clear("test-site", &"a");
+        report("test-site", &"a", |held| seen.push(("a", held)));
         assert_eq!(seen.last(), Some(&("a", 0)));
     }
 }

@@ -338,7 +338,7 @@ impl Supervisor {
         entry.retry_at = Some(tokio::time::Instant::now() + delay);
         let reason = format!("{why}; started again in {}", crate::run::human(delay));
         // One cause failing many jobs at once (no descriptors left) is told once a minute, with a count.
-        crate::repeats::report("actor failed", &why, |held| {
+        crate::repeats::report("actor failed", &why.as_str(), |held| {
             tracing::error!(job = %key, "the job cannot be run: {reason}{}", crate::repeats::held_note(held));
         });
         entry.actor = Actor::Failed(failed_live(&self.shared.instance, key.kind, &reason));

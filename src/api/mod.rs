@@ -244,7 +244,7 @@ async fn refused_connection(e: &std::io::Error) {
     if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
         return;
     }
-    crate::repeats::report("accept", "api", |held| {
+    crate::repeats::report("accept", &"api", |held| {
         tracing::error!(error = %e, "the API cannot accept a connection{}", crate::repeats::held_note(held));
     });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -213,8 +213,8 @@ impl Actor {
             .log
             .sys(level, &format!("run {} ended: {} ({what}) after {}", active.id, state.as_str(), human(duration)));
         match history::write_status(&active.dir, &active.status) {
-            Ok(()) => crate::repeats::clear("run status", &self.key.to_string()),
-            Err(e) => crate::repeats::report("run status", &self.key.to_string(), |held| {
+            Ok(()) => crate::repeats::clear("run status", &self.key),
+            Err(e) => crate::repeats::report("run status", &self.key, |held| {
                 tracing::error!(job = %self.key, error = %e, "cannot write the run status{}", crate::repeats::held_note(held));
             }),
         }
