@@ -53,6 +53,8 @@ pub struct ApiConfig {
     pub token_file: PathBuf,
     /// Largest request body (a deployed zip or file).
     pub max_upload: u64,
+    /// Largest payload of a run request.
+    pub max_payload: u64,
     /// Largest total size a deployed zip may unpack to.
     pub max_unpacked: u64,
 }
@@ -81,6 +83,8 @@ pub struct Switches {
     pub restart_time: Option<Duration>,
     /// `WEBJOBS_IDLE_TIMEOUT`: default idle timeout of triggered runs.
     pub idle_timeout: Duration,
+    /// `max_concurrent_runs`: triggered runs active at once on this daemon (0 = no limit).
+    pub max_concurrent_runs: u32,
 }
 
 /// Where the configuration comes from.
@@ -104,7 +108,7 @@ pub struct ConfigError {
 const KNOWN_KEYS: &str = "root, jobs_dir, data_dir, temp_dir, instance_id, debounce_ms, log, \
     interpreters, timezone, singleton_retry_ms, stopped, disable_schedule, history_size, \
     restart_time, idle_timeout, listen, api_user, api_password, token_file, max_upload_bytes, \
-    max_unpacked_bytes, cgroups";
+    max_unpacked_bytes, max_payload_bytes, max_concurrent_runs, cgroups";
 
 impl Config {
     /// Resolves the configuration from the process environment.
@@ -179,6 +183,7 @@ struct Builder {
     api_password: Option<String>,
     token_file: Option<PathBuf>,
     max_upload: u64,
+    max_payload: u64,
     max_unpacked: u64,
     cgroups: bool,
 }
@@ -200,6 +205,7 @@ impl Builder {
                 history_size: 50,
                 restart_time: None,
                 idle_timeout: Duration::from_secs(120),
+                max_concurrent_runs: 0,
             },
             timezone: None,
             singleton_retry: Duration::from_secs(1),
@@ -208,6 +214,7 @@ impl Builder {
             api_password: None,
             token_file: None,
             max_upload: 100 * 1024 * 1024,
+            max_payload: 1024 * 1024,
             max_unpacked: 1024 * 1024 * 1024,
             cgroups: true,
         }
@@ -343,6 +350,9 @@ impl Builder {
         if let Some(p) = r.string("token_file") {
             self.token_file = Some(PathBuf::from(p));
         }
+        if let Some(n) = r.integer("max_payload_bytes", 0, 1024 * 1024 * 1024) {
+            self.max_payload = n;
+        }
         if let Some(n) = r.integer("max_upload_bytes", 1024, u64::MAX) {
             self.max_upload = n;
         }
@@ -407,6 +417,9 @@ impl Builder {
         if let Some(d) = r.seconds("idle_timeout") {
             self.switches.idle_timeout = d;
         }
+        if let Some(n) = r.integer("max_concurrent_runs", 0, 1_000_000) {
+            self.switches.max_concurrent_runs = n as u32;
+        }
     }
 
     fn finish(self, source: Option<PathBuf>) -> std::io::Result<Config> {
@@ -435,6 +448,7 @@ impl Builder {
                     .map(&under_root)
                     .unwrap_or_else(|| under_root(self.data_dir.clone()).join(crate::layout::API_TOKEN)),
                 max_upload: self.max_upload,
+                max_payload: self.max_payload,
                 max_unpacked: self.max_unpacked,
             },
             cgroups: self.cgroups,

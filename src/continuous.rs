@@ -311,6 +311,8 @@ impl Actor {
             // it lives, even if this daemon is killed, so no other daemon
             // starts a second copy beside an orphaned one.
             inherit: self.lease.as_ref().and_then(Lease::fd),
+            env: Vec::new(),
+            stdin: None,
         }
         .start()
         .await?;

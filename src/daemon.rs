@@ -86,6 +86,10 @@ pub async fn run(
         metrics: crate::metrics::Metrics::new(),
         clock: crate::clock::Clock::start().map_err(DaemonError::Clock)?,
         generation: Default::default(),
+        run_permits: match config.switches.max_concurrent_runs {
+            0 => None,
+            n => Some(Arc::new(tokio::sync::Semaphore::new(n as usize))),
+        },
     });
     stop_leftover_cgroups(&config, &shared.containment).await;
     stop_leftovers(&config, &shared.marker_prefix).await;

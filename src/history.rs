@@ -65,6 +65,18 @@ pub struct RunStatus {
     /// Peak memory of the run's cgroup, bytes (where the memory controller is enabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_peak: Option<u64>,
+    /// The queued request this run is an attempt of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// Which attempt of its request (1 = the first run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// The caller's correlation id, kept from the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// Size of the payload the run was given (`WEBJOBS_PAYLOAD_FILE`, stdin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_bytes: Option<u64>,
 }
 
 /// A fresh run id for `now`: `yyyyMMddHHmmssffff` (UTC, ten-thousandths of a second).

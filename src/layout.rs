@@ -10,6 +10,7 @@
 //!     job_scheduler.log, <run id>/        triggered: schedule log, one folder per run
 //!         status, output_log.txt              (the run's status and output)
 //!     singleton.job.lock, triggeredJob.lock, schedule.json   coordination files
+//!     queue/                                  the run queue (queued, taken, dead requests; payloads)
 //! temp/jobs/<kind>/<job>/<instance>-<fingerprint>/           working copies
 //! temp/JobsShutdown/<kind>/<job>/<instance>-<nonce>          shutdown files
 //! ```
@@ -42,6 +43,10 @@ pub const SINGLETON_LOCK: &str = "singleton.job.lock";
 pub const RUN_LOCK: &str = "triggeredJob.lock";
 /// The last schedule tick any daemon claimed.
 pub const SCHEDULE_RECORD: &str = "schedule.json";
+/// A triggered job's run queue (see `coordination::queue`).
+pub const QUEUE_DIR: &str = "queue";
+/// A run's payload (a hard link of its request's), in its run folder.
+pub const RUN_PAYLOAD: &str = "payload";
 
 /// The API's bearer token, in the data folder.
 pub const API_TOKEN: &str = "api-token";

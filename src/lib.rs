@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod output;
 pub mod problems;
 pub mod process;
+pub mod queue;
 pub mod repeats;
 pub mod run;
 pub mod schedule;

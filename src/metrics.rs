@@ -34,6 +34,12 @@ pub struct Metrics {
     schedule_delay: Histogram,
     log_bytes: Family<Labels, Counter>,
     cpu: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    queued: Family<Labels, Counter>,
+    dead: Family<Labels, Counter>,
+    queue_depth: Family<Labels, Gauge>,
+    queue_age: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// When the oldest ready request of each job was queued (ms), for the age at scrape time.
+    oldest: Mutex<std::collections::HashMap<String, i64>>,
 }
 
 fn job_labels(kind: &str, job: &str) -> Labels {
@@ -51,6 +57,11 @@ impl Metrics {
             schedule_delay: delay_histogram(),
             log_bytes: Family::default(),
             cpu: Family::default(),
+            queued: Family::default(),
+            dead: Family::default(),
+            queue_depth: Family::default(),
+            queue_age: Family::default(),
+            oldest: Mutex::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -65,6 +76,14 @@ impl Metrics {
             );
             r.register("log_bytes", "Bytes of job output written to logs", m.log_bytes.clone());
             r.register("cpu_seconds", "CPU time of ended runs and processes, from their cgroups", m.cpu.clone());
+            r.register("queued", "Run requests queued", m.queued.clone());
+            r.register("dead", "Run requests that went dead (no attempt left)", m.dead.clone());
+            r.register("queue_depth", "Run requests waiting in a job's queue", m.queue_depth.clone());
+            r.register(
+                "queue_oldest_age_seconds",
+                "Age of the oldest request of a job's queue that may start now",
+                m.queue_age.clone(),
+            );
         }
         m
     }
@@ -97,8 +116,38 @@ impl Metrics {
         }
     }
 
+    pub fn queued(&self, job: &str) {
+        self.queued.get_or_create(&job_labels("triggered", job)).inc();
+    }
+
+    pub fn dead(&self, job: &str) {
+        self.dead.get_or_create(&job_labels("triggered", job)).inc();
+    }
+
+    /// A job's queue holds `depth` requests; the oldest that may start was
+    /// queued at `oldest_ms`.
+    pub fn queue_depth(&self, job: &str, depth: u32, oldest_ms: Option<i64>) {
+        let labels = job_labels("triggered", job);
+        if depth == 0 {
+            self.queue_depth.remove(&labels);
+        } else {
+            self.queue_depth.get_or_create(&labels).set(depth as i64);
+        }
+        let mut oldest = self.oldest.lock().unwrap_or_else(|e| e.into_inner());
+        match oldest_ms {
+            Some(ms) => oldest.insert(job.to_string(), ms),
+            None => oldest.remove(job),
+        };
+    }
+
     /// The text exposition, with the jobs gauge set from `counts` (type, status, n).
     pub fn render(&self, counts: &[(String, String, i64)]) -> String {
+        self.queue_age.clear();
+        let now = jiff::Timestamp::now().as_millisecond();
+        for (job, ms) in self.oldest.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let age = (now - ms).max(0) as f64 / 1000.0;
+            self.queue_age.get_or_create(&job_labels("triggered", job)).set(age);
+        }
         self.jobs.clear();
         for (kind, status, n) in counts {
             let labels = vec![("type".to_string(), kind.clone()), ("status".to_string(), status.clone())];

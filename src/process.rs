@@ -10,7 +10,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -33,6 +33,8 @@ pub struct Command {
     /// A descriptor the process keeps, as fd 3: a singleton's lock, so that
     /// the lock lasts as long as the run, even if the daemon is killed.
     pub inherit: Option<std::os::fd::RawFd>,
+    /// The file the process reads as stdin (/dev/null when `None`).
+    pub stdin: Option<PathBuf>,
 }
 
 impl Command {
@@ -85,7 +87,7 @@ pub fn spawn(command: &Command, cgroup_procs: Option<std::os::fd::RawFd>) -> io:
     let (err_r, err_w) = pipe()?;
     // A larger pipe lets a chatty job write on while the daemon is busy; best effort.
     let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(256 * 1024));
-    let devnull = std::fs::File::open("/dev/null")?;
+    let devnull = std::fs::File::open(command.stdin.as_deref().unwrap_or(Path::new("/dev/null")))?;
     let prepared = crate::spawn::Prepared::new(&command.program, &command.args, &command.cwd, environment(command))?;
     let stdio = crate::spawn::Stdio {
         stdin: devnull.as_raw_fd(),
@@ -328,6 +330,7 @@ mod tests {
             env: vec![],
             marker: String::new(),
             inherit: None,
+            stdin: None,
         };
         assert_eq!(c.display(), "/usr/bin/bash run.sh 'a b' 'it'\\''s'");
     }
@@ -341,6 +344,7 @@ mod tests {
             env: vec![],
             marker: "test-marker-xyz".into(),
             inherit: None,
+            stdin: None,
         };
         init_daemon_process();
         let mut s = spawn(&c, None).unwrap();

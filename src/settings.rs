@@ -57,6 +57,10 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     pub retries: u32,
     pub retry_delay: Duration,
+    /// The longest back-off between attempts (the delay doubles per attempt).
+    pub max_retry_delay: Duration,
+    /// How long a dedup key stays held after its request ended.
+    pub dedup_window: Duration,
     pub overlap: Overlap,
     pub catch_up: CatchUp,
     pub restart_delay: Duration,
@@ -79,7 +83,7 @@ pub struct Loaded {
 }
 
 const KNOWN_KEYS: &str = "schedule, is_singleton, stopping_wait_time, is_in_place, timezone, timeout, \
-    idle_timeout, retries, retry_delay, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
+    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
     memory_max, cpu_max, tasks_max";
 
 /// The largest `settings.job` read (a bigger one is an error, not a memory hog).
@@ -101,6 +105,8 @@ impl Settings {
             idle_timeout: None,
             retries: 0,
             retry_delay: Duration::from_secs(60),
+            max_retry_delay: Duration::from_secs(3600),
+            dedup_window: Duration::ZERO,
             overlap: Overlap::Skip,
             catch_up: CatchUp::MaxAge(Duration::from_secs(600)),
             restart_delay: Duration::from_millis(500),
@@ -242,6 +248,15 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
     }
     if let Some(d) = r.seconds("retry_delay") {
         s.retry_delay = d;
+    }
+    if let Some(d) = r.seconds("max_retry_delay") {
+        s.max_retry_delay = d;
+        if d < s.retry_delay {
+            r.problem("max_retry_delay", "must not be smaller than retry_delay");
+        }
+    }
+    if let Some(d) = r.seconds("dedup_window") {
+        s.dedup_window = d;
     }
     s.overlap = match r.choice("overlap", &["skip", "queue", "replace"]) {
         Some("queue") => Overlap::Queue,
@@ -395,9 +410,18 @@ fn read_run_mode<'a>(r: &mut Reader<'a>, s: &mut Settings, kind: JobKind) {
 /// Keys that are valid but mean nothing for this kind of job.
 fn type_warnings(file: &Path, map: &Map<String, Value>, kind: JobKind) -> Vec<Problem> {
     let ignored: &[&str] = match kind {
-        JobKind::Continuous => {
-            &["schedule", "timeout", "idle_timeout", "retries", "retry_delay", "overlap", "catch_up", "timezone"]
-        }
+        JobKind::Continuous => &[
+            "schedule",
+            "timeout",
+            "idle_timeout",
+            "retries",
+            "retry_delay",
+            "max_retry_delay",
+            "dedup_window",
+            "overlap",
+            "catch_up",
+            "timezone",
+        ],
         JobKind::Triggered => &["is_singleton", "restart_delay", "max_restart_delay"],
     };
     ignored

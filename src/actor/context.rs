@@ -18,6 +18,8 @@ pub struct Shared {
     pub clock: crate::clock::Clock,
     /// Bumped on every status change of any job (the API's cache key and ETag).
     pub generation: std::sync::atomic::AtomicU64,
+    /// `max_concurrent_runs`: one permit per active triggered run (none = no limit).
+    pub run_permits: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Shared {

@@ -28,6 +28,10 @@ pub struct Launch<'a> {
     pub port: Option<u16>,
     /// A descriptor the process keeps as fd 3 (a singleton's lock).
     pub inherit: Option<std::os::fd::RawFd>,
+    /// More `WEBJOBS_*` variables (a triggered run's request).
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The process's stdin (a run's payload); /dev/null when `None`.
+    pub stdin: Option<PathBuf>,
 }
 
 impl Launch<'_> {
@@ -59,10 +63,12 @@ impl Launch<'_> {
             shutdown_file: &shutdown_file,
             port: self.port,
         };
-        let mut command =
-            command(job, work_dir.clone(), env.vars(&job.settings.env), self.shared.marker(key, self.nonce));
+        let mut vars = env.vars(&job.settings.env);
+        vars.extend(self.env);
+        let mut command = command(job, work_dir.clone(), vars, self.shared.marker(key, self.nonce));
         command.args.extend(self.arguments.iter().map(Into::into));
         command.inherit = self.inherit;
+        command.stdin = self.stdin;
         let cgroup = self.shared.run_cgroup(key, self.nonce, &job.settings.limits)?;
         Run::start(&command, shutdown_file, self.config.log.max_line, cgroup, job.settings.stopping_wait_time)
     }
@@ -83,7 +89,7 @@ pub fn command(
     if !job.script.host.is_empty() {
         args.push(script.into());
     }
-    Command { program, args, cwd, env, marker, inherit: None }
+    Command { program, args, cwd, env, marker, inherit: None, stdin: None }
 }
 
 #[cfg(test)]

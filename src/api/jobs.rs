@@ -48,6 +48,10 @@ pub fn kind_routes(kind: JobKind, prefix: &str) -> Router<ApiState> {
     router = match kind {
         JobKind::Triggered => router
             .route(&format!("{job}/run"), post(super::runs::run))
+            .route(&format!("{job}/queue"), get(super::queue::list).post(super::queue::enqueue))
+            .route(&format!("{job}/queue/{{id}}"), axum::routing::delete(super::queue::remove))
+            .route(&format!("{job}/dead"), get(super::queue::dead))
+            .route(&format!("{job}/dead/{{id}}/retry"), post(super::queue::retry))
             .route(&format!("{job}/cancel"), post(super::runs::cancel))
             .route(&format!("{job}/history"), get(super::runs::history))
             .route(&format!("{job}/history/{{id}}"), get(super::runs::one_run)),

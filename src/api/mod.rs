@@ -14,6 +14,7 @@ mod deploy;
 mod jobs;
 pub mod list;
 mod passthrough;
+mod queue;
 mod runs;
 mod vfs;
 pub mod views;

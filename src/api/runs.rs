@@ -17,31 +17,85 @@ use crate::triggered::{Accepted, Control, Refused, RunRequest};
 
 /// Sends a control to the job's actor and waits for its answer; a closed
 /// reply channel means the job does not exist.
-async fn ask<T>(state: &ApiState, job: &str, make: impl FnOnce(oneshot::Sender<T>) -> Control) -> Option<T> {
+pub(super) async fn ask<T>(state: &ApiState, job: &str, make: impl FnOnce(oneshot::Sender<T>) -> Control) -> Option<T> {
     let (tx, rx) = oneshot::channel();
     let event = Event::Triggered { name: job.to_string(), control: make(tx) };
     state.events.send(event).await.ok()?;
     rx.await.ok()
 }
 
-fn not_found(job: &str) -> Response {
+pub(super) fn not_found(job: &str) -> Response {
     error(StatusCode::NOT_FOUND, format!("no triggered job named \"{job}\""))
 }
 
 /// `POST /api/triggeredwebjobs/{job}/run?arguments=…` → 202 with `Location`.
 /// `arguments` is Kudu's raw string ([`crate::arguments`]); `arg=` (repeated,
-/// our extension, used by the CLI) gives exact words instead.
+/// our extension, used by the CLI) gives exact words instead. A request body
+/// is the run's payload; `key`, `priority`, `correlation_id` and `at`/`in`
+/// (a one-off run later) are our extensions (see [`request_from`]).
 pub async fn run(
     State(state): State<ApiState>,
     Path(job): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
+    let request = match request_from(&state, &query, &headers, body).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    submit(&state, &job, &headers, request).await
+}
+
+/// Hands a request to the job's actor and answers as Kudu does: 202 with
+/// the run's `Location` when it started, 202 `queued` when it waits.
+pub(super) async fn submit(state: &ApiState, job: &str, headers: &HeaderMap, request: RunRequest) -> Response {
+    let Some(answer) = ask(state, job, |reply| Control::Run { request: Box::new(request), reply }).await else {
+        return not_found(job);
+    };
+    state.mark_written();
+    match answer {
+        Ok(Accepted::Started(id)) => {
+            let url = format!("{}/api/triggeredwebjobs/{job}/history/{id}", base_url(headers));
+            let body = serde_json::json!({"id": id, "url": url, "queued": false});
+            (StatusCode::ACCEPTED, [(header::LOCATION, url)], axum::Json(body)).into_response()
+        }
+        Ok(Accepted::Queued(id)) => {
+            let url = format!("{}/api/triggeredwebjobs/{job}/queue", base_url(headers));
+            let body = serde_json::json!({"queued": true, "request": id, "url": url});
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// The status of a refused request.
+pub(super) fn refused(e: Refused) -> Response {
+    let status = match &e {
+        Refused::Running(_) | Refused::Stopped | Refused::Disabled(_) | Refused::Invalid(_) => StatusCode::CONFLICT,
+        Refused::Duplicate(_) => StatusCode::CONFLICT,
+        Refused::NoActiveRun(_) => StatusCode::NOT_FOUND,
+        Refused::Storage { full: true, .. } => StatusCode::INSUFFICIENT_STORAGE,
+        Refused::Storage { .. } | Refused::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+/// A run request from the query and body: `arguments=` or `arg=` (words),
+/// `key=`, `priority=`, `correlation_id=` (or the `X-Correlation-Id`
+/// header), `at=` (RFC 3339) or `in=` (`15m`, `90s`, `2h`), `queue=1`.
+pub(super) async fn request_from(
+    state: &ApiState,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<RunRequest, Response> {
+    let bad = |text: String| error(StatusCode::BAD_REQUEST, text);
+    let one = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let words: Vec<String> = query.iter().filter(|(k, _)| k == "arg").map(|(_, v)| v.clone()).collect();
-    let raw = query.iter().find(|(k, _)| k == "arguments").map(|(_, v)| v.clone());
-    let (arguments, text) = match raw {
+    let (arguments, text) = match one("arguments") {
         Some(_) if !words.is_empty() => {
-            return error(StatusCode::BAD_REQUEST, "give the arguments either as `arguments=` or as `arg=`, not both");
+            return Err(bad("give the arguments either as `arguments=` or as `arg=`, not both".into()));
         }
         Some(raw) => (crate::arguments::split(&raw), raw),
         None => {
@@ -50,23 +104,55 @@ pub async fn run(
         }
     };
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
-    let request = RunRequest { arguments, text, trigger: format!("External - {agent}") };
-    let Some(answer) = ask(&state, &job, |reply| Control::Run { request: Box::new(request), reply }).await else {
-        return not_found(&job);
+    let mut request = RunRequest::new(format!("External - {agent}"), arguments, text);
+    if let Some(p) = one("priority") {
+        request.priority = match p.parse::<i32>() {
+            Ok(n) if crate::queue::PRIORITY_RANGE.contains(&n) => n,
+            _ => return Err(bad(format!("priority must be a whole number from -100 to 100, not {p:?}"))),
+        };
+    }
+    request.key = one("key").filter(|k| !k.is_empty());
+    let header_id = headers.get("x-correlation-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    request.correlation_id = one("correlation_id").or(header_id).filter(|c| !c.is_empty());
+    for (name, value) in [("key", &request.key), ("correlation_id", &request.correlation_id)] {
+        if value.as_ref().is_some_and(|v| v.len() > 256) {
+            return Err(bad(format!("{name} is longer than 256 bytes")));
+        }
+    }
+    request.at = match (one("at"), one("in")) {
+        (Some(_), Some(_)) => return Err(bad("give either `at` or `in`, not both".into())),
+        (Some(at), None) => Some(crate::queue::parse_at(&at).map_err(bad)?),
+        (None, Some(delay)) => {
+            let delay = crate::queue::parse_in(&delay).map_err(bad)?;
+            Some(jiff::Timestamp::now() + delay)
+        }
+        (None, None) => None,
     };
-    state.mark_written();
-    match answer {
-        Ok(Accepted::Started(id)) => {
-            let url = format!("{}/api/triggeredwebjobs/{job}/history/{id}", base_url(&headers));
-            let body = serde_json::json!({"id": id, "url": url, "queued": false});
-            (StatusCode::ACCEPTED, [(header::LOCATION, url)], axum::Json(body)).into_response()
+    request.queue = one("queue").is_some_and(|q| q != "0" && q != "false");
+    request.payload = payload(state, headers, body).await?;
+    Ok(request)
+}
+
+/// The request body, up to `max_payload_bytes` (413 beyond); none when empty.
+async fn payload(state: &ApiState, headers: &HeaderMap, body: axum::body::Body) -> Result<Option<Vec<u8>>, Response> {
+    let limit = state.config.api.max_payload;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the payload is larger than max_payload_bytes ({limit} bytes); raise it in the daemon's config"),
+        )
+    };
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
+        Ok(bytes) if bytes.is_empty() => Ok(None),
+        Ok(bytes) => Ok(Some(bytes.to_vec())),
+        Err(e) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => {
+            Err(too_large())
         }
-        Ok(Accepted::Queued) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"queued": true}))).into_response(),
-        Err(e @ (Refused::Running(_) | Refused::Stopped | Refused::Disabled(_))) => {
-            error(StatusCode::CONFLICT, e.to_string())
-        }
-        Err(e @ Refused::Invalid(_)) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
     }
 }
 

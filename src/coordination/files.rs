@@ -42,6 +42,8 @@ const RECORD: usize = 128;
 pub struct JobFiles {
     run_lock: PathBuf,
     schedule: PathBuf,
+    /// The job's run queue (see [`super::queue`]).
+    pub(super) queue: PathBuf,
 }
 
 impl JobFiles {
@@ -136,7 +138,11 @@ impl Files {
     pub fn job(&self, key: &JobKey) -> io::Result<JobFiles> {
         let dir = layout::job_data_dir(&self.data_dir, key);
         std::fs::create_dir_all(&dir)?;
-        Ok(JobFiles { run_lock: dir.join(layout::RUN_LOCK), schedule: dir.join(layout::SCHEDULE_RECORD) })
+        Ok(JobFiles {
+            run_lock: dir.join(layout::RUN_LOCK),
+            schedule: dir.join(layout::SCHEDULE_RECORD),
+            queue: dir.join(layout::QUEUE_DIR),
+        })
     }
 
     /// Registers instance `id`: its lock is held for the daemon's whole life.

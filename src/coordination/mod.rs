@@ -10,7 +10,11 @@
 //! - **run lock**: at most one active run of a triggered job across daemons;
 //! - **schedule ticks**: each tick of a job's schedule is claimed by exactly
 //!   one daemon, and the newest claimed tick is the floor for the next one
-//!   (nothing fires twice after a clock step or a restart).
+//!   (nothing fires twice after a clock step or a restart);
+//! - **run queue**: a request is stored before it is acknowledged, taken by
+//!   exactly one daemon, and stays taken until its run's end puts it away
+//!   (done, requeued for a retry, or dead); the requests a daemon that is
+//!   gone had taken are found and recovered by another.
 //!
 //! The actors use [`Coordinator`] and [`JobCoordination`] only; the methods
 //! are async so that a database backend (PostgreSQL) slots in as another
@@ -18,13 +22,16 @@
 //! file locks in the shared data folder.
 
 pub mod files;
+pub mod queue;
 
 use std::io;
 use std::path::Path;
 
 use crate::key::JobKey;
+use crate::queue::{Entry, Slot};
 
 pub use files::InstanceError;
+pub use queue::{Duplicate, Taken};
 
 /// How this daemon coordinates with the others.
 #[derive(Debug, Clone)]
@@ -141,6 +148,107 @@ impl JobCoordination {
     pub async fn last_tick(&self) -> Option<jiff::Timestamp> {
         match self {
             JobCoordination::Files(f) => f.last_tick(),
+        }
+    }
+
+    /// Stores a request (and its payload) in the job's queue; refused when
+    /// its dedup key is held.
+    pub async fn enqueue(&self, entry: &Entry, payload: Option<&[u8]>) -> io::Result<Result<(), Duplicate>> {
+        match self {
+            JobCoordination::Files(f) => f.enqueue(entry, payload),
+        }
+    }
+
+    /// Every queued request.
+    pub async fn scan(&self) -> io::Result<Vec<Slot>> {
+        match self {
+            JobCoordination::Files(f) => f.scan(),
+        }
+    }
+
+    /// Takes a queued request: `None` when another daemon took it first.
+    pub async fn take(&self, slot: &Slot, instance: &str) -> io::Result<Option<Taken>> {
+        match self {
+            JobCoordination::Files(f) => f.take(slot, instance),
+        }
+    }
+
+    /// Where the payload of request `id` can be read by its run.
+    pub fn payload_path(&self, id: &str) -> std::path::PathBuf {
+        match self {
+            JobCoordination::Files(f) => f.payload_path(id),
+        }
+    }
+
+    /// A taken request is done; its dedup key stays held for `window`.
+    pub async fn done(&self, taken: Taken, window: std::time::Duration) -> io::Result<()> {
+        match self {
+            JobCoordination::Files(f) => f.done(taken, window),
+        }
+    }
+
+    /// A taken request goes back in the queue (a retry: `entry` says when).
+    pub async fn requeue(&self, taken: Taken, entry: &Entry) -> io::Result<Slot> {
+        match self {
+            JobCoordination::Files(f) => f.requeue(taken, entry),
+        }
+    }
+
+    /// A taken request with no attempt left is set aside as dead.
+    pub async fn bury(&self, taken: Taken, entry: &Entry) -> io::Result<()> {
+        match self {
+            JobCoordination::Files(f) => f.bury(taken, entry),
+        }
+    }
+
+    /// Dead requests, newest first.
+    pub async fn dead(&self) -> Vec<Entry> {
+        match self {
+            JobCoordination::Files(f) => f.dead(),
+        }
+    }
+
+    /// Queues a dead request again (found by its id or one of its runs' ids).
+    pub async fn revive(&self, id: &str) -> io::Result<Option<Entry>> {
+        match self {
+            JobCoordination::Files(f) => f.revive(id),
+        }
+    }
+
+    /// Removes a queued request (not yet started).
+    pub async fn remove_queued(&self, id: &str) -> io::Result<Option<Entry>> {
+        match self {
+            JobCoordination::Files(f) => f.remove_queued(id),
+        }
+    }
+
+    /// The queued requests in queue order, at most `limit`.
+    pub async fn queued(&self, limit: usize) -> Vec<Entry> {
+        match self {
+            JobCoordination::Files(f) => f.queued(limit),
+        }
+    }
+
+    /// The requests taken by daemons that are gone (per `coordinator`), now
+    /// taken by `instance` for recovery: each is found by exactly one daemon.
+    pub async fn orphans(&self, coordinator: &Coordinator, instance: &str) -> io::Result<Vec<Taken>> {
+        match self {
+            JobCoordination::Files(f) => {
+                let mut found = Vec::new();
+                for who in f.takers() {
+                    if who != instance && coordinator.instance_alive(&who).await {
+                        continue;
+                    }
+                    for taken in f.taken_by(&who) {
+                        if who == instance {
+                            found.push(taken);
+                        } else if let Some(mine) = f.adopt(taken, instance)? {
+                            found.push(mine);
+                        }
+                    }
+                }
+                Ok(found)
+            }
         }
     }
 }

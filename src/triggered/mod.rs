@@ -15,7 +15,6 @@
 //!     └─► stopping (every request still answered) ─────► Cancelled · Failed · Aborted
 //! ```
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,18 +26,22 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::clock::{Wake, WallTimer};
 use runs::next_check;
 
+mod queue;
 mod recovery;
 mod runs;
 mod ticks;
 
+use queue::Dispatch;
+
 use crate::actor::Shared;
 use crate::actor::definition::Definition;
 use crate::config::Config;
-use crate::coordination::{JobCoordination, Lease};
+use crate::coordination::{JobCoordination, Lease, Taken};
 use crate::history::{self, RunState, RunStatus};
 use crate::jobs::JobDef;
 use crate::key::JobKey;
 use crate::logs::{Level, LogFile, Rotation};
+use crate::queue::{Entry, Index, Slot};
 use crate::run::Run;
 use crate::settings::Overlap;
 
@@ -66,6 +69,22 @@ pub enum Control {
     Shutdown {
         why: &'static str,
     },
+    /// The queued requests (at most `limit`), or the dead ones.
+    Queue {
+        dead: bool,
+        limit: usize,
+        reply: oneshot::Sender<Vec<Entry>>,
+    },
+    /// Removes a queued request (not started yet).
+    Dequeue {
+        id: String,
+        reply: oneshot::Sender<Result<Entry, Refused>>,
+    },
+    /// Queues a dead request again (by its id or one of its runs').
+    Revive {
+        id: String,
+        reply: oneshot::Sender<Result<Entry, Refused>>,
+    },
     /// Answered once every message before it has been taken in.
     Sync(oneshot::Sender<()>),
 }
@@ -74,7 +93,7 @@ pub enum Control {
 pub type RunReply = oneshot::Sender<Result<Accepted, Refused>>;
 
 /// A request for a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunRequest {
     /// The script's argv after its own.
     pub arguments: Vec<String>,
@@ -83,13 +102,33 @@ pub struct RunRequest {
     pub text: String,
     /// `External - <who>`, `Schedule - <expr>`, `Retry …`.
     pub trigger: String,
+    /// Given to the run on stdin and as `WEBJOBS_PAYLOAD_FILE`.
+    pub payload: Option<Vec<u8>>,
+    /// Dedup key: refused while a request with it is queued or running.
+    pub key: Option<String>,
+    /// -100 (last) to 100 (first).
+    pub priority: i32,
+    pub correlation_id: Option<String>,
+    /// A one-off run at this time (queued until then).
+    pub at: Option<Timestamp>,
+    /// Queued whatever the overlap policy says (`webjobs enqueue`), rather
+    /// than refused while a run is active (Kudu's run).
+    pub queue: bool,
+}
+
+impl RunRequest {
+    pub fn new(trigger: String, arguments: Vec<String>, text: String) -> RunRequest {
+        RunRequest { trigger, arguments, text, ..RunRequest::default() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
+    /// The run's id.
     Started(String),
-    /// `overlap: queue`: it starts when the active run ends.
-    Queued,
+    /// Queued (the request's id): it starts when the job, the daemon or its
+    /// time allows.
+    Queued(String),
 }
 
 /// Why a run (or a cancel) was refused.
@@ -108,6 +147,11 @@ pub enum Refused {
     #[error("there is no active run{0} of this job on this daemon")]
     NoActiveRun(String),
     #[error("{0}")]
+    Duplicate(String),
+    /// The request could not be stored (`full`: no space left).
+    #[error("cannot queue the request: {why}")]
+    Storage { why: String, full: bool },
+    #[error("{0}")]
     Failed(String),
 }
 
@@ -122,6 +166,10 @@ pub struct Summary {
     pub disabled: bool,
     /// Why the job's actor could not run (it is started again later).
     pub failure: Option<String>,
+    /// Requests in the queue (not started yet).
+    pub queued: u32,
+    /// When the oldest of them that may start now was queued (ms since the epoch).
+    pub oldest_queued_ms: Option<i64>,
 }
 
 /// The supervisor's handle on a triggered job's actor.
@@ -161,6 +209,12 @@ pub fn refuse(control: Control, why: &str) {
         Control::Sync(done) => {
             let _ = done.send(());
         }
+        Control::Queue { reply, .. } => {
+            let _ = reply.send(Vec::new());
+        }
+        Control::Dequeue { reply, .. } | Control::Revive { reply, .. } => {
+            let _ = reply.send(Err(Refused::Invalid(why.to_string())));
+        }
         Control::Update { .. } | Control::Shutdown { .. } => {}
     }
 }
@@ -175,6 +229,8 @@ enum Event {
     Later,
     /// Time to look at the active run's limits.
     Check,
+    /// A run slot of the daemon (`max_concurrent_runs`) is free for us.
+    Permit(tokio::sync::OwnedSemaphorePermit),
 }
 
 /// Why an active run is being ended by us.
@@ -194,8 +250,10 @@ struct Active {
     log: LogFile,
     status: RunStatus,
     _lease: Lease,
-    request: RunRequest,
-    attempt: u32,
+    /// Held while the run is active (`max_concurrent_runs`).
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The request it is an attempt of (taken from the queue).
+    taken: Taken,
     deadline: Option<tokio::time::Instant>,
     idle: Duration,
     last_bytes: u64,
@@ -222,15 +280,20 @@ struct Actor {
     last_run_id: Option<String>,
     /// Boxed: an idle actor (most of ten thousand) keeps only a pointer.
     active: Option<Box<Active>>,
-    /// Requests waiting to start, with their attempt number (0 = first run).
-    queue: VecDeque<(RunRequest, u32)>,
+    /// The queued requests of the job (its durable queue's index).
+    index: Index,
     next_tick: Option<Timestamp>,
-    /// When to try starting the head of `queue` (a retry's delay, or a lock held elsewhere).
+    /// When to try starting the head of the queue again (a request coming
+    /// due, or a run lock held elsewhere).
     later: Option<tokio::time::Instant>,
+    /// Waiting for a run slot of the daemon (`max_concurrent_runs`).
+    want_permit: bool,
+    /// A run slot received while waiting, used by the next start.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     waiters: Vec<(String, oneshot::Sender<()>)>,
-    /// `overlap: replace`: the request that starts once the active run is
-    /// over, and who waits for its answer.
-    replacement: Option<(RunRequest, Option<RunReply>)>,
+    /// `overlap: replace`: the (queued) request that starts once the active
+    /// run is over, and who waits for its answer.
+    replacement: Option<(Slot, Option<RunReply>)>,
     exiting: bool,
 }
 
@@ -264,9 +327,11 @@ impl Actor {
             summary: inbox.state,
             scheduler_log,
             active: None,
-            queue: VecDeque::new(),
+            index: Index::default(),
             next_tick: None,
             later: None,
+            want_permit: false,
+            permit: None,
             waiters: Vec::new(),
             replacement: None,
             exiting: false,
@@ -286,6 +351,7 @@ impl Actor {
         self.summary.send_modify(|s| s.disabled = disabled);
         self.definition.report(&mut self.scheduler_log);
         Box::pin(self.arm_schedule(true)).await;
+        Box::pin(self.recover_queue()).await;
         while !(self.exiting && self.active.is_none()) {
             let event = self.next_event().await;
             Box::pin(self.handle(event)).await;
@@ -311,6 +377,7 @@ impl Actor {
             wake = self.timer.wait() => Event::Timer(wake),
             () = sleep_until(later) => Event::Later,
             () = sleep_until(check_at) => Event::Check,
+            permit = acquire(self.shared.run_permits.as_ref(), self.want_permit) => Event::Permit(permit),
         }
     }
 
@@ -322,6 +389,11 @@ impl Actor {
             Event::Timer(Wake::ClockChanged) => self.on_clock_set(),
             Event::Later => self.on_later().await,
             Event::Check => self.on_check().await,
+            Event::Permit(permit) => {
+                self.want_permit = false;
+                self.permit = Some(permit);
+                self.dispatch(None).await;
+            }
         }
     }
 
@@ -343,14 +415,26 @@ impl Actor {
                 }
             }
             Control::Shutdown { why } => {
+                // Queued requests stay queued (on disk) for the next start.
                 self.exiting = true;
-                self.queue.clear();
+                self.index.clear();
                 self.later = None;
+                self.want_permit = false;
                 self.set_next_tick(None);
-                if let Some((_, Some(reply))) = self.replacement.take() {
-                    let _ = reply.send(Err(Refused::Failed(format!("the daemon is stopping ({why})"))));
+                if let Some((slot, Some(reply))) = self.replacement.take() {
+                    let _ = reply.send(Ok(Accepted::Queued(slot.id.to_string())));
                 }
                 self.end_active(End::Shutdown(why));
+            }
+            Control::Queue { dead, limit, reply } => {
+                let entries = if dead { self.locks.dead().await } else { self.locks.queued(limit).await };
+                let _ = reply.send(entries);
+            }
+            Control::Dequeue { id, reply } => {
+                let _ = reply.send(self.dequeue(&id).await);
+            }
+            Control::Revive { id, reply } => {
+                let _ = reply.send(self.revive(&id).await);
             }
         }
     }
@@ -377,6 +461,7 @@ impl Actor {
             != (self.definition.good.clone(), self.config.timezone.clone(), self.config.switches.clone(), disabled)
         {
             self.arm_schedule(false).await;
+            self.dispatch(None).await;
         }
     }
 
@@ -387,10 +472,9 @@ impl Actor {
         self.summary.send_modify(|s| s.disabled = disabled);
         self.shared.changed();
         let text = if disabled {
-            let dropped = std::mem::take(&mut self.queue).len();
-            self.later = None;
             format!(
-                "stopped (disable.job is present): schedule paused, runs refused; {dropped} queued request(s) dropped"
+                "stopped (disable.job is present): schedule paused, runs refused; {} queued request(s) wait until it is started",
+                self.index.len()
             )
         } else {
             "started (disable.job removed): schedule and runs resume".to_string()
@@ -398,34 +482,35 @@ impl Actor {
         self.scheduler_log.sys(Level::SysInfo, &text);
     }
 
-    /// Starts a run now, or says why not (the overlap policy decides when a
-    /// run is active). The answer goes to `reply` (when given) and is
-    /// returned; with `overlap: replace` it comes once the active run is over
-    /// and the new one started (`None` here).
+    /// Queues a request and starts it if it is first in line and the job is
+    /// free, or says why not (the overlap policy decides while a run is
+    /// active). The answer goes to `reply` (when given) and is returned; with
+    /// `overlap: replace` it comes once the active run is over and the new
+    /// one started (`None` here).
     async fn request_run(
         &mut self,
         request: RunRequest,
         scheduled: bool,
         reply: Option<RunReply>,
     ) -> Option<Result<Accepted, Refused>> {
-        let result = match self.decide(scheduled) {
-            Ok(None) => {
-                let job = self.definition.good.clone().expect("decide checked it");
-                self.start_run(&job, request, 0).await
-            }
-            Ok(Some(Overlap::Queue)) => {
-                self.queue.push_back((request, 0));
-                Ok(Accepted::Queued)
-            }
-            Ok(Some(_)) => {
-                // Replace: the active run stops; the new one starts when it is over.
-                if let Some((_, Some(older))) = self.replacement.replace((request, reply)) {
-                    let _ = older.send(Err(Refused::Running("replaced by a newer request (overlap: replace)".into())));
-                }
-                self.end_active(End::Replaced);
-                return None;
-            }
+        let queue_only = request.queue || request.at.is_some();
+        let result = match self.decide(scheduled, queue_only) {
             Err(refused) => Err(refused),
+            Ok(overlap) => match self.store(request).await {
+                Err(refused) => Err(refused),
+                Ok(slot) if overlap == Some(Overlap::Replace) => {
+                    // The active run stops; this request starts when it is over.
+                    if let Some((older, Some(reply))) = self.replacement.replace((slot, reply)) {
+                        let _ = self.locks.remove_queued(&older.id).await;
+                        self.index.remove(&older);
+                        let _ =
+                            reply.send(Err(Refused::Running("replaced by a newer request (overlap: replace)".into())));
+                    }
+                    self.end_active(End::Replaced);
+                    return None;
+                }
+                Ok(slot) => self.start_or_queue(slot, overlap.is_some() || queue_only).await,
+            },
         };
         if let Some(reply) = reply {
             let _ = reply.send(result.clone());
@@ -433,9 +518,29 @@ impl Actor {
         Some(result)
     }
 
-    /// Whether a request may run: `Ok(None)` now, `Ok(Some(overlap))` when a
-    /// run is active and `queue` or `replace` applies, or why not.
-    fn decide(&mut self, scheduled: bool) -> Result<Option<Overlap>, Refused> {
+    /// After `slot` was queued: starts the queue's head; says whether that was
+    /// `slot`. A request that may not wait (Kudu's run, `overlap: skip`) and
+    /// cannot start because another daemon runs the job is taken back out.
+    async fn start_or_queue(&mut self, slot: Slot, may_wait: bool) -> Result<Accepted, Refused> {
+        let id = slot.id.to_string();
+        match self.dispatch(None).await {
+            Dispatch::Started { request, run } if request == id => Ok(Accepted::Started(run)),
+            Dispatch::Busy(holder)
+                if !may_wait && self.index.next(Timestamp::now().as_millisecond()).as_ref() == Some(&slot) =>
+            {
+                let _ = self.locks.remove_queued(&id).await;
+                self.index.remove(&slot);
+                self.publish_queue();
+                Err(Refused::Running(format!("a run is active on {holder}")))
+            }
+            _ => Ok(Accepted::Queued(id)),
+        }
+    }
+
+    /// Whether a request may be queued: `Ok(None)` when no run is active,
+    /// `Ok(Some(overlap))` when one is and the request waits (`queue`, an
+    /// explicit enqueue) or replaces it, or why not.
+    fn decide(&mut self, scheduled: bool, queue_only: bool) -> Result<Option<Overlap>, Refused> {
         if self.exiting {
             return Err(Refused::Failed("the daemon is stopping".into()));
         }
@@ -449,6 +554,9 @@ impl Actor {
             return Err(Refused::Invalid(self.def().errors().join("; ")));
         };
         let Some(active) = &mut self.active else { return Ok(None) };
+        if queue_only {
+            return Ok(Some(Overlap::Queue));
+        }
         match job.settings.overlap {
             Overlap::Skip => {
                 let why = format!("run {} is still running", active.id);
@@ -481,6 +589,17 @@ impl Actor {
     fn publish_run(&mut self, latest: Option<(String, RunStatus)>) {
         self.summary.send_modify(|s| s.latest = latest.map(Box::new));
         self.shared.changed();
+    }
+}
+
+/// A permit of the daemon's run slots, once `wanted` and one is free.
+async fn acquire(permits: Option<&Arc<tokio::sync::Semaphore>>, wanted: bool) -> tokio::sync::OwnedSemaphorePermit {
+    match permits {
+        Some(permits) if wanted => match permits.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => std::future::pending().await,
+        },
+        _ => std::future::pending().await,
     }
 }
 

@@ -74,5 +74,9 @@ fn lost_before_start(dir: &std::path::Path, instance: &str) -> RunStatus {
         duration_ms: None,
         cpu_ms: None,
         memory_peak: None,
+        request: None,
+        attempt: None,
+        correlation_id: None,
+        payload_bytes: None,
     }
 }

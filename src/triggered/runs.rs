@@ -8,40 +8,33 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Accepted, Active, Actor, End, Refused, RunRequest};
+use super::queue::Dispatch;
+use super::{Accepted, Active, Actor, End, Refused};
 use crate::actor::launch::Launch;
+use crate::coordination::{Lease, Taken};
 use crate::history::{self, RunState, RunStatus};
 use crate::jobs::Runnable;
 use crate::logs::{Level, LogFile, format_time};
+use crate::queue::Entry;
 use crate::run::{Run, human};
-use crate::settings::Overlap;
 
 impl Actor {
+    /// Starts a run of the request taken from the queue (the run lock and a
+    /// run slot held); returns the run's id. A run that cannot start is
+    /// recorded as Failed (and its request retried or dead).
     pub(super) async fn start_run(
         &mut self,
         job: &Arc<Runnable>,
-        request: RunRequest,
-        attempt: u32,
-    ) -> Result<Accepted, Refused> {
-        let lease = match self.locks.try_run(&self.shared.instance).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => {
-                let holder = self.locks.run_holder().await.unwrap_or_else(|| "another daemon".into());
-                // A run is active on another daemon, which we cannot hear end:
-                // queued requests and retries try again in a second.
-                if job.settings.overlap == Overlap::Queue || attempt > 0 {
-                    self.queue.push_back((request, attempt));
-                    self.later.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(1));
-                    return Ok(Accepted::Queued);
-                }
-                return Err(Refused::Running(format!("a run is active on {holder}")));
-            }
-            Err(e) => return Err(Refused::Failed(format!("cannot take the run lock: {e}"))),
-        };
+        mut taken: Taken,
+        lease: Lease,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> String {
         let started = std::time::SystemTime::now();
         let id = self.next_run_id();
+        taken.entry.attempts += 1;
+        taken.entry.runs.push(id.clone());
         // The process first: creating files is the slow part, and the child needs none of them.
-        let spawned = self.spawn(job, &id, &request).await;
+        let spawned = self.spawn(job, &id, &taken.entry).await;
         // Let other jobs due at the same tick spawn before this one writes its files.
         tokio::task::yield_now().await;
         let (dir, mut log) = match self.open_run_files(&id) {
@@ -50,15 +43,28 @@ impl Actor {
                 if let Ok(mut run) = spawned {
                     run.discard().await;
                 }
-                return Err(Refused::Failed(format!("cannot create the run folder or its log: {e}")));
+                let why = format!("cannot create the run folder or its log: {e}");
+                self.scheduler_log.sys(Level::SysError, &format!("run {id}: {why}"));
+                drop(lease);
+                self.put_away(taken, RunState::Failed, &id, Some(why)).await;
+                return id;
             }
         };
+        let request = &taken.entry;
         let args = if request.arguments.is_empty() {
             String::new()
         } else {
             format!(" with arguments {:?}", request.arguments)
         };
-        log.line(Level::SysInfo, format!("run {id} triggered by {}{args}", request.trigger).as_bytes(), started);
+        let attempt = if request.attempts > 1 { format!(" (attempt {})", request.attempts) } else { String::new() };
+        log.line(
+            Level::SysInfo,
+            format!("run {id} triggered by {}{args}{attempt}", request.trigger).as_bytes(),
+            started,
+        );
+        if request.payload.is_some() {
+            let _ = std::fs::hard_link(self.locks.payload_path(&request.id), dir.join(crate::layout::RUN_PAYLOAD));
+        }
         let mut status = RunStatus {
             status: RunState::Running,
             start_time: format_time(started),
@@ -73,6 +79,10 @@ impl Actor {
             duration_ms: None,
             cpu_ms: None,
             memory_peak: None,
+            request: Some(request.id.clone()),
+            attempt: Some(request.attempts),
+            correlation_id: request.correlation_id.clone(),
+            payload_bytes: request.payload,
         };
         match spawned {
             Ok(run) => {
@@ -89,8 +99,8 @@ impl Actor {
                     log,
                     status,
                     _lease: lease,
-                    request,
-                    attempt,
+                    _permit: permit,
+                    taken,
                     deadline,
                     idle,
                     last_bytes: 0,
@@ -100,7 +110,7 @@ impl Actor {
                     cancels: Vec::new(),
                 };
                 self.active = Some(Box::new(active));
-                Ok(Accepted::Started(id))
+                id
             }
             Err(e) => {
                 log.sys(Level::SysError, &format!("failed to start: {e}"));
@@ -110,9 +120,9 @@ impl Actor {
                 let _ = history::write_status(&dir, &status);
                 self.shared.metrics.run_finished(&self.key.name, "Failed", Duration::ZERO);
                 self.publish_run(Some((id.clone(), status.clone())));
-                drop(lease);
-                self.after_run(&request, attempt, RunState::Failed, &id);
-                Ok(Accepted::Started(id))
+                drop((lease, permit));
+                self.end_of(taken, RunState::Failed, &id, status.error).await;
+                id
             }
         }
     }
@@ -136,20 +146,24 @@ impl Actor {
         };
         let cancels = std::mem::take(&mut active.cancels);
         let id = active.id.clone();
-        self.finish(active, state, error);
+        self.finish(active, state, error).await;
         for reply in cancels {
             let _ = reply.send(Ok(id.clone()));
         }
         self.start_replacement().await;
     }
 
-    /// Starts the request that replaces the run just ended (`overlap: replace`).
+    /// Starts the request that replaces the run just ended (`overlap:
+    /// replace`), or the queue's head.
     pub(super) async fn start_replacement(&mut self) {
-        let Some((request, reply)) = self.replacement.take() else { return };
-        let result = match (self.exiting, self.definition.good.clone()) {
-            (true, _) => Err(Refused::Failed("the daemon is stopping".into())),
-            (false, None) => Err(Refused::Invalid(self.def().errors().join("; "))),
-            (false, Some(job)) => self.start_run(&job, request, 0).await,
+        let Some((slot, reply)) = self.replacement.take() else {
+            self.dispatch(None).await;
+            return;
+        };
+        let id = slot.id.to_string();
+        let result = match self.dispatch(Some(slot)).await {
+            Dispatch::Started { request, run } if request == id => Ok(Accepted::Started(run)),
+            _ => Ok(Accepted::Queued(id)),
         };
         if let Some(reply) = reply {
             let _ = reply.send(result);
@@ -188,7 +202,7 @@ impl Actor {
 
     /// Writes the run's end (status, log line), releases the lock, and starts
     /// what follows: a retry or the next queued run.
-    pub(super) fn finish(&mut self, mut active: Box<Active>, state: RunState, error: Option<String>) {
+    pub(super) async fn finish(&mut self, mut active: Box<Active>, state: RunState, error: Option<String>) {
         let exit = active.run.exit_status();
         let duration = active.run.started.elapsed();
         let usage = active.run.finish_usage();
@@ -222,49 +236,24 @@ impl Actor {
         self.shared.metrics.cpu_used("triggered", &self.key.name, usage.cpu_ms);
         self.shared.metrics.output("triggered", &self.key.name, active.run.output.bytes);
         self.publish_run(Some((active.id.clone(), active.status.clone())));
-        let id = active.id.clone();
-        let (request, attempt) = (active.request.clone(), active.attempt);
-        drop(active);
-        self.after_run(&request, attempt, state, &id);
+        let Active { id, taken, status, .. } = *active;
+        self.end_of(taken, state, &id, status.error).await;
     }
 
-    pub(super) fn after_run(&mut self, request: &RunRequest, attempt: u32, state: RunState, id: &str) {
+    /// After run `id` ended: who waits for it hears, and its request is put away.
+    pub(super) async fn end_of(&mut self, taken: Taken, state: RunState, id: &str, error: Option<String>) {
         for (_, waiter) in self.waiters.extract_if(.., |(run, _)| run == id) {
             let _ = waiter.send(());
         }
-        if self.exiting {
-            return;
-        }
-        let Some(job) = self.definition.good.clone() else { return };
-        let (retries, delay) = (job.settings.retries, job.settings.retry_delay);
-        match next_after_run(state, attempt, retries, self.def().disabled, self.queue.is_empty()) {
-            Next::Nothing => {}
-            Next::NoRetryWhileStopped => self
-                .scheduler_log
-                .sys(Level::SysWarn, &format!("run {id} failed; no retry: the job is stopped (disable.job)")),
-            Next::Retry(next) => {
-                self.scheduler_log
-                    .sys(Level::SysInfo, &format!("retry {next}/{retries} of run {id} in {}", human(delay)));
-                let trigger = format!("Retry {next}/{retries} of {id}");
-                self.queue.push_front((RunRequest { trigger, ..request.clone() }, next));
-                self.later = Some(tokio::time::Instant::now() + delay);
-            }
-            Next::Queued => self.later = Some(tokio::time::Instant::now()),
-        }
+        // Cancelled or replaced: done, never retried.
+        let state = if state == RunState::Cancelled { RunState::Success } else { state };
+        self.put_away(taken, state, id, error).await;
     }
 
-    /// Starts the head of the queue (a retry or a queued request), unless a
-    /// run is active: its end calls this again.
+    /// A request came due, or the run lock may be free again.
     pub(super) async fn on_later(&mut self) {
         self.later = None;
-        let Some(job) = self.definition.good.clone() else { return };
-        if self.active.is_some() {
-            return;
-        }
-        let Some((request, attempt)) = self.queue.pop_front() else { return };
-        if let Err(e) = self.start_run(&job, request, attempt).await {
-            self.scheduler_log.sys(Level::SysWarn, &format!("could not start a queued or retried run: {e}"));
-        }
+        self.dispatch(None).await;
     }
 
     /// Cancels the active run; answered once it is over.
@@ -306,7 +295,18 @@ impl Actor {
         }
     }
 
-    pub(super) async fn spawn(&mut self, job: &Arc<Runnable>, id: &str, request: &RunRequest) -> std::io::Result<Run> {
+    pub(super) async fn spawn(&mut self, job: &Arc<Runnable>, id: &str, request: &Entry) -> std::io::Result<Run> {
+        let payload = request.payload.map(|_| self.locks.payload_path(&request.id));
+        let mut env = vec![
+            ("WEBJOBS_ATTEMPT".into(), request.attempts.to_string().into()),
+            ("WEBJOBS_REQUEST_ID".into(), request.id.clone().into()),
+        ];
+        if let Some(file) = &payload {
+            env.push(("WEBJOBS_PAYLOAD_FILE".into(), file.into()));
+        }
+        if let Some(correlation) = &request.correlation_id {
+            env.push(("WEBJOBS_CORRELATION_ID".into(), correlation.into()));
+        }
         Launch {
             job,
             config: &self.config,
@@ -317,6 +317,8 @@ impl Actor {
             arguments_text: &request.text,
             port: None,
             inherit: None,
+            env,
+            stdin: payload,
         }
         .start()
         .await
@@ -328,31 +330,6 @@ pub(super) fn next_check(active: &Active) -> tokio::time::Instant {
     let period = (active.idle / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let next = tokio::time::Instant::now() + period;
     active.deadline.map_or(next, |d| d.min(next))
-}
-
-/// What follows a run's end.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Next {
-    Nothing,
-    /// A failed run with retries left, while `disable.job` is present: none.
-    NoRetryWhileStopped,
-    /// Retry with this attempt number (after `retry_delay`).
-    Retry(u32),
-    /// Start the head of the queue now.
-    Queued,
-}
-
-/// After a run that ended in `state` on attempt `attempt` (0 = first run):
-/// a failed run is retried while attempts are left (never while the job is
-/// stopped), else a queued request starts.
-pub(super) fn next_after_run(state: RunState, attempt: u32, retries: u32, disabled: bool, queue_empty: bool) -> Next {
-    let retry = state == RunState::Failed && attempt < retries;
-    match (retry, disabled) {
-        (true, true) => Next::NoRetryWhileStopped,
-        (true, false) => Next::Retry(attempt + 1),
-        (false, _) if disabled || queue_empty => Next::Nothing,
-        (false, _) => Next::Queued,
-    }
 }
 
 /// What a run was last seen doing: bytes of output so far, CPU time so far.
@@ -398,21 +375,6 @@ pub(super) fn verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_failed_run_is_retried_while_attempts_are_left_and_the_job_is_not_stopped() {
-        use RunState::*;
-        assert_eq!(next_after_run(Failed, 0, 2, false, true), Next::Retry(1));
-        assert_eq!(next_after_run(Failed, 1, 2, false, false), Next::Retry(2), "a retry goes before the queue");
-        assert_eq!(next_after_run(Failed, 2, 2, false, true), Next::Nothing, "the last attempt");
-        assert_eq!(next_after_run(Failed, 2, 2, false, false), Next::Queued);
-        assert_eq!(next_after_run(Failed, 0, 2, true, false), Next::NoRetryWhileStopped);
-        assert_eq!(next_after_run(Success, 0, 2, false, false), Next::Queued);
-        assert_eq!(next_after_run(Success, 0, 2, true, false), Next::Nothing, "a stopped job starts nothing queued");
-        for state in [Cancelled, Aborted] {
-            assert_eq!(next_after_run(state, 0, 5, false, true), Next::Nothing, "{state:?} is never retried");
-        }
-    }
 
     #[test]
     fn limits_are_judged_at_fixed_instants() {

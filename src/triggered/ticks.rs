@@ -101,7 +101,7 @@ impl Actor {
         }
         self.shared.metrics.tick_started(Timestamp::now().duration_since(tick).unsigned_abs());
         let trigger = format!("Schedule - {schedule}{}", missed.unwrap_or_default());
-        let request = RunRequest { arguments: Vec::new(), text: String::new(), trigger };
+        let request = RunRequest::new(trigger, Vec::new(), String::new());
         let Some(result) = self.request_run(request, true, None).await else {
             return self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: replacing the active run"));
         };
@@ -109,8 +109,8 @@ impl Actor {
             Ok(Accepted::Started(id)) => {
                 self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: started run {id}"))
             }
-            Ok(Accepted::Queued) => {
-                self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: queued behind the active run"))
+            Ok(Accepted::Queued(id)) => {
+                self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: queued as request {id}"))
             }
             Err(Refused::Running(_)) => {}
             Err(e) => self.scheduler_log.sys(Level::SysWarn, &format!("tick {tick}: not run: {e}")),

@@ -352,11 +352,11 @@ fn run_mode_on_demand_ignores_the_schedule() {
 }
 
 #[test]
-fn a_stopped_job_does_not_retry_its_failed_run() {
+fn a_stopped_job_keeps_its_retry_queued_until_it_is_started() {
     let root = Root::new();
     let release = root.path().join("release");
     let script = format!("while [ ! -e {} ]; do sleep 0.05; done\nexit 1\n", release.display());
-    root.job("triggered", "flaky", &[("run.sh", &script), ("settings.job", r#"{"retries": 2, "retry_delay": 0}"#)]);
+    root.job("triggered", "flaky", &[("run.sh", &script), ("settings.job", r#"{"retries": 1, "retry_delay": 0}"#)]);
     let daemon = root.start();
     let out = root.cli(&["run", "flaky"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -365,10 +365,15 @@ fn a_stopped_job_does_not_retry_its_failed_run() {
     std::fs::write(&release, "").unwrap();
     let scheduler = root.data_dir("triggered", "flaky").join("job_scheduler.log");
     wait_for("the failed run's end", Duration::from_secs(10), || {
-        read(&scheduler).contains("no retry: the job is stopped")
+        read(&scheduler).contains("it waits until the job is started")
     });
     assert_eq!(root.runs("flaky").len(), 1);
     assert_eq!(root.finished_runs("flaky")[0]["Status"], "Failed");
+    let queued = root.http().get("/api/triggeredwebjobs/flaky/queue").json();
+    assert_eq!(queued["count"], 1, "the retry is kept: {queued}");
+    let out = root.cli(&["start", "flaky"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_for("the retry ran", Duration::from_secs(10), || root.finished_runs("flaky").len() == 2);
     daemon.stop();
 }
 

@@ -1,0 +1,258 @@
+//! The job's side of its durable queue: storing a request before it is
+//! acknowledged, starting the queue's head when the job, the daemon and the
+//! other daemons allow, putting a request away after its run (done, retried
+//! after a back-off, or dead), and recovering what a daemon that is gone had
+//! taken.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::{Actor, Refused, RunRequest};
+use crate::coordination::Taken;
+use crate::history::RunState;
+use crate::logs::Level;
+use crate::queue::{After, Entry, Slot, after, backoff};
+use crate::run::human;
+
+/// What starting the queue's head came to.
+#[derive(Debug)]
+pub(super) enum Dispatch {
+    Started {
+        request: String,
+        run: String,
+    },
+    /// The run lock is held by another daemon (who, in words).
+    Busy(String),
+    /// Nothing may start now (a run is active, nothing is due, no run slot
+    /// of the daemon is free, the job is stopped or invalid).
+    Waiting,
+}
+
+impl Actor {
+    /// Writes a request to the queue (with its payload): from here on it
+    /// survives the daemon.
+    pub(super) async fn store(&mut self, request: RunRequest) -> Result<Slot, Refused> {
+        let mut entry = Entry::new(request.trigger, request.arguments, request.text);
+        entry.priority =
+            request.priority.clamp(*crate::queue::PRIORITY_RANGE.start(), *crate::queue::PRIORITY_RANGE.end());
+        entry.due_ms = request.at.map(|t| t.as_millisecond().max(1));
+        entry.key = request.key;
+        entry.correlation_id = request.correlation_id;
+        entry.payload = request.payload.as_ref().map(|p| p.len() as u64);
+        match self.locks.enqueue(&entry, request.payload.as_deref()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(duplicate)) => return Err(Refused::Duplicate(duplicate.to_string())),
+            Err(e) => {
+                let full = e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT);
+                return Err(Refused::Storage { why: e.to_string(), full });
+            }
+        }
+        let slot = entry.slot();
+        self.index.insert(slot.clone());
+        self.shared.metrics.queued(&self.key.name);
+        self.publish_queue();
+        Ok(slot)
+    }
+
+    /// Starts the queue's head (or `prefer`, a replacement) if the job is
+    /// free: no active run here, the run lock free across daemons, a run slot
+    /// of the daemon free, and a request due.
+    pub(super) async fn dispatch(&mut self, prefer: Option<Slot>) -> Dispatch {
+        if self.active.is_some() || self.exiting || self.def().disabled || self.config.switches.stopped {
+            return Dispatch::Waiting;
+        }
+        let Some(job) = self.definition.good.clone() else { return Dispatch::Waiting };
+        let mut prefer = prefer;
+        loop {
+            let now = Timestamp::now().as_millisecond();
+            let Some(slot) = prefer.take().or_else(|| self.index.next(now)) else {
+                self.later = self.index.next_due().map(|due| {
+                    tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now).max(0) as u64)
+                });
+                return Dispatch::Waiting;
+            };
+            let permit = match (self.permit.take(), &self.shared.run_permits) {
+                (Some(permit), _) => Some(permit),
+                (None, None) => None,
+                (None, Some(permits)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        self.want_permit = true;
+                        return Dispatch::Waiting;
+                    }
+                },
+            };
+            let lease = match self.locks.try_run(&self.shared.instance).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    // A run is active on another daemon, which we cannot hear end.
+                    self.permit = permit;
+                    self.later = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    let holder = self.locks.run_holder().await.unwrap_or_else(|| "another daemon".into());
+                    return Dispatch::Busy(holder);
+                }
+                Err(e) => {
+                    self.permit = permit;
+                    self.later = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    self.scheduler_log.sys(Level::SysError, &format!("cannot take the run lock: {e}"));
+                    return Dispatch::Waiting;
+                }
+            };
+            self.index.remove(&slot);
+            let taken = match self.locks.take(&slot, &self.shared.instance).await {
+                Ok(Some(taken)) => taken,
+                Ok(None) => {
+                    self.permit = permit;
+                    continue; // another daemon took it first, or it was cancelled
+                }
+                Err(e) => {
+                    self.permit = permit;
+                    self.scheduler_log
+                        .sys(Level::SysError, &format!("queued request {} cannot be read, set aside: {e}", slot.id));
+                    continue;
+                }
+            };
+            self.publish_queue();
+            let request = taken.entry.id.clone();
+            let run = self.start_run(&job, taken, lease, permit).await;
+            return Dispatch::Started { request, run };
+        }
+    }
+
+    /// After attempt `taken.entry.attempts` ended in `state`: the request is
+    /// done, tried again after a back-off, or dead.
+    pub(super) async fn put_away(&mut self, mut taken: Taken, state: RunState, run: &str, error: Option<String>) {
+        let settings = self.definition.good.as_ref().map(|j| j.settings.clone());
+        let defaults = || std::sync::Arc::new(crate::settings::Settings::defaults(crate::key::JobKind::Triggered));
+        let settings = settings.unwrap_or_else(defaults);
+        let failed = matches!(state, RunState::Failed | RunState::Aborted);
+        let attempt = taken.entry.attempts;
+        let entry = &mut taken.entry;
+        let result = match after(failed, attempt, settings.retries) {
+            After::Done => self.locks.done(taken, settings.dedup_window).await,
+            After::Retry => {
+                let delay = backoff(settings.retry_delay, settings.max_retry_delay, attempt, unit_random());
+                entry.due_ms = Some(Timestamp::now().as_millisecond() + delay.as_millis() as i64);
+                entry.error = error;
+                entry.trigger = format!("Retry {attempt}/{} of {run}", settings.retries);
+                let waits = if self.def().disabled { "; it waits until the job is started" } else { "" };
+                self.scheduler_log.sys(
+                    Level::SysInfo,
+                    &format!("retry {attempt}/{} of run {run} in {}{waits}", settings.retries, human(delay)),
+                );
+                let entry = entry.clone();
+                match self.locks.requeue(taken, &entry).await {
+                    Ok(slot) => {
+                        self.index.insert(slot);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            After::Dead => {
+                entry.error = error.or_else(|| Some(format!("run {run} ended {}", state.as_str())));
+                self.scheduler_log.sys(
+                    Level::SysWarn,
+                    &format!(
+                        "request {} is dead after {attempt} attempt(s) (last: run {run}); `webjobs retry {} {run}` queues it again",
+                        entry.id, self.key.name
+                    ),
+                );
+                self.shared.metrics.dead(&self.key.name);
+                let entry = entry.clone();
+                self.locks.bury(taken, &entry).await
+            }
+        };
+        if let Err(e) = result {
+            self.scheduler_log.sys(Level::SysError, &format!("cannot put away the request of run {run}: {e}"));
+        }
+        self.publish_queue();
+    }
+
+    /// At start: requests taken by a daemon that is gone (this instance's
+    /// previous life included) were in flight: each is an Aborted attempt,
+    /// retried per `retries`. Then the queue is read.
+    pub(super) async fn recover_queue(&mut self) {
+        match self.locks.orphans(&self.shared.coordinator, &self.shared.instance).await {
+            Ok(orphans) => {
+                for mut taken in orphans {
+                    taken.entry.attempts += 1;
+                    let run = taken.entry.runs.last().cloned().unwrap_or_else(|| "(not started)".into());
+                    let why = "the daemon running it stopped before the run ended".to_string();
+                    self.scheduler_log.sys(
+                        Level::SysWarn,
+                        &format!(
+                            "request {} was in flight when its daemon stopped: attempt {} Aborted",
+                            taken.entry.id, taken.entry.attempts
+                        ),
+                    );
+                    self.put_away(taken, RunState::Aborted, &run, Some(why)).await;
+                }
+            }
+            Err(e) => self.scheduler_log.sys(Level::SysError, &format!("cannot recover taken requests: {e}")),
+        }
+        match self.locks.scan().await {
+            Ok(slots) => {
+                for slot in slots {
+                    self.index.insert(slot);
+                }
+            }
+            Err(e) => self.scheduler_log.sys(Level::SysError, &format!("cannot read the queue: {e}")),
+        }
+        self.publish_queue();
+        self.dispatch(None).await;
+    }
+
+    /// Removes a queued request that has not started.
+    pub(super) async fn dequeue(&mut self, id: &str) -> Result<Entry, Refused> {
+        match self.locks.remove_queued(id).await {
+            Ok(Some(entry)) => {
+                self.index.remove(&entry.slot());
+                if self.replacement.as_ref().is_some_and(|(s, _)| &*s.id == id) {
+                    self.replacement = None;
+                }
+                self.scheduler_log.sys(Level::SysInfo, &format!("queued request {id} cancelled"));
+                self.publish_queue();
+                Ok(entry)
+            }
+            Ok(None) => Err(Refused::NoActiveRun(format!(" or queued request {id}"))),
+            Err(e) => Err(Refused::Failed(format!("cannot remove queued request {id}: {e}"))),
+        }
+    }
+
+    /// Queues a dead request again, its attempts from the start.
+    pub(super) async fn revive(&mut self, id: &str) -> Result<Entry, Refused> {
+        match self.locks.revive(id).await {
+            Ok(Some(entry)) => {
+                self.index.insert(entry.slot());
+                self.scheduler_log.sys(Level::SysInfo, &format!("dead request {} queued again", entry.id));
+                self.publish_queue();
+                self.dispatch(None).await;
+                Ok(entry)
+            }
+            Ok(None) => Err(Refused::Failed(format!("no dead request or run {id} in this job's queue"))),
+            Err(e) => Err(Refused::Failed(format!("cannot queue {id} again: {e}"))),
+        }
+    }
+
+    /// Publishes the queue's depth and age (API, metrics).
+    pub(super) fn publish_queue(&mut self) {
+        let queued = self.index.len() as u32;
+        let oldest = self.index.oldest_ready_ms();
+        let changed = self.summary.send_if_modified(|s| {
+            let changed = s.queued != queued || s.oldest_queued_ms != oldest;
+            (s.queued, s.oldest_queued_ms) = (queued, oldest);
+            changed
+        });
+        if changed {
+            self.shared.metrics.queue_depth(&self.key.name, queued, oldest);
+            self.shared.changed();
+        }
+    }
+}
+
+/// A number in 0..1 (for the jitter of retries).
+fn unit_random() -> f64 {
+    (crate::queue::random() >> 11) as f64 / (1u64 << 53) as f64
+}
