@@ -55,9 +55,9 @@ pub(super) async fn submit(state: &ApiState, job: &str, headers: &HeaderMap, req
     };
     state.mark_written();
     match answer {
-        Ok(Accepted::Started(id)) => {
+        Ok(Accepted::Started { run: id, request }) => {
             let url = format!("{}/api/triggeredwebjobs/{job}/history/{id}", base_url(headers));
-            let body = serde_json::json!({"id": id, "url": url, "queued": false});
+            let body = serde_json::json!({"id": id, "url": url, "queued": false, "request": request});
             (StatusCode::ACCEPTED, [(header::LOCATION, url)], axum::Json(body)).into_response()
         }
         Ok(Accepted::Queued(id)) => {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
 use crate::config::Config;
@@ -105,6 +105,16 @@ impl Client {
         self.request("POST", path)
     }
 
+    /// POSTs `body` (a run's payload).
+    pub fn post_body(&self, path: &str, body: Vec<u8>) -> Result<Response, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| self.io(e))?;
+        runtime.block_on(self.send_body("POST", path, None, Bytes::from(body)))
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Response, ClientError> {
+        self.request("DELETE", path)
+    }
+
     fn request(&self, method: &str, path: &str) -> Result<Response, ClientError> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| self.io(e))?;
         runtime.block_on(self.send(method, path, None))
@@ -120,7 +130,17 @@ impl Client {
         })
     }
 
-    async fn send(&self, method: &str, path: &str, mut sink: Sink<'_>) -> Result<Response, ClientError> {
+    async fn send(&self, method: &str, path: &str, sink: Sink<'_>) -> Result<Response, ClientError> {
+        self.send_body(method, path, sink, Bytes::new()).await
+    }
+
+    async fn send_body(
+        &self,
+        method: &str,
+        path: &str,
+        mut sink: Sink<'_>,
+        body: Bytes,
+    ) -> Result<Response, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => ClientError::Permission { path: self.socket.clone() },
             _ => self.io(e),
@@ -133,7 +153,7 @@ impl Client {
             .uri(path)
             .header("host", "localhost")
             .header("user-agent", format!("webjobs-cli/{} (uid {})", env!("CARGO_PKG_VERSION"), nix::unistd::getuid()))
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| self.io(e))?;
         let response = match answer_timeout(method, path) {
             Some(limit) => tokio::time::timeout(limit, sender.send_request(request))

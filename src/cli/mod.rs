@@ -11,6 +11,7 @@ mod client;
 mod error;
 mod history;
 mod list;
+mod queue;
 mod run;
 mod schedule;
 mod serve;
@@ -84,7 +85,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a triggered job now; arguments after `--` reach the script as argv.
+    /// Run a triggered job now (or once later: --at, --in); arguments after `--` reach the script as argv.
+    ///
+    /// Examples: `webjobs run report -- --month 11`, `webjobs run report --payload @order.json --wait`,
+    /// `webjobs run report --in 15m`.
     Run {
         job: String,
         /// Wait for the run to end; the exit code tells how it ended.
@@ -93,10 +97,36 @@ enum Command {
         /// Print the run's output as it is written, until it ends.
         #[arg(long)]
         follow: bool,
+        #[command(flatten)]
+        request: queue::RequestOptions,
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Cancel the active run of a triggered job.
+    /// Queue a run of a triggered job (it waits for a free slot whatever the overlap policy).
+    ///
+    /// Example: `echo '{"order": 42}' | webjobs enqueue invoice --payload - --key order-42`.
+    Enqueue {
+        job: String,
+        #[command(flatten)]
+        request: queue::RequestOptions,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// List the queued requests of a triggered job, in the order they start.
+    Queue {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the dead requests of a triggered job (failed on their last attempt).
+    Dead {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a dead request again, its attempts from the start (ID: the request's or its last run's).
+    Retry { job: String, id: String },
+    /// Cancel the active run of a triggered job, or a queued request (by its id).
     Cancel { job: String, run: Option<String> },
     /// Runs of a triggered job, newest first.
     History {
@@ -154,7 +184,11 @@ pub fn main() -> ExitCode {
         Command::Start { job } => toggle::toggle(&config, &job, true),
         Command::Stop { job } => toggle::toggle(&config, &job, false),
         Command::Validate { path, json } => validate::validate(&config, path.as_deref(), json),
-        Command::Run { job, wait, follow, args } => run::run(&config, &job, &args, wait, follow),
+        Command::Run { job, wait, follow, request, args } => run::run(&config, &job, &request, &args, wait, follow),
+        Command::Enqueue { job, request, args } => queue::enqueue(&config, &job, &request, &args),
+        Command::Queue { job, json } => queue::list(&config, &job, false, json),
+        Command::Dead { job, json } => queue::list(&config, &job, true, json),
+        Command::Retry { job, id } => queue::retry(&config, &job, &id),
         Command::Cancel { job, run } => run::cancel(&config, &job, run.as_deref()),
         Command::History { job, json } => history::history(&config, &job, json),
         Command::Logs { job, run, follow } => history::logs(&config, &job, run.as_deref(), follow),

@@ -1,37 +1,36 @@
-//! `webjobs run <job> [--wait] [--follow] [-- args…]` and `webjobs cancel`.
+//! `webjobs run <job> [--wait] [--follow] [request options] [-- args…]` and `webjobs cancel`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cli::client::{Client, encode, print_from};
+use crate::cli::queue::{RequestOptions, accepted, with_query};
 use crate::cli::{CliError, exit_for_run};
 use crate::config::Config;
 use crate::history::{self, RunState};
 use crate::key::{JobKey, JobKind};
 
-pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config: &Config,
+    job: &str,
+    options: &RequestOptions,
+    args: &[String],
+    wait: bool,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
     let client = Client::connect(config)?;
-    let mut path = format!("/api/triggeredwebjobs/{}/run", encode(job));
-    // Exact words (`arg=` each), not Kudu's string: what follows `--` is the script's argv.
-    let query: Vec<String> = args.iter().map(|a| format!("arg={}", encode(a))).collect();
-    if !query.is_empty() {
-        path.push('?');
-        path.push_str(&query.join("&"));
-    }
-    if path.len() > MAX_URL {
-        let message = format!(
-            "the arguments are too long to send to the daemon ({} bytes encoded, at most {MAX_URL}); put the data in a file and pass its path",
-            path.len()
-        );
-        return Err(CliError::Usage(message).into());
-    }
-    let response = client.post(&path)?;
-    if response.status != 202 {
-        return Err(CliError::from_status(response.status, response.error()));
-    }
-    let body = response.json();
+    let (query, body) = options.to_query(args)?;
+    let path = with_query(format!("/api/triggeredwebjobs/{}/run", encode(job)), &query)?;
+    let body = accepted(client.post_body(&path, body)?)?;
     if body["queued"] == true {
-        println!("queued: a run of {job} is active (overlap: queue)");
+        let request = body["request"].as_str().unwrap_or_default();
+        if options.later() {
+            println!(
+                "{request} queued for later (`webjobs queue {job}` lists it, `webjobs cancel {job} {request}` cancels it)"
+            );
+        } else {
+            println!("{request} queued: it starts when the active run is over (overlap: queue)");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let id = body["id"].as_str().unwrap_or_default().to_string();
@@ -51,9 +50,6 @@ pub fn run(config: &Config, job: &str, args: &[String], wait: bool, follow: bool
     }
     Ok(exit_for_run(state))
 }
-
-/// The longest request line the CLI sends (the daemon reads at most about 400 KiB of head).
-const MAX_URL: usize = 64 * 1024;
 
 /// Long-polls the daemon until the run has ended.
 fn wait_run(client: &Client, job: &str, id: &str) {
@@ -110,7 +106,15 @@ pub fn cancel(config: &Config, job: &str, run: Option<&str>) -> anyhow::Result<E
             Ok(ExitCode::SUCCESS)
         }
         404 => Err(CliError::NotFound(response.error()).into()),
-        _ => Err(CliError::Refused(response.error()).into()),
+        _ => {
+            // Not an active run: perhaps a queued request.
+            if let Some(id) = run
+                && let Some(code) = crate::cli::queue::dequeue(&client, job, id)?
+            {
+                return Ok(code);
+            }
+            Err(CliError::Refused(response.error()).into())
+        }
     }
 }
 

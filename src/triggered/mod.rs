@@ -124,8 +124,8 @@ impl RunRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
-    /// The run's id.
-    Started(String),
+    /// The run's id, and its request's.
+    Started { run: String, request: String },
     /// Queued (the request's id): it starts when the job, the daemon or its
     /// time allows.
     Queued(String),
@@ -524,7 +524,7 @@ impl Actor {
     async fn start_or_queue(&mut self, slot: Slot, may_wait: bool) -> Result<Accepted, Refused> {
         let id = slot.id.to_string();
         match self.dispatch(None).await {
-            Dispatch::Started { request, run } if request == id => Ok(Accepted::Started(run)),
+            Dispatch::Started { request, run } if request == id => Ok(Accepted::Started { run, request }),
             Dispatch::Busy(holder)
                 if !may_wait && self.index.next(Timestamp::now().as_millisecond()).as_ref() == Some(&slot) =>
             {

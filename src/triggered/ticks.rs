@@ -106,7 +106,7 @@ impl Actor {
             return self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: replacing the active run"));
         };
         match result {
-            Ok(Accepted::Started(id)) => {
+            Ok(Accepted::Started { run: id, .. }) => {
                 self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: started run {id}"))
             }
             Ok(Accepted::Queued(id)) => {

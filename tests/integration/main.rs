@@ -13,6 +13,7 @@ mod inprocess;
 mod kudu;
 mod logs;
 mod processes;
+mod queue;
 mod quickstart;
 mod singleton;
 mod systemd;

@@ -1,0 +1,209 @@
+//! The durable run queue: payloads, dedup keys, priorities, retries to Dead
+//! and back, one-off runs later, and what survives a SIGKILLed daemon.
+
+use std::time::Duration;
+
+use crate::helper::*;
+
+/// A gate the jobs wait on (a file they poll for), so that requests pile up.
+fn gated(root: &Root) -> (std::path::PathBuf, String) {
+    let gate = root.path().join("gate");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.02; done\n", gate.display());
+    (gate, wait)
+}
+
+#[test]
+fn a_payload_reaches_the_script_on_stdin_and_as_a_file_with_attempt_and_correlation_id() {
+    let root = Root::new();
+    let script = r#"import json, os, sys
+data = sys.stdin.read()
+with open(os.environ["WEBJOBS_PAYLOAD_FILE"]) as f:
+    from_file = f.read()
+print(json.dumps({"stdin": data, "file": from_file, "attempt": os.environ["WEBJOBS_ATTEMPT"],
+                  "correlation": os.environ.get("WEBJOBS_CORRELATION_ID"), "args": sys.argv[1:]}))
+"#;
+    root.job("triggered", "py", &[("run.py", script)]);
+    let daemon = root.start();
+    let payload = root.path().join("order.json");
+    std::fs::write(&payload, r#"{"order": 42, "text": "é\n"}"#).unwrap();
+    let out = root.cli(&[
+        "run",
+        "py",
+        "--payload",
+        &format!("@{}", payload.display()),
+        "--correlation-id",
+        "c-77",
+        "--wait",
+        "--",
+        "a b",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = stdout(&out).split_whitespace().next().unwrap().to_string();
+    let line = output_lines(&root.run_log("py", &id), "INFO").pop().unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(seen["stdin"], r#"{"order": 42, "text": "é\n"}"#);
+    assert_eq!(seen["file"], seen["stdin"]);
+    assert_eq!(seen["attempt"], "1");
+    assert_eq!(seen["correlation"], "c-77");
+    assert_eq!(seen["args"], serde_json::json!(["a b"]));
+    let status = root.run_status("py", &id);
+    assert_eq!(status["CorrelationId"], "c-77");
+    assert_eq!(status["PayloadBytes"], 29);
+    assert_eq!(status["Attempt"], 1);
+    // Over HTTP: the body is the payload; a payload over the limit is 413.
+    let reply = root.http().send("POST", "/api/triggeredwebjobs/py/run", &[], b"from http");
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let run = reply.json()["id"].as_str().unwrap().to_string();
+    wait_for("the run's end", Duration::from_secs(10), || root.run_status("py", &run)["Status"] == "Success");
+    assert!(root.run_log("py", &run).contains(r#""stdin": "from http""#));
+    let big = vec![b'x'; 1024 * 1024 + 1];
+    let reply = root.http().send("POST", "/api/triggeredwebjobs/py/run", &[], &big);
+    assert_eq!(reply.status, 413);
+    assert!(reply.text().contains("max_payload_bytes"), "{}", reply.text());
+    daemon.stop();
+}
+
+#[test]
+fn queued_requests_start_by_priority_and_a_dedup_key_refuses_a_duplicate() {
+    let root = Root::new();
+    let (gate, wait) = gated(&root);
+    let order = root.path().join("order");
+    let script = format!("{wait}echo \"$1\" >> {}\n", order.display());
+    root.job("triggered", "work", &[("run.sh", &script)]);
+    let daemon = root.start();
+    let enqueue = |args: &[&str]| {
+        let mut all = vec!["enqueue", "work"];
+        all.extend_from_slice(args);
+        root.cli(&all)
+    };
+    assert!(enqueue(&["--", "first"]).status.success());
+    wait_for("the first running", Duration::from_secs(5), || root.runs("work").len() == 1);
+    for (args, word) in [(vec!["--priority", "0"], "low1"), (vec!["--priority", "5"], "high"), (vec![], "low2")] {
+        let mut args = args.clone();
+        args.extend(["--key", word, "--", word]);
+        let out = enqueue(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stdout(&out).ends_with("queued\n"), "{}", stdout(&out));
+    }
+    let out = enqueue(&["--key", "high", "--", "again"]);
+    assert_eq!(out.status.code(), Some(4), "a duplicate key is refused: {}", stdout(&out));
+    assert!(stderr(&out).contains("already queued or running"), "{}", stderr(&out));
+    let queued = root.http().get("/api/triggeredwebjobs/work/queue").json();
+    let ids: Vec<_> = queued["requests"].as_array().unwrap().iter().map(|r| r["arguments"][0].clone()).collect();
+    assert_eq!(ids, ["high", "low1", "low2"], "listed in the order they start");
+    assert!(root.http().get("/metrics").text().contains("webjobs_queue_depth{type=\"triggered\",job=\"work\"} 3"));
+    std::fs::write(&gate, "").unwrap();
+    wait_for("all four ran", Duration::from_secs(10), || root.finished_runs("work").len() == 4);
+    assert_eq!(read(&order), "first\nhigh\nlow1\nlow2\n");
+    // The key is free once its request is done.
+    assert!(enqueue(&["--key", "high", "--", "again"]).status.success());
+    daemon.stop();
+}
+
+#[test]
+fn a_request_failing_every_attempt_is_dead_and_can_be_queued_again() {
+    let root = Root::new();
+    let flag = root.path().join("fixed");
+    let script = format!("echo \"attempt $WEBJOBS_ATTEMPT\"\n[ -e {} ]\n", flag.display());
+    root.job("triggered", "flaky", &[("run.sh", &script), ("settings.job", r#"{"retries": 1, "retry_delay": 0.05}"#)]);
+    let daemon = root.start();
+    assert!(root.cli(&["enqueue", "flaky", "--payload", "data"]).status.success());
+    wait_for("two failed attempts", Duration::from_secs(10), || root.finished_runs("flaky").len() == 2);
+    let runs = root.runs("flaky");
+    assert!(root.run_log("flaky", &runs[1]).contains("attempt 2"));
+    let mut dead = serde_json::Value::Null;
+    wait_for("the request is dead", Duration::from_secs(5), || {
+        dead = serde_json::from_str(&stdout(&root.cli(&["dead", "flaky", "--json"]))).unwrap_or_default();
+        dead["count"] == 1
+    });
+    let request = &dead["requests"][0];
+    assert_eq!(request["attempts"], 2);
+    assert_eq!(request["runs"], serde_json::json!(runs));
+    assert!(request["error"].as_str().unwrap().contains("exit code 1"), "{request}");
+    assert!(stdout(&root.cli(&["dead", "flaky"])).contains(&runs[1]));
+    std::fs::write(&flag, "").unwrap();
+    let out = root.cli(&["retry", "flaky", &runs[1]]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_for("the third run succeeded", Duration::from_secs(10), || {
+        root.finished_runs("flaky").iter().any(|r| r["Status"] == "Success")
+    });
+    let last = root.runs("flaky").pop().unwrap();
+    assert!(root.run_log("flaky", &last).contains("attempt 1"), "attempts start over");
+    assert!(root.data_dir("triggered", "flaky").join(&last).join("payload").exists(), "the payload went along");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout(&root.cli(&["dead", "flaky", "--json"]))).unwrap()["count"],
+        0
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_one_off_run_fires_once_at_its_time_even_across_a_restart_and_can_be_cancelled() {
+    let root = Root::new();
+    root.job("triggered", "later", &[("run.sh", "echo ran\n")]);
+    let daemon = root.start();
+    let out = root.cli(&["run", "later", "--in", "2s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("queued for later"), "{}", stdout(&out));
+    let asked = std::time::SystemTime::now();
+    let out = root.cli(&["run", "later", "--in", "1h"]);
+    let cancelled = stdout(&out).split_whitespace().next().unwrap().to_string();
+    assert!(stdout(&root.cli(&["queue", "later"])).contains(&cancelled));
+    let out = root.cli(&["cancel", "later", &cancelled]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    daemon.stop();
+    assert!(root.runs("later").is_empty());
+    let daemon = root.start();
+    wait_for("the one-off run", Duration::from_secs(10), || root.finished_runs("later").len() == 1);
+    let started = root.finished_runs("later")[0]["StartTime"].as_str().unwrap().to_string();
+    let started: jiff::Timestamp = started.parse().unwrap();
+    let due = jiff::Timestamp::try_from(asked).unwrap() + jiff::SignedDuration::from_millis(1900);
+    assert!(started >= due, "not before its time: {started} < {due}");
+    let queued = root.http().get("/api/triggeredwebjobs/later/queue").json();
+    assert_eq!(queued["count"], 0, "the cancelled one is gone: {queued}");
+    daemon.stop();
+    assert_eq!(root.runs("later").len(), 1, "fired once");
+}
+
+#[test]
+fn a_sigkilled_daemon_loses_no_acknowledged_run_of_a_thousand() {
+    let root = Root::new();
+    let (gate, wait) = gated(&root);
+    let done = root.path().join("done");
+    let script = format!("{wait}echo \"$WEBJOBS_REQUEST_ID\" >> {}\n", done.display());
+    root.job("triggered", "drain", &[("run.sh", &script), ("settings.job", r#"{"retries": 1, "retry_delay": 0}"#)]);
+    let daemon = root.start();
+    let http = root.http();
+    let mut acknowledged = Vec::new();
+    for i in 0..1000 {
+        let reply = http.send("POST", &format!("/api/triggeredwebjobs/drain/queue?arg={i}"), &[], b"");
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        let body = reply.json();
+        let id = body["request"].as_str().unwrap().to_string();
+        acknowledged.push(id);
+    }
+    std::fs::write(&gate, "").unwrap();
+    wait_for("some drained", Duration::from_secs(20), || read(&done).lines().count() >= 100);
+    daemon.kill9();
+    let drained_before = read(&done).lines().count();
+    assert!(drained_before < 1000, "killed during the drain");
+    let daemon = root.start();
+    wait_for("all drained", Duration::from_secs(60), || {
+        let text = read(&done);
+        let mut seen: Vec<&str> = text.lines().collect();
+        seen.sort();
+        seen.dedup();
+        seen.len() >= 1000
+    });
+    let text = read(&done);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut unique = lines.clone();
+    unique.sort();
+    unique.dedup();
+    let mut expected: Vec<&str> = acknowledged.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(unique, expected, "every acknowledged request ran");
+    // Only what was in flight at the kill may have run twice (at-least-once).
+    assert!(lines.len() - unique.len() <= 1, "{} ran twice", lines.len() - unique.len());
+    daemon.stop();
+}
