@@ -77,6 +77,87 @@ pub struct RunStatus {
     /// Size of the payload the run was given (`WEBJOBS_PAYLOAD_FILE`, stdin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_bytes: Option<u64>,
+    /// What the run wrote to `WEBJOBS_RESULT_FILE` (JSON, at most 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why the result file was not taken (too large, not JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_error: Option<String>,
+    /// The run's last progress (`WEBJOBS_PROGRESS_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// How far a run says it is: `42`, `42% message`, `42 message`, or JSON
+/// `{"percent": 42, "message": "…"}` written to `WEBJOBS_PROGRESS_FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The largest result a run may leave.
+pub const MAX_RESULT: u64 = 64 * 1024;
+
+impl Progress {
+    pub fn parse(text: &str) -> Option<Progress> {
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        if text.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(text).ok()?;
+            let percent = v["percent"].as_f64();
+            let message = v["message"].as_str().map(str::to_string);
+            return (percent.is_some() || message.is_some()).then_some(Progress { percent, message });
+        }
+        let (first, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+        let message = |m: &str| (!m.trim().is_empty()).then(|| m.trim().chars().take(1000).collect::<String>());
+        match first.trim_end_matches('%').parse::<f64>() {
+            Ok(p) if p.is_finite() => Some(Progress { percent: Some(p.clamp(0.0, 100.0)), message: message(rest) }),
+            _ => Some(Progress { percent: None, message: message(text) }),
+        }
+    }
+
+    /// The progress a run folder holds now (the last 4 KiB of the file).
+    pub fn read(run_dir: &Path) -> Option<Progress> {
+        let bytes = read_tail(&run_dir.join(crate::layout::RUN_PROGRESS), 4096).ok()?;
+        let text = String::from_utf8_lossy(&bytes);
+        // The last complete line, or the whole text when it is one line.
+        let line = text.trim_end().rsplit('\n').next().unwrap_or_default();
+        Progress::parse(line)
+    }
+}
+
+/// The last `max` bytes of a file.
+fn read_tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(io::SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The result a run folder holds: `Ok(None)` when the run wrote none.
+pub fn read_result(run_dir: &Path) -> Result<Option<serde_json::Value>, String> {
+    let path = run_dir.join(crate::layout::RUN_RESULT);
+    let size = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read the result file: {e}")),
+    };
+    if size > MAX_RESULT {
+        return Err(format!("the result file is {size} bytes, more than the {MAX_RESULT} allowed; it was ignored"));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read the result file: {e}"))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("the result file is not JSON ({e}); it was ignored"))
 }
 
 /// A fresh run id for `now`: `yyyyMMddHHmmssffff` (UTC, ten-thousandths of a second).

@@ -47,6 +47,10 @@ pub const SCHEDULE_RECORD: &str = "schedule.json";
 pub const QUEUE_DIR: &str = "queue";
 /// A run's payload (a hard link of its request's), in its run folder.
 pub const RUN_PAYLOAD: &str = "payload";
+/// Where a run may write its JSON result (`WEBJOBS_RESULT_FILE`), in its run folder.
+pub const RUN_RESULT: &str = "result.json";
+/// Where a run may write its progress (`WEBJOBS_PROGRESS_FILE`), in its run folder.
+pub const RUN_PROGRESS: &str = "progress";
 
 /// The API's bearer token, in the data folder.
 pub const API_TOKEN: &str = "api-token";

@@ -149,6 +149,13 @@ async fn get_job(
     view.using_sdk = tokio::fs::try_exists(state.config.job_data_dir(&entry.def.key).join(crate::layout::SDK_MARKER))
         .await
         .unwrap_or(view.using_sdk);
+    if let Some(Some(run)) = view.latest_run.as_mut()
+        && matches!(run.status.as_str(), "Initializing" | "Running")
+    {
+        // A live run's progress, as it writes it.
+        let dir = state.config.job_data_dir(&entry.def.key).join(&run.id);
+        run.progress = tokio::task::spawn_blocking(move || crate::history::Progress::read(&dir)).await.unwrap_or(None);
+    }
     if kind == JobKind::Continuous {
         // Every daemon sharing the data folder: "<instance> - <Status>" lines.
         let dir = state.config.job_data_dir(&entry.def.key);

@@ -32,6 +32,23 @@ pub struct RunView {
     pub cpu_time_ms: Option<u64>,
     /// Peak memory of the run's cgroup, bytes (with the memory controller).
     pub memory_peak_bytes: Option<u64>,
+    /// The queued request this run is an attempt of, and which attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_bytes: Option<u64>,
+    /// The JSON the run wrote to `WEBJOBS_RESULT_FILE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_error: Option<String>,
+    /// Its progress (live while it runs, the last one after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::history::Progress>,
 }
 
 impl RunView {
@@ -56,6 +73,13 @@ impl RunView {
             error: s.error,
             cpu_time_ms: s.cpu_ms,
             memory_peak_bytes: s.memory_peak,
+            request: s.request,
+            attempt: s.attempt,
+            correlation_id: s.correlation_id,
+            payload_bytes: s.payload_bytes,
+            result: s.result,
+            result_error: s.result_error,
+            progress: s.progress,
         }
     }
 
@@ -64,7 +88,12 @@ impl RunView {
         if !history::is_run_id(id) {
             return None;
         }
-        history::read_status(&job_data.join(id)).map(|s| RunView::new(base, job, id, s))
+        let dir = job_data.join(id);
+        let mut status = history::read_status(&dir)?;
+        if !status.status.is_final() {
+            status.progress = history::Progress::read(&dir).or(status.progress);
+        }
+        Some(RunView::new(base, job, id, status))
     }
 }
 
@@ -132,6 +161,12 @@ pub struct JobView {
     /// How this daemon contains the job's processes (one job's GET only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub containment: Option<String>,
+    /// Triggered: requests waiting in the job's queue, and the age in
+    /// seconds of the oldest that may start now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_age_seconds: Option<f64>,
 }
 
 impl JobView {
@@ -162,6 +197,8 @@ impl JobView {
             disabled: def.disabled,
             warnings: def.warnings(),
             containment: None,
+            queued: None,
+            queue_age_seconds: None,
         };
         match &entry.live {
             Live::Continuous(rx) => {
@@ -189,6 +226,9 @@ impl JobView {
                 }
                 view.latest_run = Some(latest);
                 view.next_run = s.next_tick.map(|t| t.to_string());
+                view.queued = Some(s.queued);
+                let now = jiff::Timestamp::now().as_millisecond();
+                view.queue_age_seconds = s.oldest_queued_ms.map(|ms| (now - ms).max(0) as f64 / 1000.0);
                 view.history_url = Some(format!("{base}/api/triggeredwebjobs/{name}/history"));
                 view.scheduler_logs_url = Some(format!("{base}/vfs/data/jobs/triggered/{name}/job_scheduler.log"));
             }

@@ -115,6 +115,19 @@ pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCod
             run["status"].as_str().unwrap_or(""),
             run["trigger"].as_str().unwrap_or("")
         );
+        if let Some(p) = run.get("progress").filter(|p| !p.is_null()) {
+            let percent = p["percent"].as_f64().map(|n| format!("{n}% ")).unwrap_or_default();
+            println!("progress: {percent}{}", p["message"].as_str().unwrap_or_default());
+        }
+        if let Some(result) = run.get("result").filter(|r| !r.is_null()) {
+            println!("result:   {result}");
+        }
+        if let Some(why) = run["result_error"].as_str() {
+            println!("result:   {why}");
+        }
+    }
+    if let Some(n) = view["queued"].as_u64().filter(|n| *n > 0) {
+        println!("queued:   {n} request(s) (`webjobs queue {}`)", def.key.name);
     }
     for w in view["warnings"].as_array().into_iter().flatten() {
         println!("{}", w.as_str().unwrap_or_default());

@@ -97,6 +97,9 @@ enum Command {
         /// Print the run's output as it is written, until it ends.
         #[arg(long)]
         follow: bool,
+        /// Print the answer as JSON (with --wait: the ended run, its result and progress).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         request: queue::RequestOptions,
         #[arg(last = true)]
@@ -184,7 +187,9 @@ pub fn main() -> ExitCode {
         Command::Start { job } => toggle::toggle(&config, &job, true),
         Command::Stop { job } => toggle::toggle(&config, &job, false),
         Command::Validate { path, json } => validate::validate(&config, path.as_deref(), json),
-        Command::Run { job, wait, follow, request, args } => run::run(&config, &job, &request, &args, wait, follow),
+        Command::Run { job, wait, follow, json, request, args } => {
+            run::run(&config, &job, &request, &args, wait, follow, json)
+        }
         Command::Enqueue { job, request, args } => queue::enqueue(&config, &job, &request, &args),
         Command::Queue { job, json } => queue::list(&config, &job, false, json),
         Command::Dead { job, json } => queue::list(&config, &job, true, json),

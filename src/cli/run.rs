@@ -17,11 +17,16 @@ pub fn run(
     args: &[String],
     wait: bool,
     follow: bool,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let client = Client::connect(config)?;
     let (query, body) = options.to_query(args)?;
     let path = with_query(format!("/api/triggeredwebjobs/{}/run", encode(job)), &query)?;
     let body = accepted(client.post_body(&path, body)?)?;
+    if json && !wait {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if body["queued"] == true {
         let request = body["request"].as_str().unwrap_or_default();
         if options.later() {
@@ -45,7 +50,10 @@ pub fn run(
         wait_run(&client, job, &id);
     }
     let state = history::read_status(&dir).map(|s| s.status).unwrap_or(RunState::Aborted);
-    if !follow {
+    if json {
+        let view = client.get(&format!("/api/triggeredwebjobs/{}/history/{id}", encode(job)))?;
+        println!("{}", serde_json::to_string_pretty(&view.json())?);
+    } else if !follow {
         println!("{id} {}", state.as_str());
     }
     Ok(exit_for_run(state))

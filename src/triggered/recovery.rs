@@ -78,5 +78,8 @@ fn lost_before_start(dir: &std::path::Path, instance: &str) -> RunStatus {
         attempt: None,
         correlation_id: None,
         payload_bytes: None,
+        result: None,
+        result_error: None,
+        progress: None,
     }
 }

@@ -32,9 +32,18 @@ impl Actor {
         let started = std::time::SystemTime::now();
         let id = self.next_run_id();
         taken.entry.attempts += 1;
+        // The folder first (the run may write its result and progress there
+        // at once); then the process; the rest of the files after it.
+        let made = history::create_run_dir_named(&self.data_dir, &id);
+        let (id, spawned) = match made {
+            Ok(dir) => {
+                let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(id);
+                let spawned = self.spawn(job, &id, &dir, &taken.entry).await;
+                (id, spawned)
+            }
+            Err(e) => (id, Err(e)),
+        };
         taken.entry.runs.push(id.clone());
-        // The process first: creating files is the slow part, and the child needs none of them.
-        let spawned = self.spawn(job, &id, &taken.entry).await;
         // Let other jobs due at the same tick spawn before this one writes its files.
         tokio::task::yield_now().await;
         let (dir, mut log) = match self.open_run_files(&id) {
@@ -83,6 +92,9 @@ impl Actor {
             attempt: Some(request.attempts),
             correlation_id: request.correlation_id.clone(),
             payload_bytes: request.payload,
+            result: None,
+            result_error: None,
+            progress: None,
         };
         match spawned {
             Ok(run) => {
@@ -129,7 +141,10 @@ impl Actor {
 
     /// The run's folder, pruned history, and its log.
     pub(super) fn open_run_files(&self, id: &str) -> std::io::Result<(PathBuf, LogFile)> {
-        let dir = history::create_run_dir_named(&self.data_dir, id)?;
+        let dir = self.data_dir.join(id);
+        if !dir.is_dir() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is missing", dir.display())));
+        }
         history::prune(&self.data_dir, self.config.switches.history_size as usize, &[id]);
         let log = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), &self.shared.instance, None)?;
         Ok((dir, log))
@@ -221,6 +236,14 @@ impl Actor {
         } else {
             s.error = error;
         }
+        s.progress = history::Progress::read(&active.dir);
+        match history::read_result(&active.dir) {
+            Ok(result) => s.result = result,
+            Err(why) => {
+                s.result_error = Some(why.clone());
+                active.log.sys(Level::SysWarn, &why);
+            }
+        }
         let level = if state == RunState::Success { Level::SysInfo } else { Level::SysError };
         let what = active.run.describe_exit();
         active
@@ -295,11 +318,19 @@ impl Actor {
         }
     }
 
-    pub(super) async fn spawn(&mut self, job: &Arc<Runnable>, id: &str, request: &Entry) -> std::io::Result<Run> {
+    pub(super) async fn spawn(
+        &mut self,
+        job: &Arc<Runnable>,
+        id: &str,
+        dir: &std::path::Path,
+        request: &Entry,
+    ) -> std::io::Result<Run> {
         let payload = request.payload.map(|_| self.locks.payload_path(&request.id));
         let mut env = vec![
             ("WEBJOBS_ATTEMPT".into(), request.attempts.to_string().into()),
             ("WEBJOBS_REQUEST_ID".into(), request.id.clone().into()),
+            ("WEBJOBS_RESULT_FILE".into(), dir.join(crate::layout::RUN_RESULT).into()),
+            ("WEBJOBS_PROGRESS_FILE".into(), dir.join(crate::layout::RUN_PROGRESS).into()),
         ];
         if let Some(file) = &payload {
             env.push(("WEBJOBS_PAYLOAD_FILE".into(), file.into()));

@@ -207,3 +207,44 @@ fn a_sigkilled_daemon_loses_no_acknowledged_run_of_a_thousand() {
     assert!(lines.len() - unique.len() <= 1, "{} ran twice", lines.len() - unique.len());
     daemon.stop();
 }
+
+#[test]
+fn a_run_reports_progress_while_it_runs_and_leaves_a_result() {
+    let root = Root::new();
+    let gate = root.path().join("gate");
+    let script = format!(
+        r#"const fs = require("fs");
+fs.writeFileSync(process.env.WEBJOBS_PROGRESS_FILE, "50 halfway there\n");
+const pause = new Int32Array(new SharedArrayBuffer(4));
+while (!fs.existsSync({gate:?})) Atomics.wait(pause, 0, 0, 20);
+fs.writeFileSync(process.env.WEBJOBS_PROGRESS_FILE, JSON.stringify({{percent: 100, message: "done"}}));
+fs.writeFileSync(process.env.WEBJOBS_RESULT_FILE, JSON.stringify({{rows: 3, id: process.env.WEBJOBS_CORRELATION_ID}}));
+"#,
+        gate = gate.display().to_string()
+    );
+    root.job("triggered", "report", &[("run.js", &script)]);
+    root.job("triggered", "sloppy", &[("run.sh", "echo 'not json' > \"$WEBJOBS_RESULT_FILE\"\n")]);
+    let daemon = root.start();
+    let out = root.cli(&["run", "report", "--correlation-id", "c-9"]);
+    let id = stdout(&out).trim().to_string();
+    let path = format!("/api/triggeredwebjobs/report/history/{id}");
+    wait_for("live progress", Duration::from_secs(10), || root.http().get(&path).json()["progress"]["percent"] == 50.0);
+    assert_eq!(root.http().get(&path).json()["progress"]["message"], "halfway there");
+    assert!(stdout(&root.cli(&["status", "report"])).contains("progress: 50% halfway there"));
+    std::fs::write(&gate, "").unwrap();
+    wait_for("the first run's end", Duration::from_secs(10), || root.finished_runs("report").len() == 1);
+    let out = root.cli(&["run", "report", "--correlation-id", "c-10", "--wait", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(run["result"], serde_json::json!({"rows": 3, "id": "c-10"}));
+    assert_eq!(run["progress"]["percent"], 100.0);
+    assert_eq!(run["correlation_id"], "c-10");
+    let first = root.http().get(&path).json();
+    assert_eq!(first["result"]["id"], "c-9", "{first}");
+    let out = root.cli(&["run", "sloppy", "--wait", "--json"]);
+    let run: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(run["result"].is_null());
+    assert!(run["result_error"].as_str().unwrap().contains("not JSON"), "{run}");
+    assert!(root.run_log("sloppy", run["id"].as_str().unwrap()).contains("SYS WARN] the result file is not JSON"));
+    daemon.stop();
+}
