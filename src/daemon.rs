@@ -120,6 +120,7 @@ pub async fn run(
     tracing::info!(instance = %config.instance_id, jobs = %config.jobs_dir.display(), data = %config.data_dir.display(), "webjobs is running");
     notifier.ready();
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
+    let instances = tokio::spawn(watch_instances(shared.clone(), events_tx.clone()));
     let watchdog = notifier.watchdog_interval().map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
     let shutdown = async move {
         shutdown.await;
@@ -138,6 +139,7 @@ pub async fn run(
     escalation.abort();
     let _ = std::fs::remove_file(&socket);
     forward.abort();
+    instances.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -155,6 +157,31 @@ async fn forward_reloads(mut reloads: mpsc::Receiver<Config>, events: mpsc::Send
         if events.send(Event::Reload(Arc::new(config))).await.is_err() {
             break;
         }
+    }
+}
+
+/// How often the other daemons of the data folder are looked at.
+const INSTANCE_POLL: Duration = Duration::from_secs(2);
+
+/// Tells the supervisor when another daemon sharing the data folder is gone
+/// (its registration released): its taken requests are taken over.
+async fn watch_instances(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
+    let mut alive = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(INSTANCE_POLL);
+    loop {
+        tick.tick().await;
+        let mut now = std::collections::BTreeSet::new();
+        for id in shared.coordinator.instances().await {
+            if id != shared.instance && shared.coordinator.instance_alive(&id).await {
+                now.insert(id);
+            }
+        }
+        for gone in alive.difference(&now) {
+            if events.send(Event::InstanceGone(gone.clone())).await.is_err() {
+                return;
+            }
+        }
+        alive = now;
     }
 }
 

@@ -47,6 +47,9 @@ pub enum Event {
         name: String,
         control: triggered::Control,
     },
+    /// A daemon sharing the data folder is gone: every triggered job takes
+    /// over what it had taken from the queue.
+    InstanceGone(String),
 }
 
 /// The actor of a job, by kind; or, after it failed, what the job shows
@@ -200,6 +203,14 @@ impl Supervisor {
                     Some(Event::Reload(config)) => self.on_reload(config).await,
                     Some(Event::Ping(reply)) => { let _ = reply.send(()); }
                     Some(Event::Triggered { name, control }) => self.to_triggered(name, control),
+                    Some(Event::InstanceGone(id)) => {
+                        tracing::warn!(instance = %id, "a daemon sharing the data folder is gone: its queued and running requests are taken over");
+                        for entry in self.jobs.values() {
+                            if let Actor::Triggered(handle) = &entry.actor {
+                                handle.send(triggered::Control::Recover);
+                            }
+                        }
+                    }
                     None => break,
                 },
                 Some(result) = self.tasks.join_next_with_id() => self.on_actor_end(result),

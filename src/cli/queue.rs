@@ -104,9 +104,10 @@ pub fn enqueue(config: &Config, job: &str, options: &RequestOptions, args: &[Str
     let path = with_query(format!("/api/triggeredwebjobs/{}/queue", encode(job)), &query)?;
     let response = client.post_body(&path, body)?;
     let body = accepted(response)?;
+    let request = body["request"].as_str().unwrap_or_default();
     match body["queued"].as_bool() {
-        Some(true) => println!("{} queued", body["request"].as_str().unwrap_or_default()),
-        _ => println!("{} started", body["id"].as_str().unwrap_or_default()),
+        Some(true) => println!("{request} queued"),
+        _ => println!("{request} started as run {}", body["id"].as_str().unwrap_or_default()),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -159,6 +159,12 @@ impl Files {
         }
     }
 
+    /// The instances that registered here (their lock files).
+    pub fn instances(&self) -> Vec<String> {
+        let entries = std::fs::read_dir(layout::instances_dir(&self.data_dir)).into_iter().flatten().flatten();
+        entries.filter_map(|e| e.file_name().to_str()?.strip_suffix(".lock").map(str::to_string)).collect()
+    }
+
     /// Whether a daemon holds instance `id`'s lock.
     pub fn instance_alive(&self, id: &str) -> bool {
         let Ok(file) = File::open(layout::instance_lock(&self.data_dir, id)) else {

@@ -112,6 +112,13 @@ impl Coordinator {
         }
     }
 
+    /// The instances registered (alive or not) on the shared state.
+    pub async fn instances(&self) -> Vec<String> {
+        match self {
+            Coordinator::Files(f) => f.instances(),
+        }
+    }
+
     /// Where the backend keeps its state, for messages.
     pub fn describe(&self) -> String {
         match self {
@@ -231,12 +238,14 @@ impl JobCoordination {
 
     /// The requests taken by daemons that are gone (per `coordinator`), now
     /// taken by `instance` for recovery: each is found by exactly one daemon.
-    pub async fn orphans(&self, coordinator: &Coordinator, instance: &str) -> io::Result<Vec<Taken>> {
+    /// With `own`, this instance's are included (its previous life's, at start).
+    pub async fn orphans(&self, coordinator: &Coordinator, instance: &str, own: bool) -> io::Result<Vec<Taken>> {
         match self {
             JobCoordination::Files(f) => {
                 let mut found = Vec::new();
                 for who in f.takers() {
-                    if who != instance && coordinator.instance_alive(&who).await {
+                    let gone = if who == instance { own } else { !coordinator.instance_alive(&who).await };
+                    if !gone {
                         continue;
                     }
                     for taken in f.taken_by(&who) {

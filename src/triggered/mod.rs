@@ -85,6 +85,9 @@ pub enum Control {
         id: String,
         reply: oneshot::Sender<Result<Entry, Refused>>,
     },
+    /// A daemon sharing the data folder is gone: take over what it had
+    /// taken, and read the queue again.
+    Recover,
     /// Answered once every message before it has been taken in.
     Sync(oneshot::Sender<()>),
 }
@@ -215,7 +218,7 @@ pub fn refuse(control: Control, why: &str) {
         Control::Dequeue { reply, .. } | Control::Revive { reply, .. } => {
             let _ = reply.send(Err(Refused::Invalid(why.to_string())));
         }
-        Control::Update { .. } | Control::Shutdown { .. } => {}
+        Control::Update { .. } | Control::Shutdown { .. } | Control::Recover => {}
     }
 }
 
@@ -351,7 +354,7 @@ impl Actor {
         self.summary.send_modify(|s| s.disabled = disabled);
         self.definition.report(&mut self.scheduler_log);
         Box::pin(self.arm_schedule(true)).await;
-        Box::pin(self.recover_queue()).await;
+        Box::pin(self.recover_queue(true)).await;
         while !(self.exiting && self.active.is_none()) {
             let event = self.next_event().await;
             Box::pin(self.handle(event)).await;
@@ -435,6 +438,11 @@ impl Actor {
             }
             Control::Revive { id, reply } => {
                 let _ = reply.send(self.revive(&id).await);
+            }
+            Control::Recover => {
+                if !self.exiting {
+                    self.recover_queue(false).await;
+                }
             }
         }
     }

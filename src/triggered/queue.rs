@@ -170,11 +170,11 @@ impl Actor {
         self.publish_queue();
     }
 
-    /// At start: requests taken by a daemon that is gone (this instance's
-    /// previous life included) were in flight: each is an Aborted attempt,
-    /// retried per `retries`. Then the queue is read.
-    pub(super) async fn recover_queue(&mut self) {
-        match self.locks.orphans(&self.shared.coordinator, &self.shared.instance).await {
+    /// Requests taken by a daemon that is gone (at start, this instance's
+    /// previous life included: `own`) were in flight: each is an Aborted
+    /// attempt, retried per `retries`. Then the queue is read again.
+    pub(super) async fn recover_queue(&mut self, own: bool) {
+        match self.locks.orphans(&self.shared.coordinator, &self.shared.instance, own).await {
             Ok(orphans) => {
                 for mut taken in orphans {
                     taken.entry.attempts += 1;
@@ -194,6 +194,7 @@ impl Actor {
         }
         match self.locks.scan().await {
             Ok(slots) => {
+                self.index.clear();
                 for slot in slots {
                     self.index.insert(slot);
                 }

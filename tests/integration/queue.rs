@@ -248,3 +248,37 @@ fs.writeFileSync(process.env.WEBJOBS_RESULT_FILE, JSON.stringify({{rows: 3, id: 
     assert!(root.run_log("sloppy", run["id"].as_str().unwrap()).contains("SYS WARN] the result file is not JSON"));
     daemon.stop();
 }
+
+#[test]
+fn another_daemon_takes_over_the_queue_of_one_that_dies() {
+    let root = Root::new();
+    let (gate, wait) = gated(&root);
+    let done = root.path().join("done");
+    let script = format!("{wait}echo \"$WEBJOBS_REQUEST_ID $WEBJOBS_ATTEMPT\" >> {}\n", done.display());
+    root.job("triggered", "shared", &[("run.sh", &script), ("settings.job", r#"{"retries": 1, "retry_delay": 0}"#)]);
+    let a = Daemon::start_as(&root, "a", &[]);
+    let b = Daemon::start_as(&root, "b", &[]);
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let out = root.cli_as("a", &["enqueue", "shared", "--", &i.to_string()]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        acknowledged.push(stdout(&out).split_whitespace().next().unwrap().to_string());
+    }
+    wait_for("a run active on a", Duration::from_secs(5), || !a.job_pids("shared").is_empty());
+    let leftovers = a.kill9();
+    drop(leftovers); // its run's processes too: the machine went away
+    std::fs::write(&gate, "").unwrap();
+    wait_for("b ran them all", Duration::from_secs(30), || read(&done).lines().count() >= 20);
+    let text = read(&done);
+    let ran: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let mut unique = ran.clone();
+    unique.sort();
+    unique.dedup();
+    acknowledged.sort();
+    assert_eq!(unique, acknowledged, "every acknowledged request ran: {text}");
+    // The one in flight on `a` (killed with it) had its second attempt on `b`; no other ran twice.
+    assert_eq!(text.lines().filter(|l| l.ends_with(" 2")).count(), 1, "{text}");
+    assert!(ran.len() - unique.len() <= 1, "{text}");
+    assert!(read(&b.stderr_path).contains("a daemon sharing the data folder is gone"));
+    b.stop();
+}
