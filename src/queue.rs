@@ -231,6 +231,18 @@ pub fn after(failed: bool, attempt: u32, retries: u32) -> After {
     }
 }
 
+/// Whether a one-off run whose time (`due_ms`) passed while no daemon ran
+/// still runs at `now_ms`: the schedules' `catch_up` rule (none: no; last:
+/// yes; a maximum age: if it is at most that late).
+pub fn run_missed(due_ms: i64, now_ms: i64, catch_up: &crate::settings::CatchUp) -> bool {
+    use crate::settings::CatchUp;
+    match catch_up {
+        CatchUp::None => false,
+        CatchUp::Last => true,
+        CatchUp::MaxAge(age) => now_ms - due_ms <= age.as_millis() as i64,
+    }
+}
+
 /// A one-off run's time: RFC 3339 with its offset (`2026-12-01T09:00:00+01:00`, `…Z`).
 pub fn parse_at(text: &str) -> Result<Timestamp, String> {
     text.trim().parse::<Timestamp>().map_err(|_| {
@@ -267,6 +279,16 @@ pub fn parse_in(text: &str) -> Result<jiff::SignedDuration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missed_one_off_run_follows_catch_up() {
+        use crate::settings::CatchUp;
+        let ten_minutes = CatchUp::MaxAge(Duration::from_secs(600));
+        assert!(run_missed(0, 600_000, &ten_minutes));
+        assert!(!run_missed(0, 600_001, &ten_minutes));
+        assert!(run_missed(0, 86_400_000, &CatchUp::Last));
+        assert!(!run_missed(0, 1, &CatchUp::None));
+    }
 
     #[test]
     fn one_off_times_and_delays_are_read() {

@@ -196,13 +196,58 @@ impl Actor {
             Ok(slots) => {
                 self.index.clear();
                 for slot in slots {
-                    self.index.insert(slot);
+                    if own && slot.due_ms > 0 && slot.due_ms < Timestamp::now().as_millisecond() - 1000 {
+                        self.missed(slot).await;
+                    } else {
+                        self.index.insert(slot);
+                    }
                 }
             }
             Err(e) => self.scheduler_log.sys(Level::SysError, &format!("cannot read the queue: {e}")),
         }
         self.publish_queue();
         self.dispatch(None).await;
+    }
+
+    /// A request whose time passed while no daemon ran: a one-off run runs
+    /// late or is dead by the job's `catch_up`; a retry runs now.
+    async fn missed(&mut self, slot: Slot) {
+        let catch_up = self.definition.good.as_ref().map(|j| j.settings.catch_up.clone());
+        let catch_up = catch_up.unwrap_or(crate::settings::CatchUp::MaxAge(Duration::from_secs(600)));
+        let now = Timestamp::now().as_millisecond();
+        let late = human(Duration::from_millis((now - slot.due_ms).max(0) as u64));
+        let one_off = match self.locks.take(&slot, &self.shared.instance).await {
+            Ok(Some(taken)) if taken.entry.attempts == 0 => taken,
+            Ok(Some(taken)) => {
+                let entry = taken.entry.clone();
+                return self.keep(taken, &entry).await;
+            }
+            Ok(None) | Err(_) => return,
+        };
+        let mut entry = one_off.entry.clone();
+        if crate::queue::run_missed(slot.due_ms, now, &catch_up) {
+            self.scheduler_log.sys(
+                Level::SysWarn,
+                &format!("one-off request {} missed its time by {late}: running it now", entry.id),
+            );
+            return self.keep(one_off, &entry).await;
+        }
+        entry.error = Some(format!("missed its time by {late} while no daemon ran (catch_up)"));
+        self.scheduler_log.sys(
+            Level::SysWarn,
+            &format!("one-off request {} missed its time by {late}: not run (catch_up)", entry.id),
+        );
+        if let Err(e) = self.locks.bury(one_off, &entry).await {
+            self.scheduler_log.sys(Level::SysError, &format!("cannot set request {} aside: {e}", entry.id));
+        }
+    }
+
+    /// Puts a request taken for a look back in the queue, unchanged.
+    async fn keep(&mut self, taken: Taken, entry: &Entry) {
+        match self.locks.requeue(taken, entry).await {
+            Ok(slot) => self.index.insert(slot),
+            Err(e) => self.scheduler_log.sys(Level::SysError, &format!("cannot queue request {} again: {e}", entry.id)),
+        }
     }
 
     /// Removes a queued request that has not started.

@@ -282,3 +282,24 @@ fn another_daemon_takes_over_the_queue_of_one_that_dies() {
     assert!(read(&b.stderr_path).contains("a daemon sharing the data folder is gone"));
     b.stop();
 }
+
+#[test]
+fn a_one_off_run_missed_while_no_daemon_ran_follows_catch_up() {
+    let root = Root::new();
+    root.job("triggered", "strict", &[("run.sh", "echo ran\n"), ("settings.job", r#"{"catch_up": "none"}"#)]);
+    root.job("triggered", "lenient", &[("run.sh", "echo ran\n")]);
+    let daemon = root.start();
+    for job in ["strict", "lenient"] {
+        assert!(root.cli(&["run", job, "--in", "1s"]).status.success());
+    }
+    daemon.stop();
+    let due = std::time::Instant::now() + Duration::from_millis(2100);
+    wait_for("both times passed while no daemon ran", Duration::from_secs(5), || std::time::Instant::now() > due);
+    let daemon = root.start();
+    wait_for("the lenient one ran late", Duration::from_secs(10), || root.finished_runs("lenient").len() == 1);
+    let dead: serde_json::Value = serde_json::from_str(&stdout(&root.cli(&["dead", "strict", "--json"]))).unwrap();
+    assert_eq!(dead["count"], 1, "{dead}");
+    assert!(dead["requests"][0]["error"].as_str().unwrap().contains("missed its time"));
+    assert!(root.runs("strict").is_empty());
+    daemon.stop();
+}
