@@ -212,7 +212,7 @@ impl Actor {
     /// A request whose time passed while no daemon ran: a one-off run runs
     /// late or is dead by the job's `catch_up`; a retry runs now.
     async fn missed(&mut self, slot: Slot) {
-        let catch_up = self.definition.good.as_ref().map(|j| j.settings.catch_up.clone());
+        let catch_up = self.definition.good.as_ref().map(|j| j.settings.catch_up);
         let catch_up = catch_up.unwrap_or(crate::settings::CatchUp::MaxAge(Duration::from_secs(600)));
         let now = Timestamp::now().as_millisecond();
         let late = human(Duration::from_millis((now - slot.due_ms).max(0) as u64));
