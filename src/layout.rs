@@ -41,6 +41,15 @@ pub const STATUS_PREFIX: &str = "status_";
 pub const SINGLETON_LOCK: &str = "singleton.job.lock";
 /// Held while a triggered job has an active run (on any daemon).
 pub const RUN_LOCK: &str = "triggeredJob.lock";
+
+/// Run lock `slot` of a triggered job (`max_parallel` of them):
+/// `triggeredJob.lock`, then `triggeredJob.1.lock` …
+pub fn run_lock(job_data_dir: &Path, slot: u32) -> PathBuf {
+    match slot {
+        0 => job_data_dir.join(RUN_LOCK),
+        n => job_data_dir.join(format!("triggeredJob.{n}.lock")),
+    }
+}
 /// The last schedule tick any daemon claimed.
 pub const SCHEDULE_RECORD: &str = "schedule.json";
 /// A triggered job's run queue (see `coordination::queue`).

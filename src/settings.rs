@@ -61,6 +61,8 @@ pub struct Settings {
     pub max_retry_delay: Duration,
     /// How long a dedup key stays held after its request ended.
     pub dedup_window: Duration,
+    /// Runs of the job active at once, across daemons (Kudu: 1).
+    pub max_parallel: u32,
     pub overlap: Overlap,
     pub catch_up: CatchUp,
     pub restart_delay: Duration,
@@ -83,7 +85,7 @@ pub struct Loaded {
 }
 
 const KNOWN_KEYS: &str = "schedule, is_singleton, stopping_wait_time, is_in_place, timezone, timeout, \
-    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
+    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, max_parallel, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
     memory_max, cpu_max, tasks_max";
 
 /// The largest `settings.job` read (a bigger one is an error, not a memory hog).
@@ -107,6 +109,7 @@ impl Settings {
             retry_delay: Duration::from_secs(60),
             max_retry_delay: Duration::from_secs(3600),
             dedup_window: Duration::ZERO,
+            max_parallel: 1,
             overlap: Overlap::Skip,
             catch_up: CatchUp::MaxAge(Duration::from_secs(600)),
             restart_delay: Duration::from_millis(500),
@@ -257,6 +260,9 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
     }
     if let Some(d) = r.seconds("dedup_window") {
         s.dedup_window = d;
+    }
+    if let Some(n) = r.integer("max_parallel", 1, 1000) {
+        s.max_parallel = n as u32;
     }
     s.overlap = match r.choice("overlap", &["skip", "queue", "replace"]) {
         Some("queue") => Overlap::Queue,

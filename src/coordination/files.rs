@@ -40,6 +40,7 @@ const RECORD: usize = 128;
 /// (a run, a tick), not kept open: ten thousand jobs cost no descriptors.
 #[derive(Debug)]
 pub struct JobFiles {
+    dir: PathBuf,
     run_lock: PathBuf,
     schedule: PathBuf,
     /// The job's run queue (see [`super::queue`]).
@@ -47,8 +48,16 @@ pub struct JobFiles {
 }
 
 impl JobFiles {
-    pub fn try_run(&self, instance: &str) -> io::Result<Option<FileLease>> {
-        try_lock_file(&self.run_lock, instance)
+    /// Takes one of the job's `slots` run locks (`triggeredJob.lock`, then
+    /// `triggeredJob.1.lock` …), the first free one.
+    pub fn try_run(&self, instance: &str, slots: u32) -> io::Result<Option<FileLease>> {
+        for slot in 0..slots.max(1) {
+            let path = layout::run_lock(&self.dir, slot);
+            if let Some(lease) = try_lock_file(&path, instance)? {
+                return Ok(Some(lease));
+            }
+        }
+        Ok(None)
     }
 
     pub fn run_holder(&self) -> Option<String> {
@@ -139,9 +148,10 @@ impl Files {
         let dir = layout::job_data_dir(&self.data_dir, key);
         std::fs::create_dir_all(&dir)?;
         Ok(JobFiles {
-            run_lock: dir.join(layout::RUN_LOCK),
+            run_lock: layout::run_lock(&dir, 0),
             schedule: dir.join(layout::SCHEDULE_RECORD),
             queue: dir.join(layout::QUEUE_DIR),
+            dir,
         })
     }
 

@@ -128,11 +128,12 @@ impl Coordinator {
 }
 
 impl JobCoordination {
-    /// Takes the job's run lock (one active run across all daemons) if it is
-    /// free, never waiting. `instance` is recorded as the holder.
-    pub async fn try_run(&self, instance: &str) -> io::Result<Option<Lease>> {
+    /// Takes one of the job's `slots` run locks (at most `slots` active runs
+    /// across all daemons) if one is free, never waiting. `instance` is
+    /// recorded as the holder.
+    pub async fn try_run(&self, instance: &str, slots: u32) -> io::Result<Option<Lease>> {
         match self {
-            JobCoordination::Files(f) => Ok(f.try_run(instance)?.map(Lease::Files)),
+            JobCoordination::Files(f) => Ok(f.try_run(instance, slots)?.map(Lease::Files)),
         }
     }
 
@@ -307,11 +308,14 @@ mod tests {
         let key = JobKey::new(JobKind::Triggered, "t");
         for (a, b) in backends(d.path()) {
             let (a, b) = (a.job(&key).await.unwrap(), b.job(&key).await.unwrap());
-            let lease = a.try_run("one").await.unwrap().unwrap();
-            assert!(b.try_run("two").await.unwrap().is_none());
+            let lease = a.try_run("one", 1).await.unwrap().unwrap();
+            assert!(b.try_run("two", 1).await.unwrap().is_none());
             assert!(b.run_holder().await.unwrap().starts_with("instance one"));
+            let second = b.try_run("two", 2).await.unwrap();
+            assert!(second.is_some(), "a second slot with max_parallel 2");
+            assert!(a.try_run("one", 2).await.unwrap().is_none(), "both slots held");
             drop(lease);
-            assert!(b.try_run("two").await.unwrap().is_some());
+            assert!(b.try_run("two", 1).await.unwrap().is_some());
         }
     }
 

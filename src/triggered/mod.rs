@@ -225,8 +225,8 @@ pub fn refuse(control: Control, why: &str) {
 /// What the actor's loop woke up for.
 enum Event {
     Control(Control),
-    /// Nothing of the active run is left.
-    RunOver,
+    /// Nothing of active run number `.0` is left.
+    RunOver(usize),
     Timer(Wake),
     /// A retry's delay is over, or a queued request may start.
     Later,
@@ -262,6 +262,8 @@ struct Active {
     last_bytes: u64,
     last_cpu: u64,
     last_activity: Instant,
+    /// When its limits were last looked at.
+    last_checked: Instant,
     /// Set when we are ending the run: the state it ends in and why.
     ending: Option<(RunState, String)>,
     /// Cancel requests, answered once the run is over.
@@ -281,8 +283,9 @@ struct Actor {
     scheduler_log: LogFile,
     locks: JobCoordination,
     last_run_id: Option<String>,
-    /// Boxed: an idle actor (most of ten thousand) keeps only a pointer.
-    active: Option<Box<Active>>,
+    /// The active runs (at most `max_parallel`), oldest first; an idle
+    /// actor (most of ten thousand) keeps an empty list.
+    active: Vec<Active>,
     /// The queued requests of the job (its durable queue's index).
     index: Index,
     next_tick: Option<Timestamp>,
@@ -329,7 +332,7 @@ impl Actor {
             rx: inbox.rx,
             summary: inbox.state,
             scheduler_log,
-            active: None,
+            active: Vec::new(),
             index: Index::default(),
             next_tick: None,
             later: None,
@@ -355,7 +358,7 @@ impl Actor {
         self.definition.report(&mut self.scheduler_log);
         Box::pin(self.arm_schedule(true)).await;
         Box::pin(self.recover_queue(true)).await;
-        while !(self.exiting && self.active.is_none()) {
+        while !(self.exiting && self.active.is_empty()) {
             let event = self.next_event().await;
             Box::pin(self.handle(event)).await;
         }
@@ -367,7 +370,7 @@ impl Actor {
     /// Waits for the next thing to happen.
     async fn next_event(&mut self) -> Event {
         let later = self.later;
-        let check_at = self.active.as_ref().filter(|a| a.ending.is_none()).map(|a| next_check(a));
+        let check_at = self.active.iter().filter(|a| a.ending.is_none()).map(next_check).min();
         let active = &mut self.active;
         tokio::select! {
             // Once stopping, nothing more is taken in: the supervisor drops the
@@ -376,7 +379,7 @@ impl Actor {
             control = self.rx.recv(), if !self.exiting => {
                 Event::Control(control.map_or(Control::Shutdown { why: "daemon stopping" }, |b| *b))
             }
-            () = run_over(active) => Event::RunOver,
+            over = run_over(active) => Event::RunOver(over),
             wake = self.timer.wait() => Event::Timer(wake),
             () = sleep_until(later) => Event::Later,
             () = sleep_until(check_at) => Event::Check,
@@ -387,7 +390,7 @@ impl Actor {
     async fn handle(&mut self, event: Event) {
         match event {
             Event::Control(control) => self.on_control(control).await,
-            Event::RunOver => self.on_over().await,
+            Event::RunOver(n) => self.on_over(n).await,
             Event::Timer(Wake::Due) => self.on_tick().await,
             Event::Timer(Wake::ClockChanged) => self.on_clock_set(),
             Event::Later => self.on_later().await,
@@ -411,7 +414,7 @@ impl Actor {
             }
             Control::Cancel { run, reply } => self.cancel(run, reply),
             Control::Wait { run, reply } => {
-                if self.active.as_ref().is_some_and(|a| a.id == run) {
+                if self.active.iter().any(|a| a.id == run) {
                     self.waiters.push((run, reply));
                 } else {
                     let _ = reply.send(());
@@ -427,7 +430,7 @@ impl Actor {
                 if let Some((slot, Some(reply))) = self.replacement.take() {
                     let _ = reply.send(Ok(Accepted::Queued(slot.id.to_string())));
                 }
-                self.end_active(End::Shutdown(why));
+                self.end_all(End::Shutdown(why));
             }
             Control::Queue { dead, limit, reply } => {
                 let entries = if dead { self.locks.dead().await } else { self.locks.queued(limit).await };
@@ -514,7 +517,7 @@ impl Actor {
                         let _ =
                             reply.send(Err(Refused::Running("replaced by a newer request (overlap: replace)".into())));
                     }
-                    self.end_active(End::Replaced);
+                    self.end_all(End::Replaced);
                     return None;
                 }
                 Ok(slot) => self.start_or_queue(slot, overlap.is_some() || queue_only).await,
@@ -561,7 +564,10 @@ impl Actor {
         let Some(job) = self.definition.good.clone() else {
             return Err(Refused::Invalid(self.def().errors().join("; ")));
         };
-        let Some(active) = &mut self.active else { return Ok(None) };
+        if (self.active.len() as u32) < job.settings.max_parallel {
+            return Ok(None);
+        }
+        let Some(active) = self.active.last_mut() else { return Ok(None) };
         if queue_only {
             return Ok(Some(Overlap::Queue));
         }
@@ -618,11 +624,18 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Resolves when the active run (if any) is over.
-async fn run_over(active: &mut Option<Box<Active>>) {
+/// Resolves when one of the active runs is over, with its place in the list.
+async fn run_over(active: &mut [Active]) -> usize {
     match active {
+        [] => std::future::pending().await,
         // Boxed too: only an actor with a run pays for the run's future.
-        Some(a) => Box::pin(a.run.over(&mut a.log)).await,
-        None => std::future::pending().await,
+        [a] => {
+            Box::pin(a.run.over(&mut a.log)).await;
+            0
+        }
+        many => {
+            let all = many.iter_mut().map(|a| Box::pin(a.run.over(&mut a.log)));
+            futures_util::future::select_all(all).await.1
+        }
     }
 }

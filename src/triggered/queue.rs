@@ -59,10 +59,13 @@ impl Actor {
     /// free: no active run here, the run lock free across daemons, a run slot
     /// of the daemon free, and a request due.
     pub(super) async fn dispatch(&mut self, prefer: Option<Slot>) -> Dispatch {
-        if self.active.is_some() || self.exiting || self.def().disabled || self.config.switches.stopped {
+        if self.exiting || self.def().disabled || self.config.switches.stopped {
             return Dispatch::Waiting;
         }
         let Some(job) = self.definition.good.clone() else { return Dispatch::Waiting };
+        if self.active.len() as u32 >= job.settings.max_parallel {
+            return Dispatch::Waiting;
+        }
         let mut prefer = prefer;
         loop {
             let now = Timestamp::now().as_millisecond();
@@ -83,7 +86,7 @@ impl Actor {
                     }
                 },
             };
-            let lease = match self.locks.try_run(&self.shared.instance).await {
+            let lease = match self.locks.try_run(&self.shared.instance, job.settings.max_parallel).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     // A run is active on another daemon, which we cannot hear end.

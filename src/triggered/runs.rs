@@ -118,10 +118,11 @@ impl Actor {
                     last_bytes: 0,
                     last_cpu: 0,
                     last_activity: Instant::now(),
+                    last_checked: Instant::now(),
                     ending: None,
                     cancels: Vec::new(),
                 };
-                self.active = Some(Box::new(active));
+                self.active.push(active);
                 id
             }
             Err(e) => {
@@ -152,8 +153,11 @@ impl Actor {
 
     /// Nothing of the active run is left: record how it ended (by its exit
     /// code, or as we ended it).
-    pub(super) async fn on_over(&mut self) {
-        let Some(mut active) = self.active.take() else { return };
+    pub(super) async fn on_over(&mut self, n: usize) {
+        if n >= self.active.len() {
+            return;
+        }
+        let mut active = self.active.remove(n);
         let (state, error) = match active.ending.take() {
             Some((state, why)) => (state, (state != RunState::Success).then_some(why)),
             None if active.run.exit_status().and_then(|s| s.code()) == Some(0) => (RunState::Success, None),
@@ -185,12 +189,19 @@ impl Actor {
         }
     }
 
-    /// Begins ending the active run by the stop protocol and notes why; the
+    /// Begins ending every active run (shutdown, replace, cancel of all).
+    pub(super) fn end_all(&mut self, end: End) {
+        for n in 0..self.active.len() {
+            self.end_run(n, end.clone());
+        }
+    }
+
+    /// Begins ending active run `n` by the stop protocol and notes why; the
     /// run is over (and recorded) when [`Run::over`] says so. A shutdown
     /// while it is already being stopped kills what is left at once.
-    pub(super) fn end_active(&mut self, end: End) {
+    pub(super) fn end_run(&mut self, n: usize, end: End) {
         let grace = self.grace();
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.get_mut(n) else { return };
         if active.ending.is_some() {
             // It ends as it was being ended (a cancel stays a cancel), only sooner.
             if let End::Shutdown(_) = end {
@@ -217,7 +228,7 @@ impl Actor {
 
     /// Writes the run's end (status, log line), releases the lock, and starts
     /// what follows: a retry or the next queued run.
-    pub(super) async fn finish(&mut self, mut active: Box<Active>, state: RunState, error: Option<String>) {
+    pub(super) async fn finish(&mut self, mut active: Active, state: RunState, error: Option<String>) {
         let exit = active.run.exit_status();
         let duration = active.run.started.elapsed();
         let usage = active.run.finish_usage();
@@ -259,7 +270,7 @@ impl Actor {
         self.shared.metrics.cpu_used("triggered", &self.key.name, usage.cpu_ms);
         self.shared.metrics.output("triggered", &self.key.name, active.run.output.bytes);
         self.publish_run(Some((active.id.clone(), active.status.clone())));
-        let Active { id, taken, status, .. } = *active;
+        let Active { id, taken, status, .. } = active;
         self.end_of(taken, state, &id, status.error).await;
     }
 
@@ -279,42 +290,51 @@ impl Actor {
         self.dispatch(None).await;
     }
 
-    /// Cancels the active run; answered once it is over.
+    /// Cancels run `run` (or every active run); answered once it is over.
     pub(super) fn cancel(&mut self, run: Option<String>, reply: oneshot::Sender<Result<String, Refused>>) {
-        let matches = self.active.as_ref().is_some_and(|a| run.as_ref().is_none_or(|r| *r == a.id));
-        if !matches {
+        let matching: Vec<usize> =
+            (0..self.active.len()).filter(|n| run.as_ref().is_none_or(|r| *r == self.active[*n].id)).collect();
+        let Some(last) = matching.last().copied() else {
             let _ = reply.send(Err(Refused::NoActiveRun(run.map(|r| format!(" {r}")).unwrap_or_default())));
             return;
+        };
+        for n in &matching {
+            self.end_run(*n, End::Cancelled);
         }
-        self.end_active(End::Cancelled);
-        if let Some(active) = self.active.as_mut() {
-            active.cancels.push(reply);
-        }
+        // Answered when the newest of them is over.
+        self.active[last].cancels.push(reply);
     }
 
-    /// Timeout and idle checks of the active run.
+    /// Timeout and idle checks of the active runs.
     pub(super) async fn on_check(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
         let now = tokio::time::Instant::now();
-        let output = active.run.output.bytes;
-        // CPU time is only read when the output says nothing.
-        let cpu = if output == active.last_bytes { active.run.cpu_so_far() } else { active.last_cpu };
-        let seen = Seen { output, cpu };
-        let before = Seen { output: active.last_bytes, cpu: active.last_cpu };
-        match verdict(now, active.deadline, before, seen, active.last_activity.elapsed(), active.idle) {
-            Verdict::Timeout => {
-                let limit = self.definition.good.as_ref().and_then(|j| j.settings.timeout).unwrap_or_default();
-                self.end_active(End::Timeout(limit));
+        for n in 0..self.active.len() {
+            let active = &mut self.active[n];
+            // Each run on its own period (or at its deadline).
+            if active.ending.is_some() || next_check(active) > now {
+                continue;
             }
-            Verdict::Busy => {
-                (active.last_bytes, active.last_cpu) = (seen.output, seen.cpu);
-                active.last_activity = Instant::now();
+            active.last_checked = Instant::now();
+            let output = active.run.output.bytes;
+            // CPU time is only read when the output says nothing.
+            let cpu = if output == active.last_bytes { active.run.cpu_so_far() } else { active.last_cpu };
+            let seen = Seen { output, cpu };
+            let before = Seen { output: active.last_bytes, cpu: active.last_cpu };
+            match verdict(now, active.deadline, before, seen, active.last_activity.elapsed(), active.idle) {
+                Verdict::Timeout => {
+                    let limit = self.definition.good.as_ref().and_then(|j| j.settings.timeout).unwrap_or_default();
+                    self.end_run(n, End::Timeout(limit));
+                }
+                Verdict::Busy => {
+                    (active.last_bytes, active.last_cpu) = (seen.output, seen.cpu);
+                    active.last_activity = Instant::now();
+                }
+                Verdict::Idle => {
+                    let idle = active.idle;
+                    self.end_run(n, End::Idle(idle));
+                }
+                Verdict::Quiet => {}
             }
-            Verdict::Idle => {
-                let idle = active.idle;
-                self.end_active(End::Idle(idle));
-            }
-            Verdict::Quiet => {}
         }
     }
 
@@ -356,10 +376,14 @@ impl Actor {
     }
 }
 
-/// The next time the active run's limits must be looked at.
+/// How often a run's limits are looked at.
+fn check_period(active: &Active) -> Duration {
+    (active.idle / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// The next time an active run's limits must be looked at.
 pub(super) fn next_check(active: &Active) -> tokio::time::Instant {
-    let period = (active.idle / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let next = tokio::time::Instant::now() + period;
+    let next = tokio::time::Instant::from_std(active.last_checked) + check_period(active);
     active.deadline.map_or(next, |d| d.min(next))
 }
 

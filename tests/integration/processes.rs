@@ -293,15 +293,16 @@ fn a_daemon_stop_gives_a_triggered_run_its_grace() {
         &[
             (
                 "run.sh",
-                "trap 'echo got TERM; sleep 0.3; echo cleaned up; exit 0' TERM\nwhile true; do sleep 0.05; done\n",
+                "trap 'echo got TERM; sleep 0.3; echo cleaned up; exit 0' TERM\necho ready\nwhile true; do sleep 0.05; done\n",
             ),
             ("settings.job", r#"{"stopping_wait_time": 10}"#),
         ],
     );
     let daemon = root.start();
     assert!(root.cli(&["run", "polite"]).status.success());
+    // Its trap is set once it said so.
     wait_for("running", Duration::from_secs(10), || {
-        root.runs("polite").first().is_some_and(|id| root.run_status("polite", id)["Status"] == "Running")
+        root.runs("polite").first().is_some_and(|id| root.run_log("polite", id).contains("] ready"))
     });
     let started = Instant::now();
     assert!(daemon.stop().success());

@@ -303,3 +303,33 @@ fn a_one_off_run_missed_while_no_daemon_ran_follows_catch_up() {
     assert!(root.runs("strict").is_empty());
     daemon.stop();
 }
+
+#[test]
+fn max_parallel_runs_a_job_side_by_side_within_the_daemons_max_concurrent_runs() {
+    let root = Root::with_config(serde_json::json!({"max_concurrent_runs": 4}));
+    let (gate, wait) = gated(&root);
+    for job in ["wide", "other"] {
+        root.job("triggered", job, &[("run.sh", &wait), ("settings.job", r#"{"max_parallel": 3}"#)]);
+    }
+    let daemon = root.start();
+    for _ in 0..3 {
+        assert!(root.cli(&["enqueue", "wide"]).status.success());
+    }
+    let running =
+        |job: &str| root.runs(job).iter().filter(|id| root.run_status(job, id)["Status"] == "Running").count();
+    wait_for("three of wide side by side", Duration::from_secs(10), || running("wide") == 3);
+    for _ in 0..3 {
+        assert!(root.cli(&["enqueue", "other"]).status.success());
+    }
+    wait_for("the daemon's fourth slot taken", Duration::from_secs(10), || running("other") == 1);
+    let queued = root.http().get("/api/triggeredwebjobs/other/queue").json();
+    assert_eq!(queued["count"], 2, "the rest wait for a free slot of the daemon: {queued}");
+    assert_eq!(running("wide") + running("other"), 4);
+    // Kudu's run on a job at its max_parallel: refused while all are busy (overlap: skip).
+    assert_eq!(root.http().post("/api/triggeredwebjobs/wide/run").status, 409);
+    std::fs::write(&gate, "").unwrap();
+    wait_for("all six done", Duration::from_secs(10), || {
+        root.finished_runs("wide").len() == 3 && root.finished_runs("other").len() == 3
+    });
+    daemon.stop();
+}
