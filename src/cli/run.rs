@@ -27,18 +27,21 @@ pub fn run(
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if body["queued"] == true {
-        let request = body["request"].as_str().unwrap_or_default();
+    let request = body["request"].as_str().unwrap_or_default().to_string();
+    if body["queued"] == true && !wait && !follow {
         if options.later() {
             println!(
                 "{request} queued for later (`webjobs queue {job}` lists it, `webjobs cancel {job} {request}` cancels it)"
             );
         } else {
-            println!("{request} queued: it starts when the active run is over (overlap: queue)");
+            println!("{request} queued: it starts when a run slot is free (overlap: queue)");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let id = body["id"].as_str().unwrap_or_default().to_string();
+    let id = match body["id"].as_str() {
+        Some(id) => id.to_string(),
+        None => first_run_of(&client, job, &request)?,
+    };
     if !wait && !follow {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
@@ -57,6 +60,23 @@ pub fn run(
         println!("{id} {}", state.as_str());
     }
     Ok(exit_for_run(state))
+}
+
+/// Waits until queued request `request` has started, and returns its run's id.
+fn first_run_of(client: &Client, job: &str, request: &str) -> anyhow::Result<String> {
+    let path = format!("/api/triggeredwebjobs/{}/history", encode(job));
+    loop {
+        let response = client.get(&path)?;
+        if response.status != 200 {
+            return Err(CliError::from_status(response.status, response.error()));
+        }
+        let runs = response.json()["runs"].as_array().cloned().unwrap_or_default();
+        // Oldest first: its first attempt.
+        if let Some(run) = runs.iter().rev().find(|r| r["request"] == request) {
+            return Ok(run["id"].as_str().unwrap_or_default().to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Long-polls the daemon until the run has ended.

@@ -48,8 +48,8 @@ fn the_daemon_runs_in_process_and_stops_when_told() {
     wait_for("the job's output", Duration::from_secs(10), || root.log("ticker").contains("] tick"));
     // The CLI talks to it like to any daemon.
     let out = root.cli(&["run", "once", "--wait"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(root.status_is("ticker", "Running"));
+    assert!(out.status.success(), "{:?}: {}{}", out.status, stdout(&out), stderr(&out));
+    assert!(root.status_is("ticker", "Running"), "{}", root.status("ticker"));
     stop.send(()).unwrap();
     let result = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), daemon).await });
     assert!(matches!(result, Ok(Ok(Ok(())))), "the daemon returned {result:?}");

@@ -26,6 +26,13 @@ fn inline_command(readme: &str, start: &str) -> String {
     readme[at + 1..].split('`').next().unwrap().to_string()
 }
 
+/// The lines of the README's run-queue example block.
+fn queue_examples(readme: &str) -> Vec<String> {
+    let section = readme.split("### The run queue").nth(1).expect("the README has its run queue section");
+    let block = section.split("```sh").nth(1).expect("a sh block").split("```").next().unwrap();
+    block.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
 /// The checkout without its build output and state.
 fn copy_checkout(to: &Path) {
     for entry in fs::read_dir(REPO).unwrap().flatten() {
@@ -106,13 +113,43 @@ fn readme_quick_start_runs_every_example_job() {
     let report_job = jobs.as_array().unwrap().iter().find(|j| j["name"] == "py-report").expect("py-report listed");
     let next: jiff::Timestamp = report_job["next_run"].as_str().unwrap().parse().unwrap();
     assert_eq!(next.as_second() % 300, 0, "every 5 minutes: {next}");
-    assert_eq!(jobs.as_array().unwrap().len(), 4, "{jobs}");
+    assert_eq!(jobs.as_array().unwrap().len(), 5, "{jobs}");
     let out = shell(&dir, "cargo run --release -- run py-report --wait").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("Success"), "{}", stdout(&out));
     let report: serde_json::Value =
         serde_json::from_str(&read(&data.join("triggered/py-report/last_report.json"))).expect("the report");
     assert!(report["run"].is_string());
+
+    // The run queue's examples, each line as written (`webjobs` is the built binary).
+    let lines = queue_examples(&readme);
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    let path = format!("{}:{}", Path::new(REPO).join("target/release").display(), std::env::var("PATH").unwrap());
+    let mut outputs = Vec::new();
+    for line in &lines {
+        let out = shell(&dir, line).env("PATH", &path).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{line}: {}{}", stdout(&out), stderr(&out));
+        outputs.push(stdout(&out));
+    }
+    let waited: serde_json::Value = serde_json::from_str(&outputs[3]).expect("run --wait --json");
+    assert_eq!(waited["status"], "Success", "{waited}");
+    assert_eq!(waited["result"], serde_json::json!({"order": 44, "total": 0}));
+    assert_eq!(waited["progress"]["percent"], 100.0);
+    let invoices = data.join("triggered/py-invoice");
+    let results = |order: u64| {
+        fs::read_dir(&invoices)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| read(&e.path().join("status")).parse::<serde_json::Value>().ok())
+            .filter(|s| s["Result"]["order"] == order)
+            .map(|s| s["Result"]["total"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    wait_for("the queued orders priced", Duration::from_secs(20), || results(42).len() == 2 && results(43).len() == 1);
+    assert_eq!(results(42), [12.0, 12.0], "from the file, once by enqueue and once by curl");
+    assert_eq!(results(43), [2.0], "from stdin");
+    assert!(outputs[5].contains("External"), "the one-off run waits in the queue: {}", outputs[5]);
+    assert!(outputs[6].contains("no dead requests"), "{}", outputs[6]);
 
     // py-worker: stops by itself within a second of a stop, having seen the shutdown file.
     let worker = data.join("continuous/py-worker/job_log.txt");
