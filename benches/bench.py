@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|api|scale|all] [--quick] [--no-cgroups]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|scale|all] [--quick] [--no-cgroups]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -492,6 +492,124 @@ def bench_trigger():
     shutil.rmtree(tmp)
 
 
+def seed_queue(tmp, job, n, due_ms=0):
+    """n queued requests of a triggered job, written as the daemon stores them
+    (one file per request, named by rank, id and due time)."""
+    queue = os.path.join(tmp, "data", "jobs", "triggered", job, "queue")
+    os.makedirs(queue, exist_ok=True)
+    now = int(time.time() * 1000)
+    for i in range(n):
+        rid = f"{now:013}{i:010x}"
+        entry = {"id": rid, "priority": 0, "queued_ms": now, "attempts": 0, "trigger": "bench", "arguments": [], "text": ""}
+        if due_ms:
+            entry["due_ms"] = due_ms
+        with open(os.path.join(queue, f"100-{rid}-{due_ms}.run"), "w") as f:
+            json.dump(entry, f)
+
+
+def queued_count(tmp, job):
+    queue = os.path.join(tmp, "data", "jobs", "triggered", job, "queue")
+    return sum(1 for n in os.listdir(queue) if n.endswith(".run")) if os.path.isdir(queue) else 0
+
+
+def bench_queue():
+    """The run queue: enqueue to exec, draining 10,000 queued runs, memory with
+    100,000 queued, and acknowledged runs across SIGKILLs during a drain."""
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    stamp = stamp_binary(tmp)
+    job = os.path.join(tmp, "jobs", "triggered", "stamp")
+    os.makedirs(job)
+    shutil.copy(stamp, os.path.join(job, "run"))
+    n = 50 if QUICK else 200
+    d = Daemon(tmp, config={"history_size": 1000})
+    sock = os.path.join(tmp, "data", "instances", "bench.sock")
+    wait_for(lambda: os.path.exists(sock), 10)
+    data = os.path.join(tmp, "data", "jobs", "triggered", "stamp")
+    s = unix_http(sock)
+    direct = []
+    for _ in range(n):
+        t0 = time.time()
+        code, body = http(s, "POST", "/api/triggeredwebjobs/stamp/queue")
+        assert code == 202, body
+        log = os.path.join(data, body["id"], "output_log.txt")
+        wait_for(lambda: os.path.exists(log) and "INFO] T " in open(log).read(), 10)
+        direct.append((float(open(log).read().split("INFO] T ")[1].split()[0]) - t0) * 1000)
+        http(s, "GET", f"/api/triggeredwebjobs/stamp/history/{body['id']}?wait=10")
+    s.close()
+    d.stop()
+    print("queue: enqueue (POST …/queue on the Unix socket) to the child's first instruction")
+    print(f"  p50 {pct(direct, 50):.2f} ms, p95 {pct(direct, 95):.2f} ms")
+    shutil.rmtree(os.path.join(tmp, "data"))
+
+    # Drain: 10,000 queued trivial runs (a native `true`), history written.
+    shutil.copy("/bin/true", os.path.join(job, "run"))
+    m = 2000 if QUICK else 10000
+    seed_queue(tmp, "stamp", m)
+    d = Daemon(tmp)
+    wait_for(lambda: os.path.exists(sock), 10)
+    t0 = time.perf_counter()
+    wait_for(lambda: queued_count(tmp, "stamp") == 0 and not os.listdir(os.path.join(data, "queue", "taken", "bench")), 300, 0.05)
+    drain = m / (time.perf_counter() - t0)
+    rss_after = d.status_kib("VmRSS")
+    d.stop()
+    print(f"  {m} queued runs drained, history written: {drain:.0f} runs/s (daemon RSS after {rss_after / 1024:.1f} MB)")
+    shutil.rmtree(os.path.join(tmp, "data"))
+
+    # Memory: 100,000 requests queued (due tomorrow, so none starts).
+    big = 20000 if QUICK else 100000
+    seed_queue(tmp, "stamp", big, due_ms=int(time.time() * 1000) + 86_400_000)
+    t0 = time.perf_counter()
+    d = Daemon(tmp)
+    wait_for(lambda: os.path.exists(sock), 60)
+    s = unix_http(sock)
+    wait_for(lambda: http(s, "GET", "/api/triggeredwebjobs/stamp")[1].get("queued") == big, 120, 0.1)
+    loaded = time.perf_counter() - t0
+    rss = d.status_kib("VmRSS")
+    s.close()
+    d.stop()
+    print(f"  {big} queued: read in {loaded:.2f} s after `serve`, daemon RSS {rss / 1024:.1f} MB (payloads not held)")
+    shutil.rmtree(os.path.join(tmp, "data"))
+
+    # SIGKILLs during a drain: every acknowledged request runs; only those in flight twice.
+    with open(os.path.join(job, "run.sh"), "w") as f:
+        f.write(f'echo "$WEBJOBS_REQUEST_ID" >> {tmp}/done\n')
+    os.remove(os.path.join(job, "run"))
+    with open(os.path.join(job, "settings.job"), "w") as f:
+        f.write('{"retries": 3, "retry_delay": 0}')
+    total = 500 if QUICK else 2000
+    seed_queue(tmp, "stamp", total)
+    done = os.path.join(tmp, "done")
+    kills = 0
+    for _ in range(10):
+        d = Daemon(tmp)
+        time.sleep(0.05)
+        if d.proc.poll() is not None:
+            lock = os.path.join(tmp, "data", "instances", "bench.lock")
+            ino = os.stat(lock).st_ino
+            holders = [l for l in open("/proc/locks").read().splitlines() if f":{ino} " in l]
+            for l in holders:
+                pid = l.split()[4]
+                try:
+                    print("lock held by", pid, open(f"/proc/{pid}/cmdline").read().replace("\0", " "), open(f"/proc/{pid}/status").read().split("State:")[1].split("\n")[0])
+                except OSError:
+                    print("lock held by", pid, "(gone)")
+            raise SystemExit(open(os.path.join(tmp, "daemon.log")).read())
+        before = len(open(done).read().splitlines()) if os.path.exists(done) else 0
+        wait_for(lambda: os.path.exists(done) and len(open(done).read().splitlines()) >= before + total // 20, 60, 0.01)
+        d.proc.kill()
+        d.proc.wait()
+        kills += 1
+    d = Daemon(tmp)
+    def finished():
+        return len(set(open(done).read().split())) >= total and queued_count(tmp, "stamp") == 0
+    wait_for(finished, 300, 0.1)
+    lines = open(done).read().split()
+    d.stop()
+    print(f"  {kills} SIGKILLs during a drain of {total}: {total - len(set(lines))} acknowledged runs lost, "
+          f"{len(lines) - len(set(lines))} ran twice (in flight at a kill)")
+    shutil.rmtree(tmp)
+
+
 def seed_api_jobs(tmp, jobs=1000, runs=50):
     """1,000 triggered jobs (half on a schedule) with 50 runs of history each, written directly."""
     for i in range(jobs):
@@ -702,6 +820,8 @@ def main():
         bench_trigger()
     if which in ("schedule", "all"):
         bench_schedule()
+    if which in ("queue", "all"):
+        bench_queue()
     if which in ("api", "all"):
         bench_api()
     if which in ("scale", "all"):

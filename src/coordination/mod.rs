@@ -76,10 +76,22 @@ impl Coordinator {
         Coordinator::Files(files::Files::new(data_dir))
     }
 
-    /// Registers this daemon as instance `id`; refused while a live daemon holds it.
+    /// Registers this daemon as instance `id`; refused while a live daemon
+    /// holds it. A daemon killed a moment ago may still hold it for a few
+    /// milliseconds (through a child it was starting, until that child's
+    /// exec), so a held registration is tried again for up to a second.
     pub async fn register(&self, id: &str) -> Result<Registration, InstanceError> {
-        match self {
-            Coordinator::Files(f) => f.register(id).map(Registration::Files),
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let result = match self {
+                Coordinator::Files(f) => f.register(id).map(Registration::Files),
+            };
+            match result {
+                Err(InstanceError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
         }
     }
 
