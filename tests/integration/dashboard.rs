@@ -162,3 +162,46 @@ fn the_dashboard_runs_a_job_with_an_argument_and_shows_its_output() {
     drop(driver);
     daemon.stop();
 }
+
+#[test]
+fn the_dashboard_shows_a_runs_progress_live_its_result_and_the_jobs_queue() {
+    let root = Root::new();
+    let gate = root.path().join("gate");
+    let script = format!(
+        "echo '30 loading rows' > \"$WEBJOBS_PROGRESS_FILE\"\nwhile [ ! -e {} ]; do sleep 0.05; done\necho '{{\"ok\": true}}' > \"$WEBJOBS_RESULT_FILE\"\n",
+        gate.display()
+    );
+    root.job("triggered", "slow", &[("run.sh", &script)]);
+    root.job("triggered", "bad", &[("run.sh", "exit 3\n")]);
+    let daemon = root.start();
+    let Some(driver) = Driver::start(&root.path().join("chrome-profile")) else { return };
+    let http = root.http();
+    driver.authorize(http.auth.as_deref().unwrap());
+    let run = http.post("/api/triggeredwebjobs/slow/run").json()["id"].as_str().unwrap().to_string();
+    driver.call("POST", "/url", json!({"url": format!("http://{}/#/run/slow/{run}", http.addr)}));
+    let progress = driver.wait_js(
+        "live progress",
+        "const p = document.querySelector('#progress span'); return p && p.textContent.includes('loading rows') ? p.textContent : null;",
+    );
+    assert!(progress.as_str().unwrap().contains("30%"), "{progress}");
+    std::fs::write(&gate, "").unwrap();
+    let result = driver.wait_js(
+        "the result once the run ended, without a reload",
+        "const r = document.querySelector('#result'); return r ? r.textContent : null;",
+    );
+    assert!(result.as_str().unwrap().contains("\"ok\": true"), "{result}");
+    // A dead request and a queued one on the job's page; Retry queues the dead one again.
+    assert!(root.cli(&["run", "bad", "--wait"]).status.code() == Some(6));
+    assert!(root.cli(&["run", "bad", "--in", "1h"]).status.success());
+    driver.call("POST", "/url", json!({"url": format!("http://{}/#/job/triggered/bad", http.addr)}));
+    driver.wait_js("the queued request", "return document.querySelector('#queued tr[data-request]') ? true : null;");
+    let retry = driver.element("#dead button.retry");
+    driver.call("POST", &format!("/element/{retry}/click"), json!({}));
+    wait_for("the dead request ran again", Duration::from_secs(10), || root.finished_runs("bad").len() == 2);
+    let screenshot = driver.call("GET", "/screenshot", json!(null));
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD.decode(screenshot.as_str().unwrap()).unwrap();
+    std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-queue.png"), png).unwrap();
+    drop(driver);
+    daemon.stop();
+}

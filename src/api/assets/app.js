@@ -45,10 +45,11 @@ function renderList() {
   const jobs = q ? listJobs.filter((j) => j.name.toLowerCase().includes(q) || j.status.toLowerCase().includes(q)) : listJobs;
   const rows = jobs.map((j) => {
     const last = j.latest_run ? `${badge(j.latest_run.status)} <span class="muted">${when(j.latest_run.start_time)}</span>` : "";
+    const queued = j.queued ? ` <span class="muted queued">${j.queued} queued</span>` : "";
     return `<tr data-job="${esc(j.name)}" data-type="${esc(j.type)}">
       <td><a href="#/job/${esc(j.type)}/${esc(j.name)}">${esc(j.name)}</a></td>
       <td>${esc(j.type)}</td><td class="status">${badge(j.status)}</td>
-      <td><code>${esc(j.schedule || "")}</code></td><td>${when(j.next_run)}</td><td>${last}</td>
+      <td><code>${esc(j.schedule || "")}</code></td><td>${when(j.next_run)}</td><td>${last}${queued}</td>
       <td class="muted">${esc(j.error || "")}</td></tr>`;
   }).join("");
   view.innerHTML = `<p class="muted">${jobs.length} of ${listJobs.length} jobs</p>
@@ -70,6 +71,7 @@ async function showJob(type, name) {
     <dl><dt>type</dt><dd>${esc(j.type)}</dd><dt>command</dt><dd><code>${esc(j.run_command || "")}</code></dd>
     ${j.schedule ? `<dt>schedule</dt><dd><code>${esc(j.schedule)}</code> next ${when(j.next_run)}</dd>` : ""}
     ${j.detailed_status ? `<dt>instances</dt><dd>${esc(j.detailed_status)}</dd>` : ""}
+    ${type === "triggered" ? `<dt>queue</dt><dd id="queue-depth">${j.queued || 0} queued${j.queue_age_seconds != null ? `, oldest ${Math.round(j.queue_age_seconds)} s` : ""}</dd>` : ""}
     <dt>settings</dt><dd><code>${esc(JSON.stringify(j.settings))}</code></dd></dl>
     ${j.error ? `<p class="error">${esc(j.error)}</p>` : ""}
     ${(j.warnings || []).map((w) => `<p class="warn">${esc(w)}</p>`).join("")}
@@ -81,6 +83,7 @@ async function showJob(type, name) {
     document.getElementById("run-button").onclick = () => runJob(name);
     document.getElementById("cancel-button").onclick = () => act("POST", `/api/triggeredwebjobs/${encodeURIComponent(name)}/cancel`);
     await showHistory(name);
+    await showQueue(name);
   } else {
     const url = `/vfs/data/jobs/continuous/${encodeURIComponent(name)}/job_log.txt`;
     document.getElementById("detail").innerHTML = `<p><a href="${url}?download=1">download job_log.txt</a></p><pre class="output" id="output"></pre>`;
@@ -111,6 +114,34 @@ async function showHistory(name) {
   document.getElementById("detail").innerHTML = `<h3>runs</h3><table id="history"><thead><tr><th>run</th><th>status</th><th>start</th><th>duration</th><th>exit</th><th>trigger</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
+// The job's queued and dead requests; a dead one can be queued again.
+async function showQueue(name) {
+  const base = `/api/triggeredwebjobs/${encodeURIComponent(name)}`;
+  const [queued, dead] = await Promise.all([api("GET", `${base}/queue?limit=50`), api("GET", `${base}/dead`)]);
+  const row = (q) => `<tr data-request="${esc(q.id)}"><td><code>${esc(q.id)}</code></td><td>${esc(q.priority)}</td><td>${when(q.queued_at)}</td><td>${q.due ? when(q.due) : ""}</td><td>${esc(q.trigger)}</td></tr>`;
+  const deadRow = (q) => `<tr data-dead="${esc(q.id)}"><td><code>${esc(q.id)}</code></td><td>${esc(q.attempts)}</td><td>${esc((q.runs || []).slice(-1)[0] || "")}</td><td>${esc(q.error || "")}</td><td><button class="retry" data-id="${esc(q.id)}">Retry</button></td></tr>`;
+  const section = document.createElement("div");
+  section.id = "queue";
+  const requests = queued.json?.requests || [];
+  const deadRequests = dead.json?.requests || [];
+  section.innerHTML = (requests.length ? `<h3>queued</h3><table id="queued"><thead><tr><th>request</th><th>priority</th><th>queued</th><th>due</th><th>trigger</th></tr></thead><tbody>${requests.map(row).join("")}</tbody></table>` : "")
+    + (deadRequests.length ? `<h3>dead</h3><table id="dead"><thead><tr><th>request</th><th>attempts</th><th>last run</th><th>error</th><th></th></tr></thead><tbody>${deadRequests.map(deadRow).join("")}</tbody></table>` : "");
+  document.getElementById("detail").appendChild(section);
+  for (const b of section.querySelectorAll("button.retry")) {
+    b.onclick = () => act("POST", `${base}/dead/${encodeURIComponent(b.dataset.id)}/retry`);
+  }
+}
+
+// A run's progress and result, as it reports them.
+function runExtras(run) {
+  const p = run.progress;
+  const progress = p ? `<div id="progress"><progress max="100" value="${p.percent ?? ""}"></progress> <span>${p.percent != null ? `${p.percent}%` : ""} ${esc(p.message || "")}</span></div>` : "";
+  const result = run.result !== undefined ? `<h3>result</h3><pre id="result">${esc(JSON.stringify(run.result, null, 2))}</pre>` : "";
+  const resultError = run.result_error ? `<p class="warn">${esc(run.result_error)}</p>` : "";
+  const ids = [run.request ? `request <code>${esc(run.request)}</code>` : "", run.attempt ? `attempt ${esc(run.attempt)}` : "", run.correlation_id ? `correlation id <code>${esc(run.correlation_id)}</code>` : ""].filter(Boolean).join("; ");
+  return `${ids ? `<p class="muted">${ids}</p>` : ""}${progress}${result}${resultError}`;
+}
+
 // ---------- one run ----------
 
 async function showRun(name, id) {
@@ -120,15 +151,25 @@ async function showRun(name, id) {
   view.innerHTML = `<h2><a href="#/job/triggered/${esc(name)}">${esc(name)}</a> run ${esc(id)} <span class="status" id="run-status">${badge(run.status)}</span></h2>
     <p class="muted">trigger: ${esc(run.trigger)}; arguments: <code>${esc(JSON.stringify(run.arguments))}</code></p>
     ${run.error ? `<p class="error">${esc(run.error)}</p>` : ""}
+    <div id="run-extras">${runExtras(run)}</div>
     <div class="actions"><a href="${esc(run.output_url)}?download=1">download output_log.txt</a><button id="cancel-button">Cancel</button><span id="action-result" class="muted"></span></div>
     <pre class="output" id="output"></pre>`;
   document.getElementById("cancel-button").onclick = () => act("POST", `/api/triggeredwebjobs/${encodeURIComponent(name)}/cancel?run=${encodeURIComponent(id)}`);
   const live = run.status === "Running" || run.status === "Initializing";
+  const runUrl = `/api/triggeredwebjobs/${encodeURIComponent(name)}/history/${encodeURIComponent(id)}`;
+  const refresh = async () => {
+    const now = await api("GET", runUrl);
+    const extras = document.getElementById("run-extras");
+    if (extras && now.json) extras.innerHTML = runExtras(now.json);
+    const status = document.getElementById("run-status");
+    if (status && now.json) status.innerHTML = badge(now.json.status);
+  };
+  // While it runs, its progress is read every second.
+  if (live) timer = setInterval(refresh, 1000);
   await follow(run.output_url, live);
   if (live) {
-    const done = await api("GET", `/api/triggeredwebjobs/${encodeURIComponent(name)}/history/${encodeURIComponent(id)}`);
-    const status = document.getElementById("run-status");
-    if (status && done.json) status.innerHTML = badge(done.json.status);
+    clearInterval(timer);
+    await refresh();
   }
 }
 
