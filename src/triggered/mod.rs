@@ -606,36 +606,48 @@ impl Actor {
     }
 }
 
+/// A future held by an idle actor's select: boxed only when armed, so that
+/// ten thousand idle actors each hold a pointer, not the future.
+type Armed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// A permit of the daemon's run slots, once `wanted` and one is free.
-async fn acquire(permits: Option<&Arc<tokio::sync::Semaphore>>, wanted: bool) -> tokio::sync::OwnedSemaphorePermit {
+fn acquire(
+    permits: Option<&Arc<tokio::sync::Semaphore>>,
+    wanted: bool,
+) -> Armed<'static, tokio::sync::OwnedSemaphorePermit> {
     match permits {
-        Some(permits) if wanted => match permits.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => std::future::pending().await,
-        },
-        _ => std::future::pending().await,
+        Some(permits) if wanted => {
+            let permits = permits.clone();
+            Box::pin(async move {
+                match permits.acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => std::future::pending().await,
+                }
+            })
+        }
+        // A zero-sized future: boxing it allocates nothing.
+        _ => Box::pin(std::future::pending()),
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+fn sleep_until(at: Option<tokio::time::Instant>) -> Armed<'static, ()> {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+        Some(at) => Box::pin(tokio::time::sleep_until(at)),
+        None => Box::pin(std::future::pending()),
     }
 }
 
 /// Resolves when one of the active runs is over, with its place in the list.
-async fn run_over(active: &mut [Active]) -> usize {
+fn run_over(active: &mut [Active]) -> Armed<'_, usize> {
     match active {
-        [] => std::future::pending().await,
-        // Boxed too: only an actor with a run pays for the run's future.
-        [a] => {
-            Box::pin(a.run.over(&mut a.log)).await;
+        [] => Box::pin(std::future::pending()),
+        [a] => Box::pin(async move {
+            a.run.over(&mut a.log).await;
             0
-        }
+        }),
         many => {
             let all = many.iter_mut().map(|a| Box::pin(a.run.over(&mut a.log)));
-            futures_util::future::select_all(all).await.1
+            Box::pin(async move { futures_util::future::select_all(all).await.1 })
         }
     }
 }
