@@ -115,9 +115,12 @@ impl Containment {
     /// containment is by process groups), with `limits` applied. Limits without
     /// cgroups or without their controller are an error: the job does not run
     /// unlimited by mistake.
-    pub fn new_run(&self, job: &str, nonce: &str, limits: &Limits) -> io::Result<Option<RunCgroup>> {
+    /// With `own`, the run gets a cgroup of its own even without the memory
+    /// controller (runs of one job side by side must not share one: the end
+    /// of one would stop what is left in it).
+    pub fn new_run(&self, job: &str, nonce: &str, limits: &Limits, own: bool) -> io::Result<Option<RunCgroup>> {
         match self {
-            Containment::Cgroup(root) => root.new_run(job, nonce, limits).map(Some),
+            Containment::Cgroup(root) => root.new_run(job, nonce, limits, own).map(Some),
             Containment::ProcessGroups { why } => match limits.entries().first() {
                 Some((key, ..)) => Err(io::Error::other(format!(
                     "{key} needs a cgroup v2 of the daemon's own, and there is none here ({why})"
@@ -140,7 +143,7 @@ impl Root {
         Ok(Root { dir, controllers, kill_file })
     }
 
-    fn new_run(&self, job: &str, nonce: &str, limits: &Limits) -> io::Result<RunCgroup> {
+    fn new_run(&self, job: &str, nonce: &str, limits: &Limits, own: bool) -> io::Result<RunCgroup> {
         for (key, controller, ..) in limits.entries() {
             if !self.controllers.iter().any(|c| c == controller) {
                 return Err(io::Error::other(format!(
@@ -150,7 +153,7 @@ impl Root {
                 )));
             }
         }
-        let per_run = self.controllers.iter().any(|c| c == "memory");
+        let per_run = own || self.controllers.iter().any(|c| c == "memory");
         let dir = if per_run { self.dir.join(format!("{job}.{nonce}")) } else { self.dir.join(job) };
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
@@ -371,8 +374,9 @@ mod tests {
     #[test]
     fn without_cgroups_a_limit_is_an_error_not_ignored() {
         let c = Containment::ProcessGroups { why: "test".into() };
-        assert!(c.new_run("x", "1", &Limits::default()).unwrap().is_none());
-        let err = c.new_run("x", "1", &Limits { tasks_max: Some(3), ..Default::default() }).unwrap_err().to_string();
+        assert!(c.new_run("x", "1", &Limits::default(), false).unwrap().is_none());
+        let err =
+            c.new_run("x", "1", &Limits { tasks_max: Some(3), ..Default::default() }, false).unwrap_err().to_string();
         assert!(err.contains("tasks_max needs a cgroup"), "{err}");
     }
 }

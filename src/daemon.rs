@@ -78,6 +78,7 @@ pub async fn run(
             "cgroup2 is mounted without favordynmods: runs started together (many jobs on one tick) wait for each other to enter their cgroups; on Linux 6.0 or later, `mount -o remount,favordynmods <cgroup2 mount>` makes that cheap"
         );
     }
+    let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         instance: config.instance_id.clone(),
         marker_prefix: prefix,
@@ -90,6 +91,7 @@ pub async fn run(
             0 => None,
             n => Some(Arc::new(tokio::sync::Semaphore::new(n as usize))),
         },
+        inboxes: crate::inbox::Inboxes::new(arrivals_tx),
     });
     stop_leftover_cgroups(&config, &shared.containment).await;
     stop_leftovers(&config, &shared.marker_prefix).await;
@@ -121,6 +123,7 @@ pub async fn run(
     notifier.ready();
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
     let instances = tokio::spawn(watch_instances(shared.clone(), events_tx.clone()));
+    let inboxes = tokio::spawn(forward_arrivals(arrivals, events_tx.clone()));
     let watchdog = notifier.watchdog_interval().map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
     let shutdown = async move {
         shutdown.await;
@@ -140,6 +143,7 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     forward.abort();
     instances.abort();
+    inboxes.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -156,6 +160,19 @@ async fn forward_reloads(mut reloads: mpsc::Receiver<Config>, events: mpsc::Send
     while let Some(config) = reloads.recv().await {
         if events.send(Event::Reload(Arc::new(config))).await.is_err() {
             break;
+        }
+    }
+}
+
+/// Files announced in inboxes, to their jobs' actors.
+async fn forward_arrivals(
+    mut arrivals: mpsc::UnboundedReceiver<(String, crate::inbox::Arrival)>,
+    events: mpsc::Sender<Event>,
+) {
+    while let Some((name, arrival)) = arrivals.recv().await {
+        let control = crate::triggered::Control::Inbox(arrival);
+        if events.send(Event::Triggered { name, control }).await.is_err() {
+            return;
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod coordination;
 pub mod daemon;
 pub mod hash;
 pub mod history;
+pub mod inbox;
 pub mod jobs;
 pub mod key;
 pub mod layout;

@@ -59,6 +59,9 @@ pub struct Entry {
     /// Why its last attempt failed (a dead request's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The file that triggered it (claimed in its inbox's `.processing/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_file: Option<String>,
 }
 
 impl Entry {
@@ -78,6 +81,7 @@ impl Entry {
             payload: None,
             runs: Vec::new(),
             error: None,
+            trigger_file: None,
         }
     }
 

@@ -44,6 +44,16 @@ pub enum RunMode {
     OnDemand,
 }
 
+/// `"trigger": {"inbox": DIR, "pattern": "*.csv", "scan_interval": 5}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxTrigger {
+    /// As written: relative to the data folder, or absolute.
+    pub inbox: String,
+    pub pattern: String,
+    /// How often the folder is read besides inotify (NFS, lost events).
+    pub scan_interval: Duration,
+}
+
 /// Validated settings of one job, defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -63,6 +73,8 @@ pub struct Settings {
     pub dedup_window: Duration,
     /// Runs of the job active at once, across daemons (Kudu: 1).
     pub max_parallel: u32,
+    /// A run per file that lands in a folder (see [`crate::inbox`]).
+    pub trigger: Option<InboxTrigger>,
     pub overlap: Overlap,
     pub catch_up: CatchUp,
     pub restart_delay: Duration,
@@ -85,7 +97,7 @@ pub struct Loaded {
 }
 
 const KNOWN_KEYS: &str = "schedule, is_singleton, stopping_wait_time, is_in_place, timezone, timeout, \
-    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, max_parallel, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
+    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, max_parallel, trigger, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
     memory_max, cpu_max, tasks_max";
 
 /// The largest `settings.job` read (a bigger one is an error, not a memory hog).
@@ -110,6 +122,7 @@ impl Settings {
             max_retry_delay: Duration::from_secs(3600),
             dedup_window: Duration::ZERO,
             max_parallel: 1,
+            trigger: None,
             overlap: Overlap::Skip,
             catch_up: CatchUp::MaxAge(Duration::from_secs(600)),
             restart_delay: Duration::from_millis(500),
@@ -270,6 +283,7 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
         _ => Overlap::Skip,
     };
     read_catch_up(r, s);
+    read_trigger(r, s);
     if let Some(d) = r.seconds("restart_delay") {
         s.restart_delay = d;
     }
@@ -352,6 +366,42 @@ fn read_catch_up<'a>(r: &mut Reader<'a>, s: &mut Settings) {
             return;
         }
     };
+}
+
+fn read_trigger<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    let Some(map) = r.object("trigger") else { return };
+    let mut trigger = InboxTrigger { inbox: String::new(), pattern: "*".into(), scan_interval: Duration::from_secs(5) };
+    for (key, value) in map {
+        match (key.as_str(), value) {
+            ("inbox", Value::String(dir)) if !dir.trim().is_empty() && !dir.contains('\0') => {
+                trigger.inbox = dir.clone()
+            }
+            ("pattern", Value::String(p)) if !p.is_empty() && !p.contains('/') => trigger.pattern = p.clone(),
+            ("scan_interval", Value::Number(n)) if n.as_f64().is_some_and(|n| n > 0.0 && n <= 86_400.0) => {
+                trigger.scan_interval = Duration::from_secs_f64(n.as_f64().unwrap_or(5.0));
+            }
+            ("inbox", v) => r.problem(
+                "trigger.inbox",
+                format!("expected a folder (relative to the data folder, or absolute), found {v}"),
+            ),
+            ("pattern", v) => {
+                r.problem("trigger.pattern", format!("expected a file name pattern such as \"*.csv\", found {v}"))
+            }
+            ("scan_interval", v) => {
+                r.problem("trigger.scan_interval", format!("expected seconds (> 0, at most a day), found {v}"))
+            }
+            (other, _) => {
+                r.problem(&format!("trigger.{other}"), "unknown key (expected inbox, pattern, scan_interval)")
+            }
+        }
+    }
+    if trigger.inbox.is_empty() {
+        if !map.contains_key("inbox") {
+            r.problem("trigger.inbox", "missing: the folder whose files trigger runs");
+        }
+        return;
+    }
+    s.trigger = Some(trigger);
 }
 
 fn read_env<'a>(r: &mut Reader<'a>, s: &mut Settings) {

@@ -20,6 +20,8 @@ pub struct Shared {
     pub generation: std::sync::atomic::AtomicU64,
     /// `max_concurrent_runs`: one permit per active triggered run (none = no limit).
     pub run_permits: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// The watcher of every job's inbox (file-arrival triggers).
+    pub inboxes: crate::inbox::Inboxes,
 }
 
 impl Shared {
@@ -35,8 +37,9 @@ impl Shared {
         key: &JobKey,
         nonce: &str,
         limits: &crate::cgroup::Limits,
+        own: bool,
     ) -> std::io::Result<Option<crate::cgroup::RunCgroup>> {
-        self.containment.new_run(&format!("{}.{}", key.kind.as_str(), key.name), nonce, limits)
+        self.containment.new_run(&format!("{}.{}", key.kind.as_str(), key.name), nonce, limits, own)
     }
 
     /// SIGKILLs every process of every job of this daemon, at once (a second

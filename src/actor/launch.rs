@@ -69,7 +69,9 @@ impl Launch<'_> {
         command.args.extend(self.arguments.iter().map(Into::into));
         command.inherit = self.inherit;
         command.stdin = self.stdin;
-        let cgroup = self.shared.run_cgroup(key, self.nonce, &job.settings.limits)?;
+        // Runs side by side (max_parallel) each need a cgroup of their own.
+        let own = job.settings.max_parallel > 1;
+        let cgroup = self.shared.run_cgroup(key, self.nonce, &job.settings.limits, own)?;
         Run::start(&command, shutdown_file, self.config.log.max_line, cgroup, job.settings.stopping_wait_time)
     }
 }

@@ -221,6 +221,13 @@ impl JobCoordination {
         }
     }
 
+    /// Whether request `id` is queued, taken or dead.
+    pub async fn known(&self, id: &str) -> bool {
+        match self {
+            JobCoordination::Files(f) => f.known(id),
+        }
+    }
+
     /// Dead requests, newest first.
     pub async fn dead(&self) -> Vec<Entry> {
         match self {

@@ -241,6 +241,11 @@ impl JobFiles {
         Ok(holds.then(|| id.to_string()))
     }
 
+    /// Whether request `id` is queued, taken or dead.
+    pub fn known(&self, id: &str) -> bool {
+        self.queue().join(DEAD).join(format!("{id}.run")).exists() || self.exists(id)
+    }
+
     /// Whether request `id` is queued or taken.
     fn exists(&self, id: &str) -> bool {
         let queued = self.scan().unwrap_or_default().iter().any(|s| &*s.id == id);

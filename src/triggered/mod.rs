@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::clock::{Wake, WallTimer};
 use runs::next_check;
 
+mod inbox;
 mod queue;
 mod recovery;
 mod runs;
@@ -88,6 +89,8 @@ pub enum Control {
     /// A daemon sharing the data folder is gone: take over what it had
     /// taken, and read the queue again.
     Recover,
+    /// A file arrived in the job's inbox (or the inbox must be read again).
+    Inbox(crate::inbox::Arrival),
     /// Answered once every message before it has been taken in.
     Sync(oneshot::Sender<()>),
 }
@@ -218,7 +221,7 @@ pub fn refuse(control: Control, why: &str) {
         Control::Dequeue { reply, .. } | Control::Revive { reply, .. } => {
             let _ = reply.send(Err(Refused::Invalid(why.to_string())));
         }
-        Control::Update { .. } | Control::Shutdown { .. } | Control::Recover => {}
+        Control::Update { .. } | Control::Shutdown { .. } | Control::Recover | Control::Inbox(_) => {}
     }
 }
 
@@ -232,6 +235,8 @@ enum Event {
     Later,
     /// Time to look at the active run's limits.
     Check,
+    /// Time to read the inbox.
+    Scan,
     /// A run slot of the daemon (`max_concurrent_runs`) is free for us.
     Permit(tokio::sync::OwnedSemaphorePermit),
 }
@@ -294,6 +299,9 @@ struct Actor {
     later: Option<tokio::time::Instant>,
     /// Waiting for a run slot of the daemon (`max_concurrent_runs`).
     want_permit: bool,
+    /// The folder watched for trigger files, and when to read it next.
+    inbox: Option<std::path::PathBuf>,
+    scan_at: Option<tokio::time::Instant>,
     /// A run slot received while waiting, used by the next start.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     waiters: Vec<(String, oneshot::Sender<()>)>,
@@ -338,6 +346,8 @@ impl Actor {
             later: None,
             want_permit: false,
             permit: None,
+            inbox: None,
+            scan_at: None,
             waiters: Vec::new(),
             replacement: None,
             exiting: false,
@@ -358,6 +368,8 @@ impl Actor {
         self.definition.report(&mut self.scheduler_log);
         Box::pin(self.arm_schedule(true)).await;
         Box::pin(self.recover_queue(true)).await;
+        Box::pin(self.arm_inbox()).await;
+        Box::pin(self.recover_inbox()).await;
         while !(self.exiting && self.active.is_empty()) {
             let event = self.next_event().await;
             Box::pin(self.handle(event)).await;
@@ -383,6 +395,7 @@ impl Actor {
             wake = self.timer.wait() => Event::Timer(wake),
             () = sleep_until(later) => Event::Later,
             () = sleep_until(check_at) => Event::Check,
+            () = sleep_until(self.scan_at) => Event::Scan,
             permit = acquire(self.shared.run_permits.as_ref(), self.want_permit) => Event::Permit(permit),
         }
     }
@@ -395,6 +408,7 @@ impl Actor {
             Event::Timer(Wake::ClockChanged) => self.on_clock_set(),
             Event::Later => self.on_later().await,
             Event::Check => self.on_check().await,
+            Event::Scan => self.scan_inbox().await,
             Event::Permit(permit) => {
                 self.want_permit = false;
                 self.permit = Some(permit);
@@ -423,6 +437,10 @@ impl Actor {
             Control::Shutdown { why } => {
                 // Queued requests stay queued (on disk) for the next start.
                 self.exiting = true;
+                self.scan_at = None;
+                if let Some(dir) = self.inbox.take() {
+                    self.shared.inboxes.unwatch(&self.key.name, &dir);
+                }
                 self.index.clear();
                 self.later = None;
                 self.want_permit = false;
@@ -445,8 +463,10 @@ impl Actor {
             Control::Recover => {
                 if !self.exiting {
                     self.recover_queue(false).await;
+                    self.recover_inbox().await;
                 }
             }
+            Control::Inbox(arrival) => self.on_arrival(arrival).await,
         }
     }
 
@@ -472,6 +492,7 @@ impl Actor {
             != (self.definition.good.clone(), self.config.timezone.clone(), self.config.switches.clone(), disabled)
         {
             self.arm_schedule(false).await;
+            self.arm_inbox().await;
             self.dispatch(None).await;
         }
     }

@@ -132,7 +132,18 @@ impl Actor {
         let failed = matches!(state, RunState::Failed | RunState::Aborted);
         let attempt = taken.entry.attempts;
         let entry = &mut taken.entry;
-        let result = match after(failed, attempt, settings.retries) {
+        let outcome = after(failed, attempt, settings.retries);
+        if let (Some(file), After::Done | After::Dead) = (&entry.trigger_file, &outcome) {
+            let done = outcome == After::Done;
+            match crate::inbox::put_away(std::path::Path::new(file), done) {
+                Ok(to) => self.scheduler_log.sys(Level::SysInfo, &format!("trigger file of run {run} moved to {}", to.display())),
+                Err(e) => self.scheduler_log.sys(
+                    Level::SysError,
+                    &format!("the trigger file {file} of run {run} cannot be moved to {}: {e}; it was hidden in .processing/ so that it never runs again", if done { "processed/" } else { "failed/" }),
+                ),
+            }
+        }
+        let result = match outcome {
             After::Done => self.locks.done(taken, settings.dedup_window).await,
             After::Retry => {
                 let delay = backoff(settings.retry_delay, settings.max_retry_delay, attempt, unit_random());

@@ -355,6 +355,9 @@ impl Actor {
         if let Some(file) = &payload {
             env.push(("WEBJOBS_PAYLOAD_FILE".into(), file.into()));
         }
+        if let Some(file) = &request.trigger_file {
+            env.push(("WEBJOBS_TRIGGER_FILE".into(), file.into()));
+        }
         if let Some(correlation) = &request.correlation_id {
             env.push(("WEBJOBS_CORRELATION_ID".into(), correlation.into()));
         }

@@ -9,6 +9,7 @@ mod config;
 mod containment;
 mod continuous;
 mod dashboard;
+mod inbox;
 mod inprocess;
 mod kudu;
 mod logs;

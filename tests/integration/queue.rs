@@ -331,5 +331,9 @@ fn max_parallel_runs_a_job_side_by_side_within_the_daemons_max_concurrent_runs()
     wait_for("all six done", Duration::from_secs(10), || {
         root.finished_runs("wide").len() == 3 && root.finished_runs("other").len() == 3
     });
+    // Side by side, each in a cgroup of its own: the end of one never stops another.
+    for job in ["wide", "other"] {
+        assert!(root.finished_runs(job).iter().all(|r| r["Status"] == "Success"), "{:?}", root.finished_runs(job));
+    }
     daemon.stop();
 }
