@@ -541,6 +541,37 @@ def bench_queue():
     print(f"  p50 {pct(direct, 50):.2f} ms, p95 {pct(direct, 95):.2f} ms")
     shutil.rmtree(os.path.join(tmp, "data"))
 
+    # File landed (renamed into the inbox) to the child's first instruction.
+    with open(os.path.join(job, "settings.job"), "w") as f:
+        f.write('{"trigger": {"inbox": "inbox"}}')
+    d = Daemon(tmp, config={"history_size": 1000})
+    wait_for(lambda: os.path.exists(sock), 10)
+    inbox = os.path.join(tmp, "data", "inbox")
+    wait_for(lambda: os.path.isdir(inbox), 10)
+    staging = os.path.join(tmp, "staging")
+    os.makedirs(staging)
+    landed = []
+    for i in range(n):
+        src = os.path.join(staging, f"f{i}.csv")
+        open(src, "w").write("x")
+        before = set(os.listdir(data))
+        t0 = time.time()
+        os.rename(src, os.path.join(inbox, f"f{i}.csv"))
+        def started():
+            new = [r for r in os.listdir(data) if r not in before and r.isdigit()]
+            if not new:
+                return None
+            log = os.path.join(data, new[0], "output_log.txt")
+            if os.path.exists(log) and "INFO] T " in open(log).read():
+                return float(open(log).read().split("INFO] T ")[1].split()[0])
+            return None
+        wait_for(lambda: started() is not None, 10, 0.001)
+        landed.append((started() - t0) * 1000)
+    d.stop()
+    os.remove(os.path.join(job, "settings.job"))
+    print(f"  file renamed into an inbox to the child's first instruction: p50 {pct(landed, 50):.2f} ms, p99 {pct(landed, 99):.2f} ms")
+    shutil.rmtree(os.path.join(tmp, "data"))
+
     # Drain: 10,000 queued trivial runs (a native `true`), history written.
     shutil.copy("/bin/true", os.path.join(job, "run"))
     m = 2000 if QUICK else 10000
