@@ -520,6 +520,45 @@ mod tests {
     }
 
     #[test]
+    fn queue_and_trigger_settings_are_read_and_checked() {
+        let s = parse(
+            Path::new("settings.job"),
+            r#"{"trigger": {"inbox": "in", "pattern": "*.csv"}, "max_parallel": 4, "dedup_window": 60,
+               "retry_delay": 10, "max_retry_delay": 300}"#,
+            JobKind::Triggered,
+        )
+        .settings
+        .unwrap();
+        let t = s.trigger.clone().unwrap();
+        assert_eq!((t.inbox.as_str(), t.pattern.as_str(), t.scan_interval), ("in", "*.csv", Duration::from_secs(5)));
+        assert_eq!(
+            (s.max_parallel, s.dedup_window, s.max_retry_delay),
+            (4, Duration::from_secs(60), Duration::from_secs(300))
+        );
+        let bad = parse(
+            Path::new("settings.job"),
+            r#"{"trigger": {"pattern": "a/b", "scan_interval": 0, "watch": true}, "max_parallel": 0,
+               "retry_delay": 10, "max_retry_delay": 5}"#,
+            JobKind::Triggered,
+        );
+        let mut keys: Vec<String> = bad.settings.unwrap_err().into_iter().map(|p| p.key).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "max_parallel",
+                "max_retry_delay",
+                "trigger.inbox",
+                "trigger.pattern",
+                "trigger.scan_interval",
+                "trigger.watch"
+            ]
+        );
+        let not_an_object = parse(Path::new("settings.job"), r#"{"trigger": "inbox"}"#, JobKind::Triggered);
+        assert!(not_an_object.settings.is_err());
+    }
+
+    #[test]
     fn a_byte_order_mark_is_accepted() {
         let loaded = parse(Path::new("settings.job"), "\u{feff}{\"stopping_wait_time\": 7}", JobKind::Continuous);
         assert_eq!(loaded.settings.unwrap().stopping_wait_time, Duration::from_secs(7));

@@ -106,3 +106,28 @@ fn two_daemons_sharing_one_inbox_run_each_file_once() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn an_unusable_inbox_or_queue_is_a_clear_error_and_other_jobs_keep_running() {
+    let root = Root::new();
+    // The inbox is a file, not a folder.
+    std::fs::create_dir_all(root.path().join("data")).unwrap();
+    std::fs::write(root.path().join("data/inbox"), "not a folder").unwrap();
+    inbox_job(&root, "blocked", "echo never\n");
+    // The queue folder is a file: no request can be stored.
+    root.job("triggered", "unstorable", &[("run.sh", "echo never\n")]);
+    std::fs::create_dir_all(root.data_dir("triggered", "unstorable")).unwrap();
+    std::fs::write(root.data_dir("triggered", "unstorable").join("queue"), "x").unwrap();
+    root.job("triggered", "fine", &[("run.sh", "echo fine\n")]);
+    let daemon = root.start();
+    let log = root.data_dir("triggered", "blocked").join("job_scheduler.log");
+    wait_for("the inbox error", Duration::from_secs(10), || read(&log).contains("SYS ERROR] cannot watch the inbox"));
+    let reply = root.http().post("/api/triggeredwebjobs/unstorable/run");
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert!(reply.text().contains("cannot queue the request"), "{}", reply.text());
+    let out = root.cli(&["run", "unstorable"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("cannot queue the request"), "{}", stderr(&out));
+    assert!(root.cli(&["run", "fine", "--wait"]).status.success(), "other jobs keep running");
+    daemon.stop();
+}

@@ -224,6 +224,9 @@ fs.writeFileSync(process.env.WEBJOBS_RESULT_FILE, JSON.stringify({{rows: 3, id: 
     );
     root.job("triggered", "report", &[("run.js", &script)]);
     root.job("triggered", "sloppy", &[("run.sh", "echo 'not json' > \"$WEBJOBS_RESULT_FILE\"\n")]);
+    let huge =
+        "python3 -c 'import json, os; json.dump([\"x\" * 70000], open(os.environ[\"WEBJOBS_RESULT_FILE\"], \"w\"))'\n";
+    root.job("triggered", "huge", &[("run.sh", huge)]);
     let daemon = root.start();
     let out = root.cli(&["run", "report", "--correlation-id", "c-9"]);
     let id = stdout(&out).trim().to_string();
@@ -246,6 +249,10 @@ fs.writeFileSync(process.env.WEBJOBS_RESULT_FILE, JSON.stringify({{rows: 3, id: 
     assert!(run["result"].is_null());
     assert!(run["result_error"].as_str().unwrap().contains("not JSON"), "{run}");
     assert!(root.run_log("sloppy", run["id"].as_str().unwrap()).contains("SYS WARN] the result file is not JSON"));
+    let out = root.cli(&["run", "huge", "--wait", "--json"]);
+    let run: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(run["status"], "Success", "a result refused does not fail the run");
+    assert!(run["result_error"].as_str().unwrap().contains("more than the 65536 allowed"), "{run}");
     daemon.stop();
 }
 
