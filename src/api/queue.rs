@@ -30,23 +30,24 @@ pub async fn enqueue(
     submit(&state, &job, &headers, request).await
 }
 
-/// `GET /api/triggeredwebjobs/{job}/queue[?limit=N]` → `{"queued": N, "requests": [...]}` in queue order.
+/// `GET /api/triggeredwebjobs/{job}/queue[?limit=N][&id=ID]` → `{"count": N,
+/// "requests": [...]}` in queue order (with `id`, that request if queued).
 pub async fn list(
     State(state): State<ApiState>,
     Path(job): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
-    entries(&state, &job, false, limit).await
+    entries(&state, &job, false, limit, query.get("id").cloned()).await
 }
 
 /// `GET /api/triggeredwebjobs/{job}/dead` → the dead requests, newest first.
 pub async fn dead(State(state): State<ApiState>, Path(job): Path<String>) -> Response {
-    entries(&state, &job, true, usize::MAX).await
+    entries(&state, &job, true, usize::MAX, None).await
 }
 
-async fn entries(state: &ApiState, job: &str, dead: bool, limit: usize) -> Response {
-    let Some(entries) = ask(state, job, |reply| Control::Queue { dead, limit, reply }).await else {
+async fn entries(state: &ApiState, job: &str, dead: bool, limit: usize, id: Option<String>) -> Response {
+    let Some(entries) = ask(state, job, |reply| Control::Queue { dead, limit, id, reply }).await else {
         return not_found(job);
     };
     let views: Vec<serde_json::Value> = entries.iter().map(view).collect();

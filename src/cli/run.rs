@@ -62,18 +62,23 @@ pub fn run(
     Ok(exit_for_run(state))
 }
 
-/// Waits until queued request `request` has started, and returns its run's id.
+/// Waits until queued request `request` has started, and returns its run's
+/// id; an error when it is neither queued nor started (cancelled).
 fn first_run_of(client: &Client, job: &str, request: &str) -> anyhow::Result<String> {
-    let path = format!("/api/triggeredwebjobs/{}/history", encode(job));
+    let history = format!("/api/triggeredwebjobs/{}/history", encode(job));
+    let queue = format!("/api/triggeredwebjobs/{}/queue?id={}", encode(job), encode(request));
+    let mut missing = 0;
     loop {
-        let response = client.get(&path)?;
-        if response.status != 200 {
-            return Err(CliError::from_status(response.status, response.error()));
-        }
-        let runs = response.json()["runs"].as_array().cloned().unwrap_or_default();
+        let runs = client.get(&history)?.json()["runs"].as_array().cloned().unwrap_or_default();
         // Oldest first: its first attempt.
         if let Some(run) = runs.iter().rev().find(|r| r["request"] == request) {
             return Ok(run["id"].as_str().unwrap_or_default().to_string());
+        }
+        let queued = client.get(&queue)?.json()["requests"].as_array().cloned().unwrap_or_default();
+        // Twice in a row, as a run between its start and its first status is in neither.
+        missing = if queued.iter().any(|r| r["id"] == request) { 0 } else { missing + 1 };
+        if missing >= 2 {
+            return Err(CliError::NotFound(format!("request {request} was cancelled before it ran")).into());
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }

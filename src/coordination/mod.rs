@@ -249,10 +249,10 @@ impl JobCoordination {
         }
     }
 
-    /// The queued requests in queue order, at most `limit`.
-    pub async fn queued(&self, limit: usize) -> Vec<Entry> {
+    /// The queued requests in queue order, at most `limit` (with `id`, only that one).
+    pub async fn queued(&self, limit: usize, id: Option<&str>) -> Vec<Entry> {
         match self {
-            JobCoordination::Files(f) => f.queued(limit),
+            JobCoordination::Files(f) => f.queued(limit, id),
         }
     }
 

@@ -182,9 +182,10 @@ impl JobFiles {
     }
 
     /// The queued requests themselves (each entry read), in queue order; at most `limit`.
-    pub fn queued(&self, limit: usize) -> Vec<Entry> {
-        let mut names: Vec<String> =
-            self.scan().unwrap_or_default().into_iter().map(|s| s.file_name()).collect::<Vec<_>>();
+    /// With `id`, only that request (if it is queued).
+    pub fn queued(&self, limit: usize, id: Option<&str>) -> Vec<Entry> {
+        let slots = self.scan().unwrap_or_default().into_iter().filter(|s| id.is_none_or(|id| &*s.id == id));
+        let mut names: Vec<String> = slots.map(|s| s.file_name()).collect();
         names.sort();
         names.iter().take(limit).filter_map(|n| read_entry(&self.queue().join(n)).ok()).collect()
     }

@@ -98,18 +98,14 @@ impl Actor {
 
     /// Queues the request of a claimed file and starts what may start.
     async fn queue_file(&mut self, entry: Entry) {
-        match self.locks.enqueue(&entry, None).await {
-            Ok(Ok(())) => {
-                self.index.insert(entry.slot());
-                self.shared.metrics.queued(&self.key.name);
-                self.publish_queue();
+        match self.persist(&entry, None).await {
+            Ok(_) => {
                 self.dispatch(None).await;
             }
-            Ok(Err(duplicate)) => self.scheduler_log.sys(Level::SysWarn, &duplicate.to_string()),
             Err(e) => self.scheduler_log.sys(
                 Level::SysError,
                 &format!(
-                    "cannot queue the request of {}: {e}; the file stays claimed and is queued at the next start",
+                    "{e}; the file {} stays claimed and is queued at the next start",
                     entry.trigger_file.as_deref().unwrap_or_default()
                 ),
             ),

@@ -70,10 +70,11 @@ pub enum Control {
     Shutdown {
         why: &'static str,
     },
-    /// The queued requests (at most `limit`), or the dead ones.
+    /// The queued requests (at most `limit`; with `id`, only that one), or the dead ones.
     Queue {
         dead: bool,
         limit: usize,
+        id: Option<String>,
         reply: oneshot::Sender<Vec<Entry>>,
     },
     /// Removes a queued request (not started yet).
@@ -450,8 +451,9 @@ impl Actor {
                 }
                 self.end_all(End::Shutdown(why));
             }
-            Control::Queue { dead, limit, reply } => {
-                let entries = if dead { self.locks.dead().await } else { self.locks.queued(limit).await };
+            Control::Queue { dead, limit, id, reply } => {
+                let entries =
+                    if dead { self.locks.dead().await } else { self.locks.queued(limit, id.as_deref()).await };
                 let _ = reply.send(entries);
             }
             Control::Dequeue { id, reply } => {

@@ -40,7 +40,12 @@ impl Actor {
         entry.key = request.key;
         entry.correlation_id = request.correlation_id;
         entry.payload = request.payload.as_ref().map(|p| p.len() as u64);
-        match self.locks.enqueue(&entry, request.payload.as_deref()).await {
+        self.persist(&entry, request.payload.as_deref()).await
+    }
+
+    /// Stores `entry` and adds it to the index (and the queue's figures).
+    pub(super) async fn persist(&mut self, entry: &Entry, payload: Option<&[u8]>) -> Result<Slot, Refused> {
+        match self.locks.enqueue(entry, payload).await {
             Ok(Ok(())) => {}
             Ok(Err(duplicate)) => return Err(Refused::Duplicate(duplicate.to_string())),
             Err(e) => {

@@ -344,3 +344,40 @@ fn max_parallel_runs_a_job_side_by_side_within_the_daemons_max_concurrent_runs()
     }
     daemon.stop();
 }
+
+#[test]
+fn run_wait_follows_a_queued_request_to_its_run_or_says_it_was_cancelled() {
+    let root = Root::new();
+    let (gate, wait) = gated(&root);
+    root.job("triggered", "line", &[("run.sh", &wait), ("settings.job", r#"{"overlap": "queue"}"#)]);
+    let daemon = root.start();
+    assert!(root.cli(&["run", "line"]).status.success());
+    wait_for("the first running", Duration::from_secs(5), || root.runs("line").len() == 1);
+    let spawn_wait = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_webjobs"))
+            .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap()])
+            .args(["run", "line", "--wait"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let cancelled = spawn_wait();
+    let queued = || -> Vec<String> {
+        let list: serde_json::Value = serde_json::from_str(&stdout(&root.cli(&["queue", "line", "--json"]))).unwrap();
+        list["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    };
+    wait_for("queued", Duration::from_secs(5), || queued().len() == 1);
+    let id = queued()[0].clone();
+    assert!(root.cli(&["cancel", "line", &id]).status.success());
+    let out = cancelled.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled before it ran"));
+    let waiting = spawn_wait();
+    wait_for("queued again", Duration::from_secs(5), || queued().len() == 1);
+    std::fs::write(&gate, "").unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Success"));
+    daemon.stop();
+}
