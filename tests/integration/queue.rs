@@ -381,3 +381,17 @@ fn run_wait_follows_a_queued_request_to_its_run_or_says_it_was_cancelled() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Success"));
     daemon.stop();
 }
+
+#[test]
+fn a_dedup_window_keeps_a_key_held_after_its_request_ended() {
+    let root = Root::new();
+    root.job("triggered", "once", &[("run.sh", "echo done\n"), ("settings.job", r#"{"dedup_window": 3600}"#)]);
+    let daemon = root.start();
+    let out = root.cli(&["enqueue", "once", "--key", "invoice-7"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_for("its run", Duration::from_secs(10), || root.finished_runs("once").len() == 1);
+    let again = root.http().send("POST", "/api/triggeredwebjobs/once/queue?key=invoice-7", &[], b"");
+    assert_eq!(again.status, 409, "held for the window after it ended: {}", again.text());
+    assert!(root.cli(&["enqueue", "once", "--key", "invoice-8"]).status.success(), "another key is free");
+    daemon.stop();
+}
