@@ -57,21 +57,8 @@ fn glob(pattern: &[u8], name: &[u8]) -> bool {
 /// Claims `name` in `inbox` for request `id`: renamed into `.processing/`.
 /// `None` when it is gone (another daemon claimed it).
 pub fn claim(inbox: &Path, name: &str, id: &str) -> io::Result<Option<PathBuf>> {
-    let dir = inbox.join(PROCESSING);
-    let to = dir.join(format!("{id}.{name}"));
-    let from = inbox.join(name);
-    let moved = match std::fs::rename(&from, &to) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::rename(&from, &to)
-        }
-        other => other,
-    };
-    match moved {
-        Ok(()) => Ok(Some(to)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    let to = inbox.join(PROCESSING).join(format!("{id}.{name}"));
+    Ok(crate::queue::take_by_rename(&inbox.join(name), &to)?.then_some(to))
 }
 
 /// Moves a claimed file to `processed/` or `failed/` under its own name

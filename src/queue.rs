@@ -235,6 +235,26 @@ pub fn after(failed: bool, attempt: u32, retries: u32) -> After {
     }
 }
 
+/// Takes `from` by renaming it to `to` (creating `to`'s folder when
+/// missing): the one caller whose rename succeeds has it. `false` when
+/// `from` is gone (someone else took it).
+pub fn take_by_rename(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<bool> {
+    let missing_dir =
+        |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound && to.parent().is_some_and(|d| !d.exists());
+    let moved = match std::fs::rename(from, to) {
+        Err(e) if missing_dir(&e) => {
+            std::fs::create_dir_all(to.parent().unwrap_or(std::path::Path::new(".")))?;
+            std::fs::rename(from, to)
+        }
+        other => other,
+    };
+    match moved {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a one-off run whose time (`due_ms`) passed while no daemon ran
 /// still runs at `now_ms`: the schedules' `catch_up` rule (none: no; last:
 /// yes; a maximum age: if it is at most that late).

@@ -88,20 +88,9 @@ impl JobFiles {
     /// it first (or it was cancelled).
     pub fn take(&self, slot: &Slot, instance: &str) -> io::Result<Option<Taken>> {
         let name = slot.file_name();
-        let dir = self.queue().join(TAKEN).join(instance);
-        let to = dir.join(&name);
-        let from = self.queue().join(&name);
-        let moved = match std::fs::rename(&from, &to) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {
-                std::fs::create_dir_all(&dir)?;
-                std::fs::rename(&from, &to)
-            }
-            other => other,
-        };
-        match moved {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let to = self.queue().join(TAKEN).join(instance).join(&name);
+        if !crate::queue::take_by_rename(&self.queue().join(&name), &to)? {
+            return Ok(None);
         }
         let entry = read_entry(&to)?;
         Ok(Some(Taken { path: to, entry }))
@@ -214,14 +203,9 @@ impl JobFiles {
     /// Moves a request another instance had taken to this instance (before
     /// its recovery), so that no other daemon recovers it too.
     pub fn adopt(&self, taken: Taken, instance: &str) -> io::Result<Option<Taken>> {
-        let dir = self.queue().join(TAKEN).join(instance);
-        std::fs::create_dir_all(&dir)?;
-        let to = dir.join(taken.path.file_name().unwrap_or_default());
-        match std::fs::rename(&taken.path, &to) {
-            Ok(()) => Ok(Some(Taken { path: to, entry: taken.entry })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let to = self.queue().join(TAKEN).join(instance).join(taken.path.file_name().unwrap_or_default());
+        let adopted = crate::queue::take_by_rename(&taken.path, &to)?;
+        Ok(adopted.then_some(Taken { path: to, entry: taken.entry }))
     }
 
     fn lock(&self) -> io::Result<Flock<File>> {
