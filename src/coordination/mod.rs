@@ -214,10 +214,11 @@ impl JobCoordination {
         }
     }
 
-    /// A taken request with no attempt left is set aside as dead.
-    pub async fn bury(&self, taken: Taken, entry: &Entry) -> io::Result<()> {
+    /// A taken request with no attempt left is set aside as dead; the
+    /// newest `keep` dead requests are kept.
+    pub async fn bury(&self, taken: Taken, entry: &Entry, keep: usize) -> io::Result<()> {
         match self {
-            JobCoordination::Files(f) => f.bury(taken, entry),
+            JobCoordination::Files(f) => f.bury(taken, entry, keep),
         }
     }
 

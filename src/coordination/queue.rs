@@ -120,10 +120,25 @@ impl JobFiles {
 
     /// No attempt left: the request is set aside as `entry` says (its runs,
     /// its error); its key is free again.
-    pub fn bury(&self, taken: Taken, entry: &Entry) -> io::Result<()> {
-        write_new(&self.queue().join(DEAD), &format!("{}.run", entry.id), &serde_json::to_vec(entry)?)?;
+    /// The newest `keep` dead requests are kept (with their payloads).
+    pub fn bury(&self, taken: Taken, entry: &Entry, keep: usize) -> io::Result<()> {
+        let dead = self.queue().join(DEAD);
+        write_new(&dead, &format!("{}.run", entry.id), &serde_json::to_vec(entry)?)?;
         self.release_key(entry, Duration::ZERO)?;
-        remove(&taken.path)
+        remove(&taken.path)?;
+        let mut names: Vec<String> = std::fs::read_dir(&dead)?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".run") && !n.starts_with('.'))
+            .collect();
+        // Ids sort by the time they were queued: the oldest go first.
+        names.sort();
+        let extra = names.len().saturating_sub(keep.max(1));
+        for name in &names[..extra] {
+            let _ = std::fs::remove_file(dead.join(name));
+            let _ = std::fs::remove_file(self.payload_path(name.trim_end_matches(".run")));
+        }
+        Ok(())
     }
 
     /// Dead requests, newest first.

@@ -180,7 +180,7 @@ impl Actor {
                 );
                 self.shared.metrics.dead(&self.key.name);
                 let entry = entry.clone();
-                self.locks.bury(taken, &entry).await
+                self.locks.bury(taken, &entry, self.config.switches.history_size as usize).await
             }
         };
         if let Err(e) = result {
@@ -256,7 +256,7 @@ impl Actor {
             Level::SysWarn,
             &format!("one-off request {} missed its time by {late}: not run (catch_up)", entry.id),
         );
-        if let Err(e) = self.locks.bury(one_off, &entry).await {
+        if let Err(e) = self.locks.bury(one_off, &entry, self.config.switches.history_size as usize).await {
             self.scheduler_log.sys(Level::SysError, &format!("cannot set request {} aside: {e}", entry.id));
         }
     }

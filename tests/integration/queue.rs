@@ -395,3 +395,19 @@ fn a_dedup_window_keeps_a_key_held_after_its_request_ended() {
     assert!(root.cli(&["enqueue", "once", "--key", "invoice-8"]).status.success(), "another key is free");
     daemon.stop();
 }
+
+#[test]
+fn dead_requests_are_kept_up_to_the_history_size() {
+    let root = Root::with_config(serde_json::json!({"history_size": 2}));
+    root.job("triggered", "failing", &[("run.sh", "exit 1\n")]);
+    let daemon = root.start();
+    for _ in 0..3 {
+        assert_eq!(root.cli(&["run", "failing", "--wait"]).status.code(), Some(6));
+    }
+    let dead: serde_json::Value = serde_json::from_str(&stdout(&root.cli(&["dead", "failing", "--json"]))).unwrap();
+    assert_eq!(dead["count"], 2, "{dead}");
+    let runs: Vec<String> =
+        dead["requests"].as_array().unwrap().iter().map(|r| r["runs"][0].as_str().unwrap().to_string()).collect();
+    assert_eq!(runs, root.runs("failing").into_iter().rev().take(2).collect::<Vec<_>>(), "the newest two");
+    daemon.stop();
+}
