@@ -434,22 +434,34 @@ def spawn_floor(binary, n, trials=20):
     return res
 
 
-def bench_trigger():
-    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+def stamp_job(tmp):
+    """A triggered job `stamp` (the static C job) and its daemon: (daemon,
+    socket path, the job's data folder, the job's folder)."""
     stamp = stamp_binary(tmp)
     job = os.path.join(tmp, "jobs", "triggered", "stamp")
     os.makedirs(job)
     shutil.copy(stamp, os.path.join(job, "run"))
-    n = 50 if QUICK else 200
     d = Daemon(tmp, config={"history_size": 1000})
     sock = os.path.join(tmp, "data", "instances", "bench.sock")
     wait_for(lambda: os.path.exists(sock), 10)
-    data = os.path.join(tmp, "data", "jobs", "triggered", "stamp")
+    return d, sock, os.path.join(tmp, "data", "jobs", "triggered", "stamp"), job
+
+
+def child_stamp(data, run_id):
+    """The time the stamp job's run `run_id` printed as its first act."""
+    log = os.path.join(data, run_id, "output_log.txt")
+    wait_for(lambda: os.path.exists(log) and "INFO] T " in open(log).read(), 10)
+    return float(open(log).read().split("INFO] T ")[1].split()[0])
+
+
+def bench_trigger():
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    n = 50 if QUICK else 200
+    d, sock, data, _ = stamp_job(tmp)
+    stamp = os.path.join(tmp, "stamp")
 
     def child_time(run_id):
-        log = os.path.join(data, run_id, "output_log.txt")
-        wait_for(lambda: os.path.exists(log) and "INFO] T " in open(log).read(), 10)
-        return float(open(log).read().split("INFO] T ")[1].split()[0])
+        return child_stamp(data, run_id)
 
     # At the daemon: a connected client sends the request; the child stamps its start.
     s = unix_http(sock)
@@ -516,24 +528,15 @@ def bench_queue():
     """The run queue: enqueue to exec, draining 10,000 queued runs, memory with
     100,000 queued, and acknowledged runs across SIGKILLs during a drain."""
     tmp = tempfile.mkdtemp(prefix="wj-bench-")
-    stamp = stamp_binary(tmp)
-    job = os.path.join(tmp, "jobs", "triggered", "stamp")
-    os.makedirs(job)
-    shutil.copy(stamp, os.path.join(job, "run"))
     n = 50 if QUICK else 200
-    d = Daemon(tmp, config={"history_size": 1000})
-    sock = os.path.join(tmp, "data", "instances", "bench.sock")
-    wait_for(lambda: os.path.exists(sock), 10)
-    data = os.path.join(tmp, "data", "jobs", "triggered", "stamp")
+    d, sock, data, job = stamp_job(tmp)
     s = unix_http(sock)
     direct = []
     for _ in range(n):
         t0 = time.time()
         code, body = http(s, "POST", "/api/triggeredwebjobs/stamp/queue")
         assert code == 202, body
-        log = os.path.join(data, body["id"], "output_log.txt")
-        wait_for(lambda: os.path.exists(log) and "INFO] T " in open(log).read(), 10)
-        direct.append((float(open(log).read().split("INFO] T ")[1].split()[0]) - t0) * 1000)
+        direct.append((child_stamp(data, body["id"]) - t0) * 1000)
         http(s, "GET", f"/api/triggeredwebjobs/stamp/history/{body['id']}?wait=10")
     s.close()
     d.stop()
@@ -557,16 +560,11 @@ def bench_queue():
         before = set(os.listdir(data))
         t0 = time.time()
         os.rename(src, os.path.join(inbox, f"f{i}.csv"))
-        def started():
+        def new_run():
             new = [r for r in os.listdir(data) if r not in before and r.isdigit()]
-            if not new:
-                return None
-            log = os.path.join(data, new[0], "output_log.txt")
-            if os.path.exists(log) and "INFO] T " in open(log).read():
-                return float(open(log).read().split("INFO] T ")[1].split()[0])
-            return None
-        wait_for(lambda: started() is not None, 10, 0.001)
-        landed.append((started() - t0) * 1000)
+            return new[0] if new else None
+        wait_for(lambda: new_run() is not None, 10, 0.001)
+        landed.append((child_stamp(data, new_run()) - t0) * 1000)
     d.stop()
     os.remove(os.path.join(job, "settings.job"))
     print(f"  file renamed into an inbox to the child's first instruction: p50 {pct(landed, 50):.2f} ms, p99 {pct(landed, 99):.2f} ms")

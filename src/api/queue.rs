@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::runs::{ask, not_found, refused, request_from, submit};
+use super::runs::{accept, ask, not_found, refused};
 use super::{ApiState, error};
 use crate::queue::Entry;
 use crate::triggered::Control;
@@ -22,12 +22,7 @@ pub async fn enqueue(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let mut request = match request_from(&state, &query, &headers, body).await {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
-    request.queue = true;
-    submit(&state, &job, &headers, request).await
+    accept(&state, &job, &query, &headers, body, true).await
 }
 
 /// `GET /api/triggeredwebjobs/{job}/queue[?limit=N][&id=ID]` → `{"count": N,

@@ -40,16 +40,31 @@ pub async fn run(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let request = match request_from(&state, &query, &headers, body).await {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
-    submit(&state, &job, &headers, request).await
+    accept(&state, &job, &query, &headers, body, false).await
+}
+
+/// Reads a request (with `queue`: queued whatever the overlap policy) and
+/// hands it to the job.
+pub(super) async fn accept(
+    state: &ApiState,
+    job: &str,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    queue: bool,
+) -> Response {
+    match request_from(state, query, headers, body).await {
+        Ok(mut request) => {
+            request.queue |= queue;
+            submit(state, job, headers, request).await
+        }
+        Err(response) => response,
+    }
 }
 
 /// Hands a request to the job's actor and answers as Kudu does: 202 with
 /// the run's `Location` when it started, 202 `queued` when it waits.
-pub(super) async fn submit(state: &ApiState, job: &str, headers: &HeaderMap, request: RunRequest) -> Response {
+async fn submit(state: &ApiState, job: &str, headers: &HeaderMap, request: RunRequest) -> Response {
     let Some(answer) = ask(state, job, |reply| Control::Run { request: Box::new(request), reply }).await else {
         return not_found(job);
     };
@@ -84,7 +99,7 @@ pub(super) fn refused(e: Refused) -> Response {
 /// A run request from the query and body: `arguments=` or `arg=` (words),
 /// `key=`, `priority=`, `correlation_id=` (or the `X-Correlation-Id`
 /// header), `at=` (RFC 3339) or `in=` (`15m`, `90s`, `2h`), `queue=1`.
-pub(super) async fn request_from(
+async fn request_from(
     state: &ApiState,
     query: &[(String, String)],
     headers: &HeaderMap,
