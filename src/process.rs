@@ -67,8 +67,12 @@ pub struct Spawned {
 /// Prepares the daemon process: become a subreaper and clear the signal mask
 /// so that every thread, and so every job, starts with nothing blocked.
 pub fn init_daemon_process() {
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!(error = %e, "cannot become a child subreaper; daemonizing grandchildren are found by their marker only");
+    match nix::sys::prctl::set_child_subreaper(true) {
+        Ok(()) => SUBREAPER.store(true, std::sync::atomic::Ordering::Release),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot become a child subreaper; daemonizing grandchildren are found by their marker only"
+        ),
     }
     let _ = nix::sys::signal::pthread_sigmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
@@ -203,8 +207,20 @@ pub fn marker_of(pid: Pid) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Whether this process adopts orphans. Only then does it reap children it
+/// did not spawn: a daemon run inside another program (a test, an embedder)
+/// leaves that program's own children to it.
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn adopts_orphans() -> bool {
+    SUBREAPER.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// Reaps adopted orphans that have exited (never a run leader: tokio owns those).
 pub fn reap_adopted() {
+    if !adopts_orphans() {
+        return;
+    }
     let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
     for pid in own_children() {
         if leaders.contains(&pid.as_raw()) {
@@ -230,7 +246,7 @@ pub fn spawn_reaper() -> io::Result<tokio::task::JoinHandle<()>> {
 fn reap_exited_orphans() {
     use nix::sys::wait::{Id, WaitStatus, waitid};
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    loop {
+    while adopts_orphans() {
         let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
         let pid = match waitid(Id::All, flags) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,

@@ -461,7 +461,11 @@ impl Http {
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
+        // A server may answer before it has read the whole body (a 413 at
+        // once) and close: as curl does, read its answer all the same.
+        if let Err(e) = stream.write_all(body) {
+            assert!(matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset), "{e}");
+        }
         parse_reply(&read_response(&mut stream, method == "HEAD"))
     }
 }
