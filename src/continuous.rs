@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::actor::Shared;
 use crate::actor::definition::Definition;
@@ -85,7 +85,7 @@ struct Actor {
     data_dir: PathBuf,
     log: LogFile,
     status: ContinuousStatus,
-    rx: mpsc::UnboundedReceiver<Box<Control>>,
+    rx: crate::actor::Mailbox<Control>,
     status_tx: watch::Sender<ContinuousStatus>,
     backoff_step: u32,
     lease: Option<Lease>,
@@ -171,11 +171,11 @@ impl Actor {
     /// Waits for a control message (or `timeout`) and applies it.
     async fn wait_control(&mut self, timeout: Option<Duration>) -> Next {
         let message = match timeout {
-            Some(t) => match tokio::time::timeout(t, self.rx.recv()).await.map(|m| m.map(|b| *b)) {
+            Some(t) => match tokio::time::timeout(t, self.rx.recv()).await {
                 Ok(m) => m,
                 Err(_) => return Next::Continue,
             },
-            None => self.rx.recv().await.map(|b| *b),
+            None => self.rx.recv().await,
         };
         match message {
             Some(control) => self.apply(control),
@@ -235,7 +235,7 @@ impl Actor {
             tokio::select! {
                 () = run.over(&mut self.log) => break,
                 control = self.rx.recv(), if !self.exiting => {
-                    let control = control.map_or(Control::Shutdown { why: "daemon stopping" }, |b| *b);
+                    let control = control.unwrap_or(Control::Shutdown { why: "daemon stopping" });
                     let (why, status) = match self.apply(control) {
                         Next::Continue => continue,
                         Next::Restart(why) => (why.to_string(), JobStatus::Starting),

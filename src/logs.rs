@@ -333,7 +333,8 @@ impl LogFile {
             self.lost_again(lines);
         }
         self.buf.clear();
-        if self.buf.capacity() > 256 * 1024 {
+        if self.closing || self.buf.capacity() > 256 * 1024 {
+            // A log written seldom keeps neither its file nor its buffer.
             self.buf = Vec::new();
         }
         if self.closing {

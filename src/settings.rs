@@ -83,8 +83,9 @@ pub struct Settings {
     pub run_mode: RunMode,
     /// `memory_max`, `cpu_max`, `tasks_max`: the run's cgroup limits.
     pub limits: crate::cgroup::Limits,
-    /// The file's object as written, for the settings API.
-    pub raw: std::sync::Arc<Map<String, Value>>,
+    /// The file's object as written (compact JSON text), for the settings
+    /// API: a few dozen bytes where the parsed object took a B-tree node.
+    pub raw: std::sync::Arc<str>,
 }
 
 /// The outcome of reading a `settings.job`: the settings or every error, and
@@ -133,7 +134,7 @@ impl Settings {
                 JobKind::Triggered => RunMode::OnDemand,
             },
             limits: Default::default(),
-            raw: Default::default(),
+            raw: "{}".into(),
         }
     }
 }
@@ -225,7 +226,7 @@ pub fn parse(file: &Path, text: &str, kind: JobKind) -> Loaded {
     if !problems.is_empty() {
         return Loaded { settings: Err(problems), warnings };
     }
-    s.raw = std::sync::Arc::new(map);
+    s.raw = serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_string()).into();
     Loaded { settings: Ok(std::sync::Arc::new(s)), warnings }
 }
 

@@ -141,7 +141,7 @@ pub struct JobView {
     pub extra_info_url: String,
     pub error: Option<String>,
     pub using_sdk: bool,
-    pub settings: serde_json::Map<String, serde_json::Value>,
+    pub settings: Box<serde_json::value::RawValue>,
     /// Continuous: this daemon's status; triggered: the latest run's status (or "Ready").
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,6 +169,12 @@ pub struct JobView {
     pub queue_age_seconds: Option<f64>,
 }
 
+/// The settings object as written (already valid JSON).
+fn raw_settings(json: &str) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(json.to_string())
+        .unwrap_or_else(|_| serde_json::value::RawValue::from_string("{}".to_string()).expect("valid JSON"))
+}
+
 impl JobView {
     /// From the catalog: no file is read.
     pub fn from_catalog(base: &str, entry: &crate::supervisor::CatalogEntry) -> JobView {
@@ -185,7 +191,7 @@ impl JobView {
             extra_info_url: format!("{base}/#/job/{kind}/{name}"),
             error: (!errors.is_empty()).then(|| errors.join("; ")),
             using_sdk: def.using_sdk,
-            settings: settings.map(|s| (*s.raw).clone()).unwrap_or_default(),
+            settings: raw_settings(settings.map_or("{}", |s| &s.raw)),
             status: String::new(),
             detailed_status: None,
             log_url: None,

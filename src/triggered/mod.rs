@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::clock::{Wake, WallTimer};
 use runs::next_check;
@@ -282,7 +282,7 @@ struct Actor {
     config: Arc<Config>,
     definition: Definition,
     data_dir: PathBuf,
-    rx: mpsc::UnboundedReceiver<Box<Control>>,
+    rx: crate::actor::Mailbox<Control>,
     summary: watch::Sender<Summary>,
     /// Armed at `next_tick`.
     timer: WallTimer,
@@ -318,7 +318,7 @@ impl Actor {
         config: Arc<Config>,
         shared: Arc<Shared>,
         inbox: crate::actor::Inbox<Control, Summary>,
-    ) -> Result<Actor, String> {
+    ) -> Result<Box<Actor>, String> {
         let key = def.key.clone();
         let data_dir = config.job_data_dir(&key);
         let rotation = Some(Rotation { max_size: 1024 * 1024, keep: 1 });
@@ -329,7 +329,7 @@ impl Actor {
         let locks =
             shared.coordinator.job(&key).await.map_err(|e| format!("cannot use the job's coordination files: {e}"))?;
         let timer = shared.clock.timer();
-        Ok(Actor {
+        Ok(Box::new(Actor {
             key,
             timer,
             locks,
@@ -352,10 +352,12 @@ impl Actor {
             waiters: Vec::new(),
             replacement: None,
             exiting: false,
-        })
+        }))
     }
 
-    async fn run(mut self) {
+    /// Boxed, the actor is kept once: the task's future and this one's hold a
+    /// pointer (by value it was copied into both, 800 bytes each).
+    async fn run(mut self: Box<Self>) {
         // Boxed: the actor's future stays small while it waits (ten thousand
         // jobs wait at once); what handles an event is allocated while it runs.
         Box::pin(self.mark_lost_runs()).await;
@@ -390,7 +392,7 @@ impl Actor {
             // channel after its Shutdown, and a closed channel is no second
             // Shutdown (which would SIGKILL a run in its grace period).
             control = self.rx.recv(), if !self.exiting => {
-                Event::Control(control.map_or(Control::Shutdown { why: "daemon stopping" }, |b| *b))
+                Event::Control(control.unwrap_or(Control::Shutdown { why: "daemon stopping" }))
             }
             over = run_over(active) => Event::RunOver(over),
             wake = self.timer.wait() => Event::Timer(wake),

@@ -122,6 +122,8 @@ impl Actor {
                     ending: None,
                     cancels: Vec::new(),
                 };
+                // One at a time (a job's second run is rare): not four.
+                self.active.reserve_exact(1);
                 self.active.push(active);
                 id
             }
@@ -158,6 +160,10 @@ impl Actor {
             return;
         }
         let mut active = self.active.remove(n);
+        if self.active.is_empty() {
+            // An idle actor keeps no room for runs (most of ten thousand are idle).
+            self.active = Vec::new();
+        }
         let (state, error) = match active.ending.take() {
             Some((state, why)) => (state, (state != RunState::Success).then_some(why)),
             None if active.run.exit_status().and_then(|s| s.code()) == Some(0) => (RunState::Success, None),
