@@ -18,7 +18,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "webjobs")
+BIN = os.environ.get("WEBJOBS_BENCH_BIN") or os.path.join(ROOT, "target", "release", "webjobs")
 CLK = os.sysconf("SC_CLK_TCK")
 QUICK = "--quick" in sys.argv
 # --no-cgroups: the daemons run with `"cgroups": false` (process groups only), to measure what cgroups cost.

@@ -155,18 +155,29 @@ impl Root {
         }
         let per_run = own || self.controllers.iter().any(|c| c == "memory");
         let dir = if per_run { self.dir.join(format!("{job}.{nonce}")) } else { self.dir.join(job) };
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(io::Error::new(e.kind(), format!("cannot create the run's cgroup {}: {e}", dir.display())));
+        let open_procs = || OpenOptions::new().write(true).open(dir.join("cgroup.procs"));
+        // A job's cgroup made for an earlier run is used as it is (one open, no mkdir).
+        let existing = if per_run { None } else { open_procs().ok() };
+        if existing.is_none() {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create the run's cgroup {}: {e}", dir.display()),
+                    ));
+                }
             }
         }
         for (key, _, file, value) in limits.entries() {
             std::fs::write(dir.join(file), &value)
                 .map_err(|e| io::Error::other(format!("{key}: cannot write {value} to {file}: {e}")))?;
         }
-        let procs = OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+        let procs = match existing {
+            Some(procs) => procs,
+            None => open_procs()?,
+        };
         let mut run = RunCgroup { dir, procs: Some(procs), kill_file: self.kill_file, cpu_base: 0, per_run };
         run.cpu_base = run.cpu_total().unwrap_or(0);
         Ok(run)
@@ -284,7 +295,7 @@ impl RunCgroup {
 
     /// Whether any process is left in the cgroup.
     pub fn populated(&self) -> bool {
-        match std::fs::read_to_string(self.dir.join("cgroup.events")) {
+        match read_small(&self.dir.join("cgroup.events")) {
             Ok(text) => text.lines().any(|l| l == "populated 1"),
             Err(_) => false,
         }
@@ -319,7 +330,7 @@ impl RunCgroup {
     }
 
     fn cpu_total(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+        let text = read_small(&self.dir.join("cpu.stat")).ok()?;
         text.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
     }
 
@@ -329,13 +340,29 @@ impl RunCgroup {
         if !self.per_run {
             return None;
         }
-        std::fs::read_to_string(self.dir.join("memory.peak")).ok()?.trim().parse().ok()
+        read_small(&self.dir.join("memory.peak")).ok()?.trim().parse().ok()
     }
 
     /// The cgroup's folder name (`<kind>.<job>` or `<kind>.<job>.<nonce>`).
     pub fn name(&self) -> String {
         self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
+}
+
+/// A small cgroup file in one read (a cgroup file has no size to ask for,
+/// and `read_to_string` would ask, then read it in pieces from 32 bytes up).
+fn read_small(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 /// A run's own cgroup is removed when it is let go (best effort: one still

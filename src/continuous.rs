@@ -83,6 +83,8 @@ struct Actor {
     config: Arc<Config>,
     definition: Definition,
     data_dir: PathBuf,
+    /// The status file, kept open.
+    status_file: status::Record,
     log: LogFile,
     status: ContinuousStatus,
     rx: crate::actor::Mailbox<Control>,
@@ -113,6 +115,7 @@ impl Actor {
             config,
             definition: Definition::new(def),
             data_dir,
+            status_file: status::Record::default(),
             log,
             rx: inbox.rx,
             status_tx: inbox.state,
@@ -415,7 +418,7 @@ impl Actor {
         self.status.updated = format_time(SystemTime::now());
         self.status_tx.send_replace(self.status.clone());
         self.shared.changed();
-        match status::write(&self.data_dir, &self.status) {
+        match status::write(&self.data_dir, &self.status, &mut self.status_file) {
             Ok(()) => crate::repeats::clear("status file", &self.key),
             Err(e) => crate::repeats::report("status file", &self.key, |held| {
                 tracing::error!(job = %self.key, error = %e, "cannot write the status file{}", crate::repeats::held_note(held));

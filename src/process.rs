@@ -10,7 +10,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -91,10 +91,14 @@ pub fn spawn(command: &Command, cgroup_procs: Option<std::os::fd::RawFd>) -> io:
     let (err_r, err_w) = pipe()?;
     // A larger pipe lets a chatty job write on while the daemon is busy; best effort.
     let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(256 * 1024));
-    let devnull = std::fs::File::open(command.stdin.as_deref().unwrap_or(Path::new("/dev/null")))?;
+    let payload = command.stdin.as_deref().map(std::fs::File::open).transpose()?;
+    let stdin = match &payload {
+        Some(file) => file.as_raw_fd(),
+        None => dev_null()?,
+    };
     let prepared = crate::spawn::Prepared::new(&command.program, &command.args, &command.cwd, environment(command))?;
     let stdio = crate::spawn::Stdio {
-        stdin: devnull.as_raw_fd(),
+        stdin,
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         cgroup_procs,
@@ -124,10 +128,20 @@ pub use crate::spawn::leader_reaped;
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let flags = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFL)?;
-    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    // A new pipe's read end has no status flag but O_RDONLY: set, not read and set.
+    nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
     Ok((r, w))
+}
+
+/// `/dev/null`, opened once for every job's stdin.
+fn dev_null() -> io::Result<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    static DEV_NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(file) = DEV_NULL.get() {
+        return Ok(file.as_raw_fd());
+    }
+    let file = std::fs::File::open("/dev/null")?;
+    Ok(DEV_NULL.get_or_init(|| file).as_raw_fd())
 }
 
 /// Sends `signal` to every process of group `pgid`.

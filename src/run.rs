@@ -74,6 +74,8 @@ pub struct Run {
     /// The command as a user would type it.
     pub command_line: String,
     shutdown_file: PathBuf,
+    /// The shutdown file was written (and is removed at the end).
+    shutdown_written: bool,
     exit: Option<ExitStatus>,
     /// When the leader exited.
     exited: Option<Instant>,
@@ -117,6 +119,7 @@ impl Run {
             marker: command.marker.clone(),
             command_line: command.display(),
             shutdown_file,
+            shutdown_written: false,
             exit: None,
             exited: None,
             cgroup,
@@ -150,7 +153,9 @@ impl Run {
                         }
                     }
                     self.output.finish(log);
-                    let _ = std::fs::remove_file(&self.shutdown_file);
+                    if self.shutdown_written {
+                        let _ = std::fs::remove_file(&self.shutdown_file);
+                    }
                     self.phase = Phase::Over;
                 }
                 Phase::Over => return,
@@ -326,7 +331,8 @@ impl Run {
         }
     }
 
-    fn write_shutdown_file(&self) {
+    fn write_shutdown_file(&mut self) {
+        self.shutdown_written = true;
         if let Some(parent) = self.shutdown_file.parent() {
             let _ = std::fs::create_dir_all(parent);
         }

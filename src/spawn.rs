@@ -91,8 +91,9 @@ pub struct Stdio {
 /// Starts the process; it leads a new process group. Returns once it has
 /// exec'd (or failed to: then the exec's error).
 pub fn spawn(prep: &Prepared, stdio: &Stdio) -> io::Result<Leader> {
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let err_w_fd = err_w.as_raw_fd();
+    // The child reports a failure before exec here: it shares our memory
+    // (CLONE_VM), and we resume only once it has exec'd or exited.
+    let child_errno = std::sync::atomic::AtomicI32::new(0);
     let (program, cwd, argv, envp) = (prep.program.as_ptr(), prep.cwd.as_ptr(), prep.argv.as_ptr(), prep.envp.as_ptr());
     let fds = ChildFds {
         stdin: stdio.stdin,
@@ -100,14 +101,20 @@ pub fn spawn(prep: &Prepared, stdio: &Stdio) -> io::Result<Leader> {
         stderr: stdio.stderr,
         procs: stdio.cgroup_procs,
         keep: stdio.keep,
-        err_w: err_w_fd,
+        errno: &child_errno,
     };
     let child = Box::new(move || -> isize {
         // SAFETY: the vfork child: only async-signal-safe calls on data the
         // suspended parent keeps alive, no allocation, and _exit on failure.
         unsafe { child_main(program, cwd, argv, envp, &fds) }
     });
-    let mut stack = Stack::new()?;
+    // One stack serves every spawn, one at a time: the child is done with it
+    // when we resume (it has exec'd into a memory of its own, or exited).
+    let mut stack = STACK.lock().unwrap_or_else(|e| e.into_inner());
+    if stack.is_none() {
+        *stack = Some(Stack::new()?);
+    }
+    let usable = stack.as_mut().expect("made above").usable();
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: signal masks of this thread, restored below. With every signal
@@ -119,24 +126,30 @@ pub fn spawn(prep: &Prepared, stdio: &Stdio) -> io::Result<Leader> {
     let flags = nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK;
     // SAFETY: the callback runs on `stack`, in our address space, while this
     // thread is suspended (CLONE_VFORK) until the child execs or exits.
-    let cloned = unsafe { nix::sched::clone(child, stack.usable(), flags, Some(libc::SIGCHLD)) };
+    let cloned = unsafe { nix::sched::clone(child, usable, flags, Some(libc::SIGCHLD)) };
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
-    drop(err_w);
+    drop(stack);
     let pid = cloned.map_err(io::Error::from)?;
-    let mut errno = [0u8; 4];
-    if nix::unistd::read(&err_r, &mut errno).unwrap_or(0) == 4 {
+    let errno = child_errno.load(std::sync::atomic::Ordering::Acquire);
+    if errno != 0 {
         let _ = nix::sys::wait::waitpid(pid, None);
-        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+        return Err(io::Error::from_raw_os_error(errno));
     }
     Leader::new(pid)
 }
 
-/// The child's stack: mapped for one spawn, with a guard page below it, so
-/// that an overflow faults instead of writing over the daemon's memory.
+/// The stack the children of [`spawn`] start on.
+static STACK: std::sync::Mutex<Option<Stack>> = std::sync::Mutex::new(None);
+
+/// The child's stack: mapped once, with a guard page below it, so that an
+/// overflow faults instead of writing over the daemon's memory.
 struct Stack {
     base: *mut libc::c_void,
 }
+
+// SAFETY: the mapping belongs to no thread; STACK's lock gives it to one spawn at a time.
+unsafe impl Send for Stack {}
 
 const STACK_SIZE: usize = 64 * 1024;
 const GUARD: usize = 4096;
@@ -169,13 +182,6 @@ impl Stack {
     }
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in new().
-        unsafe { libc::munmap(self.base, STACK_SIZE + GUARD) };
-    }
-}
-
 /// The descriptors the child works with.
 struct ChildFds {
     stdin: RawFd,
@@ -183,7 +189,8 @@ struct ChildFds {
     stderr: RawFd,
     procs: Option<RawFd>,
     keep: Option<RawFd>,
-    err_w: RawFd,
+    /// Where the child leaves errno when it fails before exec.
+    errno: *const std::sync::atomic::AtomicI32,
 }
 
 /// The child, between clone and exec.
@@ -194,12 +201,12 @@ unsafe fn child_main(
     envp: *const *const libc::c_char,
     fds: &ChildFds,
 ) -> isize {
-    let err_w = fds.err_w;
+    let report = fds.errno;
     /// Reports errno to the parent and ends the child.
-    unsafe fn fail(err_w: RawFd) -> ! {
+    unsafe fn fail(report: *const std::sync::atomic::AtomicI32) -> ! {
         unsafe {
             let errno = *libc::__errno_location();
-            libc::write(err_w, errno.to_ne_bytes().as_ptr().cast(), 4);
+            (*report).store(errno.max(1), std::sync::atomic::Ordering::Release);
             libc::_exit(127)
         }
     }
@@ -221,17 +228,17 @@ unsafe fn child_main(
             }
         }
         if libc::setpgid(0, 0) != 0 {
-            fail(err_w);
+            fail(report);
         }
         if let Some(fd) = fds.procs
             && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
         {
-            fail(err_w);
+            fail(report);
         }
         for (src, dst) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
             let ok = if src == dst { libc::fcntl(dst, libc::F_SETFD, 0) == 0 } else { libc::dup2(src, dst) == dst };
             if !ok {
-                fail(err_w);
+                fail(report);
             }
         }
         // Every other descriptor closes at exec (kernel 5.11+; best effort before).
@@ -239,17 +246,17 @@ unsafe fn child_main(
         if let Some(fd) = fds.keep {
             let ok = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) == 0 } else { libc::dup2(fd, 3) == 3 };
             if !ok {
-                fail(err_w);
+                fail(report);
             }
         }
         if libc::chdir(cwd) != 0 {
-            fail(err_w);
+            fail(report);
         }
         let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(empty.as_mut_ptr());
         libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
         libc::execve(program, argv, envp);
-        fail(err_w)
+        fail(report)
     }
 }
 

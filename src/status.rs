@@ -95,10 +95,10 @@ pub fn status_path(dir: &Path, instance: &str) -> PathBuf {
     crate::layout::status_file(dir, instance)
 }
 
-/// Writes the status file.
-pub fn write(dir: &Path, status: &ContinuousStatus) -> io::Result<()> {
+/// Writes the status file (`file`: kept open between writes).
+pub fn write(dir: &Path, status: &ContinuousStatus, file: &mut Record) -> io::Result<()> {
     let text = serde_json::to_vec(status).map_err(io::Error::other)?;
-    write_record(&status_path(dir, &status.instance), &text)
+    file.write(&status_path(dir, &status.instance), &text)
 }
 
 /// Rewrites a small JSON file in place: padded with spaces to the file's
@@ -107,20 +107,42 @@ pub fn write(dir: &Path, status: &ContinuousStatus) -> io::Result<()> {
 /// every time; status files change on every restart.) Readers trim the padding;
 /// one that reads during a write may see a torn record and tries again later.
 pub fn write_record(path: &Path, json: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let open = || std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path);
-    let file = match open() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-            open()?
-        }
-        other => other?,
-    };
-    let len = file.metadata()?.len() as usize;
-    let mut record = json.to_vec();
-    record.resize(len.max(json.len() + 1) - 1, b' ');
-    record.push(b'\n');
-    file.write_all_at(&record, 0)
+    Record::default().write(path, json)
+}
+
+/// A file rewritten by [`write_record`], kept open between writes (a
+/// continuous job's status changes twice a restart).
+#[derive(Debug, Default)]
+pub struct Record {
+    file: Option<std::fs::File>,
+}
+
+impl Record {
+    pub fn write(&mut self, path: &Path, json: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let open = || std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path);
+        let kept = self.file.take().and_then(|f| Some((f.metadata().ok()?, f)));
+        let (meta, file) = match kept {
+            // Still the file at `path` (not deleted with its folder meanwhile).
+            Some((meta, file)) if meta.nlink() > 0 => (meta, file),
+            _ => {
+                let file = match open() {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+                        open()?
+                    }
+                    other => other?,
+                };
+                (file.metadata()?, file)
+            }
+        };
+        let mut record = json.to_vec();
+        record.resize((meta.len() as usize).max(json.len() + 1) - 1, b' ');
+        record.push(b'\n');
+        file.write_all_at(&record, 0)?;
+        self.file = Some(file);
+        Ok(())
+    }
 }
 
 /// Every instance's status for the job whose data folder is `dir`.
@@ -159,9 +181,18 @@ mod tests {
         let mut s = ContinuousStatus::new("abc123");
         s.status = JobStatus::PendingRestart;
         s.next_restart = Some("2026-11-21T09:30:01.000Z".into());
-        write(&dir, &s).unwrap();
+        let mut file = Record::default();
+        write(&dir, &s, &mut file).unwrap();
         let text = std::fs::read_to_string(status_path(&dir, "abc123")).unwrap();
         assert!(text.contains("\"Status\":\"PendingRestart\""), "{text}");
+        assert_eq!(read_all(&dir), vec![s.clone()]);
+        // Kept open, the file is written again in place; deleted with its
+        // folder meanwhile, it is made again rather than written unseen.
+        s.status = JobStatus::Running;
+        write(&dir, &s, &mut file).unwrap();
+        assert_eq!(read_all(&dir), vec![s.clone()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        write(&dir, &s, &mut file).unwrap();
         assert_eq!(read_all(&dir), vec![s]);
     }
 }
