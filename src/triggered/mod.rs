@@ -17,7 +17,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -267,9 +267,9 @@ struct Active {
     idle: Duration,
     last_bytes: u64,
     last_cpu: u64,
-    last_activity: Instant,
+    last_activity: tokio::time::Instant,
     /// When its limits were last looked at.
-    last_checked: Instant,
+    last_checked: tokio::time::Instant,
     /// Set when we are ending the run: the state it ends in and why.
     ending: Option<(RunState, String)>,
     /// Cancel requests, answered once the run is over.

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -117,8 +117,8 @@ impl Actor {
                     idle,
                     last_bytes: 0,
                     last_cpu: 0,
-                    last_activity: Instant::now(),
-                    last_checked: Instant::now(),
+                    last_activity: tokio::time::Instant::now(),
+                    last_checked: tokio::time::Instant::now(),
                     ending: None,
                     cancels: Vec::new(),
                 };
@@ -320,7 +320,7 @@ impl Actor {
             if active.ending.is_some() || next_check(active) > now {
                 continue;
             }
-            active.last_checked = Instant::now();
+            active.last_checked = now;
             let output = active.run.output.bytes;
             // CPU time is only read when the output says nothing.
             let cpu = if output == active.last_bytes { active.run.cpu_so_far() } else { active.last_cpu };
@@ -333,7 +333,7 @@ impl Actor {
                 }
                 Verdict::Busy => {
                     (active.last_bytes, active.last_cpu) = (seen.output, seen.cpu);
-                    active.last_activity = Instant::now();
+                    active.last_activity = now;
                 }
                 Verdict::Idle => {
                     let idle = active.idle;
@@ -392,7 +392,7 @@ fn check_period(active: &Active) -> Duration {
 
 /// The next time an active run's limits must be looked at.
 pub(super) fn next_check(active: &Active) -> tokio::time::Instant {
-    let next = tokio::time::Instant::from_std(active.last_checked) + check_period(active);
+    let next = active.last_checked + check_period(active);
     active.deadline.map_or(next, |d| d.min(next))
 }
 
