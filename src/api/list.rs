@@ -97,13 +97,16 @@ fn render(state: ApiState, key: (String, Option<JobKind>), gzip: bool) {
         let generation = state.shared.generation.load(Ordering::Acquire);
         let catalog = state.catalog.borrow().clone();
         let (base, kind) = &key;
-        let views: Vec<JobView> = catalog
-            .jobs
-            .values()
-            .filter(|e| kind.is_none_or(|k| e.def.key.kind == k))
-            .map(|e| JobView::from_catalog(base, e).redacted(&state.config))
-            .collect();
-        let body = Bytes::from(serde_json::to_vec(&views).unwrap_or_default());
+        let views = Views { catalog: &catalog, base, kind: *kind, config: &state.config };
+        // Sized like the last body, so that it is not grown by doubling (and
+        // kept at up to twice its size) for ten thousand jobs.
+        let last = state.lists.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map_or(0, Rendered::len);
+        let mut body = Vec::with_capacity(last + last / 8);
+        let _ = serde_json::to_writer(&mut body, &views);
+        if body.capacity() > body.len() + body.len() / 4 {
+            body.shrink_to_fit();
+        }
+        let body = Bytes::from(body);
         let etag = format!("\"{:016x}\"", crate::hash::fnv1a(&body));
         let compressed = gzip.then(|| super::gzip(&body));
         let mut lists = state.lists.lock().unwrap_or_else(|e| e.into_inner());
@@ -112,6 +115,33 @@ fn render(state: ApiState, key: (String, Option<JobKind>), gzip: bool) {
             (generation.max(1), Instant::now(), Some(body), compressed, etag, false);
         r.done.send_replace(r.generation);
     });
+}
+
+/// The job list, each job's view made as it is written (not all of them
+/// first: ten thousand views held at once took more memory than the body).
+struct Views<'a> {
+    catalog: &'a crate::supervisor::Catalog,
+    base: &'a str,
+    kind: Option<JobKind>,
+    config: &'a crate::config::Config,
+}
+
+impl serde::Serialize for Views<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(None)?;
+        for entry in self.catalog.jobs.values().filter(|e| self.kind.is_none_or(|k| e.def.key.kind == k)) {
+            seq.serialize_element(&JobView::from_catalog(self.base, entry).redacted(self.config))?;
+        }
+        seq.end()
+    }
+}
+
+impl Rendered {
+    /// The length of the body last made.
+    fn len(&self) -> usize {
+        self.body.as_ref().map_or(0, Bytes::len)
+    }
 }
 
 /// Clears the "rendering" mark of a list however its render ends.
