@@ -85,6 +85,8 @@ struct Actor {
     data_dir: PathBuf,
     /// The status file, kept open.
     status_file: status::Record,
+    /// The status last told to listeners ([`crate::events`]).
+    published: Option<JobStatus>,
     log: LogFile,
     status: ContinuousStatus,
     rx: crate::actor::Mailbox<Control>,
@@ -116,6 +118,7 @@ impl Actor {
             definition: Definition::new(def),
             data_dir,
             status_file: status::Record::default(),
+            published: None,
             log,
             rx: inbox.rx,
             status_tx: inbox.state,
@@ -418,6 +421,11 @@ impl Actor {
         self.status.updated = format_time(SystemTime::now());
         self.status_tx.send_replace(self.status.clone());
         self.shared.changed();
+        if self.published != Some(self.status.status) {
+            self.published = Some(self.status.status);
+            let event = crate::events::Event::about(&self.key, "job.status").status(self.status.status.as_str());
+            self.shared.events.publish(event.detail(&self.status));
+        }
         match status::write(&self.data_dir, &self.status, &mut self.status_file) {
             Ok(()) => crate::repeats::clear("status file", &self.key),
             Err(e) => crate::repeats::report("status file", &self.key, |held| {

@@ -92,6 +92,7 @@ pub async fn run(
             n => Some(Arc::new(tokio::sync::Semaphore::new(n as usize))),
         },
         inboxes: crate::inbox::Inboxes::new(arrivals_tx),
+        events: Default::default(),
     });
     stop_leftover_cgroups(&config, &shared.containment).await;
     stop_leftovers(&config, &shared.marker_prefix).await;
@@ -125,12 +126,14 @@ pub async fn run(
     let instances = tokio::spawn(watch_instances(shared.clone(), events_tx.clone()));
     let inboxes = tokio::spawn(forward_arrivals(arrivals, events_tx.clone()));
     let watchdog = notifier.watchdog_interval().map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
+    let bus = shared.clone();
     let shutdown = async move {
         shutdown.await;
-        // No new requests while the jobs stop.
+        // No new requests while the jobs stop; event streams go on until they have.
         for task in api_tasks {
             task.abort();
         }
+        bus.events.publish(crate::events::Event::daemon("daemon.stopping"));
     };
     let killer = shared.clone();
     let escalation = tokio::spawn(async move {
@@ -139,6 +142,7 @@ pub async fn run(
         killer.kill_everything();
     });
     supervisor.run(events_rx, shutdown).await;
+    shared.events.publish(crate::events::Event::daemon("daemon.stopped"));
     escalation.abort();
     let _ = std::fs::remove_file(&socket);
     forward.abort();

@@ -27,6 +27,7 @@ pub mod config;
 pub mod continuous;
 pub mod coordination;
 pub mod daemon;
+pub mod events;
 pub mod hash;
 pub mod history;
 pub mod inbox;

@@ -22,6 +22,8 @@ pub struct Shared {
     pub run_permits: Option<std::sync::Arc<tokio::sync::Semaphore>>,
     /// The watcher of every job's inbox (file-arrival triggers).
     pub inboxes: crate::inbox::Inboxes,
+    /// What happens to jobs and runs, for whoever listens.
+    pub events: crate::events::Bus,
 }
 
 impl Shared {

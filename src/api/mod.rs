@@ -11,6 +11,7 @@ mod auth;
 mod connections;
 mod dashboard;
 mod deploy;
+mod events;
 mod jobs;
 pub mod list;
 mod passthrough;
@@ -64,6 +65,7 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     let mut router = Router::new()
         .route("/api/triggeredwebjobsswagger", get(jobs::swagger))
+        .route("/api/events", get(events::stream))
         .route("/api/vfs/{*path}", get(vfs::get))
         .route("/vfs/{*path}", get(vfs::get))
         .route("/metrics", get(metrics))

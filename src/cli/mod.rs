@@ -9,6 +9,7 @@
 
 mod client;
 mod error;
+mod events;
 mod history;
 mod list;
 mod queue;
@@ -137,6 +138,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow what happens to jobs and runs: queued, started, ended, retried,
+    /// dead; job status changes. Ends when the daemon stops.
+    ///
+    /// Examples: `webjobs events`, `webjobs events --job report --json`,
+    /// `webjobs events --type run.ended`.
+    Events {
+        /// Only this job's events.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only events whose type starts with this (`run.`, `run.ended`, `job.status`).
+        #[arg(long = "type", value_name = "PREFIX")]
+        kind: Option<String>,
+        /// Each event's JSON on a line of its own.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a job's log (a triggered job's latest run, or --run ID).
     Logs {
         job: String,
@@ -196,6 +213,7 @@ pub fn main() -> ExitCode {
         Command::Retry { job, id } => queue::retry(&config, &job, &id),
         Command::Cancel { job, run } => run::cancel(&config, &job, run.as_deref()),
         Command::History { job, json } => history::history(&config, &job, json),
+        Command::Events { job, kind, json } => events::events(&config, job.as_deref(), kind.as_deref(), json),
         Command::Logs { job, run, follow } => history::logs(&config, &job, run.as_deref(), follow),
         Command::Schedule { expr, from, count, timezone } => {
             schedule::schedule(&config, &expr, from.as_deref(), count, timezone.as_deref())

@@ -38,6 +38,7 @@ use crate::actor::Shared;
 use crate::actor::definition::Definition;
 use crate::config::Config;
 use crate::coordination::{JobCoordination, Lease, Taken};
+use crate::events;
 use crate::history::{self, RunState, RunStatus};
 use crate::jobs::JobDef;
 use crate::key::JobKey;
@@ -507,6 +508,8 @@ impl Actor {
         let disabled = self.def().disabled;
         self.summary.send_modify(|s| s.disabled = disabled);
         self.shared.changed();
+        let status = if disabled { "Stopped" } else { "Ready" };
+        self.shared.events.publish(events::Event::about(&self.key, "job.status").status(status));
         let text = if disabled {
             format!(
                 "stopped (disable.job is present): schedule paused, runs refused; {} queued request(s) wait until it is started",
@@ -623,6 +626,16 @@ impl Actor {
             .and_then(|j| j.settings.timezone.clone())
             .or_else(|| self.config.timezone.clone());
         crate::schedule::resolve_zone(name.as_deref()).unwrap_or(TimeZone::UTC)
+    }
+
+    /// Tells listeners that run `id` started or ended (`run.started`, `run.ended`).
+    fn run_event(&self, kind: &'static str, id: &str, status: &RunStatus) {
+        let event = events::Event::about(&self.key, kind)
+            .run(id)
+            .request(status.request.as_deref())
+            .status(status.status.as_str())
+            .detail(status);
+        self.shared.events.publish(event);
     }
 
     fn publish_run(&mut self, latest: Option<(String, RunStatus)>) {

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 
 use super::{Actor, Refused, RunRequest};
 use crate::coordination::Taken;
+use crate::events::Event;
 use crate::history::RunState;
 use crate::logs::Level;
 use crate::queue::{After, Entry, Slot, after, backoff};
@@ -56,6 +57,8 @@ impl Actor {
         let slot = entry.slot();
         self.index.insert(slot.clone());
         self.shared.metrics.queued(&self.key.name);
+        let event = Event::about(&self.key, "run.queued").request(Some(&entry.id)).status("Queued").detail(entry);
+        self.shared.events.publish(event);
         self.publish_queue();
         Ok(slot)
     }
@@ -161,6 +164,8 @@ impl Actor {
                     &format!("retry {attempt}/{} of run {run} in {}{waits}", settings.retries, human(delay)),
                 );
                 let entry = entry.clone();
+                let event = Event::about(&self.key, "run.retry").run(run).request(Some(&entry.id)).status("Queued");
+                self.shared.events.publish(event.detail(&entry));
                 match self.locks.requeue(taken, &entry).await {
                     Ok(slot) => {
                         self.index.insert(slot);
@@ -180,6 +185,8 @@ impl Actor {
                 );
                 self.shared.metrics.dead(&self.key.name);
                 let entry = entry.clone();
+                let event = Event::about(&self.key, "run.dead").run(run).request(Some(&entry.id)).status("Dead");
+                self.shared.events.publish(event.detail(&entry));
                 self.locks.bury(taken, &entry, self.config.switches.history_size as usize).await
             }
         };

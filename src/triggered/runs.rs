@@ -101,6 +101,7 @@ impl Actor {
                 log.sys(Level::SysInfo, &format!("started process {}: {}", run.pid, run.command_line));
                 status.pid = Some(run.pid.as_raw());
                 let _ = history::write_status(&dir, &status);
+                self.run_event("run.started", &id, &status);
                 self.publish_run(Some((id.clone(), status.clone())));
                 let idle = job.settings.idle_timeout.unwrap_or(self.config.switches.idle_timeout);
                 let deadline = job.settings.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -134,6 +135,7 @@ impl Actor {
                 status.end_time = Some(format_time(std::time::SystemTime::now()));
                 let _ = history::write_status(&dir, &status);
                 self.shared.metrics.run_finished(&self.key.name, "Failed", Duration::ZERO);
+                self.run_event("run.ended", &id, &status);
                 self.publish_run(Some((id.clone(), status.clone())));
                 drop((lease, permit));
                 self.end_of(taken, RunState::Failed, &id, status.error).await;
@@ -275,6 +277,7 @@ impl Actor {
         self.shared.metrics.run_finished(&self.key.name, state.as_str(), duration);
         self.shared.metrics.cpu_used("triggered", &self.key.name, usage.cpu_ms);
         self.shared.metrics.output("triggered", &self.key.name, active.run.output.bytes);
+        self.run_event("run.ended", &active.id, &active.status);
         self.publish_run(Some((active.id.clone(), active.status.clone())));
         let Active { id, taken, status, .. } = active;
         self.end_of(taken, state, &id, status.error).await;

@@ -224,18 +224,7 @@ impl Daemon {
     }
 
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("daemon did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child(&mut self.child.take().unwrap(), limit, "daemon")
     }
 
     /// SIGKILL: the daemon dies without stopping its jobs. What it leaves is
@@ -545,4 +534,19 @@ pub fn make_zip(dir: &Path, entries: &[(&str, &str)]) -> Vec<u8> {
         .unwrap();
     assert!(status.success());
     fs::read(path).unwrap()
+}
+
+/// Waits (bounded) for `child` to exit; past `limit` it is killed and the test fails.
+pub fn wait_child(child: &mut std::process::Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -9,6 +9,7 @@ mod config;
 mod containment;
 mod continuous;
 mod dashboard;
+mod events;
 mod inbox;
 mod inprocess;
 mod kudu;
