@@ -39,6 +39,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// Put each run in a cgroup of its own when cgroup v2 allows it (`cgroups`, default true).
     pub cgroups: bool,
+    /// Rules every job has besides its own (`notify`).
+    pub notify: Vec<crate::notify::Rule>,
+    /// The key of the notifications' HMAC-SHA256 signature (`notify_secret`); never shown.
+    pub notify_secret: Option<String>,
 }
 
 /// The HTTP API and dashboard over TCP (the Unix socket is always on).
@@ -108,7 +112,7 @@ pub struct ConfigError {
 const KNOWN_KEYS: &str = "root, jobs_dir, data_dir, temp_dir, instance_id, debounce_ms, log, \
     interpreters, timezone, singleton_retry_ms, stopped, disable_schedule, history_size, \
     restart_time, idle_timeout, listen, api_user, api_password, token_file, max_upload_bytes, \
-    max_unpacked_bytes, max_payload_bytes, max_concurrent_runs, cgroups";
+    max_unpacked_bytes, max_payload_bytes, max_concurrent_runs, cgroups, notify, notify_secret";
 
 impl Config {
     /// Resolves the configuration from the process environment.
@@ -186,6 +190,8 @@ struct Builder {
     max_payload: u64,
     max_unpacked: u64,
     cgroups: bool,
+    notify: Vec<crate::notify::Rule>,
+    notify_secret: Option<String>,
 }
 
 impl Builder {
@@ -217,6 +223,8 @@ impl Builder {
             max_payload: 1024 * 1024,
             max_unpacked: 1024 * 1024 * 1024,
             cgroups: true,
+            notify: Vec::new(),
+            notify_secret: None,
         }
     }
 
@@ -329,6 +337,8 @@ impl Builder {
         self.read_interpreters(r);
         self.read_switches(r);
         self.read_api(r);
+        self.notify = crate::notify::read_rules(r, "notify");
+        self.notify_secret = r.string("notify_secret").map(str::to_string);
     }
 
     fn read_api<'a>(&mut self, r: &mut Reader<'a>) {
@@ -452,6 +462,8 @@ impl Builder {
                 max_unpacked: self.max_unpacked,
             },
             cgroups: self.cgroups,
+            notify: self.notify,
+            notify_secret: self.notify_secret,
         })
     }
 }

@@ -84,7 +84,7 @@ pub async fn run(
         marker_prefix: prefix,
         coordinator,
         containment,
-        metrics: crate::metrics::Metrics::new(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
         clock: crate::clock::Clock::start().map_err(DaemonError::Clock)?,
         generation: Default::default(),
         run_permits: match config.switches.max_concurrent_runs {
@@ -93,6 +93,7 @@ pub async fn run(
         },
         inboxes: crate::inbox::Inboxes::new(arrivals_tx),
         events: Default::default(),
+        outbox: Arc::new(crate::outbox::Outbox::open(&config.data_dir)),
     });
     stop_leftover_cgroups(&config, &shared.containment).await;
     stop_leftovers(&config, &shared.marker_prefix).await;
@@ -125,6 +126,11 @@ pub async fn run(
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
     let instances = tokio::spawn(watch_instances(shared.clone(), events_tx.clone()));
     let inboxes = tokio::spawn(forward_arrivals(arrivals, events_tx.clone()));
+    let notifications = tokio::spawn(crate::outbox::send_forever(
+        shared.outbox.clone(),
+        config.notify_secret.clone(),
+        shared.metrics.clone(),
+    ));
     let watchdog = notifier.watchdog_interval().map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
     let bus = shared.clone();
     let shutdown = async move {
@@ -148,6 +154,7 @@ pub async fn run(
     forward.abort();
     instances.abort();
     inboxes.abort();
+    notifications.abort();
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -52,11 +52,11 @@ pub struct Event {
 }
 
 impl Event {
-    /// An event about `key`, of `kind`, without an id or time yet.
+    /// An event about `key`, of `kind`, happening now (its id comes when it is published).
     pub fn about(key: &JobKey, kind: &'static str) -> Event {
         Event {
             id: 0,
-            time: String::new(),
+            time: crate::logs::format_time(std::time::SystemTime::now()),
             kind,
             job: key.name.clone(),
             job_type: key.kind.as_str(),
@@ -115,9 +115,8 @@ impl Default for Bus {
 }
 
 impl Bus {
-    /// Stamps `event` with the next id and the time, and sends it to every listener.
+    /// Stamps `event` with the next id and sends it to every listener.
     pub fn publish(&self, mut event: Event) {
-        event.time = crate::logs::format_time(std::time::SystemTime::now());
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         event.id = self.next.fetch_add(1, Ordering::Relaxed);
         let event = Arc::new(event);

@@ -63,6 +63,8 @@ pub const RUN_PROGRESS: &str = "progress";
 
 /// The API's bearer token, in the data folder.
 pub const API_TOKEN: &str = "api-token";
+/// Notifications on their way (`data/outbox/`; given up ones in `failed/`).
+pub const OUTBOX: &str = "outbox";
 
 /// The folder of the jobs of `kind`.
 pub fn kind_dir(jobs_dir: &Path, kind: JobKind) -> PathBuf {

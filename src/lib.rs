@@ -36,6 +36,8 @@ pub mod key;
 pub mod layout;
 pub mod logs;
 pub mod metrics;
+pub mod notify;
+pub mod outbox;
 pub mod output;
 pub mod problems;
 pub mod process;

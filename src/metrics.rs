@@ -43,6 +43,8 @@ pub struct Metrics {
     dead: Family<Labels, Counter>,
     queue_depth: Family<Labels, Gauge>,
     queue_age: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    notifications: Family<[(&'static str, &'static str); 1], Counter>,
+    notifications_pending: Gauge,
     /// When the oldest ready request of each job was queued (ms), for the age at scrape time.
     oldest: Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -66,6 +68,8 @@ impl Metrics {
             dead: Family::default(),
             queue_depth: Family::default(),
             queue_age: Family::default(),
+            notifications: Family::default(),
+            notifications_pending: Gauge::default(),
             oldest: Mutex::default(),
         };
         {
@@ -89,6 +93,8 @@ impl Metrics {
                 "Age of the oldest request of a job's queue that may start now",
                 m.queue_age.clone(),
             );
+            r.register("notifications", "Notifications delivered or given up", m.notifications.clone());
+            r.register("notifications_pending", "Notifications waiting in the outbox", m.notifications_pending.clone());
         }
         m
     }
@@ -118,6 +124,15 @@ impl Metrics {
         if bytes > 0 {
             self.log_bytes.get_or_create(&job_labels(kind, job)).inc_by(bytes);
         }
+    }
+
+    /// A notification was `delivered` or given up (`failed`).
+    pub fn notification(&self, result: &'static str) {
+        self.notifications.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn notifications_pending(&self, n: usize) {
+        self.notifications_pending.set(n as i64);
     }
 
     pub fn queued(&self, job: &str) {

@@ -83,6 +83,8 @@ pub struct Settings {
     pub run_mode: RunMode,
     /// `memory_max`, `cpu_max`, `tasks_max`: the run's cgroup limits.
     pub limits: crate::cgroup::Limits,
+    /// Who hears about the job's runs (`notify`; see [`crate::notify`]).
+    pub notify: Vec<crate::notify::Rule>,
     /// The file's object as written (compact JSON text), for the settings
     /// API: a few dozen bytes where the parsed object took a B-tree node.
     pub raw: std::sync::Arc<str>,
@@ -99,7 +101,7 @@ pub struct Loaded {
 
 const KNOWN_KEYS: &str = "schedule, is_singleton, stopping_wait_time, is_in_place, timezone, timeout, \
     idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, max_parallel, trigger, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
-    memory_max, cpu_max, tasks_max";
+    memory_max, cpu_max, tasks_max, notify";
 
 /// The largest `settings.job` read (a bigger one is an error, not a memory hog).
 pub const MAX_FILE: u64 = 1024 * 1024;
@@ -134,6 +136,7 @@ impl Settings {
                 JobKind::Triggered => RunMode::OnDemand,
             },
             limits: Default::default(),
+            notify: Vec::new(),
             raw: "{}".into(),
         }
     }
@@ -249,6 +252,7 @@ fn read_webjobs_keys<'a>(r: &mut Reader<'a>, s: &mut Settings) {
 }
 
 fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    s.notify = crate::notify::read_rules(r, "notify");
     if let Some(tz) = r.string("timezone") {
         match jiff::tz::TimeZone::get(tz) {
             Ok(_) => s.timezone = Some(tz.to_string()),

@@ -13,7 +13,7 @@ pub struct Shared {
     pub coordinator: Coordinator,
     /// How runs are contained (a cgroup each, or process groups).
     pub containment: crate::cgroup::Containment,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The wall clock schedules are armed on (one timerfd for every job).
     pub clock: crate::clock::Clock,
     /// Bumped on every status change of any job (the API's cache key and ETag).
@@ -24,6 +24,8 @@ pub struct Shared {
     pub inboxes: crate::inbox::Inboxes,
     /// What happens to jobs and runs, for whoever listens.
     pub events: crate::events::Bus,
+    /// Notifications on their way.
+    pub outbox: std::sync::Arc<crate::outbox::Outbox>,
 }
 
 impl Shared {

@@ -90,6 +90,38 @@ fn describe(kind: &str, data: &str) -> String {
     line.trim_end().to_string()
 }
 
+/// `webjobs notifications [--json]`: what waits in the outbox and what was
+/// given up (read from the data folder: works without a daemon).
+pub fn notifications(config: &crate::config::Config, json: bool) -> anyhow::Result<ExitCode> {
+    let (pending, failed) = crate::outbox::read(&config.data_dir.join(crate::layout::OUTBOX));
+    if json {
+        let body = serde_json::json!({"pending": pending, "failed": failed});
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if pending.is_empty() && failed.is_empty() {
+        println!("no notification pending or given up");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8}  {:<28}  {:<20}  {:<10}  {:>8}  {:<30}  LAST ERROR",
+        "STATE", "ID", "JOB", "EVENT", "ATTEMPTS", "URL"
+    );
+    let rows = pending.iter().map(|d| ("pending", d)).chain(failed.iter().map(|d| ("failed", d)));
+    for (state, d) in rows {
+        println!(
+            "{state:<8}  {:<28}  {:<20}  {:<10}  {:>8}  {:<30}  {}",
+            d.id,
+            d.job,
+            d.event,
+            d.attempts,
+            d.url,
+            d.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

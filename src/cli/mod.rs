@@ -154,6 +154,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Notifications waiting to be delivered, and those given up, with why.
+    Notifications {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a job's log (a triggered job's latest run, or --run ID).
     Logs {
         job: String,
@@ -214,6 +219,7 @@ pub fn main() -> ExitCode {
         Command::Cancel { job, run } => run::cancel(&config, &job, run.as_deref()),
         Command::History { job, json } => history::history(&config, &job, json),
         Command::Events { job, kind, json } => events::events(&config, job.as_deref(), kind.as_deref(), json),
+        Command::Notifications { json } => events::notifications(&config, json),
         Command::Logs { job, run, follow } => history::logs(&config, &job, run.as_deref(), follow),
         Command::Schedule { expr, from, count, timezone } => {
             schedule::schedule(&config, &expr, from.as_deref(), count, timezone.as_deref())

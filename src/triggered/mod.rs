@@ -629,12 +629,27 @@ impl Actor {
     }
 
     /// Tells listeners that run `id` started or ended (`run.started`, `run.ended`).
-    fn run_event(&self, kind: &'static str, id: &str, status: &RunStatus) {
+    fn run_event(&mut self, kind: &'static str, id: &str, status: &RunStatus) {
         let event = events::Event::about(&self.key, kind)
             .run(id)
             .request(status.request.as_deref())
             .status(status.status.as_str())
             .detail(status);
+        self.tell(event);
+    }
+
+    /// Publishes `event`, and stores a notification for each `notify` rule
+    /// (the job's, then the daemon's) that wants it.
+    fn tell(&mut self, event: events::Event) {
+        if let Some(name) = crate::notify::name_of(event.kind, event.status.as_deref()) {
+            let own = self.definition.good.as_ref().map(|j| j.settings.notify.clone()).unwrap_or_default();
+            for rule in own.iter().chain(&self.config.notify).filter(|r| r.wants(name)) {
+                if let Err(e) = self.shared.outbox.add(name, &event, &rule.url) {
+                    let text = format!("cannot store the {name} notification for {}: {e}", rule.url);
+                    self.scheduler_log.sys(Level::SysError, &text);
+                }
+            }
+        }
         self.shared.events.publish(event);
     }
 

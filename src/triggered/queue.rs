@@ -186,7 +186,7 @@ impl Actor {
                 self.shared.metrics.dead(&self.key.name);
                 let entry = entry.clone();
                 let event = Event::about(&self.key, "run.dead").run(run).request(Some(&entry.id)).status("Dead");
-                self.shared.events.publish(event.detail(&entry));
+                self.tell(event.detail(&entry));
                 self.locks.bury(taken, &entry, self.config.switches.history_size as usize).await
             }
         };

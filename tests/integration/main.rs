@@ -14,6 +14,7 @@ mod inbox;
 mod inprocess;
 mod kudu;
 mod logs;
+mod notify;
 mod processes;
 mod queue;
 mod quickstart;
