@@ -63,6 +63,8 @@ pub const RUN_PROGRESS: &str = "progress";
 
 /// The API's bearer token, in the data folder.
 pub const API_TOKEN: &str = "api-token";
+/// Kudu's web hooks (`data/hooks.json`).
+pub const HOOKS: &str = "hooks.json";
 /// Notifications on their way (`data/outbox/`; given up ones in `failed/`).
 pub const OUTBOX: &str = "outbox";
 

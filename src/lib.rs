@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod events;
 pub mod hash;
 pub mod history;
+pub mod hooks;
 pub mod inbox;
 pub mod jobs;
 pub mod key;

@@ -98,6 +98,7 @@ pub async fn put(
         Ok(Ok(def)) => {
             // Loaded before the answer: a `run` or `GET` right after it finds the new version.
             super::jobs::apply(&state, &key).await;
+            super::hooks::deployed(&state, &headers, kind.as_str(), &job);
             let base = base_url(&headers);
             let loaded = state.catalog.borrow().jobs.get(&key).cloned();
             let view = match loaded {

@@ -12,6 +12,7 @@ mod connections;
 mod dashboard;
 mod deploy;
 mod events;
+mod hooks;
 mod jobs;
 pub mod list;
 mod passthrough;
@@ -66,6 +67,8 @@ pub fn router(state: ApiState) -> Router {
     let mut router = Router::new()
         .route("/api/triggeredwebjobsswagger", get(jobs::swagger))
         .route("/api/events", get(events::stream))
+        .route("/api/hooks", get(hooks::list).post(hooks::subscribe))
+        .route("/api/hooks/{id}", get(hooks::get).delete(hooks::unsubscribe))
         .route("/api/vfs/{*path}", get(vfs::get))
         .route("/vfs/{*path}", get(vfs::get))
         .route("/metrics", get(metrics))
@@ -163,6 +166,10 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
 
 /// Serves the API on the Unix socket and, if bound, on TCP (with auth).
 pub fn serve_all(listeners: Listeners, state: ApiState, auth: Arc<Auth>) -> Vec<tokio::task::JoinHandle<()>> {
+    // The runs' URLs in TriggeredJobFinished name the TCP address (the socket's, without one).
+    let base = listeners.tcp_address().map_or_else(|| "http://localhost".to_string(), |a| format!("http://{a}"));
+    // Not among the tasks stopped with the listeners: runs ending meanwhile are told too.
+    tokio::spawn(hooks::finished_runs(state.clone(), base));
     let app = router(state);
     let local = app.clone().layer(axum::middleware::map_request(local_request));
     let mut tasks = vec![tokio::spawn(serve(listeners.unix, local))];

@@ -135,3 +135,80 @@ fn a_receiver_answering_gone_is_given_up_and_a_bad_rule_is_refused() {
     assert!(stdout(&validate).contains("unknown event \"boom\""), "{}{error}", stdout(&validate));
     daemon.stop();
 }
+
+#[test]
+fn kudus_web_hooks_subscribe_get_the_finished_run_and_deploys_and_a_410_unsubscribes() {
+    let root = Root::new();
+    let receiver = Receiver::start(&root, "");
+    root.job("triggered", "report", &[("run.sh", "echo done\n")]);
+    let daemon = root.start();
+    let http = root.http();
+    let url = format!("http://127.0.0.1:{}/finished", receiver.port);
+    let subscribe = |body: serde_json::Value| {
+        http.send("POST", "/api/hooks", &[("Content-Type", "application/json")], body.to_string().as_bytes())
+    };
+    let created = subscribe(serde_json::json!({"url": url, "event": "TriggeredJobFinished"}));
+    assert_eq!(created.status, 201, "{}", created.text());
+    let hook = created.json();
+    assert_eq!(hook["url"], url.as_str());
+    assert_eq!(hook["event"], "TriggeredJobFinished");
+    assert_eq!(hook["insecure_ssl"], false);
+    // The same URL and event: the same hook; another event for it: 409, as in Kudu.
+    assert_eq!(subscribe(serde_json::json!({"url": url, "event": "TriggeredJobFinished"})).json()["id"], hook["id"]);
+    assert_eq!(subscribe(serde_json::json!({"url": url, "event": "PostDeployment"})).status, 409);
+    assert_eq!(subscribe(serde_json::json!({"url": "ftp://x", "event": "PostDeployment"})).status, 400);
+    assert_eq!(subscribe(serde_json::json!({"url": "http://x/", "event": "Nope"})).status, 400);
+    let deploys = format!("http://127.0.0.1:{}/deploys", receiver.port);
+    let deploy_hook = subscribe(serde_json::json!({"url": deploys, "event": "PostDeployment"})).json();
+    assert_eq!(http.get("/api/hooks").json().as_array().unwrap().len(), 2);
+    let id = hook["id"].as_str().unwrap();
+    assert_eq!(http.get(&format!("/api/hooks/{id}")).json(), hook);
+    assert_eq!(http.get("/api/hooks/nope").status, 404);
+
+    // A run's end: its JSON as the history API shows it.
+    let out = root.cli(&["run", "report", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("TriggeredJobFinished", Duration::from_secs(10), || !receiver.delivered().is_empty());
+    let got = receiver.delivered()[0].clone();
+    assert_eq!(got["path"], "/finished");
+    assert_eq!(got["event"], "TriggeredJobFinished");
+    let run = &got["body"];
+    let id_of_run = root.runs("report").pop().unwrap();
+    assert_eq!(run["id"], id_of_run.as_str());
+    assert_eq!(run["status"], "Success");
+    assert_eq!(run["job_name"], "report");
+    for field in ["name", "start_time", "end_time", "duration", "output_url", "url", "trigger"] {
+        assert!(!run[field].is_null(), "{field} missing: {run}");
+    }
+    let history = http.get(&format!("/api/triggeredwebjobs/report/history/{id_of_run}")).json();
+    assert_eq!(run["output_url"], history["output_url"], "the same URLs as the API's");
+
+    // A deploy through the API: PostDeployment.
+    let put = http.send(
+        "PUT",
+        "/api/triggeredwebjobs/fresh",
+        &[("Content-Disposition", "attachment; filename=run.sh")],
+        b"echo fresh\n",
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    wait_for("PostDeployment", Duration::from_secs(10), || {
+        receiver.delivered().iter().any(|r| r["path"] == "/deploys")
+    });
+    let deployed = receiver.delivered().into_iter().find(|r| r["path"] == "/deploys").unwrap();
+    assert_eq!(deployed["body"]["status"], 4);
+    assert_eq!(deployed["body"]["complete"], true);
+
+    // A receiver that answers 410 Gone unsubscribes its hook.
+    receiver.answer(410);
+    let out = root.cli(&["run", "report", "--wait"]);
+    assert!(out.status.success());
+    wait_for("the hook removed", Duration::from_secs(10), || {
+        http.get("/api/hooks").json().as_array().unwrap().len() == 1
+    });
+    assert_eq!(http.get("/api/hooks").json()[0]["id"], deploy_hook["id"]);
+    let deploy_id = deploy_hook["id"].as_str().unwrap();
+    assert_eq!(http.send("DELETE", &format!("/api/hooks/{deploy_id}"), &[], b"").status, 200);
+    assert!(http.get("/api/hooks").json().as_array().unwrap().is_empty());
+    assert_eq!(http.send("DELETE", "/api/hooks/gone", &[], b"").status, 200, "200 also when absent, as in Kudu");
+    daemon.stop();
+}
