@@ -130,6 +130,11 @@ pub async fn run(
         shared.outbox.clone(),
         config.notify_secret.clone(),
         shared.metrics.clone(),
+        crate::outbox::Commands {
+            data_dir: config.data_dir.clone(),
+            instance: config.instance_id.clone(),
+            marker_prefix: shared.marker_prefix.clone(),
+        },
     ));
     let watchdog = notifier.watchdog_interval().map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
     let bus = shared.clone();

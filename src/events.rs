@@ -49,6 +49,9 @@ pub struct Event {
     /// `run.ended`, the request for `run.queued`, the reason for `job.status`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
+    /// The last lines of the run's output (in notifications of its end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
 }
 
 impl Event {
@@ -64,6 +67,7 @@ impl Event {
             request: None,
             status: None,
             detail: None,
+            output_tail: None,
         }
     }
 

@@ -7,15 +7,23 @@ use serde_json::Value;
 use crate::problems::Reader;
 
 /// What a rule can be told about (`"on": [...]`); `*` is every one.
-pub const EVENTS: &[&str] = &["started", "succeeded", "failed", "aborted", "cancelled", "dead"];
+pub const EVENTS: &[&str] = &["started", "succeeded", "failed", "aborted", "cancelled", "dead", "recovered"];
 
 /// One `notify` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// Names from [`EVENTS`] (or `*`).
     pub on: Vec<String>,
+    pub target: Target,
+}
+
+/// Where a notification goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
     /// An http:// or https:// URL the event is POSTed to, as JSON.
-    pub url: String,
+    Url(String),
+    /// A command run by `/bin/sh -c`, the event's JSON on its stdin.
+    Command(String),
 }
 
 impl Rule {
@@ -34,6 +42,7 @@ pub fn name_of(kind: &str, status: Option<&str>) -> Option<&'static str> {
         ("run.ended", Some("Aborted")) => Some("aborted"),
         ("run.ended", Some("Cancelled")) => Some("cancelled"),
         ("run.dead", _) => Some("dead"),
+        ("job.recovered", _) => Some("recovered"),
         _ => None,
     }
 }
@@ -58,10 +67,10 @@ pub fn read_rules<'a>(r: &mut Reader<'a>, key: &'a str) -> Vec<Rule> {
 
 fn rule(item: &Value) -> Result<Rule, String> {
     let Value::Object(map) = item else {
-        return Err(r#"expected an object {"on": [...], "url": "…"}"#.into());
+        return Err(r#"expected an object {"on": [...], "url": "…"} or {"on": [...], "command": "…"}"#.into());
     };
-    if let Some(unknown) = map.keys().find(|k| !["on", "url"].contains(&k.as_str())) {
-        return Err(format!("unknown key {unknown:?} (known: on, url)"));
+    if let Some(unknown) = map.keys().find(|k| !["on", "url", "command"].contains(&k.as_str())) {
+        return Err(format!("unknown key {unknown:?} (known: on, url, command)"));
     }
     let on: Vec<String> = match map.get("on") {
         Some(Value::Array(names)) if !names.is_empty() => names
@@ -75,12 +84,18 @@ fn rule(item: &Value) -> Result<Rule, String> {
     if let Some(bad) = on.iter().find(|n| *n != "*" && !EVENTS.contains(&n.as_str())) {
         return Err(format!("unknown event {bad:?} in \"on\" (known: {}, or \"*\" for all)", EVENTS.join(", ")));
     }
-    let url = match map.get("url") {
-        Some(Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => url.clone(),
-        Some(Value::String(url)) => return Err(format!("\"url\" must start with http:// or https://, found {url:?}")),
-        _ => return Err("a rule needs a \"url\" to POST the event to".into()),
+    let target = match (map.get("url"), map.get("command")) {
+        (Some(Value::String(url)), None) if url.starts_with("http://") || url.starts_with("https://") => {
+            Target::Url(url.clone())
+        }
+        (Some(Value::String(url)), None) => {
+            return Err(format!("\"url\" must start with http:// or https://, found {url:?}"));
+        }
+        (None, Some(Value::String(command))) if !command.trim().is_empty() => Target::Command(command.clone()),
+        (Some(_), Some(_)) => return Err("a rule has a \"url\" or a \"command\", not both".into()),
+        _ => return Err("a rule needs a \"url\" to POST the event to, or a \"command\" to run".into()),
     };
-    Ok(Rule { on, url })
+    Ok(Rule { on, target })
 }
 
 #[cfg(test)]
@@ -116,6 +131,8 @@ mod tests {
         assert!(problems[0].starts_with("notify[0]: unknown event \"boom\""), "{problems:?}");
         assert!(problems[1].contains("http:// or https://"), "{problems:?}");
         assert!(problems[2].contains("needs a \"url\""), "{problems:?}");
+        let (_, both) = read(r#"{"notify": [{"on": ["failed"], "url": "http://x", "command": "y"}]}"#);
+        assert!(both[0].contains("not both"), "{both:?}");
         assert!(problems[3].starts_with("notify[3]: expected an object"), "{problems:?}");
     }
 }

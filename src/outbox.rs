@@ -7,7 +7,7 @@
 //! day of failures) moves to `data/outbox/failed/`, where `webjobs
 //! notifications` shows it with the reason.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -30,7 +30,12 @@ const PARALLEL: usize = 32;
 pub struct Delivery {
     /// Unique and kept across tries: receivers can tell a repeat.
     pub id: String,
+    /// The receiver: a URL (empty for a command).
+    #[serde(default)]
     pub url: String,
+    /// Or a command run by `/bin/sh -c`, the body on its stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
     pub job: String,
     /// `failed`, `dead`, … (see [`crate::notify::EVENTS`]).
     pub event: String,
@@ -66,9 +71,14 @@ impl Outbox {
 
     /// Stores a notification of `event` (named `name`) for `url`; the sender
     /// takes it from there.
-    pub fn add(&self, name: &str, event: &crate::events::Event, url: &str) -> io::Result<()> {
+    pub fn add(&self, name: &str, event: &crate::events::Event, target: &crate::notify::Target) -> io::Result<()> {
         let body = serde_json::to_value(event).map_err(io::Error::other)?;
-        self.add_body(name, &event.job, url, body, None)
+        match target {
+            crate::notify::Target::Url(url) => self.add_body(name, &event.job, url, body, None),
+            crate::notify::Target::Command(command) => {
+                self.add_body(name, &event.job, command, body, Some(Via::Command))
+            }
+        }
     }
 
     /// Stores a notification named `name` about `job` with `body` for `url`
@@ -80,8 +90,13 @@ impl Outbox {
         job: &str,
         url: &str,
         mut body: serde_json::Value,
-        hook: Option<&crate::hooks::Hook>,
+        via: Option<Via<'_>>,
     ) -> io::Result<()> {
+        let hook = match via {
+            Some(Via::Hook(hook)) => Some(hook),
+            _ => None,
+        };
+        let command = matches!(via, Some(Via::Command));
         let created_ms = jiff::Timestamp::now().as_millisecond();
         // Ordered by name as they were made (the sequence), unique across lives (the random part).
         static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -93,7 +108,8 @@ impl Outbox {
         }
         let delivery = Delivery {
             id,
-            url: url.to_string(),
+            url: if command { String::new() } else { url.to_string() },
+            command: command.then(|| url.to_string()),
             job: job.to_string(),
             event: name.to_string(),
             body,
@@ -112,6 +128,22 @@ impl Outbox {
     /// Notifications waiting to be sent.
     pub fn pending(&self) -> usize {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// How a notification is sent when it is not POSTed to a rule's URL.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// To a Kudu web hook (its body is Kudu's own).
+    Hook(&'a crate::hooks::Hook),
+    /// By running the command given as the receiver.
+    Command,
+}
+
+impl Delivery {
+    /// Who receives it: its URL or its command (a key for order and back-off).
+    pub fn receiver(&self) -> &str {
+        self.command.as_deref().unwrap_or(&self.url)
     }
 }
 
@@ -171,6 +203,7 @@ pub async fn send_forever(
     outbox: std::sync::Arc<Outbox>,
     secret: Option<String>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    commands: Commands,
 ) {
     let builder =
         || reqwest::Client::builder().timeout(TIMEOUT).user_agent(concat!("webjobs/", env!("CARGO_PKG_VERSION")));
@@ -183,26 +216,37 @@ pub async fn send_forever(
             return;
         }
     };
+    let commands = std::sync::Arc::new(commands);
     // Receivers that failed: failures in a row, and when to try again.
     let mut down: HashMap<String, (u32, tokio::time::Instant)> = HashMap::new();
+    // Deliveries under way, each on its own (a slow receiver or a hanging
+    // command holds up only its own job's next ones to it).
+    let mut running: tokio::task::JoinSet<(Delivery, Outcome)> = tokio::task::JoinSet::new();
+    let mut busy: HashSet<(String, String)> = HashSet::new();
     loop {
-        let now = tokio::time::Instant::now();
-        let batch = heads(&outbox, &down, now);
-        let sent = futures_util::future::join_all(batch.iter().map(|d| {
-            let client = if d.insecure_ssl { &clients.1 } else { &clients.0 };
-            send(client, secret.as_deref(), d)
-        }))
-        .await;
-        for (delivery, outcome) in batch.into_iter().zip(sent) {
-            settle(&outbox, &mut down, delivery, outcome, &metrics);
+        let notified = outbox.wake.notified();
+        let room = PARALLEL.saturating_sub(running.len());
+        for d in heads(&outbox, &down, &busy, tokio::time::Instant::now(), room) {
+            busy.insert((d.job.clone(), d.receiver().to_string()));
+            let client = if d.insecure_ssl { clients.1.clone() } else { clients.0.clone() };
+            let (secret, commands, dir) = (secret.clone(), commands.clone(), outbox.dir.clone());
+            running.spawn(async move {
+                let outcome = match &d.command {
+                    Some(command) => run_command(command, &d, &commands, &dir).await,
+                    None => send(&client, secret.as_deref(), &d).await,
+                };
+                (d, outcome)
+            });
         }
         metrics.notifications_pending(outbox.pending());
-        let next = down.values().map(|(_, at)| *at).min();
-        let notified = outbox.wake.notified();
-        if !heads(&outbox, &down, tokio::time::Instant::now()).is_empty() {
-            continue;
-        }
+        let next = down.values().map(|(_, at)| *at).filter(|at| *at > tokio::time::Instant::now()).min();
         tokio::select! {
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok((delivery, outcome)) = done {
+                    busy.remove(&(delivery.job.clone(), delivery.receiver().to_string()));
+                    settle(&outbox, &mut down, delivery, outcome, &metrics);
+                }
+            }
             () = notified => {}
             () = async {
                 match next {
@@ -218,24 +262,109 @@ pub async fn send_forever(
 fn heads(
     outbox: &Outbox,
     down: &HashMap<String, (u32, tokio::time::Instant)>,
+    busy: &HashSet<(String, String)>,
     now: tokio::time::Instant,
+    room: usize,
 ) -> Vec<Delivery> {
     let queue = outbox.queue.lock().unwrap_or_else(|e| e.into_inner());
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut batch = Vec::new();
     for d in queue.iter() {
-        if !seen.insert((d.job.as_str(), d.url.as_str())) {
+        if batch.len() >= room {
+            break;
+        }
+        if !seen.insert((d.job.as_str(), d.receiver())) {
             continue;
         }
-        if down.get(&d.url).is_some_and(|(_, at)| *at > now) {
+        if busy.contains(&(d.job.clone(), d.receiver().to_string())) {
+            continue;
+        }
+        if down.get(d.receiver()).is_some_and(|(_, at)| *at > now) {
             continue;
         }
         batch.push(d.clone());
-        if batch.len() == PARALLEL {
-            break;
-        }
     }
     batch
+}
+
+/// What running notification commands needs.
+pub struct Commands {
+    /// The data folder (runs' outputs and results are named to the command).
+    pub data_dir: PathBuf,
+    pub instance: String,
+    /// The daemon's run marker prefix: a command left running by a daemon
+    /// that was killed is stopped by the next, as runs are.
+    pub marker_prefix: String,
+}
+
+/// How long a notification command may run before the stop protocol ends it.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between SIGTERM and SIGKILL for a command over its time.
+const COMMAND_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a notification command: `/bin/sh -c COMMAND`, the body on stdin, the
+/// run's facts in the environment, its output in `data/outbox/commands.log`.
+async fn run_command(command: &str, delivery: &Delivery, commands: &Commands, dir: &Path) -> Outcome {
+    let stdin = dir.join(format!(".stdin-{}", delivery.id));
+    if let Err(e) = std::fs::write(&stdin, serde_json::to_vec(&delivery.body).unwrap_or_default()) {
+        return Outcome::Retry(format!("cannot write the command's stdin: {e}"));
+    }
+    let text = |key: &str| delivery.body[key].as_str().unwrap_or_default().to_string();
+    let run_dir = commands.data_dir.join("jobs").join("triggered").join(&delivery.job).join(text("run"));
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = vec![
+        ("WEBJOBS_EVENT".into(), delivery.event.clone().into()),
+        ("WEBJOBS_JOB_NAME".into(), delivery.job.clone().into()),
+        ("WEBJOBS_RUN_ID".into(), text("run").into()),
+        ("WEBJOBS_RUN_STATUS".into(), text("status").into()),
+        ("WEBJOBS_EXIT_CODE".into(), delivery.body["detail"]["ExitCode"].to_string().replace("null", "").into()),
+        ("WEBJOBS_OUTPUT_TAIL".into(), text("output_tail").into()),
+    ];
+    if !text("run").is_empty() {
+        env.push(("WEBJOBS_OUTPUT_PATH".into(), run_dir.join(crate::layout::OUTPUT_LOG).into()));
+        let result = run_dir.join(crate::layout::RUN_RESULT);
+        if result.exists() {
+            env.push(("WEBJOBS_RESULT_FILE".into(), result.into()));
+        }
+    }
+    let process = crate::process::Command {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), command.into()],
+        cwd: commands.data_dir.clone(),
+        env,
+        marker: format!("{}notify/{}", commands.marker_prefix, delivery.id),
+        inherit: None,
+        stdin: Some(stdin.clone()),
+    };
+    let mut log = crate::logs::LogFile::lazy(
+        &dir.join("commands.log"),
+        &commands.instance,
+        Some(crate::logs::Rotation { max_size: 1024 * 1024, keep: 1 }),
+    );
+    let shutdown_file = dir.join(format!(".shutdown-{}", delivery.id));
+    let outcome = match crate::run::Run::start(&process, shutdown_file, 64 * 1024, None, COMMAND_GRACE) {
+        Err(e) => Outcome::Retry(format!("cannot start the command: {e}")),
+        Ok(mut run) => {
+            let what = format!("notification {} ({} of {})", delivery.id, delivery.event, delivery.job);
+            log.sys(crate::logs::Level::SysInfo, &format!("{what}: started process {}: {command}", run.pid));
+            let timed_out = tokio::time::timeout(COMMAND_TIMEOUT, run.over(&mut log)).await.is_err();
+            if timed_out {
+                let why = format!("the command took longer than {} s", COMMAND_TIMEOUT.as_secs());
+                run.begin_stop(&mut log, COMMAND_GRACE, &why);
+                run.over(&mut log).await;
+            }
+            log.sys(crate::logs::Level::SysInfo, &format!("{what}: {}", run.describe_exit()));
+            match (timed_out, run.exit_status().and_then(|s| s.code())) {
+                (true, _) => {
+                    Outcome::Retry(format!("the command did not end within {} s; stopped", COMMAND_TIMEOUT.as_secs()))
+                }
+                (false, Some(0)) => Outcome::Delivered,
+                _ => Outcome::Retry(format!("the command ended with {}", run.describe_exit())),
+            }
+        }
+    };
+    log.flush();
+    let _ = std::fs::remove_file(&stdin);
+    outcome
 }
 
 async fn send(client: &reqwest::Client, secret: Option<&str>, delivery: &Delivery) -> Outcome {
@@ -290,16 +419,16 @@ fn settle(
     delivery.attempts += 1;
     match outcome {
         Outcome::Delivered => {
-            down.remove(&delivery.url);
+            down.remove(delivery.receiver());
             let _ = std::fs::remove_file(file(&outbox.dir, &delivery.id));
             done(outbox, &delivery.id);
             metrics.notification("delivered");
         }
         Outcome::Retry(why) if jiff::Timestamp::now().as_millisecond() - delivery.created_ms < GIVE_UP_AFTER_MS => {
-            let failures = down.get(&delivery.url).map_or(0, |(n, _)| *n) + 1;
-            down.insert(delivery.url.clone(), (failures, tokio::time::Instant::now() + backoff(failures)));
+            let failures = down.get(delivery.receiver()).map_or(0, |(n, _)| *n) + 1;
+            down.insert(delivery.receiver().to_string(), (failures, tokio::time::Instant::now() + backoff(failures)));
             if failures == 1 {
-                tracing::warn!(url = %delivery.url, error = %why, "a notification receiver failed; trying again with back-off");
+                tracing::warn!(receiver = %delivery.receiver(), error = %why, "a notification receiver failed; trying again with back-off");
             }
             delivery.last_error = Some(why);
             let _ = write(&outbox.dir, &delivery);
@@ -309,7 +438,7 @@ fn settle(
             }
         }
         Outcome::Retry(why) | Outcome::GiveUp(why) => {
-            tracing::error!(url = %delivery.url, id = %delivery.id, error = %why, "a notification was given up");
+            tracing::error!(receiver = %delivery.receiver(), id = %delivery.id, error = %why, "a notification was given up");
             if let (Some(hook), true) = (&delivery.hook, why.contains("answered 410"))
                 && let Some(data_dir) = outbox.dir.parent()
             {
@@ -369,7 +498,7 @@ mod tests {
         let key = crate::key::JobKey { kind: crate::key::JobKind::Triggered, name: "a".into() };
         for status in ["Failed", "Success"] {
             let event = crate::events::Event::about(&key, "run.ended").status(status);
-            outbox.add("x", &event, "http://127.0.0.1:9/").unwrap();
+            outbox.add("x", &event, &crate::notify::Target::Url("http://127.0.0.1:9/".into())).unwrap();
         }
         let again = Outbox::open(d.path());
         let statuses: Vec<_> =

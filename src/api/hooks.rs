@@ -86,7 +86,9 @@ pub async fn unsubscribe(State(state): State<ApiState>, Path(id): Path<String>) 
 /// Stores a notification of `event` with `body` for every hook subscribed to it.
 fn notify(state: &ApiState, event: &str, job: &str, body: &serde_json::Value) {
     for hook in hooks::subscribed(&state.config.data_dir, event) {
-        if let Err(e) = state.shared.outbox.add_body(event, job, &hook.url, body.clone(), Some(&hook)) {
+        if let Err(e) =
+            state.shared.outbox.add_body(event, job, &hook.url, body.clone(), Some(crate::outbox::Via::Hook(&hook)))
+        {
             tracing::error!(hook = %hook.id, error = %e, "cannot store a web hook notification");
         }
     }

@@ -311,6 +311,8 @@ struct Actor {
     /// run is over, and who waits for its answer.
     replacement: Option<(Slot, Option<RunReply>)>,
     exiting: bool,
+    /// The last run that ended failed or was aborted (for `recovered`).
+    failing: bool,
 }
 
 impl Actor {
@@ -353,6 +355,7 @@ impl Actor {
             waiters: Vec::new(),
             replacement: None,
             exiting: false,
+            failing: false,
         }))
     }
 
@@ -366,6 +369,7 @@ impl Actor {
             .into_iter()
             .next()
             .and_then(|id| history::read_status(&self.data_dir.join(&id)).map(|s| (id, s)));
+        self.failing = latest.as_ref().is_some_and(|(_, s)| matches!(s.status, RunState::Failed | RunState::Aborted));
         self.publish_run(latest);
         let disabled = self.def().disabled;
         self.summary.send_modify(|s| s.disabled = disabled);
@@ -636,21 +640,54 @@ impl Actor {
             .status(status.status.as_str())
             .detail(status);
         self.tell(event);
+        if kind == "run.ended" {
+            // "recovered": the first success after failed (or aborted) runs.
+            let recovered = status.status == RunState::Success && self.failing;
+            match status.status {
+                RunState::Failed | RunState::Aborted => self.failing = true,
+                RunState::Success => self.failing = false,
+                _ => {}
+            }
+            if recovered {
+                let event = events::Event::about(&self.key, "job.recovered").run(id).status("Success").detail(status);
+                self.tell(event);
+            }
+        }
     }
 
     /// Publishes `event`, and stores a notification for each `notify` rule
     /// (the job's, then the daemon's) that wants it.
-    fn tell(&mut self, event: events::Event) {
+    fn tell(&mut self, mut event: events::Event) {
         if let Some(name) = crate::notify::name_of(event.kind, event.status.as_deref()) {
             let own = self.definition.good.as_ref().map(|j| j.settings.notify.clone()).unwrap_or_default();
-            for rule in own.iter().chain(&self.config.notify).filter(|r| r.wants(name)) {
-                if let Err(e) = self.shared.outbox.add(name, &event, &rule.url) {
-                    let text = format!("cannot store the {name} notification for {}: {e}", rule.url);
+            let rules: Vec<&crate::notify::Rule> =
+                own.iter().chain(&self.config.notify).filter(|r| r.wants(name)).collect();
+            if !rules.is_empty() && event.run.is_some() && event.kind != "run.started" {
+                event.output_tail = self.output_tail(event.run.as_deref().unwrap_or_default());
+            }
+            for rule in rules {
+                if let Err(e) = self.shared.outbox.add(name, &event, &rule.target) {
+                    let text = format!("cannot store the {name} notification: {e}");
                     self.scheduler_log.sys(Level::SysError, &text);
                 }
             }
+            // The stream's listeners read the output themselves.
+            event.output_tail = None;
         }
         self.shared.events.publish(event);
+    }
+
+    /// The last lines of run `id`'s output (at most 20, 4 KiB), for notifications.
+    fn output_tail(&self, id: &str) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(self.data_dir.join(id).join(crate::layout::OUTPUT_LOG)).ok()?;
+        let len = file.metadata().ok()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+        let mut text = String::new();
+        file.take(4096).read_to_string(&mut text).ok()?;
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(20).max(usize::from(len > 4096));
+        Some(lines[from..].join("\n"))
     }
 
     fn publish_run(&mut self, latest: Option<(String, RunStatus)>) {

@@ -212,3 +212,54 @@ fn kudus_web_hooks_subscribe_get_the_finished_run_and_deploys_and_a_410_unsubscr
     assert_eq!(http.send("DELETE", "/api/hooks/gone", &[], b"").status, 200, "200 also when absent, as in Kudu");
     daemon.stop();
 }
+
+#[test]
+fn a_command_hears_a_failure_and_the_recovery_with_the_runs_facts_and_a_hanging_one_delays_nothing() {
+    let root = Root::new();
+    let out = root.path().join("heard");
+    std::fs::create_dir_all(&out).unwrap();
+    let record = format!(
+        "cat > {0}/$WEBJOBS_EVENT-$WEBJOBS_RUN_ID.json; env | grep ^WEBJOBS_ > {0}/$WEBJOBS_EVENT-$WEBJOBS_RUN_ID.env",
+        out.display()
+    );
+    let settings = serde_json::json!({"notify": [
+        {"on": ["failed", "recovered"], "command": record},
+        {"on": ["succeeded"], "command": "exec sleep 1000"},
+    ]});
+    root.job(
+        "triggered",
+        "flip",
+        &[("run.sh", "echo \"line of $1\"; exit \"$1\"\n"), ("settings.job", &settings.to_string())],
+    );
+    let daemon = root.start();
+    assert_eq!(root.cli(&["run", "flip", "--wait", "--", "3"]).status.code(), Some(6));
+    let failed_run = root.runs("flip").pop().unwrap();
+    let env_file = out.join(format!("failed-{failed_run}.env"));
+    wait_for("the failed notification", Duration::from_secs(10), || {
+        env_file.exists() && read(&env_file).contains("WEBJOBS_OUTPUT_TAIL")
+    });
+    let env = read(&env_file);
+    assert!(env.contains("WEBJOBS_RUN_STATUS=Failed"), "{env}");
+    assert!(env.contains("WEBJOBS_EXIT_CODE=3"), "{env}");
+    assert!(env.contains("WEBJOBS_JOB_NAME=flip"), "{env}");
+    let output_path = env.lines().find_map(|l| l.strip_prefix("WEBJOBS_OUTPUT_PATH=")).unwrap().to_string();
+    assert!(read(std::path::Path::new(&output_path)).contains("line of 3"));
+    assert!(env.contains("WEBJOBS_OUTPUT_TAIL="), "{env}");
+    let body: serde_json::Value = serde_json::from_str(&read(&out.join(format!("failed-{failed_run}.json")))).unwrap();
+    assert_eq!(body["event"], "failed");
+    let tail = body["output_tail"].as_str().unwrap();
+    assert!(tail.ends_with("exit code 3") || tail.contains("] line of 3"), "{tail}");
+    assert_eq!(body["detail"]["ExitCode"], 3);
+    // The next success is a recovery; its "succeeded" command hangs, and
+    // delays neither this run's end nor the next run.
+    let started = std::time::Instant::now();
+    assert!(root.cli(&["run", "flip", "--wait", "--", "0"]).status.success());
+    let recovered_run = root.runs("flip").pop().unwrap();
+    let recovered = out.join(format!("recovered-{recovered_run}.json"));
+    wait_for("the recovered notification", Duration::from_secs(10), || recovered.exists());
+    assert!(root.cli(&["run", "flip", "--wait", "--", "0"]).status.success());
+    assert!(started.elapsed() < Duration::from_secs(10), "a hanging notification command held up runs");
+    let listed = stdout(&root.cli(&["notifications", "--json"]));
+    assert!(listed.contains("exec sleep 1000"), "the hanging one waits, visible: {listed}");
+    assert_eq!(daemon.stop().code(), Some(0));
+}
