@@ -87,6 +87,9 @@ struct Actor {
     status_file: status::Record,
     /// The status last told to listeners ([`crate::events`]).
     published: Option<JobStatus>,
+    /// When the recent restarts were, and whether a crash loop was told.
+    restarts_at: std::collections::VecDeque<tokio::time::Instant>,
+    looping: bool,
     log: LogFile,
     status: ContinuousStatus,
     rx: crate::actor::Mailbox<Control>,
@@ -119,6 +122,8 @@ impl Actor {
             data_dir,
             status_file: status::Record::default(),
             published: None,
+            restarts_at: Default::default(),
+            looping: false,
             log,
             rx: inbox.rx,
             status_tx: inbox.state,
@@ -203,8 +208,11 @@ impl Actor {
             Control::Update { def, config } => {
                 let before = self.definition.good.clone();
                 self.config = config;
-                self.definition.update(def);
+                let invalid = self.definition.update(def);
                 self.report_problems();
+                if let Some(errors) = invalid {
+                    self.tell(self.definition.invalid_event(errors));
+                }
                 self.persist();
                 match self.wanted() {
                     Wanted::Stopped(reason) => Next::Stop(reason),
@@ -235,11 +243,16 @@ impl Actor {
             }
         };
         let grace = job.settings.stopping_wait_time;
+        let recovered_after = job.settings.crash_loop.recovered_after;
+        let stable_at = tokio::time::Instant::now() + recovered_after;
         // Set once we stop the run ourselves: the status it ends in.
         let mut then: Option<JobStatus> = None;
         loop {
             tokio::select! {
                 () = run.over(&mut self.log) => break,
+                () = tokio::time::sleep_until(stable_at), if self.looping && then.is_none() => {
+                    self.recovered(recovered_after);
+                }
                 control = self.rx.recv(), if !self.exiting => {
                     let control = control.unwrap_or(Control::Shutdown { why: "daemon stopping" });
                     let (why, status) = match self.apply(control) {
@@ -346,6 +359,7 @@ impl Actor {
         }
         let delay = restart_delay(job, &self.config, self.backoff_step);
         self.backoff_step = self.backoff_step.saturating_add(1);
+        self.count_restart(job.settings.crash_loop);
         let due = SystemTime::now() + delay;
         self.log.sys(Level::SysInfo, &format!("restarting in {}", human(delay)));
         self.set_status(JobStatus::PendingRestart, |s| {
@@ -364,6 +378,36 @@ impl Actor {
                 Next::Restart(_) | Next::Stop(_) | Next::Exit(_) => return,
             }
         }
+    }
+
+    /// Notes a restart; enough of them within the window is a crash loop, told once.
+    fn count_restart(&mut self, crash_loop: crate::settings::CrashLoop) {
+        let now = tokio::time::Instant::now();
+        self.restarts_at.push_back(now);
+        while self.restarts_at.front().is_some_and(|at| now.duration_since(*at) > crash_loop.within) {
+            self.restarts_at.pop_front();
+        }
+        while self.restarts_at.len() > crash_loop.restarts as usize {
+            self.restarts_at.pop_front();
+        }
+        if !self.looping && self.restarts_at.len() >= crash_loop.restarts as usize {
+            self.looping = true;
+            let text = format!("crash loop: {} restarts within {}", self.restarts_at.len(), human(crash_loop.within));
+            self.log.sys(Level::SysError, &text);
+            let detail =
+                serde_json::json!({"restarts": self.restarts_at.len(), "within_seconds": crash_loop.within.as_secs()});
+            let event = crate::events::Event::about(&self.key, "job.crash_loop").status("CrashLoop").detail(detail);
+            self.tell(event);
+        }
+    }
+
+    /// A process ran long enough after a crash loop: the job has recovered.
+    fn recovered(&mut self, after: Duration) {
+        self.looping = false;
+        self.restarts_at.clear();
+        self.log.sys(Level::SysInfo, &format!("recovered: the process has run for {}", human(after)));
+        let event = crate::events::Event::about(&self.key, "job.recovered").status("Running");
+        self.tell(event.detail(serde_json::json!({"ran_seconds": after.as_secs()})));
     }
 
     /// Takes (or keeps) the singleton lock when the job asks for one.
@@ -417,6 +461,12 @@ impl Actor {
         self.persist();
     }
 
+    /// Publishes `event` and notifies who wants it (see [`crate::actor::tell`]).
+    fn tell(&mut self, event: crate::events::Event) {
+        let own = self.definition.notify_rules();
+        crate::actor::tell(&self.shared, &own, &self.config.notify, event, None, &mut self.log);
+    }
+
     fn persist(&mut self) {
         self.status.updated = format_time(SystemTime::now());
         self.status_tx.send_replace(self.status.clone());
@@ -424,7 +474,7 @@ impl Actor {
         if self.published != Some(self.status.status) {
             self.published = Some(self.status.status);
             let event = crate::events::Event::about(&self.key, "job.status").status(self.status.status.as_str());
-            self.shared.events.publish(event.detail(&self.status));
+            self.tell(event.detail(&self.status));
         }
         match status::write(&self.data_dir, &self.status, &mut self.status_file) {
             Ok(()) => crate::repeats::clear("status file", &self.key),

@@ -7,7 +7,19 @@ use serde_json::Value;
 use crate::problems::Reader;
 
 /// What a rule can be told about (`"on": [...]`); `*` is every one.
-pub const EVENTS: &[&str] = &["started", "succeeded", "failed", "aborted", "cancelled", "dead", "recovered"];
+pub const EVENTS: &[&str] = &[
+    "started",
+    "succeeded",
+    "failed",
+    "aborted",
+    "cancelled",
+    "dead",
+    "recovered",
+    "crash_loop",
+    "invalid",
+    "skipped",
+    "missed",
+];
 
 /// One `notify` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +55,10 @@ pub fn name_of(kind: &str, status: Option<&str>) -> Option<&'static str> {
         ("run.ended", Some("Cancelled")) => Some("cancelled"),
         ("run.dead", _) => Some("dead"),
         ("job.recovered", _) => Some("recovered"),
+        ("job.crash_loop", _) => Some("crash_loop"),
+        ("job.invalid", _) => Some("invalid"),
+        ("tick.skipped", _) => Some("skipped"),
+        ("tick.missed", _) => Some("missed"),
         _ => None,
     }
 }

@@ -79,6 +79,8 @@ pub struct Settings {
     pub catch_up: CatchUp,
     pub restart_delay: Duration,
     pub max_restart_delay: Duration,
+    /// When a continuous job is in a crash loop, and when it has recovered.
+    pub crash_loop: CrashLoop,
     pub env: BTreeMap<String, String>,
     pub run_mode: RunMode,
     /// `memory_max`, `cpu_max`, `tasks_max`: the run's cgroup limits.
@@ -100,7 +102,7 @@ pub struct Loaded {
 }
 
 const KNOWN_KEYS: &str = "schedule, is_singleton, stopping_wait_time, is_in_place, timezone, timeout, \
-    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, max_parallel, trigger, overlap, catch_up, restart_delay, max_restart_delay, env, run_mode, \
+    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, max_parallel, trigger, overlap, catch_up, restart_delay, max_restart_delay, crash_loop, env, run_mode, \
     memory_max, cpu_max, tasks_max, notify";
 
 /// The largest `settings.job` read (a bigger one is an error, not a memory hog).
@@ -130,6 +132,7 @@ impl Settings {
             catch_up: CatchUp::MaxAge(Duration::from_secs(600)),
             restart_delay: Duration::from_millis(500),
             max_restart_delay: Duration::from_secs(60),
+            crash_loop: CrashLoop::default(),
             env: BTreeMap::new(),
             run_mode: match kind {
                 JobKind::Continuous => RunMode::Continuous,
@@ -289,6 +292,7 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
     };
     read_catch_up(r, s);
     read_trigger(r, s);
+    read_crash_loop(r, s);
     if let Some(d) = r.seconds("restart_delay") {
         s.restart_delay = d;
     }
@@ -371,6 +375,37 @@ fn read_catch_up<'a>(r: &mut Reader<'a>, s: &mut Settings) {
             return;
         }
     };
+}
+
+/// A continuous job is in a crash loop after `restarts` restarts `within` a
+/// window; it has recovered once a process has run `recovered_after` since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashLoop {
+    pub restarts: u32,
+    pub within: Duration,
+    pub recovered_after: Duration,
+}
+
+impl Default for CrashLoop {
+    fn default() -> Self {
+        CrashLoop { restarts: 5, within: Duration::from_secs(600), recovered_after: Duration::from_secs(60) }
+    }
+}
+
+fn read_crash_loop<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    let Some(map) = r.object("crash_loop") else { return };
+    let mut cr = Reader::nested(r.file(), "crash_loop".into(), map);
+    if let Some(n) = cr.integer("restarts", 2, 1_000_000) {
+        s.crash_loop.restarts = n as u32;
+    }
+    if let Some(d) = cr.seconds("within") {
+        s.crash_loop.within = d;
+    }
+    if let Some(d) = cr.seconds("recovered_after") {
+        s.crash_loop.recovered_after = d;
+    }
+    cr.deny_unknown("restarts, within, recovered_after");
+    r.absorb(cr);
 }
 
 fn read_trigger<'a>(r: &mut Reader<'a>, s: &mut Settings) {

@@ -24,12 +24,30 @@ impl Definition {
         Definition { good: def.runnable(), def, reported: Vec::new() }
     }
 
-    /// Takes in a new reading of the job's files.
-    pub fn update(&mut self, def: Arc<JobDef>) {
+    /// Takes in a new reading of the job's files; returns the errors when
+    /// the files just became invalid (they had none before).
+    pub fn update(&mut self, def: Arc<JobDef>) -> Option<Vec<String>> {
+        let was_valid = self.def.errors().is_empty();
         if let Some(job) = def.runnable() {
             self.good = Some(job);
         }
         self.def = def;
+        let errors = self.def.errors();
+        (was_valid && !errors.is_empty()).then_some(errors)
+    }
+
+    /// The `job.invalid` event of `errors`: the files are wrong (the last
+    /// valid definition, if any, goes on running).
+    pub fn invalid_event(&self, errors: Vec<String>) -> crate::events::Event {
+        let kept = self.good.is_some();
+        crate::events::Event::about(&self.def.key, "job.invalid")
+            .status("Invalid")
+            .detail(serde_json::json!({"errors": errors, "last_valid_kept": kept}))
+    }
+
+    /// The job's own notification rules (of the last valid definition).
+    pub fn notify_rules(&self) -> Vec<crate::notify::Rule> {
+        self.good.as_ref().map(|j| j.settings.notify.clone()).unwrap_or_default()
     }
 
     /// What is wrong with the files, said the same way by both kinds of job.

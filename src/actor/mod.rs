@@ -60,3 +60,45 @@ pub fn channels<C, S>(initial: S) -> (Handle<C, S>, Inbox<C, S>) {
     let (state_tx, state) = watch::channel(initial);
     (Handle { tx, state }, Inbox { rx: Mailbox(rx), state: state_tx })
 }
+
+/// Publishes `event`, and stores a notification for each `notify` rule (the
+/// job's `own`, then the daemon's) that wants it; with `run_dir`, a run's end
+/// carries the last lines of its output. A notification that cannot be
+/// stored is said in `log`.
+pub fn tell(
+    shared: &Shared,
+    own: &[crate::notify::Rule],
+    daemon: &[crate::notify::Rule],
+    mut event: crate::events::Event,
+    run_dir: Option<&std::path::Path>,
+    log: &mut crate::logs::LogFile,
+) {
+    if let Some(name) = crate::notify::name_of(event.kind, event.status.as_deref()) {
+        let rules: Vec<&crate::notify::Rule> = own.iter().chain(daemon).filter(|r| r.wants(name)).collect();
+        if !rules.is_empty() {
+            event.output_tail = run_dir.and_then(output_tail);
+        }
+        for rule in rules {
+            if let Err(e) = shared.outbox.add(name, &event, &rule.target) {
+                log.sys(crate::logs::Level::SysError, &format!("cannot store the {name} notification: {e}"));
+            }
+        }
+        // The stream's listeners read the output themselves.
+        event.output_tail = None;
+    }
+    shared.events.publish(event);
+}
+
+/// The last lines of a run's output (at most 20, from its last 4 KiB).
+fn output_tail(run_dir: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(run_dir.join(crate::layout::OUTPUT_LOG)).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut text = String::new();
+    file.take(4096).read_to_string(&mut text).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    // A partial first line (the read began mid-file) is left out.
+    let from = lines.len().saturating_sub(20).max(usize::from(len > 4096));
+    Some(lines[from..].join("\n"))
+}

@@ -491,8 +491,11 @@ impl Actor {
             self.def().disabled,
         );
         self.config = config;
-        self.definition.update(def);
+        let invalid = self.definition.update(def);
         self.definition.report(&mut self.scheduler_log);
+        if let Some(errors) = invalid {
+            self.tell(self.definition.invalid_event(errors));
+        }
         let disabled = self.def().disabled;
         if disabled != before.3 {
             self.on_disabled_changed();
@@ -610,6 +613,8 @@ impl Actor {
                     let text = format!("schedule tick skipped: {why} (overlap: skip)");
                     active.log.sys(Level::SysWarn, &text);
                     self.scheduler_log.sys(Level::SysWarn, &text);
+                    let event = events::Event::about(&self.key, "tick.skipped").status("Skipped");
+                    self.tell(event.detail(serde_json::json!({"reason": why})));
                 }
                 Err(Refused::Running(why))
             }
@@ -655,39 +660,14 @@ impl Actor {
         }
     }
 
-    /// Publishes `event`, and stores a notification for each `notify` rule
-    /// (the job's, then the daemon's) that wants it.
-    fn tell(&mut self, mut event: events::Event) {
-        if let Some(name) = crate::notify::name_of(event.kind, event.status.as_deref()) {
-            let own = self.definition.good.as_ref().map(|j| j.settings.notify.clone()).unwrap_or_default();
-            let rules: Vec<&crate::notify::Rule> =
-                own.iter().chain(&self.config.notify).filter(|r| r.wants(name)).collect();
-            if !rules.is_empty() && event.run.is_some() && event.kind != "run.started" {
-                event.output_tail = self.output_tail(event.run.as_deref().unwrap_or_default());
-            }
-            for rule in rules {
-                if let Err(e) = self.shared.outbox.add(name, &event, &rule.target) {
-                    let text = format!("cannot store the {name} notification: {e}");
-                    self.scheduler_log.sys(Level::SysError, &text);
-                }
-            }
-            // The stream's listeners read the output themselves.
-            event.output_tail = None;
-        }
-        self.shared.events.publish(event);
-    }
-
-    /// The last lines of run `id`'s output (at most 20, 4 KiB), for notifications.
-    fn output_tail(&self, id: &str) -> Option<String> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = std::fs::File::open(self.data_dir.join(id).join(crate::layout::OUTPUT_LOG)).ok()?;
-        let len = file.metadata().ok()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
-        let mut text = String::new();
-        file.take(4096).read_to_string(&mut text).ok()?;
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(20).max(usize::from(len > 4096));
-        Some(lines[from..].join("\n"))
+    /// Publishes `event` and notifies who wants it (see [`crate::actor::tell`]).
+    fn tell(&mut self, event: events::Event) {
+        let own = self.definition.notify_rules();
+        let run_dir = match (&event.run, event.kind) {
+            (Some(run), kind) if kind != "run.started" => Some(self.data_dir.join(run)),
+            _ => None,
+        };
+        crate::actor::tell(&self.shared, &own, &self.config.notify, event, run_dir.as_deref(), &mut self.scheduler_log);
     }
 
     fn publish_run(&mut self, latest: Option<(String, RunStatus)>) {

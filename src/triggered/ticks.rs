@@ -134,6 +134,10 @@ impl Actor {
                 human(age)
             ),
         );
+        let event =
+            crate::events::Event::about(&self.key, "tick.missed").status(if run { "CaughtUp" } else { "Missed" });
+        let detail = serde_json::json!({"missed": missed, "newest": newest.to_string(), "caught_up": run});
+        self.tell(event.detail(detail));
         if run {
             self.fire(newest, &schedule, Some(format!(" (missed tick at {newest})"))).await;
         } else {

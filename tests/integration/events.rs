@@ -147,50 +147,53 @@ fn webjobs_events_follows_the_stream_until_the_daemon_stops() {
     root.job("triggered", "hello", &[("run.sh", "echo hello\n")]);
     root.job("triggered", "other", &[("run.sh", "echo other\n")]);
     let daemon = root.start();
-    let mut follower = Command::new(BIN)
-        .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap()])
-        .args(["events", "--job", "hello", "--json"])
-        .env("WEBJOBS_INSTANCE_ID", &root.instance)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut text = Command::new(BIN)
-        .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap()])
-        .args(["events", "--type", "run.ended"])
-        .env("WEBJOBS_INSTANCE_ID", &root.instance)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Connected once a run started meanwhile shows up in the stream.
-    let lines = BufReader::new(follower.stdout.take().unwrap()).lines();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let follow = |args: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(["--root", root.path().to_str().unwrap(), "--config", root.config_path().to_str().unwrap()])
+            .arg("events")
+            .args(args)
+            .env("WEBJOBS_INSTANCE_ID", &root.instance)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    };
+    let (mut json, json_lines) = follow(&["--job", "hello", "--json"]);
+    let (mut text, text_lines) = follow(&["--type", "run.ended"]);
+    // Both are connected once a run started meanwhile shows up in their streams.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen: Vec<serde_json::Value> = Vec::new();
-    while !seen.iter().any(|e| e["type"] == "run.ended") {
-        assert!(Instant::now() < deadline, "no run.ended of hello in 20 s: {seen:?}");
+    let (mut seen, mut out): (Vec<serde_json::Value>, Vec<String>) = (Vec::new(), Vec::new());
+    let hello_ended = |out: &[String]| out.iter().any(|l| l.contains("triggered/hello") && l.contains("Success"));
+    while !seen.iter().any(|e| e["type"] == "run.ended") || !hello_ended(&out) {
+        assert!(Instant::now() < deadline, "no run.ended of hello in 20 s: {seen:?} {out:?}");
         assert!(root.cli(&["run", "other", "--wait"]).status.success());
         assert!(root.cli(&["run", "hello", "--wait"]).status.success());
-        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        std::thread::sleep(Duration::from_millis(200));
+        for line in json_lines.try_iter() {
             let event: serde_json::Value = serde_json::from_str(&line).unwrap();
             assert_eq!(event["job"], "hello", "--job keeps one job's events: {event}");
             seen.push(event);
         }
+        out.extend(text_lines.try_iter());
     }
     let ended = seen.iter().find(|e| e["type"] == "run.ended").unwrap();
     assert_eq!(ended["status"], "Success", "{seen:?}");
     daemon.stop();
-    // The stream ends with the daemon, and so does the command, successfully.
-    let status = wait_child(&mut follower, Duration::from_secs(20), "webjobs events");
-    assert!(status.success(), "{status:?}");
-    assert!(wait_child(&mut text, Duration::from_secs(20), "webjobs events").success());
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut text.stdout.take().unwrap(), &mut out).unwrap();
-    let ended: Vec<&str> = out.lines().filter(|l| l.contains("run.ended")).collect();
-    assert!(ended.iter().any(|l| l.contains("triggered/hello") && l.contains("Success")), "{out}");
-    assert!(out.lines().all(|l| l.contains("run.ended") || l.contains("daemon.")), "--type keeps run.ended: {out}");
+    // The stream ends with the daemon, and so do the commands, successfully.
+    for child in [&mut json, &mut text] {
+        let status = wait_child(child, Duration::from_secs(20), "webjobs events");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "{status:?}: {err}");
+    }
+    out.extend(text_lines.try_iter());
+    assert!(out.iter().all(|l| l.contains("run.ended") || l.contains("daemon.")), "--type keeps run.ended: {out:?}");
 }

@@ -55,6 +55,15 @@ impl Root {
         fs::write(self.config_path(), serde_json::to_string_pretty(config).unwrap()).unwrap();
     }
 
+    /// Merges `extra` keys into the config written already.
+    pub fn add_config(&self, extra: serde_json::Value) {
+        let mut config: serde_json::Value = serde_json::from_str(&read(&self.config_path())).unwrap();
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        self.write_config(&config);
+    }
+
     pub fn job_dir(&self, kind: &str, name: &str) -> PathBuf {
         self.path().join("jobs").join(kind).join(name)
     }

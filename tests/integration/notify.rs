@@ -106,12 +106,12 @@ fn notifications_are_signed_retried_while_the_receiver_fails_and_survive_a_sigki
 
 #[test]
 fn a_receiver_answering_gone_is_given_up_and_a_bad_rule_is_refused() {
+    // The receiver's port is known once it runs: the config is written after.
     let root = Root::new();
     let receiver = Receiver::start(&root, "");
     receiver.answer(410);
     let url = format!("http://127.0.0.1:{}/gone", receiver.port);
-    let config = serde_json::json!({"notify": [{"on": ["*"], "url": url}]});
-    std::fs::write(root.config_path(), config.to_string()).unwrap();
+    root.add_config(serde_json::json!({"notify": [{"on": ["*"], "url": url}]}));
     root.job("triggered", "ok", &[("run.sh", "true\n")]);
     root.job(
         "triggered",
@@ -262,4 +262,53 @@ fn a_command_hears_a_failure_and_the_recovery_with_the_runs_facts_and_a_hanging_
     let listed = stdout(&root.cli(&["notifications", "--json"]));
     assert!(listed.contains("exec sleep 1000"), "the hanging one waits, visible: {listed}");
     assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[test]
+fn a_crash_loop_its_recovery_invalid_files_and_skipped_ticks_are_told() {
+    let root = Root::new();
+    let out = root.path().join("heard");
+    std::fs::create_dir_all(&out).unwrap();
+    // Written whole, then renamed: a reader never sees half of one.
+    let record = format!("cat > {0}/.t-$$ && mv {0}/.t-$$ {0}/$WEBJOBS_EVENT-$WEBJOBS_JOB_NAME.json", out.display());
+    root.add_config(serde_json::json!({"notify": [{"on": ["invalid", "skipped"], "command": record}]}));
+    // Crashes three times, then runs.
+    let counter = root.path().join("starts");
+    let script = format!(
+        "n=$(cat {0} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {0}; [ $n -le 3 ] && exit 1; exec sleep 300\n",
+        counter.display()
+    );
+    let settings = serde_json::json!({
+        "restart_delay": 0.05, "max_restart_delay": 0.05,
+        "crash_loop": {"restarts": 3, "within": 60, "recovered_after": 1},
+        "notify": [{"on": ["crash_loop", "recovered"], "command": record}],
+    });
+    root.job("continuous", "shaky", &[("run.sh", &script), ("settings.job", &settings.to_string())]);
+    root.job(
+        "triggered",
+        "slow",
+        &[("run.sh", "sleep 3\n"), ("settings.job", r#"{"schedule": "* * * * * *", "overlap": "skip"}"#)],
+    );
+    let daemon = root.start();
+    let looped = out.join("crash_loop-shaky.json");
+    wait_for("the crash loop told", Duration::from_secs(20), || looped.exists());
+    let body: serde_json::Value = serde_json::from_str(&read(&looped)).unwrap();
+    assert_eq!(body["detail"]["restarts"], 3, "{body}");
+    assert!(root.log("shaky").contains("crash loop: 3 restarts within 1m"), "{}", root.log("shaky"));
+    let recovered = out.join("recovered-shaky.json");
+    wait_for("the recovery told", Duration::from_secs(20), || recovered.exists());
+    assert!(root.status_is("shaky", "Running"));
+    // A tick while the last run goes on, with overlap: skip.
+    let skipped = out.join("skipped-slow.json");
+    wait_for("a skipped tick told", Duration::from_secs(20), || skipped.exists());
+    let body: serde_json::Value = serde_json::from_str(&read(&skipped)).unwrap();
+    assert!(body["detail"]["reason"].as_str().unwrap().contains("still running"), "{body}");
+    // Files that became invalid (the last valid definition goes on).
+    std::fs::write(root.job_dir("triggered", "slow").join("settings.job"), r#"{"schedule": "nonsense"}"#).unwrap();
+    let invalid = out.join("invalid-slow.json");
+    wait_for("the invalid files told", Duration::from_secs(20), || invalid.exists());
+    let body: serde_json::Value = serde_json::from_str(&read(&invalid)).unwrap();
+    assert!(body["detail"]["errors"][0].as_str().unwrap().contains("schedule"), "{body}");
+    assert_eq!(body["detail"]["last_valid_kept"], true);
+    daemon.stop();
 }
