@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|scale|all] [--quick] [--no-cgroups]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|all] [--quick] [--no-cgroups]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -827,6 +827,132 @@ def http_ok(url):
         return False
 
 
+class Receiver:
+    """A webhook receiver on loopback (a thread): notes when each POST arrived,
+    and answers with `status` (503 while "down")."""
+
+    def __init__(self):
+        import http.server, threading
+        outer = self
+        self.got = []  # (arrival time, body)
+        self.status = 200
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = outer.status
+                if status == 200:
+                    outer.got.append((time.time(), json.loads(body)))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def event_time(body):
+    from datetime import datetime
+    return datetime.strptime(body["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=__import__("datetime").timezone.utc).timestamp()
+
+
+def bench_notify():
+    """Completion (issue 11): run end to webhook received; a backlog after the
+    receiver was down; the event stream to 100 clients."""
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    receiver = Receiver()
+    job = os.path.join(tmp, "jobs", "triggered", "ping")
+    os.makedirs(job)
+    shutil.copy("/bin/true", os.path.join(job, "run"))
+    with open(os.path.join(job, "settings.job"), "w") as f:
+        json.dump({"notify": [{"on": ["succeeded"], "url": receiver.url}]}, f)
+    d = Daemon(tmp, config={"listen": "127.0.0.1:0", "history_size": 100})
+    sock = os.path.join(tmp, "data", "instances", "bench.sock")
+    wait_for(lambda: os.path.exists(sock), 10)
+    s = unix_http(sock)
+    n = 50 if QUICK else 200
+    latency = []
+    for i in range(n):
+        code, body = http(s, "POST", "/api/triggeredwebjobs/ping/run")
+        assert code in (200, 202), body
+        http(s, "GET", f"/api/triggeredwebjobs/ping/history/{body['id']}?wait=10")
+        wait_for(lambda: len(receiver.got) > i, 10)
+        arrived, got = receiver.got[i]
+        latency.append((arrived - event_time(got)) * 1000)
+    print("notify: a run's end (the event's time, ms resolution) to the webhook received on loopback")
+    print(f"  p50 {pct(latency, 50):.2f} ms, p95 {pct(latency, 95):.2f} ms, max {max(latency):.2f} ms ({n} runs)")
+
+    # The receiver is down while 1,000 events happen, then comes back.
+    down_for = 10 if QUICK else 60
+    receiver.status = 503
+    receiver.got.clear()
+    t_down = time.perf_counter()
+    for _ in range(1000):
+        code, body = http(s, "POST", "/api/triggeredwebjobs/ping/queue")
+        assert code in (200, 202), body
+    out = os.path.join(tmp, "data", "outbox")
+    wait_for(lambda: len([f for f in os.listdir(out) if f.endswith(".json")]) == 1000, 120, 0.05)
+    time.sleep(max(0.0, down_for - (time.perf_counter() - t_down)))
+    receiver.status = 200
+    back = time.perf_counter()
+    wait_for(lambda: len(receiver.got) >= 1000, 120, 0.01)
+    drained = time.perf_counter() - back
+    ordered = [g["run"] for _, g in receiver.got] == sorted(g["run"] for _, g in receiver.got)
+    print(f"  receiver down {down_for} s while 1000 runs ended: all 1000 delivered {drained:.2f} s after it came back, in order: {ordered}")
+
+    # The event stream: 100 clients, one status change.
+    import socket, select
+    s.close()
+    s = unix_http(sock)  # the keep-alive one was closed while idle
+    addr = open(os.path.join(tmp, "data", "instances", "bench.addr")).read().strip()
+    token = open(os.path.join(tmp, "data", "api-token")).read().strip()
+    host, port = addr.rsplit(":", 1)
+    clients = []
+    for _ in range(100):
+        c = socket.create_connection((host, int(port)))
+        c.sendall(f"GET /api/events?type=run.started HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += c.recv(4096)
+        clients.append(c)
+    c0 = d.stat()
+    time.sleep(5)
+    idle = d.stat() - c0
+    s.close()
+    s = unix_http(sock)
+    rounds = 5 if QUICK else 20
+    delays = []
+    for _ in range(rounds):
+        code, body = http(s, "POST", "/api/triggeredwebjobs/ping/run")
+        pending = {c.fileno(): (c, b"") for c in clients}
+        deadline = time.time() + 10
+        while pending and time.time() < deadline:
+            ready, _, _ = select.select([c for c, _ in pending.values()], [], [], 1)
+            now = time.time()
+            for c in ready:
+                sock_, buf = pending[c.fileno()]
+                buf += c.recv(65536)
+                if b"\n\n" in buf and b"data: " in buf:
+                    line = next(l for l in buf.split(b"\n") if l.startswith(b"data: "))
+                    delays.append((now - event_time(json.loads(line[6:]))) * 1000)
+                    del pending[c.fileno()]
+                else:
+                    pending[c.fileno()] = (sock_, buf)
+        http(s, "GET", f"/api/triggeredwebjobs/ping/history/{body['id']}?wait=10")
+    print(f"  event stream, 100 clients: a run's start reaches each p50 {pct(delays, 50):.2f} ms, p99 {pct(delays, 99):.2f} ms ({len(delays)} deliveries)")
+    print(f"  daemon CPU over 5 s idle with 100 clients connected: {idle:.3f} s")
+    for c in clients:
+        c.close()
+    s.close()
+    d.stop()
+    receiver.server.shutdown()
+    shutil.rmtree(tmp)
+
+
 def main():
     which = next((a for a in sys.argv[1:] if not a.startswith("--")), "all")
     if not os.path.exists(BIN):
@@ -853,6 +979,8 @@ def main():
         bench_queue()
     if which in ("api", "all"):
         bench_api()
+    if which in ("notify", "all"):
+        bench_notify()
     if which in ("scale", "all"):
         bench_scale(1000 if QUICK else 10000)
     if which == "schedule1":
