@@ -47,8 +47,10 @@ pub struct Event {
     pub status: Option<String>,
     /// More about it: the run's status record for `run.started` and
     /// `run.ended`, the request for `run.queued`, the reason for `job.status`.
+    /// Kept as JSON text: a few hundred bytes where a parsed value took
+    /// kilobytes (the stream keeps the newest [`RECENT`], its channel more).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<serde_json::Value>,
+    pub detail: Option<Box<serde_json::value::RawValue>>,
     /// The last lines of the run's output (in notifications of its end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<String>,
@@ -97,7 +99,7 @@ impl Event {
     }
 
     pub fn detail(mut self, detail: impl Serialize) -> Event {
-        self.detail = serde_json::to_value(detail).ok().filter(|v| !v.is_null());
+        self.detail = serde_json::value::to_raw_value(&detail).ok().filter(|v| v.get() != "null");
         self
     }
 }

@@ -139,7 +139,7 @@ pub async fn finished_runs(state: ApiState, base: String) {
             continue;
         }
         let (Some(run), Some(detail)) = (&event.run, &event.detail) else { continue };
-        let Ok(status) = serde_json::from_value::<crate::history::RunStatus>(detail.clone()) else { continue };
+        let Ok(status) = serde_json::from_str::<crate::history::RunStatus>(detail.get()) else { continue };
         let body = serde_json::to_value(RunView::new(&base, &event.job, run, status)).unwrap_or_default();
         let (state, job) = (state.clone(), event.job.clone());
         let _ = tokio::task::spawn_blocking(move || notify(&state, "TriggeredJobFinished", &job, &body)).await;
