@@ -205,3 +205,49 @@ fn the_dashboard_shows_a_runs_progress_live_its_result_and_the_jobs_queue() {
     drop(driver);
     daemon.stop();
 }
+
+#[test]
+fn a_job_page_follows_the_job_through_the_event_stream_without_a_reload() {
+    let root = Root::new();
+    root.continuous("worker", "exec sleep 300\n");
+    root.job("triggered", "report", &[("run.sh", "echo reported\n")]);
+    let daemon = root.start();
+    wait_for("the worker", Duration::from_secs(10), || root.status_is("worker", "Running"));
+    let Some(driver) = Driver::start(&root.path().join("chrome-profile")) else { return };
+    let http = root.http();
+    driver.authorize(http.auth.as_deref().unwrap());
+    driver.call("POST", "/url", json!({"url": format!("http://{}/#/job/continuous/worker", http.addr)}));
+    driver.wait_js("the stream open", "return document.body.dataset.live === '1' ? true : null;");
+    driver.wait_js(
+        "the running job",
+        "const s = document.querySelector('#job-status'); return s && s.textContent.includes('Running') ? true : null;",
+    );
+    // Buttons follow the state: a running job can be stopped, not started.
+    assert_eq!(driver.js("return [document.querySelector('#stop-button').disabled, document.querySelector('#start-button').disabled];"), json!([false, true]));
+    driver.js("window.notReloaded = true; return null;");
+    // Stopped elsewhere (the CLI): the page shows it, without a reload.
+    assert!(root.cli(&["stop", "worker"]).status.success());
+    driver.wait_js(
+        "the stopped job",
+        "const s = document.querySelector('#job-status'); return s && s.textContent.includes('Stopped') ? true : null;",
+    );
+    assert_eq!(driver.js("return window.notReloaded === true;"), json!(true));
+    assert_eq!(driver.js("return [document.querySelector('#stop-button').disabled, document.querySelector('#start-button').disabled];"), json!([true, false]));
+    // A triggered job's page gets its new run in the history as it happens.
+    driver.call("POST", "/url", json!({"url": format!("http://{}/#/job/triggered/report", http.addr)}));
+    driver.wait_js("the job page", "return document.querySelector('#history') ? true : null;");
+    driver.js("window.notReloaded = true; return null;");
+    assert!(root.cli(&["run", "report", "--wait"]).status.success());
+    let run = root.runs("report").pop().unwrap();
+    let script = format!(
+        "const r = document.querySelector('#history tr[data-run=\"{run}\"]'); return r && r.textContent.includes('Success') ? true : null;"
+    );
+    driver.wait_js("the new run in the history", &script);
+    assert_eq!(driver.js("return window.notReloaded === true;"), json!(true));
+    let screenshot = driver.call("GET", "/screenshot", json!(null));
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD.decode(screenshot.as_str().unwrap()).unwrap();
+    std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-live.png"), png).unwrap();
+    drop(driver);
+    daemon.stop();
+}

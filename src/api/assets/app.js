@@ -67,7 +67,7 @@ async function showJob(type, name) {
   const actions = type === "triggered"
     ? `<input id="run-args" placeholder="arguments, e.g. &quot;Ada Lovelace&quot; --fast"><button id="run-button">Run</button><button id="cancel-button">Cancel</button><button id="start-button">Start</button><button id="stop-button">Stop</button>`
     : `<button id="start-button">Start</button><button id="stop-button">Stop</button>`;
-  view.innerHTML = `<h2>${esc(j.name)} <span class="status">${badge(j.status)}</span></h2>
+  view.innerHTML = `<h2>${esc(j.name)} <span class="status" id="job-status">${badge(j.status)}</span></h2>
     <dl><dt>type</dt><dd>${esc(j.type)}</dd><dt>command</dt><dd><code>${esc(j.run_command || "")}</code></dd>
     ${j.schedule ? `<dt>schedule</dt><dd><code>${esc(j.schedule)}</code> next ${when(j.next_run)}</dd>` : ""}
     ${j.detailed_status ? `<dt>instances</dt><dd>${esc(j.detailed_status)}</dd>` : ""}
@@ -79,6 +79,7 @@ async function showJob(type, name) {
     <div id="detail"></div>`;
   document.getElementById("start-button").onclick = () => act("POST", `/api/${type}webjobs/${encodeURIComponent(name)}/start`);
   document.getElementById("stop-button").onclick = () => act("POST", `/api/${type}webjobs/${encodeURIComponent(name)}/stop`);
+  setButtons(type, j);
   if (type === "triggered") {
     document.getElementById("run-button").onclick = () => runJob(name);
     document.getElementById("cancel-button").onclick = () => act("POST", `/api/triggeredwebjobs/${encodeURIComponent(name)}/cancel`);
@@ -88,6 +89,66 @@ async function showJob(type, name) {
     const url = `/vfs/data/jobs/continuous/${encodeURIComponent(name)}/job_log.txt`;
     document.getElementById("detail").innerHTML = `<p><a href="${url}?download=1">download job_log.txt</a></p><pre class="output" id="output"></pre>`;
     follow(url, true);
+  }
+}
+
+// Buttons follow the state: no Stop on a stopped job, no Start on a started
+// one, no Cancel without an active run.
+function setButtons(type, j) {
+  const stopped = j.status === "Stopped" || j.disabled === true;
+  const set = (id, enabled) => { const b = document.getElementById(id); if (b) b.disabled = !enabled; };
+  set("start-button", stopped);
+  set("stop-button", !stopped);
+  if (type === "triggered") {
+    const running = j.latest_run && (j.latest_run.status === "Running" || j.latest_run.status === "Initializing");
+    set("cancel-button", !!running);
+    set("run-button", !stopped);
+  }
+}
+
+// The job page as the job changes (told by the event stream): status,
+// buttons, history and queue, without reloading the page or its log.
+async function refreshJob(type, name) {
+  const r = await api("GET", `/api/${type}webjobs/${encodeURIComponent(name)}`);
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  if (r.status !== 200 || parts[0] !== "job" || parts[1] !== type || parts[2] !== name) return;
+  const status = document.getElementById("job-status");
+  if (status) status.innerHTML = badge(r.json.status);
+  setButtons(type, r.json);
+  const depth = document.getElementById("queue-depth");
+  if (depth) depth.textContent = `${r.json.queued || 0} queued${r.json.queue_age_seconds != null ? `, oldest ${Math.round(r.json.queue_age_seconds)} s` : ""}`;
+  if (type === "triggered") { await showHistory(name); await showQueue(name); }
+}
+
+// ---------- the event stream ----------
+
+// One stream for the page's life; each event refreshes what the current page
+// shows of it (at most once per animation frame and job). Without it (an old
+// proxy), the list polls as before.
+let streamLive = false;
+const dirty = new Set();
+function onEvent(event) {
+  let e;
+  try { e = JSON.parse(event.data); } catch (_) { return; }
+  dirty.add(`${e.job_type}/${e.job}`);
+  requestAnimationFrame(async () => {
+    if (!dirty.size) return;
+    const changed = new Set(dirty);
+    dirty.clear();
+    const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    if (parts[0] === "job" && changed.has(`${parts[1]}/${parts[2]}`)) await refreshJob(parts[1], parts[2]);
+    else if (parts[0] !== "job" && parts[0] !== "run") {
+      const r = await api("GET", "/api/webjobs");
+      if (r.status === 200 && r.etag !== listEtag) { listJobs = r.json; listEtag = r.etag; renderList(); }
+    }
+  });
+}
+if (window.EventSource) {
+  const stream = new EventSource("/api/events");
+  stream.onopen = () => { streamLive = true; document.body.dataset.live = "1"; };
+  stream.onerror = () => { streamLive = false; delete document.body.dataset.live; };
+  for (const type of ["job.status", "job.invalid", "job.recovered", "job.crash_loop", "run.queued", "run.started", "run.ended", "run.retry", "run.dead"]) {
+    stream.addEventListener(type, onEvent);
   }
 }
 
@@ -225,7 +286,9 @@ async function route() {
   if (parts[0] === "job" && parts.length === 3) return showJob(parts[1], parts[2]);
   if (parts[0] === "run" && parts.length === 3) return showRun(parts[1], parts[2]);
   await showList();
+  // Live through the event stream; a slow poll stays as a fallback.
   timer = setInterval(async () => {
+    if (streamLive) return;
     const r = await api("GET", "/api/webjobs");
     if (r.status === 200 && r.etag !== listEtag) { listJobs = r.json; listEtag = r.etag; renderList(); }
   }, 3000);
