@@ -79,6 +79,7 @@ pub async fn run(
         );
     }
     let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
+    let (chained_tx, chained) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         instance: config.instance_id.clone(),
         marker_prefix: prefix,
@@ -94,6 +95,7 @@ pub async fn run(
         inboxes: crate::inbox::Inboxes::new(arrivals_tx),
         events: Default::default(),
         outbox: Arc::new(crate::outbox::Outbox::open(&config.data_dir)),
+        chained: chained_tx,
     });
     stop_leftover_cgroups(&config, &shared.containment).await;
     stop_leftovers(&config, &shared.marker_prefix).await;
@@ -126,6 +128,7 @@ pub async fn run(
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
     let instances = tokio::spawn(watch_instances(shared.clone(), events_tx.clone()));
     let inboxes = tokio::spawn(forward_arrivals(arrivals, events_tx.clone()));
+    let chains = tokio::spawn(forward_chained(chained, events_tx.clone()));
     let notifications = tokio::spawn(crate::outbox::send_forever(
         shared.outbox.clone(),
         config.notify_secret.clone(),
@@ -159,6 +162,7 @@ pub async fn run(
     forward.abort();
     instances.abort();
     inboxes.abort();
+    chains.abort();
     notifications.abort();
     if let Some(w) = watchdog {
         w.abort();
@@ -181,6 +185,16 @@ async fn forward_reloads(mut reloads: mpsc::Receiver<Config>, events: mpsc::Send
 }
 
 /// Files announced in inboxes, to their jobs' actors.
+/// A job got a request from another (`then`): its actor reads its queue again.
+async fn forward_chained(mut chained: mpsc::UnboundedReceiver<String>, events: mpsc::Sender<Event>) {
+    while let Some(name) = chained.recv().await {
+        let control = crate::triggered::Control::Recover;
+        if events.send(Event::Triggered { name, control }).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn forward_arrivals(
     mut arrivals: mpsc::UnboundedReceiver<(String, crate::inbox::Arrival)>,
     events: mpsc::Sender<Event>,

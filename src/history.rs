@@ -86,6 +86,12 @@ pub struct RunStatus {
     /// The run's last progress (`WEBJOBS_PROGRESS_FILE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The run whose end started this one (`then`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::queue::RunRef>,
+    /// The requests this run's end started (`then`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<crate::queue::RunRef>,
 }
 
 /// How far a run says it is: `42`, `42% message`, `42 message`, or JSON

@@ -387,6 +387,56 @@ fn fingerprint(dir: &Path, script_dir: &Path) -> u64 {
     })
 }
 
+/// What is wrong with the `then` of a job set, across jobs: a job named
+/// that is not a triggered job of the set, and each loop (with its path).
+pub fn chain_problems(defs: &[JobDef]) -> Vec<(JobKey, String)> {
+    let then_of = |d: &JobDef| d.settings.settings.as_ref().ok().map(|s| s.then.clone()).unwrap_or_default();
+    let triggered: BTreeMap<&str, crate::settings::Then> =
+        defs.iter().filter(|d| d.key.kind == JobKind::Triggered).map(|d| (d.key.name.as_str(), then_of(d))).collect();
+    let mut problems = Vec::new();
+    for d in defs {
+        for child in then_of(d).all() {
+            if !triggered.contains_key(child.as_str()) {
+                problems.push((d.key.clone(), format!("then: there is no triggered job {child}")));
+            }
+        }
+    }
+    // Each loop once, told at the job it starts from (the smallest name in it).
+    let mut told = std::collections::BTreeSet::new();
+    for start in triggered.keys() {
+        let mut path = vec![start.to_string()];
+        find_loops(&triggered, &mut path, &mut |cycle| {
+            let mut members: Vec<String> = cycle[..cycle.len() - 1].to_vec();
+            members.sort();
+            if cycle[0] == members[0] && told.insert(members) {
+                let key = JobKey::new(JobKind::Triggered, &cycle[0]);
+                problems.push((key, format!("then: a loop: {}", cycle.join(" → "))));
+            }
+        });
+    }
+    problems
+}
+
+fn find_loops(
+    graph: &std::collections::BTreeMap<&str, crate::settings::Then>,
+    path: &mut Vec<String>,
+    found: &mut dyn FnMut(&[String]),
+) {
+    let Some(then) = graph.get(path.last().map(String::as_str).unwrap_or_default()) else { return };
+    let children: std::collections::BTreeSet<&String> = then.all().collect();
+    for child in children {
+        if *child == path[0] {
+            path.push(child.clone());
+            found(path);
+            path.pop();
+        } else if !path.contains(child) && graph.contains_key(child.as_str()) {
+            path.push(child.clone());
+            find_loops(graph, path, found);
+            path.pop();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,23 @@ pub struct Entry {
     /// The file that triggered it (claimed in its inbox's `.processing/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_file: Option<String>,
+    /// The run whose end started it (`then`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<RunRef>,
+    /// The jobs of the chain that led to it, oldest first: a job already in
+    /// it is not started again (a loop).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+}
+
+/// A run of a job (a chain's parent), or a request (a child).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRef {
+    pub job: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 impl Entry {
@@ -82,6 +99,8 @@ impl Entry {
             runs: Vec::new(),
             error: None,
             trigger_file: None,
+            parent: None,
+            chain: Vec::new(),
         }
     }
 

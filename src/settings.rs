@@ -81,6 +81,8 @@ pub struct Settings {
     pub max_restart_delay: Duration,
     /// When a continuous job is in a crash loop, and when it has recovered.
     pub crash_loop: CrashLoop,
+    /// Triggered jobs run after this one's request ends (`then`).
+    pub then: Then,
     pub env: BTreeMap<String, String>,
     pub run_mode: RunMode,
     /// `memory_max`, `cpu_max`, `tasks_max`: the run's cgroup limits.
@@ -102,7 +104,7 @@ pub struct Loaded {
 }
 
 const KNOWN_KEYS: &str = "schedule, is_singleton, stopping_wait_time, is_in_place, timezone, timeout, \
-    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, max_parallel, trigger, overlap, catch_up, restart_delay, max_restart_delay, crash_loop, env, run_mode, \
+    idle_timeout, retries, retry_delay, max_retry_delay, dedup_window, max_parallel, trigger, overlap, catch_up, restart_delay, max_restart_delay, crash_loop, then, env, run_mode, \
     memory_max, cpu_max, tasks_max, notify";
 
 /// The largest `settings.job` read (a bigger one is an error, not a memory hog).
@@ -133,6 +135,7 @@ impl Settings {
             restart_delay: Duration::from_millis(500),
             max_restart_delay: Duration::from_secs(60),
             crash_loop: CrashLoop::default(),
+            then: Then::default(),
             env: BTreeMap::new(),
             run_mode: match kind {
                 JobKind::Continuous => RunMode::Continuous,
@@ -293,6 +296,7 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
     read_catch_up(r, s);
     read_trigger(r, s);
     read_crash_loop(r, s);
+    read_then(r, s);
     if let Some(d) = r.seconds("restart_delay") {
         s.restart_delay = d;
     }
@@ -406,6 +410,52 @@ fn read_crash_loop<'a>(r: &mut Reader<'a>, s: &mut Settings) {
     }
     cr.deny_unknown("restarts, within, recovered_after");
     r.absorb(cr);
+}
+
+/// The triggered jobs a request's end starts (`then`): on success (after
+/// its retries), on failure (dead), and either way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Then {
+    pub success: Vec<String>,
+    pub failure: Vec<String>,
+    pub always: Vec<String>,
+}
+
+impl Then {
+    /// The jobs to start after a request that `succeeded` (or went dead).
+    pub fn children(&self, succeeded: bool) -> impl Iterator<Item = &String> {
+        let first = if succeeded { &self.success } else { &self.failure };
+        first.iter().chain(&self.always)
+    }
+
+    /// Every job named.
+    pub fn all(&self) -> impl Iterator<Item = &String> {
+        self.success.iter().chain(&self.failure).chain(&self.always)
+    }
+}
+
+fn read_then<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    let Some(map) = r.object("then") else { return };
+    for (key, value) in map {
+        let list = match key.as_str() {
+            "success" => &mut s.then.success,
+            "failure" => &mut s.then.failure,
+            "always" => &mut s.then.always,
+            other => {
+                r.problem(&format!("then.{other}"), "unknown key (expected success, failure, always)");
+                continue;
+            }
+        };
+        let names: Option<Vec<String>> = match value {
+            Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_string)).collect(),
+            Value::String(name) => Some(vec![name.clone()]),
+            _ => None,
+        };
+        match names {
+            Some(names) if names.iter().all(|n| crate::key::valid_name(n)) => *list = names,
+            _ => r.problem(&format!("then.{key}"), "expected a list of triggered job names, such as [\"report\"]"),
+        }
+    }
 }
 
 fn read_trigger<'a>(r: &mut Reader<'a>, s: &mut Settings) {

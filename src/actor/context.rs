@@ -26,6 +26,9 @@ pub struct Shared {
     pub events: crate::events::Bus,
     /// Notifications on their way.
     pub outbox: std::sync::Arc<crate::outbox::Outbox>,
+    /// Triggered jobs that got a request in their queue from another job
+    /// (`then`): their actor reads the queue again.
+    pub chained: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Shared {

@@ -49,6 +49,12 @@ pub struct RunView {
     /// Its progress (live while it runs, the last one after).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<crate::history::Progress>,
+    /// The run whose end started this one (`then`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::queue::RunRef>,
+    /// The requests this run's end started (`then`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<crate::queue::RunRef>,
 }
 
 impl RunView {
@@ -80,6 +86,8 @@ impl RunView {
             result: s.result,
             result_error: s.result_error,
             progress: s.progress,
+            parent: s.parent,
+            children: s.children,
         }
     }
 

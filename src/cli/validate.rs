@@ -24,7 +24,13 @@ pub fn validate(config: &Config, path: Option<&Path>, json: bool) -> anyhow::Res
         None => jobs::scan_all(config),
         Some(path) => jobs_at(config, path)?,
     };
-    let reports: Vec<Report> = defs.iter().map(report).collect();
+    let mut reports: Vec<Report> = defs.iter().map(report).collect();
+    // Across jobs: `then` naming no triggered job here, and loops.
+    for (key, problem) in jobs::chain_problems(&defs) {
+        if let Some(r) = reports.iter_mut().find(|r| r.job == key.to_string()) {
+            r.errors.push(problem);
+        }
+    }
     let failed = reports.iter().any(|r| !r.errors.is_empty());
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);

@@ -151,6 +151,13 @@ impl Actor {
                 ),
             }
         }
+        // The request's end (after its retries) starts the jobs of `then`.
+        if outcome != After::Retry {
+            let succeeded = outcome == After::Done && state == crate::history::RunState::Success;
+            let entry = taken.entry.clone();
+            self.start_children(&entry, run, succeeded, &settings.then).await;
+        }
+        let entry = &mut taken.entry;
         let result = match outcome {
             After::Done => self.locks.done(taken, settings.dedup_window).await,
             After::Retry => {
@@ -194,6 +201,61 @@ impl Actor {
             self.scheduler_log.sys(Level::SysError, &format!("cannot put away the request of run {run}: {e}"));
         }
         self.publish_queue();
+    }
+
+    /// Queues a request of each job of `then` for the end of run `run` (of
+    /// request `entry`): durably, in the child's own queue, with the parent's
+    /// correlation id and its result as payload; the parent's status lists them.
+    async fn start_children(&mut self, entry: &Entry, run: &str, succeeded: bool, then: &crate::settings::Then) {
+        let mut started = Vec::new();
+        let result = std::fs::read(self.data_dir.join(run).join(crate::layout::RUN_RESULT)).ok();
+        let outcome = if succeeded { "success" } else { "failure" };
+        for child in then.children(succeeded) {
+            let mut chain = entry.chain.clone();
+            chain.push(self.key.name.clone());
+            if chain.contains(child) {
+                let path = format!("{} → {child}", chain.join(" → "));
+                let text = format!("then: {child} is not started again: a loop ({path})");
+                self.scheduler_log.sys(Level::SysError, &text);
+                continue;
+            }
+            let key = crate::key::JobKey::new(crate::key::JobKind::Triggered, child);
+            if !self.config.jobs_dir.join("triggered").join(child).is_dir() {
+                self.scheduler_log.sys(Level::SysError, &format!("then: there is no triggered job {child}"));
+                continue;
+            }
+            let mut request =
+                Entry::new(format!("Chain - {}/{run} ({outcome})", self.key.name), Vec::new(), String::new());
+            request.correlation_id = entry.correlation_id.clone();
+            request.parent =
+                Some(crate::queue::RunRef { job: self.key.name.clone(), run: Some(run.into()), request: None });
+            request.chain = chain;
+            request.payload = result.as_ref().map(|r| r.len() as u64);
+            let stored = match self.shared.coordinator.job(&key).await {
+                Ok(child_queue) => child_queue.enqueue(&request, result.as_deref()).await,
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(Ok(())) => {
+                    self.scheduler_log
+                        .sys(Level::SysInfo, &format!("then ({outcome}): queued request {} of {child}", request.id));
+                    let _ = self.shared.chained.send(child.clone());
+                    started.push(crate::queue::RunRef { job: child.clone(), run: None, request: Some(request.id) });
+                }
+                Ok(Err(duplicate)) => self.scheduler_log.sys(Level::SysWarn, &format!("then: {child}: {duplicate}")),
+                Err(e) => {
+                    self.scheduler_log.sys(Level::SysError, &format!("then: cannot queue a request of {child}: {e}"))
+                }
+            }
+        }
+        if started.is_empty() {
+            return;
+        }
+        let dir = self.data_dir.join(run);
+        if let Some(mut status) = crate::history::read_status(&dir) {
+            status.children = started;
+            let _ = crate::history::write_status(&dir, &status);
+        }
     }
 
     /// Requests taken by a daemon that is gone (at start, this instance's

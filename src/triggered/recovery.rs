@@ -81,5 +81,7 @@ fn lost_before_start(dir: &std::path::Path, instance: &str) -> RunStatus {
         result: None,
         result_error: None,
         progress: None,
+        parent: None,
+        children: Vec::new(),
     }
 }

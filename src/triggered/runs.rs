@@ -95,6 +95,8 @@ impl Actor {
             result: None,
             result_error: None,
             progress: None,
+            parent: request.parent.clone(),
+            children: Vec::new(),
         };
         match spawned {
             Ok(run) => {
@@ -369,6 +371,20 @@ impl Actor {
         }
         if let Some(correlation) = &request.correlation_id {
             env.push(("WEBJOBS_CORRELATION_ID".into(), correlation.into()));
+        }
+        if let Some(parent) = &request.parent {
+            env.push(("WEBJOBS_PARENT_JOB".into(), parent.job.clone().into()));
+            if let Some(run) = &parent.run {
+                env.push(("WEBJOBS_PARENT_RUN".into(), run.into()));
+                let result = self
+                    .config
+                    .job_data_dir(&crate::key::JobKey::new(crate::key::JobKind::Triggered, &parent.job))
+                    .join(run)
+                    .join(crate::layout::RUN_RESULT);
+                if result.exists() {
+                    env.push(("WEBJOBS_PARENT_RESULT_FILE".into(), result.into()));
+                }
+            }
         }
         Launch {
             job,

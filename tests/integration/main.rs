@@ -4,6 +4,7 @@
 mod helper;
 
 mod api;
+mod chain;
 mod cli;
 mod config;
 mod containment;

@@ -200,7 +200,9 @@ function runExtras(run) {
   const result = run.result !== undefined ? `<h3>result</h3><pre id="result">${esc(JSON.stringify(run.result, null, 2))}</pre>` : "";
   const resultError = run.result_error ? `<p class="warn">${esc(run.result_error)}</p>` : "";
   const ids = [run.request ? `request <code>${esc(run.request)}</code>` : "", run.attempt ? `attempt ${esc(run.attempt)}` : "", run.correlation_id ? `correlation id <code>${esc(run.correlation_id)}</code>` : ""].filter(Boolean).join("; ");
-  return `${ids ? `<p class="muted">${ids}</p>` : ""}${progress}${result}${resultError}`;
+  const parent = run.parent ? `<p class="muted" id="chain-parent">started by <a href="#/run/${esc(run.parent.job)}/${esc(run.parent.run)}">${esc(run.parent.job)} run ${esc(run.parent.run)}</a></p>` : "";
+  const children = (run.children || []).length ? `<p class="muted" id="chain-children">then started: ${run.children.map((c) => `<a href="#/job/triggered/${esc(c.job)}">${esc(c.job)}</a> <code>${esc(c.request)}</code>`).join(", ")}</p>` : "";
+  return `${ids ? `<p class="muted">${ids}</p>` : ""}${parent}${children}${progress}${result}${resultError}`;
 }
 
 // ---------- one run ----------
