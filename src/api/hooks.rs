@@ -83,6 +83,14 @@ pub async fn unsubscribe(State(state): State<ApiState>, Path(id): Path<String>) 
     }
 }
 
+/// `GET /api/notifications`: what waits in the outbox and what was given up
+/// (`{"pending": [...], "failed": [...]}`, oldest first, as `webjobs notifications --json`).
+pub async fn notifications(State(state): State<ApiState>) -> Response {
+    let dir = state.config.data_dir.join(crate::layout::OUTBOX);
+    let (pending, failed) = tokio::task::spawn_blocking(move || crate::outbox::read(&dir)).await.unwrap_or_default();
+    axum::Json(serde_json::json!({"pending": pending, "failed": failed})).into_response()
+}
+
 /// Stores a notification of `event` with `body` for every hook subscribed to it.
 fn notify(state: &ApiState, event: &str, job: &str, body: &serde_json::Value) {
     for hook in hooks::subscribed(&state.config.data_dir, event) {

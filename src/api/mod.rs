@@ -69,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/events", get(events::stream))
         .route("/api/hooks", get(hooks::list).post(hooks::subscribe))
         .route("/api/hooks/{id}", get(hooks::get).delete(hooks::unsubscribe))
+        .route("/api/notifications", get(hooks::notifications))
         .route("/api/vfs/{*path}", get(vfs::get))
         .route("/vfs/{*path}", get(vfs::get))
         .route("/metrics", get(metrics))

@@ -71,6 +71,8 @@ fn notifications_are_signed_retried_while_the_receiver_fails_and_survive_a_sigki
     let out = root.cli(&["notifications", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["pending"].as_array().unwrap().len(), 3, "{listed}");
+    let api = root.http().get("/api/notifications").json();
+    assert_eq!(api["pending"].as_array().unwrap().len(), 3, "the API lists them too: {api}");
     wait_for("the reason", Duration::from_secs(10), || {
         let out = root.cli(&["notifications"]);
         stdout(&out).contains("the receiver answered 503")
@@ -310,5 +312,28 @@ fn a_crash_loop_its_recovery_invalid_files_and_skipped_ticks_are_told() {
     let body: serde_json::Value = serde_json::from_str(&read(&invalid)).unwrap();
     assert!(body["detail"]["errors"][0].as_str().unwrap().contains("schedule"), "{body}");
     assert_eq!(body["detail"]["last_valid_kept"], true);
+    daemon.stop();
+}
+
+#[test]
+fn an_unreachable_receiver_is_shown_with_the_reason_and_delays_no_run() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let root = Root::with_config(
+        serde_json::json!({"notify": [{"on": ["succeeded"], "url": format!("http://127.0.0.1:{port}/x")}]}),
+    );
+    root.job("triggered", "quick", &[("run.sh", "true\n")]);
+    let daemon = root.start();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert!(root.cli(&["run", "quick", "--wait"]).status.success());
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "runs waited for the receiver");
+    wait_for("the reason shown", Duration::from_secs(10), || {
+        stdout(&root.cli(&["notifications"])).to_lowercase().contains("connection refused")
+    });
+    let api = root.http().get("/api/notifications").json();
+    assert_eq!(api["pending"].as_array().unwrap().len(), 3, "{api}");
     daemon.stop();
 }
