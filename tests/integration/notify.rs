@@ -16,11 +16,17 @@ struct Receiver {
 
 impl Receiver {
     fn start(root: &Root, secret: &str) -> Receiver {
+        Self::start_with(root, secret, &[])
+    }
+
+    /// With `tls` (a certificate and its key, PEM), an https receiver.
+    fn start_with(root: &Root, secret: &str, tls: &[&std::path::Path]) -> Receiver {
         let log = root.path().join("received.jsonl");
         let status = root.path().join("receiver-status");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/receiver.py");
         let mut child = Command::new("python3")
             .args([script, log.to_str().unwrap(), status.to_str().unwrap(), secret])
+            .args(tls)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -335,5 +341,44 @@ fn an_unreachable_receiver_is_shown_with_the_reason_and_delays_no_run() {
     });
     let api = root.http().get("/api/notifications").json();
     assert_eq!(api["pending"].as_array().unwrap().len(), 3, "{api}");
+    daemon.stop();
+}
+
+#[test]
+fn https_receivers_are_reached_with_certificates_checked_unless_a_kudu_hook_says_insecure_ssl() {
+    let root = Root::new();
+    let (cert, key) = (root.path().join("cert.pem"), root.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let receiver = Receiver::start_with(&root, "", &[&cert, &key]);
+    let checked = format!("https://127.0.0.1:{}/checked", receiver.port);
+    root.add_config(serde_json::json!({"notify": [{"on": ["succeeded"], "url": checked}]}));
+    root.job("triggered", "job", &[("run.sh", "true\n")]);
+    let daemon = root.start();
+    let http = root.http();
+    let hook = format!("https://127.0.0.1:{}/insecure", receiver.port);
+    let body = serde_json::json!({"url": hook, "event": "TriggeredJobFinished", "insecure_ssl": true}).to_string();
+    assert_eq!(http.send("POST", "/api/hooks", &[("Content-Type", "application/json")], body.as_bytes()).status, 201);
+    assert!(root.cli(&["run", "job", "--wait"]).status.success());
+    // Over TLS to the hook that accepts any certificate.
+    wait_for("the https hook", Duration::from_secs(10), || {
+        receiver.delivered().iter().any(|r| r["path"] == "/insecure")
+    });
+    // The rule checks certificates: a self-signed one is refused, and said.
+    wait_for("the certificate refused", Duration::from_secs(10), || {
+        stdout(&root.cli(&["notifications"])).to_lowercase().contains("certificate")
+    });
+    assert!(!receiver.received().iter().any(|r| r["path"] == "/checked"));
     daemon.stop();
 }

@@ -1,9 +1,11 @@
 # A notification receiver for the tests, on loopback: records each request
 # (headers, body, whether its signature is right) as a JSON line, and answers
-# with the status in the file STATUS (200 when absent).
-import hashlib, hmac, http.server, json, os, sys
+# with the status in the file STATUS (200 when absent). With CERT and KEY
+# (PEM files), it speaks https.
+import hashlib, hmac, http.server, json, os, ssl, sys
 
 out, status_file, secret = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+tls = sys.argv[4:6]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -33,5 +35,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if tls:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls[0], tls[1])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 server.serve_forever()
