@@ -220,7 +220,7 @@ impl Actor {
                 continue;
             }
             let key = crate::key::JobKey::new(crate::key::JobKind::Triggered, child);
-            if !self.config.jobs_dir.join("triggered").join(child).is_dir() {
+            if !crate::layout::job_dir(&self.config.jobs_dir, &key).is_dir() {
                 self.scheduler_log.sys(Level::SysError, &format!("then: there is no triggered job {child}"));
                 continue;
             }
