@@ -43,6 +43,9 @@ pub struct Config {
     pub notify: Vec<crate::notify::Rule>,
     /// The key of the notifications' HMAC-SHA256 signature (`notify_secret`); never shown.
     pub notify_secret: Option<String>,
+    /// `coordination.postgres` (or `WEBJOBS_POSTGRES_URL`): daemons share
+    /// leases, ticks and the queue through this database.
+    pub postgres: Option<crate::coordination::postgres::PgSettings>,
 }
 
 /// The HTTP API and dashboard over TCP (the Unix socket is always on).
@@ -112,7 +115,7 @@ pub struct ConfigError {
 const KNOWN_KEYS: &str = "root, jobs_dir, data_dir, temp_dir, instance_id, debounce_ms, log, \
     interpreters, timezone, singleton_retry_ms, stopped, disable_schedule, history_size, \
     restart_time, idle_timeout, listen, api_user, api_password, token_file, max_upload_bytes, \
-    max_unpacked_bytes, max_payload_bytes, max_concurrent_runs, cgroups, notify, notify_secret";
+    max_unpacked_bytes, max_payload_bytes, max_concurrent_runs, cgroups, notify, notify_secret, coordination";
 
 impl Config {
     /// Resolves the configuration from the process environment.
@@ -192,6 +195,7 @@ struct Builder {
     cgroups: bool,
     notify: Vec<crate::notify::Rule>,
     notify_secret: Option<String>,
+    postgres: Option<crate::coordination::postgres::PgSettings>,
 }
 
 impl Builder {
@@ -225,6 +229,7 @@ impl Builder {
             cgroups: true,
             notify: Vec::new(),
             notify_secret: None,
+            postgres: None,
         }
     }
 
@@ -244,6 +249,14 @@ impl Builder {
             } else {
                 bad("WEBJOBS_INSTANCE_ID", &v, "1 to 32 letters, digits, `-` or `_`");
             }
+        }
+        if let Some(v) = env("WEBJOBS_POSTGRES_URL").filter(|s| !s.trim().is_empty()) {
+            let settings = self.postgres.get_or_insert_with(|| crate::coordination::postgres::PgSettings {
+                url: String::new(),
+                ttl: crate::coordination::postgres::PgSettings::DEFAULT_TTL,
+                ca_file: None,
+            });
+            settings.url = v.trim().to_string();
         }
         if let Some(v) = env("WEBJOBS_STOPPED") {
             self.switches.stopped = flag(&v);
@@ -339,6 +352,32 @@ impl Builder {
         self.read_api(r);
         self.notify = crate::notify::read_rules(r, "notify");
         self.notify_secret = r.string("notify_secret").map(str::to_string);
+        self.read_coordination(r);
+    }
+
+    /// `"coordination": {"postgres": URL, "lease_ttl_ms": 5000, "ca_file": PEM}`.
+    fn read_coordination<'a>(&mut self, r: &mut Reader<'a>) {
+        use crate::coordination::postgres::PgSettings;
+        let Some(map) = r.object("coordination") else { return };
+        let mut cr = Reader::nested(r.file(), "coordination".into(), map);
+        let url = cr.string("postgres").map(str::to_string);
+        let ttl = cr.integer("lease_ttl_ms", 1000, 600_000).map(Duration::from_millis);
+        let ca_file = cr.string("ca_file").map(PathBuf::from);
+        cr.deny_unknown("postgres, lease_ttl_ms, ca_file");
+        match url {
+            Some(url) if !url.trim().is_empty() => {
+                self.postgres = Some(PgSettings {
+                    url: url.trim().to_string(),
+                    ttl: ttl.unwrap_or(PgSettings::DEFAULT_TTL),
+                    ca_file,
+                })
+            }
+            _ if ttl.is_some() || ca_file.is_some() => {
+                cr.problem("postgres", "lease_ttl_ms and ca_file need the database's URL in coordination.postgres")
+            }
+            _ => {}
+        }
+        r.absorb(cr);
     }
 
     fn read_api<'a>(&mut self, r: &mut Reader<'a>) {
@@ -464,6 +503,10 @@ impl Builder {
             cgroups: self.cgroups,
             notify: self.notify,
             notify_secret: self.notify_secret,
+            postgres: self.postgres.map(|mut pg| {
+                pg.ca_file = pg.ca_file.map(&under_root);
+                pg
+            }),
         })
     }
 }

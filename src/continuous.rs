@@ -247,9 +247,23 @@ impl Actor {
         let stable_at = tokio::time::Instant::now() + recovered_after;
         // Set once we stop the run ourselves: the status it ends in.
         let mut then: Option<JobStatus> = None;
+        let lease = self.lease.take();
+        let mut lost = false;
         loop {
             tokio::select! {
                 () = run.over(&mut self.log) => break,
+                () = crate::coordination::lost(lease.as_ref()), if !lost => {
+                    lost = true;
+                    if then.is_some() {
+                        continue;
+                    }
+                    let why = lease.as_ref().map(Lease::why_lost).unwrap_or_default();
+                    self.log.sys(Level::SysError, &format!("singleton lease lost: {why}; stopping the process so that another instance may take over"));
+                    self.set_status(JobStatus::Stopping, |_| {});
+                    run.begin_stop(&mut self.log, grace, "singleton lease lost");
+                    then = Some(JobStatus::Starting);
+                    // Released only once the process is gone (dropped below).
+                }
                 () = tokio::time::sleep_until(stable_at), if self.looping && then.is_none() => {
                     self.recovered(recovered_after);
                 }
@@ -273,6 +287,8 @@ impl Actor {
                 }
             }
         }
+        // A lost lease is not kept: the next start takes it again, if it can.
+        self.lease = if lost { None } else { lease };
         match then {
             Some(then) => self.stopped(&mut run, then),
             None => self.exited(&mut run, &job).await,
@@ -330,7 +346,7 @@ impl Actor {
             // it lives, even if this daemon is killed, so no other daemon
             // starts a second copy beside an orphaned one.
             inherit: self.lease.as_ref().and_then(Lease::fd),
-            env: Vec::new(),
+            env: crate::actor::launch::fence_env(self.lease.as_ref()),
             stdin: None,
         }
         .start()
@@ -420,10 +436,12 @@ impl Actor {
         if self.lease.is_some() {
             return true;
         }
-        match self.shared.coordinator.try_singleton(&self.key, &self.shared.instance).await {
+        let grace = job.settings.stopping_wait_time + Duration::from_secs(1);
+        match self.shared.coordinator.try_singleton(&self.key, &self.shared.instance, grace).await {
             Ok(Some(lease)) => {
+                let fence = lease.fence().map(|f| format!(" (fence {f})")).unwrap_or_default();
                 self.lease = Some(lease);
-                self.log.sys(Level::SysInfo, "singleton lock acquired; this instance runs the job");
+                self.log.sys(Level::SysInfo, &format!("singleton lock acquired{fence}; this instance runs the job"));
                 return true;
             }
             Ok(None) => {
@@ -440,8 +458,20 @@ impl Actor {
                 self.log.sys(Level::SysError, &format!("cannot use the singleton lock: {e}"));
             }
         }
+        // Lock files are tried again after `singleton_retry`; a database
+        // says when the lease may be free (its beats), at the latest then.
         let retry = self.config.singleton_retry;
-        let _ = self.wait_control(Some(retry)).await;
+        let shared = self.shared.clone();
+        let max = if matches!(shared.coordinator, crate::coordination::Coordinator::Files(_)) {
+            retry
+        } else {
+            retry.max(Duration::from_secs(30))
+        };
+        let key = self.key.clone();
+        tokio::select! {
+            _ = self.wait_control(Some(max)) => {}
+            () = shared.coordinator.singleton_free(&key, max) => {}
+        }
         false
     }
 

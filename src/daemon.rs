@@ -26,6 +26,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Instance(#[from] InstanceError),
     #[error(transparent)]
+    Database(#[from] crate::coordination::postgres::PgError),
+    #[error(transparent)]
     Watch(#[from] WatchError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
@@ -60,8 +62,9 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let started = std::time::Instant::now();
     create_dirs(&config)?;
-    let coordinator = Coordinator::for_data(&config.data_dir);
-    let _registration = coordinator.register(&config.instance_id).await?;
+    let coordinator = Coordinator::open(&config.data_dir, config.postgres.as_ref()).await?;
+    let registration = coordinator.register(&config.instance_id).await?;
+    tracing::info!("coordination: {}", coordinator.describe());
     // Every listener is bound before any job starts: a daemon that cannot
     // serve its API fails with no job started.
     let listeners = crate::api::bind(&config).await?;
@@ -127,6 +130,7 @@ pub async fn run(
     notifier.ready();
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
     let instances = tokio::spawn(watch_instances(shared.clone(), events_tx.clone()));
+    let beats = shared.coordinator.beats().map(|beats| tokio::spawn(forward_beats(beats, events_tx.clone())));
     let inboxes = tokio::spawn(forward_arrivals(arrivals, events_tx.clone()));
     let chains = tokio::spawn(forward_chained(chained, events_tx.clone()));
     let notifications = tokio::spawn(crate::outbox::send_forever(
@@ -161,6 +165,10 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     forward.abort();
     instances.abort();
+    if let Some(beats) = beats {
+        beats.abort();
+    }
+    shared.coordinator.deregister(registration).await;
     inboxes.abort();
     chains.abort();
     notifications.abort();
@@ -229,6 +237,28 @@ async fn watch_instances(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
             }
         }
         alive = now;
+    }
+}
+
+/// What the database's beats tell: jobs with due requests (queued by any
+/// daemon) or requests of a daemon that is gone read their queue again.
+async fn forward_beats(
+    mut beats: tokio::sync::watch::Receiver<crate::coordination::postgres::Beat>,
+    events: mpsc::Sender<Event>,
+) {
+    let prefix = format!("{}/", JobKind::Triggered.as_str());
+    while beats.changed().await.is_ok() {
+        let names: Vec<String> = {
+            let beat = beats.borrow_and_update();
+            let jobs = beat.due.iter().chain(&beat.orphaned);
+            jobs.filter_map(|j| j.strip_prefix(&prefix).map(str::to_string)).collect()
+        };
+        for name in names {
+            let control = crate::triggered::Control::Recover;
+            if events.send(Event::Triggered { name, control }).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

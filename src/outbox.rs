@@ -334,6 +334,7 @@ async fn run_command(command: &str, delivery: &Delivery, commands: &Commands, di
         marker: format!("{}notify/{}", commands.marker_prefix, delivery.id),
         inherit: None,
         stdin: Some(stdin.clone()),
+        die_with_daemon: false,
     };
     let mut log = crate::logs::LogFile::lazy(
         &dir.join("commands.log"),

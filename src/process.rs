@@ -35,6 +35,9 @@ pub struct Command {
     pub inherit: Option<std::os::fd::RawFd>,
     /// The file the process reads as stdin (/dev/null when `None`).
     pub stdin: Option<PathBuf>,
+    /// SIGKILLed when the daemon dies (`PR_SET_PDEATHSIG`): a run under a
+    /// database lease, which another daemon takes over once this one is gone.
+    pub die_with_daemon: bool,
 }
 
 impl Command {
@@ -103,6 +106,7 @@ pub fn spawn(command: &Command, cgroup_procs: Option<std::os::fd::RawFd>) -> io:
         stderr: err_w.as_raw_fd(),
         cgroup_procs,
         keep: command.inherit,
+        die_with_parent: command.die_with_daemon,
     };
     // Held across the spawn: the orphan reaper never sees a leader it does not know.
     let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
@@ -361,6 +365,7 @@ mod tests {
             marker: String::new(),
             inherit: None,
             stdin: None,
+            die_with_daemon: false,
         };
         assert_eq!(c.display(), "/usr/bin/bash run.sh 'a b' 'it'\\''s'");
     }
@@ -375,6 +380,7 @@ mod tests {
             marker: "test-marker-xyz".into(),
             inherit: None,
             stdin: None,
+            die_with_daemon: false,
         };
         init_daemon_process();
         let mut s = spawn(&c, None).unwrap();

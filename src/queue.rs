@@ -69,6 +69,9 @@ pub struct Entry {
     /// it is not started again (a loop).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,
+    /// The schedule tick it runs for (`WEBJOBS_TICK`), ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick_ms: Option<i64>,
 }
 
 /// A run of a job (a chain's parent), or a request (a child).
@@ -101,6 +104,7 @@ impl Entry {
             trigger_file: None,
             parent: None,
             chain: Vec::new(),
+            tick_ms: None,
         }
     }
 

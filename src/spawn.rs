@@ -86,6 +86,9 @@ pub struct Stdio {
     pub cgroup_procs: Option<RawFd>,
     /// A descriptor the child keeps, as fd 3.
     pub keep: Option<RawFd>,
+    /// The child is SIGKILLed when the daemon's thread that started it (a
+    /// runtime worker, alive as long as the daemon) ends.
+    pub die_with_parent: bool,
 }
 
 /// Starts the process; it leads a new process group. Returns once it has
@@ -101,6 +104,7 @@ pub fn spawn(prep: &Prepared, stdio: &Stdio) -> io::Result<Leader> {
         stderr: stdio.stderr,
         procs: stdio.cgroup_procs,
         keep: stdio.keep,
+        die: stdio.die_with_parent,
         errno: &child_errno,
     };
     let child = Box::new(move || -> isize {
@@ -189,6 +193,7 @@ struct ChildFds {
     stderr: RawFd,
     procs: Option<RawFd>,
     keep: Option<RawFd>,
+    die: bool,
     /// Where the child leaves errno when it fails before exec.
     errno: *const std::sync::atomic::AtomicI32,
 }
@@ -228,6 +233,9 @@ unsafe fn child_main(
             }
         }
         if libc::setpgid(0, 0) != 0 {
+            fail(report);
+        }
+        if fds.die && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
             fail(report);
         }
         if let Some(fd) = fds.procs

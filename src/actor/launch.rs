@@ -69,6 +69,9 @@ impl Launch<'_> {
         command.args.extend(self.arguments.iter().map(Into::into));
         command.inherit = self.inherit;
         command.stdin = self.stdin;
+        // A run under a database lease does not outlive this daemon: once the
+        // daemon is gone, another takes the lease over (after its grace).
+        command.die_with_daemon = command.env.iter().any(|(k, _)| k == "WEBJOBS_FENCE");
         // Runs side by side (max_parallel) each need a cgroup of their own.
         let own = job.settings.max_parallel > 1;
         let cgroup = self.shared.run_cgroup(key, self.nonce, &job.settings.limits, own)?;
@@ -91,7 +94,14 @@ pub fn command(
     if !job.script.host.is_empty() {
         args.push(script.into());
     }
-    Command { program, args, cwd, env, marker, inherit: None, stdin: None }
+    Command { program, args, cwd, env, marker, inherit: None, stdin: None, die_with_daemon: false }
+}
+
+/// `WEBJOBS_FENCE`: the fencing token of the lease a run holds (a database
+/// backend), for the job to check on its own writes.
+pub fn fence_env(lease: Option<&crate::coordination::Lease>) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let fence = lease.and_then(crate::coordination::Lease::fence);
+    fence.map(|f| ("WEBJOBS_FENCE".into(), f.to_string().into())).into_iter().collect()
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ async fn submit(state: &ApiState, job: &str, headers: &HeaderMap, request: RunRe
 pub(super) fn refused(e: Refused) -> Response {
     let status = match &e {
         Refused::Running(_) | Refused::Stopped | Refused::Disabled(_) | Refused::Invalid(_) => StatusCode::CONFLICT,
-        Refused::Duplicate(_) => StatusCode::CONFLICT,
+        Refused::Duplicate(_) | Refused::TickTaken => StatusCode::CONFLICT,
         Refused::NoActiveRun(_) => StatusCode::NOT_FOUND,
         Refused::Storage { full: true, .. } => StatusCode::INSUFFICIENT_STORAGE,
         Refused::Storage { .. } | Refused::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,

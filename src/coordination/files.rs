@@ -120,6 +120,8 @@ pub enum InstanceError {
     InUse { id: String, holder: String, data: PathBuf },
     #[error("cannot use the instance lock {path}: {cause}")]
     Io { path: PathBuf, cause: io::Error },
+    #[error("cannot register instance `{id}` in the database: {why}")]
+    Database { id: String, why: String },
 }
 
 impl Files {

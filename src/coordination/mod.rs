@@ -16,12 +16,15 @@
 //!   (done, requeued for a retry, or dead); the requests a daemon that is
 //!   gone had taken are found and recovered by another.
 //!
-//! The actors use [`Coordinator`] and [`JobCoordination`] only; the methods
-//! are async so that a database backend (PostgreSQL) slots in as another
-//! variant without touching them. The one backend today is [`files`]: kernel
-//! file locks in the shared data folder.
+//! The actors use [`Coordinator`] and [`JobCoordination`] only. Two
+//! backends: [`files`] (kernel file locks in a shared data folder: one host,
+//! or NFS) and [`postgres`] (sessions and leases on the database's clock,
+//! with fencing tokens, for machines with no shared disk). A lease can be
+//! lost while held (a database backend that cannot renew it):
+//! [`Lease::lost`] says when, and its holder stops what it guards.
 
 pub mod files;
+pub mod postgres;
 pub mod queue;
 
 use std::io;
@@ -31,13 +34,15 @@ use crate::key::JobKey;
 use crate::queue::{Entry, Slot};
 
 pub use files::InstanceError;
-pub use queue::{Duplicate, Taken};
+pub use queue::{Duplicate, Taken, Unstored};
 
 /// How this daemon coordinates with the others.
 #[derive(Debug, Clone)]
 pub enum Coordinator {
     /// Lock files in the shared data folder.
     Files(files::Files),
+    /// A PostgreSQL database (and lock files for this daemon's own data folder).
+    Postgres(files::Files, postgres::Postgres),
 }
 
 /// A held lease (singleton, run lock); released when dropped, or when the
@@ -45,6 +50,7 @@ pub enum Coordinator {
 #[derive(Debug)]
 pub enum Lease {
     Files(files::FileLease),
+    Postgres(postgres::PgLease),
 }
 
 impl Lease {
@@ -53,7 +59,49 @@ impl Lease {
     pub fn fd(&self) -> Option<std::os::fd::RawFd> {
         match self {
             Lease::Files(lease) => Some(lease.fd()),
+            Lease::Postgres(_) => None,
         }
+    }
+
+    /// The fencing token of this holding (`WEBJOBS_FENCE`): greater than
+    /// any earlier holder's.
+    pub fn fence(&self) -> Option<i64> {
+        match self {
+            Lease::Files(_) => None,
+            Lease::Postgres(lease) => Some(lease.fence()),
+        }
+    }
+
+    /// Completes when the lease can no longer be trusted (never, for a
+    /// kernel file lock); [`Lease::why_lost`] says why.
+    pub async fn lost(&self) {
+        match self {
+            Lease::Files(_) => std::future::pending().await,
+            Lease::Postgres(lease) => lease.lost().await,
+        }
+    }
+
+    /// [`Lease::lost`] as a future of its own (it borrows nothing).
+    pub fn watch_lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        match self {
+            Lease::Files(_) => Box::pin(std::future::pending()),
+            Lease::Postgres(lease) => Box::pin(lease.watch_lost()),
+        }
+    }
+
+    pub fn why_lost(&self) -> String {
+        match self {
+            Lease::Files(_) => String::new(),
+            Lease::Postgres(lease) => lease.why_lost(),
+        }
+    }
+}
+
+/// Completes when `lease` (if any) is lost.
+pub async fn lost(lease: Option<&Lease>) {
+    match lease {
+        Some(lease) => lease.lost().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -61,6 +109,8 @@ impl Lease {
 #[derive(Debug)]
 pub enum Registration {
     Files(Lease),
+    /// The local instance lock, and the task that keeps the database session.
+    Postgres(Lease, tokio::task::JoinHandle<()>),
 }
 
 /// The coordination of one triggered job (kept by its actor, so that a run or
@@ -68,12 +118,29 @@ pub enum Registration {
 #[derive(Debug)]
 pub enum JobCoordination {
     Files(files::JobFiles),
+    Postgres(postgres::JobPg),
 }
 
 impl Coordinator {
-    /// The backend the configuration names (lock files in the data folder).
+    /// Lock files in the data folder.
     pub fn for_data(data_dir: &Path) -> Coordinator {
         Coordinator::Files(files::Files::new(data_dir))
+    }
+
+    /// The backend the configuration names: PostgreSQL (connected, its
+    /// schema migrated) or lock files in the data folder.
+    pub async fn open(data_dir: &Path, pg: Option<&postgres::PgSettings>) -> Result<Coordinator, postgres::PgError> {
+        let files = files::Files::new(data_dir);
+        match pg {
+            None => Ok(Coordinator::Files(files)),
+            Some(settings) => Ok(Coordinator::Postgres(files, postgres::Postgres::open(settings, data_dir).await?)),
+        }
+    }
+
+    fn local(&self) -> &files::Files {
+        match self {
+            Coordinator::Files(f) | Coordinator::Postgres(f, _) => f,
+        }
     }
 
     /// Registers this daemon as instance `id`; refused while a live daemon
@@ -82,16 +149,39 @@ impl Coordinator {
     /// exec), so a held registration is tried again for up to a second.
     pub async fn register(&self, id: &str) -> Result<Registration, InstanceError> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-        loop {
-            let result = match self {
-                Coordinator::Files(f) => f.register(id).map(Registration::Files),
-            };
-            match result {
+        let local = loop {
+            match self.local().register(id) {
                 Err(InstanceError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                other => return other,
+                other => break other?,
             }
+        };
+        match self {
+            Coordinator::Files(_) => Ok(Registration::Files(local)),
+            Coordinator::Postgres(_, pg) => {
+                pg.register(id, None).await.map_err(|why| InstanceError::Database { id: id.to_string(), why })?;
+                let keeper = tokio::spawn(pg.clone().keep(id.to_string(), None));
+                Ok(Registration::Postgres(local, keeper))
+            }
+        }
+    }
+
+    /// Ends this daemon's registration (a graceful stop): what it held is
+    /// free for the others at once.
+    pub async fn deregister(&self, registration: Registration) {
+        if let (Coordinator::Postgres(_, pg), Registration::Postgres(_, keeper)) = (self, &registration) {
+            keeper.abort();
+            pg.deregister().await;
+        }
+        drop(registration);
+    }
+
+    /// What the database backend's beats tell (none for lock files).
+    pub fn beats(&self) -> Option<tokio::sync::watch::Receiver<postgres::Beat>> {
+        match self {
+            Coordinator::Files(_) => None,
+            Coordinator::Postgres(_, pg) => Some(pg.beat_state()),
         }
     }
 
@@ -99,14 +189,35 @@ impl Coordinator {
     pub async fn instance_alive(&self, id: &str) -> bool {
         match self {
             Coordinator::Files(f) => f.instance_alive(id),
+            Coordinator::Postgres(_, pg) => pg.alive(id),
         }
     }
 
     /// Takes the singleton lease of a continuous job if no one holds it
-    /// (never waits). `instance` is recorded as the holder.
-    pub async fn try_singleton(&self, key: &JobKey, instance: &str) -> io::Result<Option<Lease>> {
+    /// (never waits). `instance` is recorded as the holder; `grace` is how
+    /// long after this daemon is gone the lease stays its (the job's stop
+    /// time and a second: a database backend only).
+    pub async fn try_singleton(
+        &self,
+        key: &JobKey,
+        instance: &str,
+        grace: std::time::Duration,
+    ) -> io::Result<Option<Lease>> {
         match self {
             Coordinator::Files(f) => Ok(f.try_singleton(key, instance)?.map(Lease::Files)),
+            Coordinator::Postgres(_, pg) => {
+                let name = format!("singleton:{}", postgres::job_name(key));
+                Ok(pg.try_lease(&name, instance, grace).await?.map(Lease::Postgres))
+            }
+        }
+    }
+
+    /// Waits until a job's singleton lease may be free (at most `max`): a
+    /// database backend says so after a beat, lock files are tried again.
+    pub async fn singleton_free(&self, key: &JobKey, max: std::time::Duration) {
+        match self {
+            Coordinator::Files(_) => tokio::time::sleep(max).await,
+            Coordinator::Postgres(_, pg) => pg.lease_free(&format!("singleton:{}", postgres::job_name(key)), max).await,
         }
     }
 
@@ -114,6 +225,7 @@ impl Coordinator {
     pub async fn singleton_holder(&self, key: &JobKey) -> Option<String> {
         match self {
             Coordinator::Files(f) => f.singleton_holder(key),
+            Coordinator::Postgres(_, pg) => pg.lease_holder(&format!("singleton:{}", postgres::job_name(key))).await,
         }
     }
 
@@ -121,6 +233,7 @@ impl Coordinator {
     pub async fn job(&self, key: &JobKey) -> io::Result<JobCoordination> {
         match self {
             Coordinator::Files(f) => f.job(key).map(JobCoordination::Files),
+            Coordinator::Postgres(_, pg) => Ok(JobCoordination::Postgres(pg.job(key))),
         }
     }
 
@@ -128,6 +241,7 @@ impl Coordinator {
     pub async fn instances(&self) -> Vec<String> {
         match self {
             Coordinator::Files(f) => f.instances(),
+            Coordinator::Postgres(_, pg) => pg.instances(),
         }
     }
 
@@ -135,6 +249,7 @@ impl Coordinator {
     pub fn describe(&self) -> String {
         match self {
             Coordinator::Files(f) => format!("lock files in {}", f.data_dir().display()),
+            Coordinator::Postgres(_, pg) => pg.describe(),
         }
     }
 }
@@ -143,9 +258,25 @@ impl JobCoordination {
     /// Takes one of the job's `slots` run locks (at most `slots` active runs
     /// across all daemons) if one is free, never waiting. `instance` is
     /// recorded as the holder.
-    pub async fn try_run(&self, instance: &str, slots: u32) -> io::Result<Option<Lease>> {
+    pub async fn try_run(&self, instance: &str, slots: u32, grace: std::time::Duration) -> io::Result<Option<Lease>> {
         match self {
             JobCoordination::Files(f) => Ok(f.try_run(instance, slots)?.map(Lease::Files)),
+            JobCoordination::Postgres(p) => Ok(p.try_run(instance, slots, grace).await?.map(Lease::Postgres)),
+        }
+    }
+
+    /// Whether daemons share the queue (a database): the head is taken with
+    /// [`JobCoordination::take_next`], not from this daemon's index.
+    pub fn shared_queue(&self) -> bool {
+        matches!(self, JobCoordination::Postgres(_))
+    }
+
+    /// Takes the due head of a shared queue, skipping what other daemons
+    /// are taking at this moment (`None`: nothing due).
+    pub async fn take_next(&self, grace: std::time::Duration) -> io::Result<Option<Taken>> {
+        match self {
+            JobCoordination::Files(_) => Ok(None),
+            JobCoordination::Postgres(p) => p.take(None, grace).await,
         }
     }
 
@@ -153,7 +284,16 @@ impl JobCoordination {
     pub async fn run_holder(&self) -> Option<String> {
         match self {
             JobCoordination::Files(f) => f.run_holder(),
+            JobCoordination::Postgres(p) => p.run_holder().await,
         }
+    }
+
+    /// Whether a tick is claimed with its request, in one transaction, by
+    /// [`JobCoordination::enqueue`] of an entry with `tick_ms` (a database),
+    /// rather than by [`JobCoordination::claim_tick`] first: a daemon that
+    /// dies between the two never loses a tick.
+    pub fn claims_tick_on_enqueue(&self) -> bool {
+        matches!(self, JobCoordination::Postgres(_))
     }
 
     /// Claims schedule tick `tick`: true for exactly one caller across all
@@ -161,6 +301,7 @@ impl JobCoordination {
     pub async fn claim_tick(&self, tick: jiff::Timestamp) -> io::Result<bool> {
         match self {
             JobCoordination::Files(f) => f.claim_tick(tick),
+            JobCoordination::Postgres(p) => p.claim_tick(tick).await,
         }
     }
 
@@ -168,14 +309,16 @@ impl JobCoordination {
     pub async fn last_tick(&self) -> Option<jiff::Timestamp> {
         match self {
             JobCoordination::Files(f) => f.last_tick(),
+            JobCoordination::Postgres(p) => p.last_tick().await,
         }
     }
 
     /// Stores a request (and its payload) in the job's queue; refused when
     /// its dedup key is held.
-    pub async fn enqueue(&self, entry: &Entry, payload: Option<&[u8]>) -> io::Result<Result<(), Duplicate>> {
+    pub async fn enqueue(&self, entry: &Entry, payload: Option<&[u8]>) -> io::Result<Result<(), Unstored>> {
         match self {
             JobCoordination::Files(f) => f.enqueue(entry, payload),
+            JobCoordination::Postgres(p) => p.enqueue(entry, payload).await,
         }
     }
 
@@ -183,13 +326,15 @@ impl JobCoordination {
     pub async fn scan(&self) -> io::Result<Vec<Slot>> {
         match self {
             JobCoordination::Files(f) => f.scan(),
+            JobCoordination::Postgres(p) => p.scan().await,
         }
     }
 
     /// Takes a queued request: `None` when another daemon took it first.
-    pub async fn take(&self, slot: &Slot, instance: &str) -> io::Result<Option<Taken>> {
+    pub async fn take(&self, slot: &Slot, instance: &str, grace: std::time::Duration) -> io::Result<Option<Taken>> {
         match self {
             JobCoordination::Files(f) => f.take(slot, instance),
+            JobCoordination::Postgres(p) => p.take(Some(slot), grace).await,
         }
     }
 
@@ -197,6 +342,7 @@ impl JobCoordination {
     pub fn payload_path(&self, id: &str) -> std::path::PathBuf {
         match self {
             JobCoordination::Files(f) => f.payload_path(id),
+            JobCoordination::Postgres(p) => p.payload_path(id),
         }
     }
 
@@ -204,6 +350,7 @@ impl JobCoordination {
     pub async fn done(&self, taken: Taken, window: std::time::Duration) -> io::Result<()> {
         match self {
             JobCoordination::Files(f) => f.done(taken, window),
+            JobCoordination::Postgres(p) => p.done(taken, window).await,
         }
     }
 
@@ -211,6 +358,7 @@ impl JobCoordination {
     pub async fn requeue(&self, taken: Taken, entry: &Entry) -> io::Result<Slot> {
         match self {
             JobCoordination::Files(f) => f.requeue(taken, entry),
+            JobCoordination::Postgres(p) => p.requeue(taken, entry).await,
         }
     }
 
@@ -219,6 +367,7 @@ impl JobCoordination {
     pub async fn bury(&self, taken: Taken, entry: &Entry, keep: usize) -> io::Result<()> {
         match self {
             JobCoordination::Files(f) => f.bury(taken, entry, keep),
+            JobCoordination::Postgres(p) => p.bury(taken, entry, keep).await,
         }
     }
 
@@ -226,6 +375,7 @@ impl JobCoordination {
     pub async fn known(&self, id: &str) -> bool {
         match self {
             JobCoordination::Files(f) => f.known(id),
+            JobCoordination::Postgres(p) => p.known(id).await,
         }
     }
 
@@ -233,6 +383,7 @@ impl JobCoordination {
     pub async fn dead(&self) -> Vec<Entry> {
         match self {
             JobCoordination::Files(f) => f.dead(),
+            JobCoordination::Postgres(p) => p.dead().await,
         }
     }
 
@@ -240,6 +391,7 @@ impl JobCoordination {
     pub async fn revive(&self, id: &str) -> io::Result<Option<Entry>> {
         match self {
             JobCoordination::Files(f) => f.revive(id),
+            JobCoordination::Postgres(p) => p.revive(id).await,
         }
     }
 
@@ -247,6 +399,7 @@ impl JobCoordination {
     pub async fn remove_queued(&self, id: &str) -> io::Result<Option<Entry>> {
         match self {
             JobCoordination::Files(f) => f.remove_queued(id),
+            JobCoordination::Postgres(p) => p.remove_queued(id).await,
         }
     }
 
@@ -254,6 +407,7 @@ impl JobCoordination {
     pub async fn queued(&self, limit: usize, id: Option<&str>) -> Vec<Entry> {
         match self {
             JobCoordination::Files(f) => f.queued(limit, id),
+            JobCoordination::Postgres(p) => p.queued(limit, id).await,
         }
     }
 
@@ -279,6 +433,9 @@ impl JobCoordination {
                 }
                 Ok(found)
             }
+            // Sessions that are gone, whoever they were (this instance's
+            // previous life included, once its grace is over).
+            JobCoordination::Postgres(p) => p.orphans().await,
         }
     }
 }
@@ -289,6 +446,8 @@ mod tests {
     use super::*;
     use crate::key::JobKind;
 
+    const G: std::time::Duration = std::time::Duration::from_secs(1);
+
     fn backends(d: &Path) -> Vec<(Coordinator, Coordinator)> {
         vec![(Coordinator::for_data(d), Coordinator::for_data(d))]
     }
@@ -298,12 +457,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let key = JobKey::new(JobKind::Continuous, "j");
         for (a, b) in backends(d.path()) {
-            let first = a.try_singleton(&key, "one").await.unwrap();
+            let first = a.try_singleton(&key, "one", G).await.unwrap();
             assert!(first.is_some());
-            assert!(b.try_singleton(&key, "two").await.unwrap().is_none());
+            assert!(b.try_singleton(&key, "two", G).await.unwrap().is_none());
             assert_eq!(b.singleton_holder(&key).await.unwrap(), format!("instance one (pid {})", std::process::id()));
             drop(first);
-            assert!(b.try_singleton(&key, "two").await.unwrap().is_some());
+            assert!(b.try_singleton(&key, "two", G).await.unwrap().is_some());
         }
     }
 
@@ -328,14 +487,14 @@ mod tests {
         let key = JobKey::new(JobKind::Triggered, "t");
         for (a, b) in backends(d.path()) {
             let (a, b) = (a.job(&key).await.unwrap(), b.job(&key).await.unwrap());
-            let lease = a.try_run("one", 1).await.unwrap().unwrap();
-            assert!(b.try_run("two", 1).await.unwrap().is_none());
+            let lease = a.try_run("one", 1, G).await.unwrap().unwrap();
+            assert!(b.try_run("two", 1, G).await.unwrap().is_none());
             assert!(b.run_holder().await.unwrap().starts_with("instance one"));
-            let second = b.try_run("two", 2).await.unwrap();
+            let second = b.try_run("two", 2, G).await.unwrap();
             assert!(second.is_some(), "a second slot with max_parallel 2");
-            assert!(a.try_run("one", 2).await.unwrap().is_none(), "both slots held");
+            assert!(a.try_run("one", 2, G).await.unwrap().is_none(), "both slots held");
             drop(lease);
-            assert!(b.try_run("two", 1).await.unwrap().is_some());
+            assert!(b.try_run("two", 1, G).await.unwrap().is_some());
         }
     }
 

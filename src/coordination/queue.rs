@@ -28,8 +28,37 @@ use crate::queue::{Entry, Slot};
 /// A request taken from the queue by this daemon.
 #[derive(Debug)]
 pub struct Taken {
-    path: PathBuf,
+    pub(super) place: Place,
     pub entry: Entry,
+}
+
+/// Where a taken request is kept.
+#[derive(Debug)]
+pub(super) enum Place {
+    /// Its file under `taken/<instance>/`.
+    File(PathBuf),
+    /// Its row in the database, taken by this session.
+    Row { session: i64 },
+}
+
+impl Taken {
+    fn path(&self) -> io::Result<&Path> {
+        match &self.place {
+            Place::File(path) => Ok(path),
+            Place::Row { .. } => Err(io::Error::other("a request taken from the database is not a file")),
+        }
+    }
+}
+
+/// Why a request was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unstored {
+    #[error(transparent)]
+    Duplicate(#[from] Duplicate),
+    /// Its schedule tick was claimed by another daemon (a database backend
+    /// claims a tick and stores its request in one transaction).
+    #[error("the schedule tick was claimed by another daemon")]
+    TickTaken,
 }
 
 /// A request with this dedup key is queued or running (or ended within the window).
@@ -52,13 +81,13 @@ impl JobFiles {
 
     /// Queues `entry` (and its payload). Refused while another request with
     /// its key is queued or running, or ended less than `window` ago.
-    pub fn enqueue(&self, entry: &Entry, payload: Option<&[u8]>) -> io::Result<Result<(), Duplicate>> {
+    pub fn enqueue(&self, entry: &Entry, payload: Option<&[u8]>) -> io::Result<Result<(), Unstored>> {
         std::fs::create_dir_all(self.queue())?;
         let _lock = match &entry.key {
             Some(key) => {
                 let lock = self.lock()?;
                 if let Some(existing) = self.key_holder(key)? {
-                    return Ok(Err(Duplicate { key: key.clone(), id: existing }));
+                    return Ok(Err(Duplicate { key: key.clone(), id: existing }.into()));
                 }
                 Some(lock)
             }
@@ -93,7 +122,7 @@ impl JobFiles {
             return Ok(None);
         }
         let entry = read_entry(&to)?;
-        Ok(Some(Taken { path: to, entry }))
+        Ok(Some(Taken { place: Place::File(to), entry }))
     }
 
     /// Where a request's payload is.
@@ -106,15 +135,15 @@ impl JobFiles {
     pub fn done(&self, taken: Taken, window: Duration) -> io::Result<()> {
         self.release_key(&taken.entry, window)?;
         let _ = std::fs::remove_file(self.payload_path(&taken.entry.id));
-        remove(&taken.path)
+        remove(taken.path()?)
     }
 
     /// Puts a taken request back in the queue as `entry` says (its attempts,
     /// when it is due).
     pub fn requeue(&self, taken: Taken, entry: &Entry) -> io::Result<Slot> {
         let slot = entry.slot();
-        std::fs::write(&taken.path, serde_json::to_vec(entry)?)?;
-        std::fs::rename(&taken.path, self.queue().join(slot.file_name()))?;
+        std::fs::write(taken.path()?, serde_json::to_vec(entry)?)?;
+        std::fs::rename(taken.path()?, self.queue().join(slot.file_name()))?;
         Ok(slot)
     }
 
@@ -125,7 +154,7 @@ impl JobFiles {
         let dead = self.queue().join(DEAD);
         write_new(&dead, &format!("{}.run", entry.id), &serde_json::to_vec(entry)?)?;
         self.release_key(entry, Duration::ZERO)?;
-        remove(&taken.path)?;
+        remove(taken.path()?)?;
         let mut names: Vec<String> = std::fs::read_dir(&dead)?
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
@@ -208,7 +237,7 @@ impl JobFiles {
         let taken = entries
             .filter_map(|e| {
                 let path = e.path();
-                read_entry(&path).ok().map(|entry| Taken { path, entry })
+                read_entry(&path).ok().map(|entry| Taken { place: Place::File(path), entry })
             })
             .collect();
         let _ = std::fs::remove_dir(dir);
@@ -218,9 +247,10 @@ impl JobFiles {
     /// Moves a request another instance had taken to this instance (before
     /// its recovery), so that no other daemon recovers it too.
     pub fn adopt(&self, taken: Taken, instance: &str) -> io::Result<Option<Taken>> {
-        let to = self.queue().join(TAKEN).join(instance).join(taken.path.file_name().unwrap_or_default());
-        let adopted = crate::queue::take_by_rename(&taken.path, &to)?;
-        Ok(adopted.then_some(Taken { path: to, entry: taken.entry }))
+        let from = taken.path()?;
+        let to = self.queue().join(TAKEN).join(instance).join(from.file_name().unwrap_or_default());
+        let adopted = crate::queue::take_by_rename(from, &to)?;
+        Ok(adopted.then_some(Taken { place: Place::File(to), entry: taken.entry }))
     }
 
     fn lock(&self) -> io::Result<Flock<File>> {

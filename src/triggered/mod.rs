@@ -122,6 +122,8 @@ pub struct RunRequest {
     /// Queued whatever the overlap policy says (`webjobs enqueue`), rather
     /// than refused while a run is active (Kudu's run).
     pub queue: bool,
+    /// The schedule tick it is for (`WEBJOBS_TICK`).
+    pub tick: Option<Timestamp>,
 }
 
 impl RunRequest {
@@ -156,6 +158,9 @@ pub enum Refused {
     NoActiveRun(String),
     #[error("{0}")]
     Duplicate(String),
+    /// Another daemon claimed the schedule tick (and stored its request).
+    #[error("the schedule tick was claimed by another daemon")]
+    TickTaken,
     /// The request could not be stored (`full`: no space left).
     #[error("cannot queue the request: {why}")]
     Storage { why: String, full: bool },
@@ -241,6 +246,8 @@ enum Event {
     Scan,
     /// A run slot of the daemon (`max_concurrent_runs`) is free for us.
     Permit(tokio::sync::OwnedSemaphorePermit),
+    /// The run lock of active run number `.0` is lost.
+    LeaseLost(usize),
 }
 
 /// Why an active run is being ended by us.
@@ -251,6 +258,10 @@ enum End {
     Timeout(Duration),
     Idle(Duration),
     Shutdown(&'static str),
+    /// The run lock can no longer be trusted (a database backend that
+    /// cannot renew this daemon's session): the run stops before another
+    /// daemon may start one.
+    LeaseLost(String),
 }
 
 struct Active {
@@ -391,6 +402,7 @@ impl Actor {
     async fn next_event(&mut self) -> Event {
         let later = self.later;
         let check_at = self.active.iter().filter(|a| a.ending.is_none()).map(next_check).min();
+        let lost = lease_lost(&self.active);
         let active = &mut self.active;
         tokio::select! {
             // Once stopping, nothing more is taken in: the supervisor drops the
@@ -399,6 +411,7 @@ impl Actor {
             control = self.rx.recv(), if !self.exiting => {
                 Event::Control(control.unwrap_or(Control::Shutdown { why: "daemon stopping" }))
             }
+            lost = lost => Event::LeaseLost(lost),
             over = run_over(active) => Event::RunOver(over),
             wake = self.timer.wait() => Event::Timer(wake),
             () = sleep_until(later) => Event::Later,
@@ -412,6 +425,11 @@ impl Actor {
         match event {
             Event::Control(control) => self.on_control(control).await,
             Event::RunOver(n) => self.on_over(n).await,
+            Event::LeaseLost(n) => {
+                let why = self.active.get(n).map(|a| a._lease.why_lost()).unwrap_or_default();
+                self.scheduler_log.sys(Level::SysError, &format!("run lock lost: {why}; the run is stopped"));
+                self.end_run(n, End::LeaseLost(why));
+            }
             Event::Timer(Wake::Due) => self.on_tick().await,
             Event::Timer(Wake::ClockChanged) => self.on_clock_set(),
             Event::Later => self.on_later().await,
@@ -708,6 +726,24 @@ fn sleep_until(at: Option<tokio::time::Instant>) -> Armed<'static, ()> {
 }
 
 /// Resolves when one of the active runs is over, with its place in the list.
+/// The first active run (not already ending) whose run lock is lost.
+fn lease_lost(active: &[Active]) -> Armed<'static, usize> {
+    let mut watched = active.iter().enumerate().filter(|(_, a)| a.ending.is_none()).peekable();
+    if watched.peek().is_none() {
+        return Box::pin(std::future::pending());
+    }
+    let all: Vec<_> = watched
+        .map(|(n, a)| {
+            let lost = a._lease.watch_lost();
+            Box::pin(async move {
+                lost.await;
+                n
+            })
+        })
+        .collect();
+    Box::pin(async move { futures_util::future::select_all(all).await.0 })
+}
+
 fn run_over(active: &mut [Active]) -> Armed<'_, usize> {
     match active {
         [] => Box::pin(std::future::pending()),

@@ -41,6 +41,7 @@ impl Actor {
         entry.key = request.key;
         entry.correlation_id = request.correlation_id;
         entry.payload = request.payload.as_ref().map(|p| p.len() as u64);
+        entry.tick_ms = request.tick.map(|t| t.as_millisecond());
         self.persist(&entry, request.payload.as_deref()).await
     }
 
@@ -48,6 +49,7 @@ impl Actor {
     pub(super) async fn persist(&mut self, entry: &Entry, payload: Option<&[u8]>) -> Result<Slot, Refused> {
         match self.locks.enqueue(entry, payload).await {
             Ok(Ok(())) => {}
+            Ok(Err(crate::coordination::Unstored::TickTaken)) => return Err(Refused::TickTaken),
             Ok(Err(duplicate)) => return Err(Refused::Duplicate(duplicate.to_string())),
             Err(e) => {
                 let full = e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT);
@@ -75,6 +77,9 @@ impl Actor {
             return Dispatch::Waiting;
         }
         let mut prefer = prefer;
+        let grace = job.settings.stopping_wait_time + Duration::from_secs(1);
+        // A shared queue (a database) is read again when its head was taken elsewhere.
+        let mut reread = self.locks.shared_queue();
         loop {
             let now = Timestamp::now().as_millisecond();
             let Some(slot) = prefer.take().or_else(|| self.index.next(now)) else {
@@ -94,7 +99,7 @@ impl Actor {
                     }
                 },
             };
-            let lease = match self.locks.try_run(&self.shared.instance, job.settings.max_parallel).await {
+            let lease = match self.locks.try_run(&self.shared.instance, job.settings.max_parallel, grace).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     // A run is active on another daemon, which we cannot hear end.
@@ -111,8 +116,34 @@ impl Actor {
                 }
             };
             self.index.remove(&slot);
-            let taken = match self.locks.take(&slot, &self.shared.instance).await {
+            let taken = if self.locks.shared_queue() && !self.replacement.as_ref().is_some_and(|(s, _)| *s == slot) {
+                // Whatever is due first, skipping what other daemons are taking.
+                self.locks.take_next(grace).await.inspect(|t| {
+                    if let Some(t) = t
+                        && *t.entry.id != *slot.id
+                    {
+                        self.index.remove(&t.entry.slot());
+                        self.index.insert(slot.clone());
+                    }
+                })
+            } else {
+                self.locks.take(&slot, &self.shared.instance, grace).await
+            };
+            let taken = match taken {
                 Ok(Some(taken)) => taken,
+                Ok(None) if reread => {
+                    self.permit = permit;
+                    reread = false;
+                    match self.locks.scan().await {
+                        Ok(slots) => {
+                            self.index.clear();
+                            slots.into_iter().for_each(|s| self.index.insert(s));
+                        }
+                        Err(_) => self.index.clear(),
+                    }
+                    self.publish_queue();
+                    continue;
+                }
                 Ok(None) => {
                     self.permit = permit;
                     continue; // another daemon took it first, or it was cancelled
@@ -304,7 +335,8 @@ impl Actor {
         let catch_up = catch_up.unwrap_or(crate::settings::CatchUp::MaxAge(Duration::from_secs(600)));
         let now = Timestamp::now().as_millisecond();
         let late = human(Duration::from_millis((now - slot.due_ms).max(0) as u64));
-        let one_off = match self.locks.take(&slot, &self.shared.instance).await {
+        let grace = self.grace() + Duration::from_secs(1);
+        let one_off = match self.locks.take(&slot, &self.shared.instance, grace).await {
             Ok(Some(taken)) if taken.entry.attempts == 0 => taken,
             Ok(Some(taken)) => {
                 let entry = taken.entry.clone();

@@ -38,7 +38,7 @@ impl Actor {
         let (id, spawned) = match made {
             Ok(dir) => {
                 let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(id);
-                let spawned = self.spawn(job, &id, &dir, &taken.entry).await;
+                let spawned = self.spawn(job, &id, &dir, &taken.entry, &lease).await;
                 (id, spawned)
             }
             Err(e) => (id, Err(e)),
@@ -231,6 +231,7 @@ impl Actor {
                 ),
             ),
             End::Shutdown(why) => (RunState::Aborted, format!("the daemon is stopping ({why})")),
+            End::LeaseLost(why) => (RunState::Aborted, format!("run lock lost: {why}")),
         };
         active.run.begin_stop(&mut active.log, grace, &why);
         active.ending = Some((state, why));
@@ -355,19 +356,24 @@ impl Actor {
         id: &str,
         dir: &std::path::Path,
         request: &Entry,
+        lease: &crate::coordination::Lease,
     ) -> std::io::Result<Run> {
         let payload = request.payload.map(|_| self.locks.payload_path(&request.id));
-        let mut env = vec![
+        let mut env = crate::actor::launch::fence_env(Some(lease));
+        env.extend([
             ("WEBJOBS_ATTEMPT".into(), request.attempts.to_string().into()),
             ("WEBJOBS_REQUEST_ID".into(), request.id.clone().into()),
             ("WEBJOBS_RESULT_FILE".into(), dir.join(crate::layout::RUN_RESULT).into()),
             ("WEBJOBS_PROGRESS_FILE".into(), dir.join(crate::layout::RUN_PROGRESS).into()),
-        ];
+        ]);
         if let Some(file) = &payload {
             env.push(("WEBJOBS_PAYLOAD_FILE".into(), file.into()));
         }
         if let Some(file) = &request.trigger_file {
             env.push(("WEBJOBS_TRIGGER_FILE".into(), file.into()));
+        }
+        if let Some(tick) = request.tick_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()) {
+            env.push(("WEBJOBS_TICK".into(), tick.to_string().into()));
         }
         if let Some(correlation) = &request.correlation_id {
             env.push(("WEBJOBS_CORRELATION_ID".into(), correlation.into()));

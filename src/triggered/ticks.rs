@@ -91,17 +91,21 @@ impl Actor {
 
     /// Claims `tick` across daemons and asks for a run.
     pub(super) async fn fire(&mut self, tick: Timestamp, schedule: &crate::schedule::Schedule, missed: Option<String>) {
-        match self.locks.claim_tick(tick).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                self.scheduler_log.sys(Level::SysError, &format!("cannot claim the schedule tick: {e}"));
-                return;
+        // A database claims the tick with its request (in `store`).
+        if !self.locks.claims_tick_on_enqueue() {
+            match self.locks.claim_tick(tick).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    self.scheduler_log.sys(Level::SysError, &format!("cannot claim the schedule tick: {e}"));
+                    return;
+                }
             }
         }
         self.shared.metrics.tick_started(Timestamp::now().duration_since(tick).unsigned_abs());
         let trigger = format!("Schedule - {schedule}{}", missed.unwrap_or_default());
-        let request = RunRequest::new(trigger, Vec::new(), String::new());
+        let mut request = RunRequest::new(trigger, Vec::new(), String::new());
+        request.tick = Some(tick);
         let Some(result) = self.request_run(request, true, None).await else {
             return self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: replacing the active run"));
         };
@@ -112,7 +116,7 @@ impl Actor {
             Ok(Accepted::Queued(id)) => {
                 self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: queued as request {id}"))
             }
-            Err(Refused::Running(_)) => {}
+            Err(Refused::Running(_) | Refused::TickTaken) => {}
             Err(e) => self.scheduler_log.sys(Level::SysWarn, &format!("tick {tick}: not run: {e}")),
         }
     }

@@ -16,6 +16,8 @@ mod inprocess;
 mod kudu;
 mod logs;
 mod notify;
+mod pg;
+mod postgres;
 mod processes;
 mod queue;
 mod quickstart;
