@@ -125,3 +125,146 @@ fn a_paused_holder_loses_its_lease_and_on_waking_stops_its_copy_and_overwrites_n
     }
     assert!(a.stderr().contains("session of this daemon expired"), "{}", a.stderr());
 }
+
+/// A small random number generator (the test needs no cryptography).
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn each_schedule_tick_runs_once_across_three_daemons_killed_at_random() {
+    const JOBS: usize = 30;
+    let pg = Cluster::start();
+    let out = tempfile::tempdir().unwrap();
+    let ticks = out.path().join("ticks.txt");
+    let roots: Vec<Root> = (0..3).map(|_| root_on(&pg.url(), 2000)).collect();
+    let script = format!(
+        "echo \"$WEBJOBS_NAME $WEBJOBS_TICK $WEBJOBS_ATTEMPT $WEBJOBS_RUN_ID\" >> {}\n",
+        ticks.display()
+    );
+    let settings = r#"{"schedule": "* * * * * *", "stopping_wait_time": 1, "retries": 3, "retry_delay": 0.1}"#;
+    for root in &roots {
+        for n in 0..JOBS {
+            root.job("triggered", &format!("tick{n:02}"), &[("run.sh", &script), ("settings.job", settings)]);
+        }
+    }
+    let mut daemons: Vec<Option<Daemon>> = roots.iter().map(|r| Some(Daemon::start(r, &[]))).collect();
+    // Counted from the first whole second after every daemon is up.
+    let first = jiff::Timestamp::now().as_second() + 2;
+    let mut seed = (std::process::id() as u64) << 20 | 0x9e37;
+    let mut kills = 0;
+    let run_until = Instant::now() + Duration::from_secs(36);
+    while Instant::now() < run_until {
+        std::thread::sleep(Duration::from_millis(2000 + next_random(&mut seed) % 2000));
+        let victim = (next_random(&mut seed) % 3) as usize;
+        drop(daemons[victim].take().unwrap().kill9());
+        kills += 1;
+        daemons[victim] = Some(Daemon::start(&roots[victim], &[]));
+    }
+    let last = jiff::Timestamp::now().as_second() - 2;
+    // In-flight runs of the last killed daemon are retried after its grace.
+    std::thread::sleep(Duration::from_secs(6));
+    for daemon in daemons.iter_mut() {
+        daemon.take().unwrap().stop();
+    }
+    let mut seen: std::collections::BTreeMap<(String, i64), Vec<u32>> = Default::default();
+    for line in read(&ticks).lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let tick: jiff::Timestamp = parts[1].parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        seen.entry((parts[0].to_string(), tick.as_second())).or_default().push(parts[2].parse().unwrap());
+    }
+    let mut expected = 0;
+    let mut missing = Vec::new();
+    let mut twice = Vec::new();
+    for n in 0..JOBS {
+        for second in first..=last {
+            expected += 1;
+            match seen.get(&(format!("tick{n:02}"), second)) {
+                None => missing.push((n, second)),
+                Some(attempts) if attempts.len() > 1 => twice.push((n, second, attempts.clone())),
+                Some(_) => {}
+            }
+        }
+    }
+    eprintln!(
+        "{expected} ticks across 3 daemons, {kills} SIGKILLs: {} missing, {} run twice (in flight at a kill, retried)",
+        missing.len(),
+        twice.len()
+    );
+    assert!(expected >= 900, "{expected} ticks");
+    assert!(missing.is_empty(), "ticks never run: {missing:?}");
+    // A tick runs twice only when its first run was in flight on a daemon
+    // that was killed: the retry (a later attempt) is the second.
+    for (n, second, attempts) in &twice {
+        assert!(attempts.iter().any(|a| *a > 1), "tick{n:02} at {second} ran twice without a retry: {attempts:?}");
+    }
+    assert!(twice.len() <= kills * JOBS, "{} duplicates for {kills} kills", twice.len());
+}
+
+#[test]
+fn a_queue_is_drained_by_three_daemons_each_request_once_but_in_flight_ones_at_a_kill() {
+    const REQUESTS: usize = 600;
+    let pg = Cluster::start();
+    let out = tempfile::tempdir().unwrap();
+    let done = out.path().join("done.txt");
+    let roots: Vec<Root> = (0..3).map(|_| root_on(&pg.url(), 2000)).collect();
+    let script = format!(
+        "sleep 0.05\necho \"$WEBJOBS_REQUEST_ID $WEBJOBS_ATTEMPT $WEBJOBS_DATA_PATH\" >> {}\n",
+        done.display()
+    );
+    let settings = r#"{"max_parallel": 6, "stopping_wait_time": 1, "retries": 3, "retry_delay": 0.1}"#;
+    for root in &roots {
+        root.job("triggered", "work", &[("run.sh", &script), ("settings.job", settings)]);
+    }
+    let mut daemons: Vec<Option<Daemon>> = roots.iter().map(|r| Some(Daemon::start(r, &[]))).collect();
+    let http = roots[0].http();
+    let mut ids = Vec::new();
+    for n in 0..REQUESTS {
+        let reply = http.post(&format!("/api/triggeredwebjobs/work/run?queue=1&arguments=n{n}"));
+        assert!(reply.status < 300, "{} {}", reply.status, reply.text());
+        ids.push(reply.json()["request"].as_str().expect("a request id").to_string());
+        if n == REQUESTS / 2 {
+            // A daemon dies with runs in flight; its requests are recovered
+            // by the others after its grace, as Aborted attempts retried.
+            let victim = daemons[1].take().unwrap();
+            wait_for("a run in flight on it", Duration::from_secs(20), || !victim.job_pids("work").is_empty());
+            drop(victim.kill9());
+        }
+    }
+    let ran = || read(&done).lines().map(str::to_string).collect::<Vec<_>>();
+    wait_for("every request to run", Duration::from_secs(60), || {
+        let lines = ran();
+        ids.iter().all(|id| lines.iter().any(|l| l.starts_with(&format!("{id} "))))
+    });
+    wait_for("the queue to be empty", Duration::from_secs(20), || {
+        pg.psql("SELECT count(*) FROM webjobs_queue WHERE job = 'triggered/work'") == "0"
+    });
+    let mut runs: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    let mut by_root = [0usize; 3];
+    for line in ran() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        runs.entry(parts[0].to_string()).or_default().push(parts[1].parse().unwrap());
+        let root = roots.iter().position(|r| parts[2].starts_with(&r.path().display().to_string())).unwrap();
+        by_root[root] += 1;
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, a)| a.len() > 1).collect();
+    let retried = runs.values().filter(|a| a.iter().any(|n| *n > 1)).count();
+    eprintln!(
+        "{REQUESTS} requests: runs per daemon {by_root:?}; {retried} in flight at the kill, retried; {} of them had run before",
+        twice.len()
+    );
+    assert!(retried >= 1, "the run in flight at the kill was retried");
+    assert_eq!(runs.len(), REQUESTS, "every request ran");
+    for (id, attempts) in &twice {
+        assert!(attempts.iter().any(|a| *a > 1), "{id} ran twice without a retry: {attempts:?}");
+    }
+    assert!(twice.len() <= 6, "at most max_parallel in flight on the killed daemon: {}", twice.len());
+    assert!(by_root.iter().all(|n| *n > 0), "every daemon took requests: {by_root:?}");
+    daemons[1] = Some(Daemon::start(&roots[1], &[]));
+    for daemon in daemons.iter_mut().flatten() {
+        let _ = daemon.signal(libc::SIGTERM);
+    }
+}
