@@ -268,3 +268,88 @@ fn a_queue_is_drained_by_three_daemons_each_request_once_but_in_flight_ones_at_a
         let _ = daemon.signal(libc::SIGTERM);
     }
 }
+
+/// Samples `copies` every 20 ms until `until` holds: never more than one.
+fn never_two(what: &str, limit: Duration, copies: impl Fn() -> usize, mut until: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let n = copies();
+        assert!(n <= 1, "{what}: {n} copies at once");
+        if until() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_daemon_cut_off_from_the_database_stops_its_singleton_before_another_starts_it() {
+    let pg = Cluster::start();
+    let proxy = Proxy::start(pg.port);
+    let a_root = root_on(&proxy.url(), 2000);
+    let b_root = root_on(&pg.url(), 2000);
+    singleton_everywhere(&[&a_root, &b_root]);
+    let a = Daemon::start(&a_root, &[]);
+    wait_for("the cut-off-to-be daemon holds it", Duration::from_secs(10), || a.job_pids("only").len() == 1);
+    let b = Daemon::start(&b_root, &[]);
+    wait_for("the other stands by", Duration::from_secs(10), || b_root.status_is("only", "InactiveInstance"));
+    let copies = || a.job_pids("only").len() + b.job_pids("only").len();
+    let cut_at = Instant::now();
+    proxy.cut();
+    // A fences itself (ttl − ttl/5 without a renewal) and stops its copy;
+    // B may start only after A's session expired and the grace passed.
+    never_two("through the partition", Duration::from_secs(15), copies, || b.job_pids("only").len() == 1);
+    let took = cut_at.elapsed();
+    assert!(took >= Duration::from_secs(3), "taken over after {took:?}, before ttl + grace");
+    let log = a_root.log("only");
+    assert!(log.contains("singleton lease lost") && log.contains("no lease renewal confirmed"), "{log}");
+    // Healed: A comes back with a new session and stands by; one copy throughout.
+    proxy.heal();
+    let healed = Instant::now();
+    never_two("after healing", Duration::from_secs(10), copies, || {
+        healed.elapsed() > Duration::from_secs(4) && a_root.status_is("only", "InactiveInstance")
+    });
+    assert_eq!(b.job_pids("only").len(), 1);
+    assert!(a.stderr().contains("does not answer"), "{}", a.stderr());
+}
+
+#[test]
+fn postgres_restarted_under_load_pauses_singletons_and_runs_no_tick_twice() {
+    let pg = Cluster::start();
+    let out = tempfile::tempdir().unwrap();
+    let ticks = out.path().join("ticks.txt");
+    let roots: Vec<Root> = (0..2).map(|_| root_on(&pg.url(), 2000)).collect();
+    singleton_everywhere(&roots.iter().collect::<Vec<_>>());
+    let script = format!("echo \"$WEBJOBS_NAME $WEBJOBS_TICK\" >> {}\n", ticks.display());
+    let settings = r#"{"schedule": "* * * * * *", "stopping_wait_time": 1, "retries": 2, "retry_delay": 0.1}"#;
+    for root in &roots {
+        for n in 0..5 {
+            root.job("triggered", &format!("tick{n}"), &[("run.sh", &script), ("settings.job", settings)]);
+        }
+    }
+    let daemons: Vec<Daemon> = roots.iter().map(|r| Daemon::start(r, &[])).collect();
+    let copies = || daemons.iter().map(|d| d.job_pids("only").len()).sum::<usize>();
+    wait_for("the singleton runs", Duration::from_secs(10), || copies() == 1);
+    wait_for("ticks run", Duration::from_secs(10), || read(&ticks).lines().count() >= 10);
+    // Down for longer than the fencing delay (ttl − ttl/5 = 1.6 s): the
+    // singleton stops everywhere; nothing runs it while no one can renew.
+    pg.stop_server("fast");
+    let down = Instant::now();
+    never_two("while the database is down", Duration::from_secs(10), copies, || copies() == 0);
+    assert!(down.elapsed() < Duration::from_secs(4), "paused after {:?}", down.elapsed());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(copies(), 0, "no singleton runs while the database is away");
+    pg.start_server();
+    // Back: the daemons reconnect, one of them resumes the singleton, ticks resume.
+    let lines = read(&ticks).lines().count();
+    never_two("after the restart", Duration::from_secs(15), copies, || copies() == 1);
+    wait_for("ticks resume", Duration::from_secs(10), || read(&ticks).lines().count() >= lines + 10);
+    let mut seen = std::collections::BTreeSet::new();
+    for line in read(&ticks).lines() {
+        assert!(seen.insert(line.to_string()), "a tick ran twice: {line}");
+    }
+    for daemon in daemons {
+        daemon.stop();
+    }
+}
