@@ -195,7 +195,9 @@ struct Builder {
     cgroups: bool,
     notify: Vec<crate::notify::Rule>,
     notify_secret: Option<String>,
-    postgres: Option<crate::coordination::postgres::PgSettings>,
+    pg_url: Option<String>,
+    pg_ttl: Duration,
+    pg_ca: Option<PathBuf>,
 }
 
 impl Builder {
@@ -229,7 +231,9 @@ impl Builder {
             cgroups: true,
             notify: Vec::new(),
             notify_secret: None,
-            postgres: None,
+            pg_url: None,
+            pg_ttl: crate::coordination::postgres::PgSettings::DEFAULT_TTL,
+            pg_ca: None,
         }
     }
 
@@ -251,12 +255,7 @@ impl Builder {
             }
         }
         if let Some(v) = env("WEBJOBS_POSTGRES_URL").filter(|s| !s.trim().is_empty()) {
-            let settings = self.postgres.get_or_insert_with(|| crate::coordination::postgres::PgSettings {
-                url: String::new(),
-                ttl: crate::coordination::postgres::PgSettings::DEFAULT_TTL,
-                ca_file: None,
-            });
-            settings.url = v.trim().to_string();
+            self.pg_url = Some(v.trim().to_string());
         }
         if let Some(v) = env("WEBJOBS_STOPPED") {
             self.switches.stopped = flag(&v);
@@ -355,28 +354,19 @@ impl Builder {
         self.read_coordination(r);
     }
 
-    /// `"coordination": {"postgres": URL, "lease_ttl_ms": 5000, "ca_file": PEM}`.
+    /// `"coordination": {"postgres": URL, "lease_ttl_ms": 5000, "ca_file": PEM}`
+    /// (the URL may come from `WEBJOBS_POSTGRES_URL` instead).
     fn read_coordination<'a>(&mut self, r: &mut Reader<'a>) {
-        use crate::coordination::postgres::PgSettings;
         let Some(map) = r.object("coordination") else { return };
         let mut cr = Reader::nested(r.file(), "coordination".into(), map);
-        let url = cr.string("postgres").map(str::to_string);
-        let ttl = cr.integer("lease_ttl_ms", 1000, 600_000).map(Duration::from_millis);
-        let ca_file = cr.string("ca_file").map(PathBuf::from);
-        cr.deny_unknown("postgres, lease_ttl_ms, ca_file");
-        match url {
-            Some(url) if !url.trim().is_empty() => {
-                self.postgres = Some(PgSettings {
-                    url: url.trim().to_string(),
-                    ttl: ttl.unwrap_or(PgSettings::DEFAULT_TTL),
-                    ca_file,
-                })
-            }
-            _ if ttl.is_some() || ca_file.is_some() => {
-                cr.problem("postgres", "lease_ttl_ms and ca_file need the database's URL in coordination.postgres")
-            }
-            _ => {}
+        if let Some(url) = cr.string("postgres").filter(|u| !u.trim().is_empty()) {
+            self.pg_url = Some(url.trim().to_string());
         }
+        if let Some(ms) = cr.integer("lease_ttl_ms", 1000, 600_000) {
+            self.pg_ttl = Duration::from_millis(ms);
+        }
+        self.pg_ca = cr.string("ca_file").map(PathBuf::from);
+        cr.deny_unknown("postgres, lease_ttl_ms, ca_file");
         r.absorb(cr);
     }
 
@@ -503,9 +493,10 @@ impl Builder {
             cgroups: self.cgroups,
             notify: self.notify,
             notify_secret: self.notify_secret,
-            postgres: self.postgres.map(|mut pg| {
-                pg.ca_file = pg.ca_file.map(&under_root);
-                pg
+            postgres: self.pg_url.map(|url| crate::coordination::postgres::PgSettings {
+                url,
+                ttl: self.pg_ttl,
+                ca_file: self.pg_ca.map(&under_root),
             }),
         })
     }

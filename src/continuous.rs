@@ -439,6 +439,7 @@ impl Actor {
         let grace = job.settings.stopping_wait_time + Duration::from_secs(1);
         match self.shared.coordinator.try_singleton(&self.key, &self.shared.instance, grace).await {
             Ok(Some(lease)) => {
+                self.status.error = self.status.error.take().filter(|e| !e.starts_with("cannot use the singleton lock"));
                 let fence = lease.fence().map(|f| format!(" (fence {f})")).unwrap_or_default();
                 self.lease = Some(lease);
                 self.log.sys(Level::SysInfo, &format!("singleton lock acquired{fence}; this instance runs the job"));
@@ -455,7 +456,15 @@ impl Actor {
                 }
             }
             Err(e) => {
-                self.log.sys(Level::SysError, &format!("cannot use the singleton lock: {e}"));
+                // Not running here, whatever the lock's trouble is: stand by.
+                let text = format!("cannot use the singleton lock: {e}");
+                if self.status.error.as_deref() != Some(text.as_str()) {
+                    self.log.sys(Level::SysError, &text);
+                }
+                self.set_status(JobStatus::InactiveInstance, |s| {
+                    s.pid = None;
+                    s.error = Some(text);
+                });
             }
         }
         // Lock files are tried again after `singleton_retry`; a database

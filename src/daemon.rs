@@ -49,6 +49,8 @@ pub trait Notifier: Send + 'static {
     fn watchdog_interval(&self) -> Option<Duration> {
         None
     }
+    /// The watchdog, if any, must fire within `max` of a hang.
+    fn limit_watchdog(&mut self, _max: Duration) {}
 }
 
 /// Runs the daemon until `shutdown` completes; then stops every job by the
@@ -58,7 +60,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
     hurry: impl Future<Output = ()> + Send + 'static,
     reloads: mpsc::Receiver<Config>,
-    notifier: impl Notifier,
+    mut notifier: impl Notifier,
 ) -> Result<(), DaemonError> {
     let started = std::time::Instant::now();
     create_dirs(&config)?;
@@ -143,6 +145,11 @@ pub async fn run(
             marker_prefix: shared.marker_prefix.clone(),
         },
     ));
+    if let Some(pg) = &config.postgres {
+        // A hung daemon whose keeper still renews its session would hold its
+        // leases with no one minding its jobs: systemd ends it within ttl/2.
+        notifier.limit_watchdog(pg.ttl * 2 / 5);
+    }
     let watchdog = notifier.watchdog_interval().map(|every| tokio::spawn(watchdog(every, events_tx.clone(), notifier)));
     let bus = shared.clone();
     let shutdown = async move {

@@ -31,4 +31,14 @@ impl Notifier for Systemd {
     fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.map(|d| d / 2)
     }
+
+    /// Shortens the watchdog systemd enforces (`WATCHDOG_USEC=`), when it enforces one.
+    fn limit_watchdog(&mut self, max: Duration) {
+        if let Some(current) = self.watchdog
+            && current > max
+        {
+            let _ = sd_notify::notify(&[NotifyState::WatchdogUsec(max.as_micros().min(u32::MAX as u128) as u32)]);
+            self.watchdog = Some(max);
+        }
+    }
 }

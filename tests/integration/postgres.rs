@@ -211,6 +211,10 @@ fn a_queue_is_drained_by_three_daemons_each_request_once_but_in_flight_ones_at_a
     let out = tempfile::tempdir().unwrap();
     let done = out.path().join("done.txt");
     let roots: Vec<Root> = (0..3).map(|_| root_on(&pg.url(), 2000)).collect();
+    // Each daemon runs at most two at once: the job's six slots are shared.
+    for root in &roots {
+        root.add_config(serde_json::json!({"max_concurrent_runs": 2}));
+    }
     let script = format!(
         "sleep 0.05\necho \"$WEBJOBS_REQUEST_ID $WEBJOBS_ATTEMPT $WEBJOBS_DATA_PATH\" >> {}\n",
         done.display()
@@ -226,14 +230,12 @@ fn a_queue_is_drained_by_three_daemons_each_request_once_but_in_flight_ones_at_a
         let reply = http.post(&format!("/api/triggeredwebjobs/work/run?queue=1&arguments=n{n}"));
         assert!(reply.status < 300, "{} {}", reply.status, reply.text());
         ids.push(reply.json()["request"].as_str().expect("a request id").to_string());
-        if n == REQUESTS / 2 {
-            // A daemon dies with runs in flight; its requests are recovered
-            // by the others after its grace, as Aborted attempts retried.
-            let victim = daemons[1].take().unwrap();
-            wait_for("a run in flight on it", Duration::from_secs(20), || !victim.job_pids("work").is_empty());
-            drop(victim.kill9());
-        }
     }
+    // A daemon dies with runs in flight; its requests are recovered by the
+    // others after its grace, as Aborted attempts retried.
+    let victim = daemons[1].take().unwrap();
+    wait_for("a run in flight on it", Duration::from_secs(30), || !victim.job_pids("work").is_empty());
+    drop(victim.kill9());
     let ran = || read(&done).lines().map(str::to_string).collect::<Vec<_>>();
     wait_for("every request to run", Duration::from_secs(60), || {
         let lines = ran();
