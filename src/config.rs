@@ -198,6 +198,7 @@ struct Builder {
     pg_url: Option<String>,
     pg_ttl: Duration,
     pg_ca: Option<PathBuf>,
+    pg_advertise: Option<String>,
 }
 
 impl Builder {
@@ -234,6 +235,7 @@ impl Builder {
             pg_url: None,
             pg_ttl: crate::coordination::postgres::PgSettings::DEFAULT_TTL,
             pg_ca: None,
+            pg_advertise: None,
         }
     }
 
@@ -366,7 +368,8 @@ impl Builder {
             self.pg_ttl = Duration::from_millis(ms);
         }
         self.pg_ca = cr.string("ca_file").map(PathBuf::from);
-        cr.deny_unknown("postgres, lease_ttl_ms, ca_file");
+        self.pg_advertise = cr.string("advertise").map(|s| s.trim_end_matches('/').to_string());
+        cr.deny_unknown("postgres, lease_ttl_ms, ca_file, advertise");
         r.absorb(cr);
     }
 
@@ -497,6 +500,7 @@ impl Builder {
                 url,
                 ttl: self.pg_ttl,
                 ca_file: self.pg_ca.map(&under_root),
+                advertise: self.pg_advertise,
             }),
         })
     }

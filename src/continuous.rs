@@ -439,7 +439,8 @@ impl Actor {
         let grace = job.settings.stopping_wait_time + Duration::from_secs(1);
         match self.shared.coordinator.try_singleton(&self.key, &self.shared.instance, grace).await {
             Ok(Some(lease)) => {
-                self.status.error = self.status.error.take().filter(|e| !e.starts_with("cannot use the singleton lock"));
+                self.status.error =
+                    self.status.error.take().filter(|e| !e.starts_with("cannot use the singleton lock"));
                 let fence = lease.fence().map(|f| format!(" (fence {f})")).unwrap_or_default();
                 self.lease = Some(lease);
                 self.log.sys(Level::SysInfo, &format!("singleton lock acquired{fence}; this instance runs the job"));

@@ -124,6 +124,10 @@ pub async fn run(
         written: Default::default(),
     };
     let address = listeners.tcp_address();
+    if let Some(address) = address {
+        shared.coordinator.advertise(&advertised(&config, address)).await;
+    }
+    let reports = shared.coordinator.postgres().cloned().map(|pg| tokio::spawn(report_jobs(pg, supervisor.catalog())));
     let api_tasks = crate::api::serve_all(listeners, api_state, auth);
     if let Some(address) = address {
         tracing::info!(%address, "API and dashboard: http://{address}/");
@@ -172,6 +176,9 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     forward.abort();
     instances.abort();
+    if let Some(reports) = reports {
+        reports.abort();
+    }
     if let Some(beats) = beats {
         beats.abort();
     }
@@ -265,6 +272,64 @@ async fn forward_beats(
             if events.send(Event::Triggered { name, control }).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// Where the other daemons of a cluster reach this one's API:
+/// `coordination.advertise`, else the address it listens on (this host's
+/// name when that is every address).
+fn advertised(config: &Config, address: std::net::SocketAddr) -> String {
+    if let Some(url) = config.postgres.as_ref().and_then(|pg| pg.advertise.clone()) {
+        return url;
+    }
+    if address.ip().is_unspecified() {
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        return format!("http://{host}:{}", address.port());
+    }
+    format!("http://{address}")
+}
+
+/// Tells the database which jobs this daemon runs, at which content hash,
+/// whenever that changes (version skew between daemons shows in `webjobs cluster`).
+async fn report_jobs(
+    pg: crate::coordination::postgres::Postgres,
+    mut catalog: tokio::sync::watch::Receiver<Arc<crate::supervisor::Catalog>>,
+) {
+    // Content hashes are read again only for jobs whose files changed.
+    let mut hashes: std::collections::HashMap<JobKey, (u64, String)> = Default::default();
+    let mut last = None;
+    loop {
+        let jobs: Vec<(JobKey, u64, std::path::PathBuf)> = catalog
+            .borrow_and_update()
+            .jobs
+            .iter()
+            .map(|(key, entry)| (key.clone(), entry.def.fingerprint, entry.def.dir.clone()))
+            .collect();
+        let known = std::mem::take(&mut hashes);
+        hashes = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|(key, fingerprint, dir)| {
+                    let hash = match known.get(&key) {
+                        Some((f, hash)) if *f == fingerprint => hash.clone(),
+                        _ => crate::jobs::content_hash(&dir),
+                    };
+                    (key, (fingerprint, hash))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        let report: serde_json::Map<String, serde_json::Value> = hashes
+            .iter()
+            .map(|(key, (_, hash))| (crate::coordination::postgres::job_name(key), hash.clone().into()))
+            .collect();
+        if last.as_ref() != Some(&report) {
+            pg.report_jobs(serde_json::Value::Object(report.clone()));
+            last = Some(report);
+        }
+        if catalog.changed().await.is_err() {
+            return;
         }
     }
 }

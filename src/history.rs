@@ -189,6 +189,14 @@ pub fn create_run_dir_named(job_data: &Path, id: &str) -> io::Result<PathBuf> {
     Err(io::Error::other("no free run id"))
 }
 
+/// The last `max` bytes of a file as text, from its first whole line.
+pub fn tail_text(path: &Path, max: usize) -> String {
+    let Ok(bytes) = read_tail(path, max as u64) else { return String::new() };
+    let whole = std::fs::metadata(path).is_ok_and(|m| m.len() <= max as u64);
+    let start = if whole { 0 } else { memchr::memchr(b'\n', &bytes).map_or(0, |n| n + 1) };
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
 pub fn is_run_id(name: &str) -> bool {
     name.len() == 18 && name.bytes().all(|b| b.is_ascii_digit())
 }

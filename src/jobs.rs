@@ -357,6 +357,33 @@ impl Hosts {
 
 /// A stable hash of what is in a job folder. `disable.job` is left out so that
 /// stopping and starting a job is not mistaken for a new version of it.
+/// A hash of what a job folder holds (paths and bytes, not times): the same
+/// on every machine the same job was deployed to, however it was copied.
+pub fn content_hash(dir: &Path) -> String {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) if entry.file_name() != DISABLE_FILE => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for path in files {
+        let rel = path.strip_prefix(dir).unwrap_or(&path);
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        for part in [rel.as_os_str().as_encoded_bytes(), b"\0", &bytes, b"\0"] {
+            hash = (hash ^ fnv1a(part)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
 fn fingerprint(dir: &Path, script_dir: &Path) -> u64 {
     let mut entries: Vec<(PathBuf, u64)> = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

@@ -8,6 +8,7 @@
 //! every request is authenticated.
 
 mod auth;
+pub(crate) mod cluster;
 mod connections;
 mod dashboard;
 mod deploy;
@@ -70,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/hooks", get(hooks::list).post(hooks::subscribe))
         .route("/api/hooks/{id}", get(hooks::get).delete(hooks::unsubscribe))
         .route("/api/notifications", get(hooks::notifications))
+        .route("/api/cluster", get(cluster::cluster))
         .route("/api/vfs/{*path}", get(vfs::get))
         .route("/vfs/{*path}", get(vfs::get))
         .route("/metrics", get(metrics))

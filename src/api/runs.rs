@@ -197,8 +197,10 @@ fn job_data(state: &ApiState, job: &str) -> Option<std::path::PathBuf> {
 pub async fn history(State(state): State<ApiState>, headers: HeaderMap, Path(job): Path<String>) -> Response {
     let Some(data) = job_data(&state, &job) else { return not_found(&job) };
     let base = base_url(&headers);
-    let runs: Vec<RunView> =
-        history::run_ids(&data).iter().filter_map(|id| RunView::load(&base, &job, &data, id)).collect();
+    let runs: Vec<RunView> = match super::cluster::shared_runs(&state, &job, &base, None).await {
+        Some(runs) => runs,
+        None => history::run_ids(&data).iter().filter_map(|id| RunView::load(&base, &job, &data, id)).collect(),
+    };
     // WebJobs' ETag: the latest run's id, status and end time.
     let latest = runs.first().map(|r| format!("{}{}{:?}", r.id, r.status, r.end_time)).unwrap_or_default();
     let etag = format!("\"{:016x}\"", crate::hash::fnv1a(format!("{latest}{}{base}", runs.len()).as_bytes()));
@@ -221,7 +223,13 @@ pub async fn one_run(
         let waited = ask(&state, &job, |reply| Control::Wait { run, reply });
         let _ = tokio::time::timeout(Duration::from_secs_f64(seconds.min(3600.0)), waited).await;
     }
-    match RunView::load(&base_url(&headers), &job, &data, &id) {
+    let base = base_url(&headers);
+    let local = RunView::load(&base, &job, &data, &id);
+    let found = match local {
+        Some(view) => Some(view),
+        None => super::cluster::shared_runs(&state, &job, &base, Some(&id)).await.and_then(|mut v| v.pop()),
+    };
+    match found {
         Some(view) => axum::Json(view).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no run {id} of triggered job \"{job}\"")),
     }

@@ -48,7 +48,13 @@ pub async fn get(
         let (root, target) = (root.clone(), target.clone());
         tokio::task::spawn_blocking(move || inside(&root, &target)).await.unwrap_or(None)
     };
-    let Some(meta) = checked else { return error(StatusCode::NOT_FOUND, "not found") };
+    let Some(meta) = checked else {
+        // A run of another daemon of the cluster: its log is read there.
+        if let Some(response) = super::cluster::remote_output(&state, &headers, &path, &relative, &query).await {
+            return response;
+        }
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
     if meta.is_dir() {
         let vfs_path = format!("/data/jobs/{}", relative.display()).trim_end_matches('/').to_string();
         let href = format!("{}/api/vfs{vfs_path}/", base_url(&headers));

@@ -8,6 +8,7 @@
 //! 7 Aborted, 8 Cancelled.
 
 mod client;
+mod db;
 mod error;
 mod events;
 mod history;
@@ -54,6 +55,12 @@ pub struct Cli {
     root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Create or upgrade the webjobs schema (daemons also do it when they start).
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +139,14 @@ enum Command {
     Retry { job: String, id: String },
     /// Cancel the active run of a triggered job, or a queued request (by its id).
     Cancel { job: String, run: Option<String> },
+    /// The daemons sharing the PostgreSQL database, and jobs whose content differs between them.
+    Cluster {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The PostgreSQL database of the cluster.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Runs of a triggered job, newest first.
     History {
         job: String,
@@ -218,6 +233,8 @@ pub fn main() -> ExitCode {
         Command::Retry { job, id } => queue::retry(&config, &job, &id),
         Command::Cancel { job, run } => run::cancel(&config, &job, run.as_deref()),
         Command::History { job, json } => history::history(&config, &job, json),
+        Command::Cluster { json } => db::cluster(&config, json),
+        Command::Db(DbCommand::Migrate) => db::migrate(&config),
         Command::Events { job, kind, json } => events::events(&config, job.as_deref(), kind.as_deref(), json),
         Command::Notifications { json } => events::notifications(&config, json),
         Command::Logs { job, run, follow } => history::logs(&config, &job, run.as_deref(), follow),

@@ -245,6 +245,21 @@ impl Coordinator {
         }
     }
 
+    /// Tells the other daemons where this one's API is.
+    pub async fn advertise(&self, api: &str) {
+        if let Coordinator::Postgres(_, pg) = self {
+            pg.advertise(api).await;
+        }
+    }
+
+    /// The database, when daemons share one.
+    pub fn postgres(&self) -> Option<&postgres::Postgres> {
+        match self {
+            Coordinator::Files(_) => None,
+            Coordinator::Postgres(_, pg) => Some(pg),
+        }
+    }
+
     /// Where the backend keeps its state, for messages.
     pub fn describe(&self) -> String {
         match self {
@@ -336,6 +351,35 @@ impl JobCoordination {
             JobCoordination::Files(f) => f.take(slot, instance),
             JobCoordination::Postgres(p) => p.take(Some(slot), grace).await,
         }
+    }
+
+    /// Records a run in the cluster's history (a database; the lock-file
+    /// backend's history is each daemon's run folders).
+    pub async fn record_run(
+        &self,
+        id: &str,
+        instance: &str,
+        status: &crate::history::RunStatus,
+        output_tail: Option<&str>,
+        keep: u32,
+    ) -> io::Result<()> {
+        match self {
+            JobCoordination::Files(_) => Ok(()),
+            JobCoordination::Postgres(p) => p.record_run(id, instance, status, output_tail, keep).await,
+        }
+    }
+
+    /// A run whose daemon is gone is recorded Aborted in the cluster's history.
+    pub async fn abort_run(&self, id: &str, why: &str) -> io::Result<()> {
+        match self {
+            JobCoordination::Files(_) => Ok(()),
+            JobCoordination::Postgres(p) => p.abort_run(id, why).await,
+        }
+    }
+
+    /// Whether runs are recorded in a shared history.
+    pub fn shared_history(&self) -> bool {
+        matches!(self, JobCoordination::Postgres(_))
     }
 
     /// Where the payload of request `id` can be read by its run.

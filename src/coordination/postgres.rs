@@ -49,8 +49,10 @@ pub struct PgSettings {
     pub url: String,
     /// How long a session lives without a renewal (renewed every ttl/5).
     pub ttl: Duration,
-    /// Certificates (PEM) to trust for TLS to the database, beside the system's.
+    /// Certificates (PEM) to trust for TLS to the database, instead of the system's.
     pub ca_file: Option<PathBuf>,
+    /// The URL other daemons reach this one's API at (log reads of its runs).
+    pub advertise: Option<String>,
 }
 
 impl PgSettings {
@@ -130,6 +132,9 @@ struct Inner {
     wake: tokio::sync::Notify,
     /// Where request payloads taken by this daemon are put for their runs.
     data_dir: PathBuf,
+    /// The jobs this daemon runs and their content hashes, sent with the
+    /// next beat when they changed.
+    jobs: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 /// The versioned schema: each step runs once, in order, in one transaction.
@@ -174,6 +179,16 @@ const MIGRATIONS: &[&str] = &[
         id text NOT NULL,
         until timestamptz,
         PRIMARY KEY (job, key));",
+    // 2: the cluster's run history (the full logs stay with the daemon that ran them).
+    "CREATE TABLE webjobs_runs (
+        job text NOT NULL,
+        id text NOT NULL,
+        instance text NOT NULL,
+        status jsonb NOT NULL,
+        output_tail text,
+        updated timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (job, id, instance));
+     CREATE INDEX webjobs_runs_newest ON webjobs_runs (job, id DESC);",
 ];
 
 /// Milliseconds since the epoch on the database's clock, in SQL.
@@ -222,6 +237,7 @@ impl Postgres {
                 beat: watch::Sender::new(Beat::default()),
                 wake: tokio::sync::Notify::new(),
                 data_dir: data_dir.to_path_buf(),
+                jobs: std::sync::Mutex::new(None),
             }),
         };
         pg.migrate().await?;
@@ -430,11 +446,13 @@ impl Postgres {
     async fn beat(&self) -> io::Result<(bool, Beat)> {
         let session = self.session();
         let ttl = self.inner.ttl.as_millis() as i64;
+        let jobs = self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
         let rows = self
             .query(
                 &format!(
                     "WITH renewed AS (
-                        UPDATE webjobs_sessions SET expires = now() + $2 * interval '1 millisecond'
+                        UPDATE webjobs_sessions SET expires = now() + $2 * interval '1 millisecond',
+                            jobs = coalesce($3, jobs)
                         WHERE id = $1 AND expires > now() RETURNING id)
                      SELECT 'renewed', '' FROM renewed
                      UNION ALL SELECT 'alive', instance FROM webjobs_sessions WHERE expires > now()
@@ -445,9 +463,15 @@ impl Postgres {
                         AND NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = q.taken_by
                             AND s.expires + q.grace_ms * interval '1 millisecond' > now()))"
                 ),
-                &[(&session, Type::INT8), (&ttl, Type::INT8)],
+                &[(&session, Type::INT8), (&ttl, Type::INT8), (&jobs, Type::JSONB)],
             )
-            .await?;
+            .await
+            .inspect_err(|_| {
+                // Sent again with the next beat.
+                if let Some(jobs) = &jobs {
+                    self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(jobs.clone());
+                }
+            })?;
         let mut beat = Beat::default();
         let mut renewed = false;
         for row in rows {
@@ -590,6 +614,101 @@ impl Postgres {
         });
     }
 
+    /// The jobs this daemon runs (`kind/name` → content hash), for version
+    /// skew: sent with the next beat.
+    pub fn report_jobs(&self, jobs: serde_json::Value) {
+        *self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()) = Some(jobs);
+    }
+
+    /// The daemons with a live session, and the jobs whose content differs
+    /// between them.
+    pub async fn cluster(&self) -> io::Result<serde_json::Value> {
+        let rows = self
+            .query(
+                "SELECT instance, host, pid, api, version, started::text, expires::text, jobs, id
+                 FROM webjobs_sessions WHERE expires > now() ORDER BY instance",
+                &[],
+            )
+            .await?;
+        let mut instances = Vec::new();
+        let mut versions: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>> =
+            Default::default();
+        for row in &rows {
+            let instance: String = row.get(0);
+            let jobs: serde_json::Value = row.get(7);
+            for (job, hash) in jobs.as_object().into_iter().flatten() {
+                let hash = hash.as_str().unwrap_or_default().to_string();
+                versions.entry(job.clone()).or_default().entry(hash).or_default().push(instance.clone());
+            }
+            instances.push(serde_json::json!({
+                "instance": instance,
+                "host": row.get::<_, String>(1),
+                "pid": row.get::<_, i32>(2),
+                "api": row.get::<_, Option<String>>(3),
+                "version": row.get::<_, String>(4),
+                "started": row.get::<_, String>(5),
+                "expires": row.get::<_, String>(6),
+                "session": row.get::<_, i64>(8),
+                "jobs": jobs.as_object().map_or(0, |j| j.len()),
+                "this": row.get::<_, i64>(8) == self.session(),
+            }));
+        }
+        let skew: serde_json::Map<String, serde_json::Value> = versions
+            .into_iter()
+            .filter(|(_, hashes)| hashes.len() > 1)
+            .map(|(job, hashes)| (job, serde_json::json!(hashes)))
+            .collect();
+        Ok(serde_json::json!({"coordination": self.describe(), "instances": instances, "skew": skew}))
+    }
+
+    /// Where this daemon's API is reached by the others (log reads are
+    /// proxied to the daemon that ran the run).
+    pub async fn advertise(&self, api: &str) {
+        let session = self.session();
+        let _ = self
+            .query("UPDATE webjobs_sessions SET api = $2 WHERE id = $1", &[(&session, Type::INT8), (&api, Type::TEXT)])
+            .await;
+    }
+
+    /// The API of the live daemon registered as `instance`.
+    pub async fn api_of(&self, instance: &str) -> Option<String> {
+        let rows = self
+            .query(
+                "SELECT api FROM webjobs_sessions WHERE instance = $1 AND expires > now() AND api IS NOT NULL
+                 ORDER BY id DESC LIMIT 1",
+                &[(&instance, Type::TEXT)],
+            )
+            .await
+            .ok()?;
+        rows.first().map(|r| r.get(0))
+    }
+
+    /// The runs of job `key` across the cluster, newest first (with `id`,
+    /// that run only): its id, the instance that ran it, its status, and
+    /// the last 64 KiB of its output once it ended.
+    pub async fn runs(&self, key: &JobKey, id: Option<&str>, limit: i64) -> io::Result<Vec<SharedRun>> {
+        let job = job_name(key);
+        let id = id.unwrap_or("");
+        let rows = self
+            .query(
+                "SELECT id, instance, status, output_tail FROM webjobs_runs WHERE job = $1 AND ($2 = '' OR id = $2)
+                 ORDER BY id DESC, updated DESC LIMIT $3",
+                &[(&job, Type::TEXT), (&id, Type::TEXT), (&limit, Type::INT8)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(SharedRun {
+                    id: r.get(0),
+                    instance: r.get(1),
+                    status: serde_json::from_value(r.get(2)).ok()?,
+                    output_tail: r.get(3),
+                })
+            })
+            .collect())
+    }
+
     pub fn job(&self, key: &JobKey) -> JobPg {
         JobPg {
             pg: self.clone(),
@@ -636,6 +755,18 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRu
     };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
+
+/// A run as the cluster's history keeps it.
+#[derive(Debug, Clone)]
+pub struct SharedRun {
+    pub id: String,
+    pub instance: String,
+    pub status: crate::history::RunStatus,
+    pub output_tail: Option<String>,
+}
+
+/// How much of a run's output the shared history keeps.
+pub const OUTPUT_TAIL: usize = 64 * 1024;
 
 /// A lease held in the database; released when dropped.
 pub struct PgLease {
@@ -1058,6 +1189,54 @@ impl JobPg {
             )
             .await?;
         Ok(rows.first().and_then(|r| serde_json::from_value(r.get(0)).ok()))
+    }
+
+    /// Records run `id` in the cluster's history (its start, its end with the
+    /// last [`OUTPUT_TAIL`] bytes of its output), keeping the newest `keep`.
+    pub async fn record_run(
+        &self,
+        id: &str,
+        instance: &str,
+        status: &crate::history::RunStatus,
+        output_tail: Option<&str>,
+        keep: u32,
+    ) -> io::Result<()> {
+        let json = serde_json::to_value(status)?;
+        let keep = i64::from(keep.max(1));
+        self.pg
+            .query(
+                "WITH kept AS (
+                    INSERT INTO webjobs_runs (job, id, instance, status, output_tail) VALUES ($1, $2, $3, $4, $5)
+                    ON CONFLICT (job, id, instance) DO UPDATE SET status = excluded.status,
+                        output_tail = coalesce(excluded.output_tail, webjobs_runs.output_tail), updated = now()
+                    RETURNING id)
+                 DELETE FROM webjobs_runs WHERE job = $1 AND id < (
+                    SELECT id FROM webjobs_runs WHERE job = $1 ORDER BY id DESC OFFSET $6 LIMIT 1)",
+                &[
+                    (&self.job, Type::TEXT),
+                    (&id, Type::TEXT),
+                    (&instance, Type::TEXT),
+                    (&json, Type::JSONB),
+                    (&output_tail, Type::TEXT),
+                    (&keep, Type::INT8),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Run `id` of a daemon that is gone, recorded as still going, ended Aborted.
+    pub async fn abort_run(&self, id: &str, why: &str) -> io::Result<()> {
+        let end = crate::logs::format_time(std::time::SystemTime::now());
+        self.pg
+            .query(
+                "UPDATE webjobs_runs SET status = status || jsonb_build_object('Status', 'Aborted', 'EndTime', $3::text, 'Error', $4::text),
+                    updated = now()
+                 WHERE job = $1 AND id = $2 AND status->>'Status' IN ('Running', 'Starting')",
+                &[(&self.job, Type::TEXT), (&id, Type::TEXT), (&end, Type::TEXT), (&why, Type::TEXT)],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Requests taken by sessions that are gone (expired more than the

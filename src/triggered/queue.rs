@@ -286,6 +286,7 @@ impl Actor {
         if let Some(mut status) = crate::history::read_status(&dir) {
             status.children = started;
             let _ = crate::history::write_status(&dir, &status);
+            self.share_run(run, &status, false).await;
         }
     }
 
@@ -299,6 +300,10 @@ impl Actor {
                     taken.entry.attempts += 1;
                     let run = taken.entry.runs.last().cloned().unwrap_or_else(|| "(not started)".into());
                     let why = "the daemon running it stopped before the run ended".to_string();
+                    if let Err(e) = self.locks.abort_run(&run, &why).await {
+                        self.scheduler_log
+                            .sys(Level::SysWarn, &format!("run {run} stays Running in the cluster's history: {e}"));
+                    }
                     self.scheduler_log.sys(
                         Level::SysWarn,
                         &format!(

@@ -41,6 +41,7 @@ impl Actor {
                 Some(format!("the daemon running it (instance {}) stopped before the run ended", status.instance));
             status.pid = None;
             let _ = history::write_status(&dir, &status);
+            self.share_run(&id, &status, true).await;
             if let Ok(mut log) = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), &self.shared.instance, None) {
                 log.sys(
                     Level::SysError,

@@ -103,6 +103,7 @@ impl Actor {
                 log.sys(Level::SysInfo, &format!("started process {}: {}", run.pid, run.command_line));
                 status.pid = Some(run.pid.as_raw());
                 let _ = history::write_status(&dir, &status);
+                self.share_run(&id, &status, false).await;
                 self.run_event("run.started", &id, &status);
                 self.publish_run(Some((id.clone(), status.clone())));
                 let idle = job.settings.idle_timeout.unwrap_or(self.config.switches.idle_timeout);
@@ -136,6 +137,7 @@ impl Actor {
                 status.error = Some(format!("failed to start: {e}"));
                 status.end_time = Some(format_time(std::time::SystemTime::now()));
                 let _ = history::write_status(&dir, &status);
+                self.share_run(&id, &status, true).await;
                 self.shared.metrics.run_finished(&self.key.name, "Failed", Duration::ZERO);
                 self.run_event("run.ended", &id, &status);
                 self.publish_run(Some((id.clone(), status.clone())));
@@ -277,6 +279,7 @@ impl Actor {
                 tracing::error!(job = %self.key, error = %e, "cannot write the run status{}", crate::repeats::held_note(held));
             }),
         }
+        self.share_run(&active.id, &active.status, true).await;
         self.shared.metrics.run_finished(&self.key.name, state.as_str(), duration);
         self.shared.metrics.cpu_used("triggered", &self.key.name, usage.cpu_ms);
         self.shared.metrics.output("triggered", &self.key.name, active.run.output.bytes);
@@ -284,6 +287,20 @@ impl Actor {
         self.publish_run(Some((active.id.clone(), active.status.clone())));
         let Active { id, taken, status, .. } = active;
         self.end_of(taken, state, &id, status.error).await;
+    }
+
+    /// Records run `id` in the cluster's history, when daemons share one
+    /// (with the end of its output once it `ended`).
+    pub(super) async fn share_run(&mut self, id: &str, status: &RunStatus, ended: bool) {
+        if !self.locks.shared_history() {
+            return;
+        }
+        let log = self.data_dir.join(id).join(crate::layout::OUTPUT_LOG);
+        let tail = ended.then(|| history::tail_text(&log, crate::coordination::postgres::OUTPUT_TAIL));
+        let keep = self.config.switches.history_size;
+        if let Err(e) = self.locks.record_run(id, &self.shared.instance, status, tail.as_deref(), keep).await {
+            self.scheduler_log.sys(Level::SysWarn, &format!("run {id} is missing from the cluster's history: {e}"));
+        }
     }
 
     /// After run `id` ended: who waits for it hears, and its request is put away.

@@ -141,10 +141,8 @@ fn each_schedule_tick_runs_once_across_three_daemons_killed_at_random() {
     let out = tempfile::tempdir().unwrap();
     let ticks = out.path().join("ticks.txt");
     let roots: Vec<Root> = (0..3).map(|_| root_on(&pg.url(), 2000)).collect();
-    let script = format!(
-        "echo \"$WEBJOBS_NAME $WEBJOBS_TICK $WEBJOBS_ATTEMPT $WEBJOBS_RUN_ID\" >> {}\n",
-        ticks.display()
-    );
+    let script =
+        format!("echo \"$WEBJOBS_NAME $WEBJOBS_TICK $WEBJOBS_ATTEMPT $WEBJOBS_RUN_ID\" >> {}\n", ticks.display());
     let settings = r#"{"schedule": "* * * * * *", "stopping_wait_time": 1, "retries": 3, "retry_delay": 0.1}"#;
     for root in &roots {
         for n in 0..JOBS {
@@ -215,10 +213,8 @@ fn a_queue_is_drained_by_three_daemons_each_request_once_but_in_flight_ones_at_a
     for root in &roots {
         root.add_config(serde_json::json!({"max_concurrent_runs": 2}));
     }
-    let script = format!(
-        "sleep 0.05\necho \"$WEBJOBS_REQUEST_ID $WEBJOBS_ATTEMPT $WEBJOBS_DATA_PATH\" >> {}\n",
-        done.display()
-    );
+    let script =
+        format!("sleep 0.05\necho \"$WEBJOBS_REQUEST_ID $WEBJOBS_ATTEMPT $WEBJOBS_DATA_PATH\" >> {}\n", done.display());
     let settings = r#"{"max_parallel": 6, "stopping_wait_time": 1, "retries": 3, "retry_delay": 0.1}"#;
     for root in &roots {
         root.job("triggered", "work", &[("run.sh", &script), ("settings.job", settings)]);
@@ -354,4 +350,63 @@ fn postgres_restarted_under_load_pauses_singletons_and_runs_no_tick_twice() {
     for daemon in daemons {
         daemon.stop();
     }
+}
+
+#[test]
+fn any_daemon_shows_every_run_of_the_cluster_and_reads_its_log_where_it_ran() {
+    let pg = Cluster::start();
+    let roots: Vec<Root> = (0..2).map(|_| root_on(&pg.url(), 2000)).collect();
+    let script = "echo \"ran in $WEBJOBS_DATA_PATH\"\necho second line\n";
+    for (n, root) in roots.iter().enumerate() {
+        root.add_config(serde_json::json!({"api_user": "ops", "api_password": "cluster-secret"}));
+        root.job("triggered", "report", &[("run.sh", script)]);
+        // The same job with other content on each machine: version skew.
+        root.job("triggered", "skewed", &[("run.sh", &format!("echo version {n}\n"))]);
+    }
+    let daemons: Vec<Daemon> = roots.iter().map(|r| Daemon::start(r, &[])).collect();
+    let basic = format!("Basic {}", base64_of("ops:cluster-secret"));
+    let (a, b) = (roots[0].http().with_auth(&basic), roots[1].http().with_auth(&basic));
+    let started = b.post("/api/triggeredwebjobs/report/run");
+    assert_eq!(started.status, 202, "{}", started.text());
+    let id = started.json()["id"].as_str().unwrap().to_string();
+    wait_for("the run on B ends", Duration::from_secs(10), || roots[1].finished_runs("report").len() == 1);
+    // A shows B's run, from the shared history.
+    let mut view = serde_json::Value::Null;
+    wait_for("A shows it", Duration::from_secs(5), || {
+        view = a.get(&format!("/api/triggeredwebjobs/report/history/{id}")).json();
+        view["status"] == "Success"
+    });
+    assert_eq!(view["instance"], roots[1].instance);
+    let history = a.get("/api/triggeredwebjobs/report/history").json();
+    assert!(history["runs"].as_array().unwrap().iter().any(|r| r["id"] == id.as_str()), "{history}");
+    // Its log is read from B, through A (same credentials).
+    let output_url = view["output_url"].as_str().unwrap();
+    let path = &output_url[output_url.find("/vfs/").unwrap()..];
+    let log = a.get(path);
+    assert_eq!(log.status, 200, "{}", log.text());
+    assert!(log.text().contains(&format!("ran in {}", roots[1].path().display())), "{}", log.text());
+    assert!(log.header("x-webjobs-output").is_none(), "the whole log, from B");
+    // The cluster: both daemons, and the job that differs between them.
+    let cluster = a.get("/api/cluster").json();
+    assert_eq!(cluster["instances"].as_array().unwrap().len(), 2, "{cluster}");
+    assert!(cluster["skew"]["triggered/skewed"].as_object().is_some_and(|h| h.len() == 2), "{cluster}");
+    assert!(cluster["skew"].get("triggered/report").is_none(), "{cluster}");
+    let cli = stdout(&roots[0].cli(&["cluster"]));
+    assert!(cli.contains(&roots[1].instance) && cli.contains("triggered/skewed"), "{cli}");
+    // B is gone: A serves the end of the output kept in the database.
+    let mut daemons = daemons;
+    drop(daemons.pop().unwrap().kill9());
+    let log = a.get(path);
+    assert_eq!(log.status, 200, "{}", log.text());
+    assert!(log.text().contains("second line"), "{}", log.text());
+    assert!(
+        log.header("x-webjobs-output").is_some_and(|h| h.contains("not reachable")),
+        "{:?}",
+        log.header("x-webjobs-output")
+    );
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
