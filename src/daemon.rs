@@ -136,7 +136,8 @@ pub async fn run(
     notifier.ready();
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
     let instances = tokio::spawn(watch_instances(shared.clone(), events_tx.clone()));
-    let beats = shared.coordinator.beats().map(|beats| tokio::spawn(forward_beats(beats, events_tx.clone())));
+    let beats =
+        shared.coordinator.beats().map(|beats| tokio::spawn(forward_beats(beats, events_tx.clone(), config.clone())));
     let inboxes = tokio::spawn(forward_arrivals(arrivals, events_tx.clone()));
     let chains = tokio::spawn(forward_chained(chained, events_tx.clone()));
     let notifications = tokio::spawn(crate::outbox::send_forever(
@@ -255,23 +256,58 @@ async fn watch_instances(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
 }
 
 /// What the database's beats tell: jobs with due requests (queued by any
-/// daemon) or requests of a daemon that is gone read their queue again.
+/// daemon) or requests of a daemon that is gone read their queue again; a
+/// job stopped or started on every daemon gets (or loses) its `disable.job`
+/// here too.
 async fn forward_beats(
     mut beats: tokio::sync::watch::Receiver<crate::coordination::postgres::Beat>,
     events: mpsc::Sender<Event>,
+    config: Arc<Config>,
 ) {
     let prefix = format!("{}/", JobKind::Triggered.as_str());
+    let mut applied = std::collections::BTreeMap::new();
     while beats.changed().await.is_ok() {
-        let names: Vec<String> = {
+        let (names, toggled): (Vec<String>, _) = {
             let beat = beats.borrow_and_update();
             let jobs = beat.due.iter().chain(&beat.orphaned);
-            jobs.filter_map(|j| j.strip_prefix(&prefix).map(str::to_string)).collect()
+            (jobs.filter_map(|j| j.strip_prefix(&prefix).map(str::to_string)).collect(), beat.toggled.clone())
         };
+        if toggled != applied {
+            let changes: Vec<(String, bool)> =
+                toggled.iter().filter(|(job, d)| applied.get(*job) != Some(*d)).map(|(j, d)| (j.clone(), *d)).collect();
+            let config = config.clone();
+            let _ = tokio::task::spawn_blocking(move || apply_toggles(&config, &changes)).await;
+            applied = toggled;
+        }
         for name in names {
             let control = crate::triggered::Control::Recover;
             if events.send(Event::Triggered { name, control }).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// Writes or removes `disable.job` of the local jobs stopped or started on
+/// every daemon (the watcher reloads them).
+fn apply_toggles(config: &Config, changes: &[(String, bool)]) {
+    for (job, disabled) in changes {
+        let Some((kind, name)) = job.split_once('/').and_then(|(k, n)| Some((JobKind::parse(k)?, n))) else {
+            continue;
+        };
+        let key = JobKey::new(kind, name);
+        let Some(def) = crate::jobs::scan_job(config, &key) else { continue };
+        let file = def.script_dir.join(crate::layout::DISABLE_FILE);
+        let result = match (disabled, file.exists()) {
+            (true, false) => std::fs::write(&file, b""),
+            (false, true) => std::fs::remove_file(&file),
+            _ => continue,
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(job = %key, "{} on every daemon of the cluster", if *disabled { "stopped" } else { "started" })
+            }
+            Err(e) => tracing::error!(job = %key, error = %e, "cannot follow the cluster's start/stop of the job"),
         }
     }
 }

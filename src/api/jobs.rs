@@ -203,14 +203,25 @@ async fn toggle(state: &ApiState, kind: JobKind, job: &str, start: bool) -> Resp
         return error(StatusCode::CONFLICT, io_problem(&state.config, action, &file, &e));
     }
     apply(state, &def.key).await;
+    // With a database, every daemon of the cluster follows (its next beat).
+    let mut cluster = serde_json::Value::Null;
+    if let Some(pg) = state.shared.coordinator.postgres() {
+        cluster = match pg.set_disabled(&def.key, !start, &state.shared.instance).await {
+            Ok(()) => serde_json::json!({"applied": true}),
+            Err(e) => serde_json::json!({"applied": false, "error": format!("only this daemon: {e}")}),
+        };
+    }
     let grace = def.settings.settings.as_ref().map(|s| s.stopping_wait_time).unwrap_or(Duration::from_secs(30));
     let status = match entry(state, kind, job).map(|e| e.live) {
         Some(live) => settled(live, start, grace + Duration::from_secs(15)).await,
         None => String::new(),
     };
     state.mark_written();
-    axum::Json(serde_json::json!({"name": job, "type": kind.as_str(), "disabled": !start, "status": status}))
-        .into_response()
+    let mut body = serde_json::json!({"name": job, "type": kind.as_str(), "disabled": !start, "status": status});
+    if !cluster.is_null() {
+        body["cluster"] = cluster;
+    }
+    axum::Json(body).into_response()
 }
 
 /// Waits (bounded) until the job's actor shows the effect of a start or stop; returns its status.

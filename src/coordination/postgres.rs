@@ -103,6 +103,8 @@ pub struct Beat {
     pub due: BTreeSet<String>,
     /// Jobs with a request taken by a session that is gone.
     pub orphaned: BTreeSet<String>,
+    /// Jobs stopped (true) or started (false) on every daemon at once.
+    pub toggled: std::collections::BTreeMap<String, bool>,
     /// Why the last beat failed, if it did.
     pub error: Option<String>,
 }
@@ -189,6 +191,12 @@ const MIGRATIONS: &[&str] = &[
         updated timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (job, id, instance));
      CREATE INDEX webjobs_runs_newest ON webjobs_runs (job, id DESC);",
+    // 3: jobs started or stopped on every daemon at once.
+    "CREATE TABLE webjobs_jobs (
+        job text PRIMARY KEY,
+        disabled boolean NOT NULL,
+        by_instance text NOT NULL,
+        changed timestamptz NOT NULL DEFAULT now());",
 ];
 
 /// Milliseconds since the epoch on the database's clock, in SQL.
@@ -461,7 +469,8 @@ impl Postgres {
                      UNION ALL (SELECT DISTINCT 'due', job FROM webjobs_queue WHERE state = 'queued' AND due_ms <= {NOW_MS})
                      UNION ALL (SELECT DISTINCT 'orphan', q.job FROM webjobs_queue q WHERE q.state = 'taken'
                         AND NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = q.taken_by
-                            AND s.expires + q.grace_ms * interval '1 millisecond' > now()))"
+                            AND s.expires + q.grace_ms * interval '1 millisecond' > now()))
+                     UNION ALL SELECT CASE WHEN disabled THEN 'stopped' ELSE 'started' END, job FROM webjobs_jobs"
                 ),
                 &[(&session, Type::INT8), (&ttl, Type::INT8), (&jobs, Type::JSONB)],
             )
@@ -485,6 +494,8 @@ impl Postgres {
                     }
                 }
                 "due" => drop(beat.due.insert(name)),
+                "stopped" => drop(beat.toggled.insert(name, true)),
+                "started" => drop(beat.toggled.insert(name, false)),
                 _ => drop(beat.orphaned.insert(name)),
             }
         }
@@ -618,6 +629,20 @@ impl Postgres {
     /// skew: sent with the next beat.
     pub fn report_jobs(&self, jobs: serde_json::Value) {
         *self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()) = Some(jobs);
+    }
+
+    /// Stops (or starts) job `key` on every daemon of the cluster.
+    pub async fn set_disabled(&self, key: &JobKey, disabled: bool, instance: &str) -> io::Result<()> {
+        let job = job_name(key);
+        self.query(
+            "WITH set AS (INSERT INTO webjobs_jobs (job, disabled, by_instance) VALUES ($1, $2, $3)
+                ON CONFLICT (job) DO UPDATE SET disabled = excluded.disabled, by_instance = excluded.by_instance, changed = now()
+                RETURNING job)
+             SELECT pg_notify('webjobs', 'jobs') FROM set",
+            &[(&job, Type::TEXT), (&disabled, Type::BOOL), (&instance, Type::TEXT)],
+        )
+        .await?;
+        Ok(())
     }
 
     /// The daemons with a live session, and the jobs whose content differs

@@ -410,3 +410,38 @@ fn base64_of(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+#[test]
+fn a_job_stopped_on_one_daemon_stops_on_every_daemon_of_the_cluster() {
+    let pg = Cluster::start();
+    let roots: Vec<Root> = (0..2).map(|_| root_on(&pg.url(), 2000)).collect();
+    for root in &roots {
+        root.continuous("everywhere", "exec sleep 300\n");
+    }
+    let daemons: Vec<Daemon> = roots.iter().map(|r| Daemon::start(r, &[])).collect();
+    wait_for("it runs on both", Duration::from_secs(10), || {
+        daemons.iter().all(|d| d.job_pids("everywhere").len() == 1)
+    });
+    let out = roots[0].cli(&["stop", "everywhere"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("it stops on the other daemon too", Duration::from_secs(10), || {
+        daemons.iter().all(|d| d.job_pids("everywhere").is_empty()) && roots[1].status_is("everywhere", "Stopped")
+    });
+    assert!(roots[1].job_dir("continuous", "everywhere").join("disable.job").exists(), "persisted there too");
+    let out = roots[1].cli(&["start", "everywhere"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("it runs on both again", Duration::from_secs(10), || {
+        daemons.iter().all(|d| d.job_pids("everywhere").len() == 1)
+    });
+}
+
+#[test]
+fn a_daemon_whose_database_cannot_be_reached_says_so_and_exits() {
+    let port = crate::pg::free_port();
+    let root = root_on(&format!("postgresql://postgres:hunter2@127.0.0.1:{port}/postgres?sslmode=disable"), 2000);
+    let out = root.serve_refused();
+    let text = stderr(&out);
+    assert!(!out.status.success());
+    assert!(text.contains("cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1"), "{text}");
+    assert!(!text.contains("hunter2"), "the password is never shown: {text}");
+}
