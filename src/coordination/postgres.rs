@@ -97,8 +97,12 @@ pub struct Beat {
     pub fenced: bool,
     /// Instances with a live session.
     pub alive: BTreeSet<String>,
-    /// Leases held by a live session (or one within its grace), and by which.
-    pub held: std::collections::BTreeMap<String, i64>,
+    /// Leases held by a live session (or one within its grace): by which
+    /// session, and in how many milliseconds after the beat they may be
+    /// taken over if that session is not renewed.
+    pub held: std::collections::BTreeMap<String, (i64, i64)>,
+    /// When the beat was answered.
+    pub at: Option<tokio::time::Instant>,
     /// Jobs (`triggered/name`) with a due queued request.
     pub due: BTreeSet<String>,
     /// Jobs with a request taken by a session that is gone.
@@ -153,8 +157,14 @@ const MIGRATIONS: &[&str] = &[
         version text NOT NULL,
         started timestamptz NOT NULL DEFAULT now(),
         expires timestamptz NOT NULL,
+        ttl_ms bigint NOT NULL,
         jobs jsonb NOT NULL DEFAULT '{}');
      CREATE INDEX webjobs_sessions_instance ON webjobs_sessions (instance);
+     -- Until when a session is alive: its expiry, but never before a ttl
+     -- after the server (re)started: the database's own downtime does not
+     -- count against the daemons, which could not renew meanwhile.
+     CREATE FUNCTION webjobs_until(s webjobs_sessions) RETURNS timestamptz LANGUAGE sql STABLE AS
+        'SELECT greatest(s.expires, pg_postmaster_start_time() + s.ttl_ms * interval ''1 millisecond'')';
      CREATE TABLE webjobs_leases (
         name text PRIMARY KEY,
         session bigint NOT NULL,
@@ -318,7 +328,7 @@ impl Postgres {
         let data = self.inner.data_dir.display().to_string();
         let rows = self
             .query(
-                "SELECT host, data_dir, pid FROM webjobs_sessions WHERE instance = $1 AND expires > now() AND NOT (host = $2 AND data_dir = $3)",
+                "SELECT host, data_dir, pid FROM webjobs_sessions WHERE instance = $1 AND webjobs_until(webjobs_sessions) > now() AND NOT (host = $2 AND data_dir = $3)",
                 &[(&id, Type::TEXT), (&host, Type::TEXT), (&data, Type::TEXT)],
             )
             .await
@@ -345,8 +355,8 @@ impl Postgres {
         let version = env!("CARGO_PKG_VERSION");
         let rows = self
             .query(
-                "INSERT INTO webjobs_sessions (instance, host, pid, data_dir, api, version, expires)
-                 VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 millisecond') RETURNING id",
+                "INSERT INTO webjobs_sessions (instance, host, pid, data_dir, api, version, expires, ttl_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 millisecond', $7) RETURNING id",
                 &[
                     (&id, Type::TEXT),
                     (&host, Type::TEXT),
@@ -461,15 +471,17 @@ impl Postgres {
                     "WITH renewed AS (
                         UPDATE webjobs_sessions SET expires = now() + $2 * interval '1 millisecond',
                             jobs = coalesce($3, jobs)
-                        WHERE id = $1 AND expires > now() RETURNING id)
+                        WHERE id = $1 AND webjobs_until(webjobs_sessions) > now() RETURNING id)
                      SELECT 'renewed', '' FROM renewed
-                     UNION ALL SELECT 'alive', instance FROM webjobs_sessions WHERE expires > now()
-                     UNION ALL SELECT 'held', l.name || ' ' || l.session FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
-                        WHERE s.expires + l.grace_ms * interval '1 millisecond' > now()
+                     UNION ALL SELECT 'alive', instance FROM webjobs_sessions WHERE webjobs_until(webjobs_sessions) > now()
+                     UNION ALL SELECT 'held', l.name || ' ' || l.session || ' ' ||
+                        (extract(epoch FROM webjobs_until(s) + l.grace_ms * interval '1 millisecond' - now()) * 1000)::bigint
+                        FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
+                        WHERE webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now()
                      UNION ALL (SELECT DISTINCT 'due', job FROM webjobs_queue WHERE state = 'queued' AND due_ms <= {NOW_MS})
                      UNION ALL (SELECT DISTINCT 'orphan', q.job FROM webjobs_queue q WHERE q.state = 'taken'
                         AND NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = q.taken_by
-                            AND s.expires + q.grace_ms * interval '1 millisecond' > now()))
+                            AND webjobs_until(s) + q.grace_ms * interval '1 millisecond' > now()))
                      UNION ALL SELECT CASE WHEN disabled THEN 'stopped' ELSE 'started' END, job FROM webjobs_jobs"
                 ),
                 &[(&session, Type::INT8), (&ttl, Type::INT8), (&jobs, Type::JSONB)],
@@ -481,7 +493,7 @@ impl Postgres {
                     self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(jobs.clone());
                 }
             })?;
-        let mut beat = Beat::default();
+        let mut beat = Beat { at: Some(tokio::time::Instant::now()), ..Beat::default() };
         let mut renewed = false;
         for row in rows {
             let (kind, name): (&str, String) = (row.get(0), row.get(1));
@@ -489,8 +501,10 @@ impl Postgres {
                 "renewed" => renewed = true,
                 "alive" => drop(beat.alive.insert(name)),
                 "held" => {
-                    if let Some((lease, session)) = name.rsplit_once(' ') {
-                        beat.held.insert(lease.to_string(), session.parse().unwrap_or(0));
+                    let mut parts = name.rsplitn(3, ' ');
+                    if let (Some(free_in), Some(session), Some(lease)) = (parts.next(), parts.next(), parts.next()) {
+                        let (session, free_in) = (session.parse().unwrap_or(0), free_in.parse().unwrap_or(0));
+                        beat.held.insert(lease.to_string(), (session, free_in));
                     }
                 }
                 "due" => drop(beat.due.insert(name)),
@@ -557,6 +571,19 @@ impl Postgres {
     /// Takes lease `name` if free, or held by a session that expired more
     /// than its grace ago, or already ours; with a new fencing token.
     pub async fn try_lease(&self, name: &str, instance: &str, grace: Duration) -> io::Result<Option<PgLease>> {
+        self.try_any(&[name.to_string()], instance, grace, true).await
+    }
+
+    /// Takes one of `names` (in random order: daemons taking slots at once
+    /// seldom meet), free or held by a session gone for more than its grace;
+    /// with `own`, one this session already holds is taken again (a new token).
+    async fn try_any(
+        &self,
+        names: &[String],
+        instance: &str,
+        grace: Duration,
+        own: bool,
+    ) -> io::Result<Option<PgLease>> {
         if self.inner.beat.borrow().fenced {
             return Err(io_err(
                 "this daemon's session is not confirmed by the database (fenced) until it answers again",
@@ -564,32 +591,46 @@ impl Postgres {
         }
         let session = self.session();
         let grace_ms = grace.as_millis() as i64;
-        let rows = self
-            .query(
-                "INSERT INTO webjobs_leases (name, session, holder, fence, grace_ms)
-                 SELECT $1, $2, $3, nextval('webjobs_fence'), $4 FROM webjobs_sessions WHERE id = $2 AND expires > now()
-                 ON CONFLICT (name) DO UPDATE SET session = excluded.session, holder = excluded.holder,
-                    fence = excluded.fence, grace_ms = excluded.grace_ms, acquired = now()
-                 WHERE webjobs_leases.session = excluded.session OR NOT EXISTS (
-                    SELECT 1 FROM webjobs_sessions s WHERE s.id = webjobs_leases.session
-                    AND s.expires + webjobs_leases.grace_ms * interval '1 millisecond' > now())
-                 RETURNING fence",
-                &[(&name, Type::TEXT), (&session, Type::INT8), (&instance, Type::TEXT), (&grace_ms, Type::INT8)],
-            )
-            .await?;
-        Ok(rows.first().map(|row| PgLease {
-            name: name.to_string(),
-            session,
-            fence: row.get(0),
-            pg: Some(self.clone()),
-        }))
+        // Two daemons may pick the same free slot at once: the loser tries once more.
+        for _ in 0..if names.len() > 1 { 2 } else { 1 } {
+            let rows = self
+                .query(
+                    "WITH pick AS (
+                        SELECT c.name FROM unnest($1::text[]) AS c(name)
+                        WHERE NOT EXISTS (SELECT 1 FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
+                            WHERE l.name = c.name AND webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now()
+                            AND NOT ($5 AND l.session = $2))
+                        ORDER BY random() LIMIT 1)
+                     INSERT INTO webjobs_leases (name, session, holder, fence, grace_ms)
+                     SELECT pick.name, $2, $3, nextval('webjobs_fence'), $4 FROM pick
+                        WHERE EXISTS (SELECT 1 FROM webjobs_sessions WHERE id = $2 AND webjobs_until(webjobs_sessions) > now())
+                     ON CONFLICT (name) DO UPDATE SET session = excluded.session, holder = excluded.holder,
+                        fence = excluded.fence, grace_ms = excluded.grace_ms, acquired = now()
+                     WHERE ($5 AND webjobs_leases.session = excluded.session) OR NOT EXISTS (
+                        SELECT 1 FROM webjobs_sessions s WHERE s.id = webjobs_leases.session
+                        AND webjobs_until(s) + webjobs_leases.grace_ms * interval '1 millisecond' > now())
+                     RETURNING name, fence",
+                    &[
+                        (&names, Type::TEXT_ARRAY),
+                        (&session, Type::INT8),
+                        (&instance, Type::TEXT),
+                        (&grace_ms, Type::INT8),
+                        (&own, Type::BOOL),
+                    ],
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                return Ok(Some(PgLease { name: row.get(0), session, fence: row.get(1), pg: Some(self.clone()) }));
+            }
+        }
+        Ok(None)
     }
 
     /// Who holds lease `name`, in words.
     pub async fn lease_holder(&self, name: &str) -> Option<String> {
         let rows = self
             .query(
-                "SELECT l.holder, l.fence, s.host, s.expires > now() FROM webjobs_leases l
+                "SELECT l.holder, l.fence, s.host, webjobs_until(s) > now() FROM webjobs_leases l
                  LEFT JOIN webjobs_sessions s ON s.id = l.session WHERE l.name = $1",
                 &[(&name, Type::TEXT)],
             )
@@ -603,12 +644,28 @@ impl Postgres {
         Some(format!("instance {holder}{host} (fence {fence}{state})"))
     }
 
-    /// Waits until a beat says lease `name` is free or ours (or `max`).
+    /// Waits until a beat says lease `name` is free or ours, or until its
+    /// holder's session (unless renewed) and grace are over, or `max`.
     pub async fn lease_free(&self, name: &str, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
         let mut rx = self.inner.beat.subscribe();
         let seq = rx.borrow().seq;
-        let free = |b: &Beat| b.seq != seq && !b.fenced && b.held.get(name).is_none_or(|s| *s == b.session);
-        let _ = tokio::time::timeout(max, rx.wait_for(free)).await;
+        loop {
+            let until = {
+                let b = rx.borrow_and_update();
+                let held = b.held.get(name).filter(|(session, _)| *session != b.session);
+                if b.seq != seq && !b.fenced && held.is_none() {
+                    return;
+                }
+                let over =
+                    held.zip(b.at).map(|((_, free_in), at)| at + Duration::from_millis((*free_in).max(0) as u64));
+                over.map_or(deadline, |t| t.min(deadline))
+            };
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep_until(until) => return,
+            }
+        }
     }
 
     fn release(&self, name: String, fence: i64) {
@@ -651,7 +708,7 @@ impl Postgres {
         let rows = self
             .query(
                 "SELECT instance, host, pid, api, version, started::text, expires::text, jobs, id
-                 FROM webjobs_sessions WHERE expires > now() ORDER BY instance",
+                 FROM webjobs_sessions WHERE webjobs_until(webjobs_sessions) > now() ORDER BY instance",
                 &[],
             )
             .await?;
@@ -699,7 +756,7 @@ impl Postgres {
     pub async fn api_of(&self, instance: &str) -> Option<String> {
         let rows = self
             .query(
-                "SELECT api FROM webjobs_sessions WHERE instance = $1 AND expires > now() AND api IS NOT NULL
+                "SELECT api FROM webjobs_sessions WHERE instance = $1 AND webjobs_until(webjobs_sessions) > now() AND api IS NOT NULL
                  ORDER BY id DESC LIMIT 1",
                 &[(&instance, Type::TEXT)],
             )
@@ -864,13 +921,8 @@ pub struct JobPg {
 impl JobPg {
     /// One of the job's `slots` run locks, the first free one.
     pub async fn try_run(&self, instance: &str, slots: u32, grace: Duration) -> io::Result<Option<PgLease>> {
-        for slot in 0..slots.max(1) {
-            let name = format!("run:{}:{slot}", self.job);
-            if let Some(lease) = self.pg.try_lease(&name, instance, grace).await? {
-                return Ok(Some(lease));
-            }
-        }
-        Ok(None)
+        let names: Vec<String> = (0..slots.max(1)).map(|slot| format!("run:{}:{slot}", self.job)).collect();
+        self.pg.try_any(&names, instance, grace, false).await
     }
 
     pub async fn run_holder(&self) -> Option<String> {
@@ -1274,7 +1326,7 @@ impl JobPg {
                 "UPDATE webjobs_queue q SET taken_by = $2, updated = now()
                  WHERE q.id IN (SELECT id FROM webjobs_queue o WHERE o.job = $1 AND o.state = 'taken' AND o.taken_by <> $2
                     AND NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = o.taken_by
-                        AND s.expires + o.grace_ms * interval '1 millisecond' > now())
+                        AND webjobs_until(s) + o.grace_ms * interval '1 millisecond' > now())
                     FOR UPDATE SKIP LOCKED)
                  RETURNING entry, payload",
                 &[(&self.job, Type::TEXT), (&session, Type::INT8)],

@@ -26,14 +26,14 @@ use super::files::JobFiles;
 use crate::queue::{Entry, Slot};
 
 /// A request taken from the queue by this daemon.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Taken {
     pub(super) place: Place,
     pub entry: Entry,
 }
 
 /// Where a taken request is kept.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Place {
     /// Its file under `taken/<instance>/`.
     File(PathBuf),

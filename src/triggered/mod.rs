@@ -324,6 +324,8 @@ struct Actor {
     exiting: bool,
     /// The last run that ended failed or was aborted (for `recovered`).
     failing: bool,
+    /// Requests whose end the store (a database) did not take in yet.
+    unsettled: Vec<(Taken, queue::Settle)>,
 }
 
 impl Actor {
@@ -367,6 +369,7 @@ impl Actor {
             replacement: None,
             exiting: false,
             failing: false,
+            unsettled: Vec::new(),
         }))
     }
 
@@ -587,10 +590,13 @@ impl Actor {
     /// cannot start because another daemon runs the job is taken back out.
     async fn start_or_queue(&mut self, slot: Slot, may_wait: bool) -> Result<Accepted, Refused> {
         let id = slot.id.to_string();
+        // A run active on another daemon: `overlap: skip` refuses, the other
+        // policies wait (a run elsewhere cannot be replaced from here).
+        let skip = self.definition.good.as_ref().is_none_or(|j| j.settings.overlap == Overlap::Skip);
         match self.dispatch(None).await {
             Dispatch::Started { request, run } if request == id => Ok(Accepted::Started { run, request }),
             Dispatch::Busy(holder)
-                if !may_wait && self.index.next(Timestamp::now().as_millisecond()).as_ref() == Some(&slot) =>
+                if !may_wait && skip && self.index.next(Timestamp::now().as_millisecond()).as_ref() == Some(&slot) =>
             {
                 let _ = self.locks.remove_queued(&id).await;
                 self.index.remove(&slot);

@@ -189,8 +189,19 @@ impl Actor {
             self.start_children(&entry, run, succeeded, &settings.then).await;
         }
         let entry = &mut taken.entry;
+        // What the store is told; kept to tell it again if it does not answer.
+        let settle = match outcome {
+            After::Done => Settle::Done(settings.dedup_window),
+            After::Retry => Settle::Requeue,
+            After::Dead => Settle::Bury(self.config.switches.history_size as usize),
+        };
+        let shared = self.locks.shared_queue();
+        let copy: Option<Taken>;
         let result = match outcome {
-            After::Done => self.locks.done(taken, settings.dedup_window).await,
+            After::Done => {
+                copy = shared.then(|| taken.clone());
+                self.locks.done(taken, settings.dedup_window).await
+            }
             After::Retry => {
                 let delay = backoff(settings.retry_delay, settings.max_retry_delay, attempt, unit_random());
                 entry.due_ms = Some(Timestamp::now().as_millisecond() + delay.as_millis() as i64);
@@ -204,6 +215,7 @@ impl Actor {
                 let entry = entry.clone();
                 let event = Event::about(&self.key, "run.retry").run(run).request(Some(&entry.id)).status("Queued");
                 self.shared.events.publish(event.detail(&entry));
+                copy = shared.then(|| taken.clone());
                 match self.locks.requeue(taken, &entry).await {
                     Ok(slot) => {
                         self.index.insert(slot);
@@ -225,13 +237,53 @@ impl Actor {
                 let entry = entry.clone();
                 let event = Event::about(&self.key, "run.dead").run(run).request(Some(&entry.id)).status("Dead");
                 self.tell(event.detail(&entry));
+                copy = shared.then(|| taken.clone());
                 self.locks.bury(taken, &entry, self.config.switches.history_size as usize).await
             }
         };
         if let Err(e) = result {
-            self.scheduler_log.sys(Level::SysError, &format!("cannot put away the request of run {run}: {e}"));
+            match copy {
+                // A database that does not answer: told again every second
+                // (the request stays this daemon's while its session lives).
+                Some(taken) => {
+                    self.scheduler_log.sys(
+                        Level::SysWarn,
+                        &format!("cannot put away the request of run {run} yet ({e}); trying again every second"),
+                    );
+                    self.unsettled.push((taken, settle));
+                    self.retry_unsettled_at(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+                None => {
+                    self.scheduler_log.sys(Level::SysError, &format!("cannot put away the request of run {run}: {e}"))
+                }
+            }
         }
         self.publish_queue();
+    }
+
+    /// Tells the store again what became of requests it did not take in.
+    pub(super) async fn settle(&mut self) {
+        let mut left = Vec::new();
+        for (taken, settle) in std::mem::take(&mut self.unsettled) {
+            let entry = taken.entry.clone();
+            let result = match &settle {
+                Settle::Done(window) => self.locks.done(taken.clone(), *window).await,
+                Settle::Requeue => self.locks.requeue(taken.clone(), &entry).await.map(|slot| self.index.insert(slot)),
+                Settle::Bury(keep) => self.locks.bury(taken.clone(), &entry, *keep).await,
+            };
+            match result {
+                Ok(()) => self.scheduler_log.sys(Level::SysInfo, &format!("request {} put away", entry.id)),
+                Err(_) => left.push((taken, settle)),
+            }
+        }
+        if !left.is_empty() {
+            self.retry_unsettled_at(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+        self.unsettled = left;
+    }
+
+    fn retry_unsettled_at(&mut self, at: tokio::time::Instant) {
+        self.later = Some(self.later.map_or(at, |l| l.min(at)));
     }
 
     /// Queues a request of each job of `then` for the end of run `run` (of
@@ -421,6 +473,17 @@ impl Actor {
             self.shared.changed();
         }
     }
+}
+
+/// What the end of a request's run comes to, as the store is told.
+#[derive(Debug)]
+pub(super) enum Settle {
+    /// Done; its key held for the window.
+    Done(Duration),
+    /// Queued again (a retry): the entry says when.
+    Requeue,
+    /// Dead; the newest so many kept.
+    Bury(usize),
 }
 
 /// A number in 0..1 (for the jitter of retries).

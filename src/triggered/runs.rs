@@ -316,6 +316,9 @@ impl Actor {
     /// A request came due, or the run lock may be free again.
     pub(super) async fn on_later(&mut self) {
         self.later = None;
+        if !self.unsettled.is_empty() {
+            self.settle().await;
+        }
         self.dispatch(None).await;
     }
 

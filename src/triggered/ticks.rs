@@ -77,16 +77,22 @@ impl Actor {
     pub(super) async fn on_tick(&mut self) {
         let (Some(tick), Some(schedule)) = (self.next_tick, self.schedule()) else { return };
         let now = Timestamp::now();
-        match timing(tick, now) {
+        // After the tick itself: a tick that passed while this one was being
+        // handled (a slow claim) is handled next, on time or as missed.
+        let from = match timing(tick, now) {
             Timing::Early => return self.set_next_tick(Some(tick)), // woken early by a clock step back
             Timing::Late => {
                 let last = self.locks.last_tick().await.unwrap_or(tick - jiff::SignedDuration::from_secs(1));
                 self.handle_missed(last.min(tick - jiff::SignedDuration::from_nanos(1)), now).await;
+                tick.max(now)
             }
-            Timing::OnTime => self.fire(tick, &schedule, None).await,
-        }
+            Timing::OnTime => {
+                self.fire(tick, &schedule, None).await;
+                tick
+            }
+        };
         let tz = self.zone();
-        self.set_next_tick(schedule.next_after(tick.max(now), &tz));
+        self.set_next_tick(schedule.next_after(from, &tz));
     }
 
     /// Claims `tick` across daemons and asks for a run.
@@ -115,6 +121,14 @@ impl Actor {
             }
             Ok(Accepted::Queued(id)) => {
                 self.scheduler_log.sys(Level::SysInfo, &format!("tick {tick}: queued as request {id}"))
+            }
+            // Skipped while a run is active here: said where it was decided.
+            Err(Refused::Running(why)) if self.active.is_empty() => {
+                // A run active on another daemon (overlap: skip).
+                let text = format!("schedule tick {tick} skipped: {why} (overlap: skip)");
+                self.scheduler_log.sys(Level::SysWarn, &text);
+                let event = crate::events::Event::about(&self.key, "tick.skipped").status("Skipped");
+                self.tell(event.detail(serde_json::json!({"reason": why})));
             }
             Err(Refused::Running(_) | Refused::TickTaken) => {}
             Err(e) => self.scheduler_log.sys(Level::SysWarn, &format!("tick {tick}: not run: {e}")),
