@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|all] [--quick] [--no-cgroups]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|cluster|all] [--quick] [--no-cgroups]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -953,6 +953,194 @@ def bench_notify():
     shutil.rmtree(tmp)
 
 
+
+class Postgres:
+    """A throwaway PostgreSQL server (initdb in a temp dir on a free loopback
+    port, as the postgres user when run as root), stopped by `stop`."""
+
+    def __init__(self):
+        import glob
+        import pwd
+        import socket
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            sys.exit("cluster benchmark: PostgreSQL is not installed (apt-get install postgresql)")
+        self.bin = os.path.dirname(bins[-1])
+        self.dir = tempfile.mkdtemp(prefix="wj-pg-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        self.root = os.geteuid() == 0
+        if self.root:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        data = os.path.join(self.dir, "data")
+        self.run("initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self.run("pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"), "-o", opts, "-w", "start")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres?sslmode=disable"
+
+    def run(self, prog, *args):
+        cmd = [os.path.join(self.bin, prog), *args]
+        if self.root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
+
+    def sql(self, query):
+        out = subprocess.run([os.path.join(self.bin, "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                              "-tAqX", "-c", query], check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def stop(self):
+        self.run("pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cluster_daemon(tmp, name, url, ttl_ms=None, extra=None):
+    coordination = {"postgres": url}
+    if ttl_ms:
+        coordination["lease_ttl_ms"] = ttl_ms
+    config = {"coordination": coordination, "listen": "127.0.0.1:0", **(extra or {})}
+    d = Daemon(tmp, env=clean_env(WEBJOBS_INSTANCE_ID=name), config=config)
+    wait_for(lambda: "webjobs is running" in open(os.path.join(tmp, "daemon.log")).read(), 20, 0.01)
+    return d
+
+
+def failover_trials(pg, ttl_ms, settings, trials, graceful):
+    """Seconds from the holder's SIGKILL (or SIGTERM) to the job's process on another daemon."""
+    times = []
+    for trial in range(trials):
+        roots = []
+        for n in range(2):
+            tmp = tempfile.mkdtemp(prefix="wj-bench-")
+            job = os.path.join(tmp, "jobs", "continuous", "only")
+            os.makedirs(job)
+            with open(os.path.join(job, "run.sh"), "w") as f:
+                f.write("exec sleep 1000\n")
+            with open(os.path.join(job, "settings.job"), "w") as f:
+                json.dump({"is_singleton": True, **settings}, f)
+            roots.append(tmp)
+        names = [f"fo{trial}a", f"fo{trial}b"]
+        daemons = [cluster_daemon(roots[0], names[0], pg.url, ttl_ms)]
+        wait_for(lambda: marked_pids(names[0] + "."), 20, 0.005)
+        daemons.append(cluster_daemon(roots[1], names[1], pg.url, ttl_ms))
+        time.sleep(1)
+        t0 = time.perf_counter()
+        if graceful:
+            daemons[0].stop()
+        else:
+            daemons[0].proc.kill()
+            daemons[0].proc.wait()
+        wait_for(lambda: marked_pids(names[1] + "."), 60, 0.005)
+        times.append(time.perf_counter() - t0)
+        daemons[1].stop()
+        for tmp in roots:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return times
+
+
+def bench_cluster():
+    """PostgreSQL coordination: failover, handover, database load, tick delay
+    with the database in the loop, and a queue drained by three daemons."""
+    pg = Postgres()
+    try:
+        trials = 2 if QUICK else 3
+        default = failover_trials(pg, None, {}, trials, False)
+        fast = failover_trials(pg, 2000, {"stopping_wait_time": 1}, trials, False)
+        handover = failover_trials(pg, None, {}, trials, True)
+        print("cluster: singleton failover across two daemons on PostgreSQL")
+        print(f"  SIGKILL of the holder's daemon, default profile (ttl 5 s, grace stopping_wait_time 5 s + 1 s): "
+              f"{', '.join(f'{t:.2f}' for t in default)} s")
+        print(f"  SIGKILL, fast profile (lease_ttl_ms 2000, stopping_wait_time 1): {', '.join(f'{t:.2f}' for t in fast)} s")
+        print(f"  graceful stop of the holder (SIGTERM): {', '.join(f'{t * 1000:.0f}' for t in handover)} ms")
+
+        # Statements per second of one idle daemon (the example jobs, no run due).
+        tmp = tempfile.mkdtemp(prefix="wj-bench-")
+        shutil.copytree(os.path.join(ROOT, "jobs"), os.path.join(tmp, "jobs"))
+        for dirpath, _, files in os.walk(os.path.join(tmp, "jobs")):
+            if "settings.job" in files:
+                path = os.path.join(dirpath, "settings.job")
+                cfg = json.load(open(path))
+                cfg.pop("schedule", None)
+                json.dump(cfg, open(path, "w"))
+        d = cluster_daemon(tmp, "idle", pg.url)
+        time.sleep(3)
+        count = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'postgres'"
+        window = 10 if QUICK else 30
+        before = int(pg.sql(count))
+        time.sleep(window)
+        after = int(pg.sql(count))
+        d.stop()
+        shutil.rmtree(tmp)
+        print(f"  one idle daemon (the example jobs, schedules removed): {(after - before - 1) / window:.2f} statements/s")
+
+        # Tick start delay with three daemons claiming every tick.
+        seconds = 20 if QUICK else 60
+        jobs = 10
+        roots, daemons = [], []
+        stamp_dir = tempfile.mkdtemp(prefix="wj-bench-")
+        stamp = stamp_binary(stamp_dir)
+        for n in range(3):
+            tmp = tempfile.mkdtemp(prefix="wj-bench-")
+            for i in range(jobs):
+                job = os.path.join(tmp, "jobs", "triggered", f"t{i:02}")
+                os.makedirs(job)
+                shutil.copy(stamp, os.path.join(job, "run"))
+                with open(os.path.join(job, "settings.job"), "w") as f:
+                    f.write('{"schedule": "* * * * * *"}')
+            roots.append(tmp)
+            daemons.append(cluster_daemon(tmp, f"tick{n}", pg.url, extra={"history_size": 1000}))
+        time.sleep(seconds + 1.5)
+        for d in daemons:
+            d.stop()
+        delays, ticks = [], {}
+        for tmp in roots:
+            for i in range(jobs):
+                data = os.path.join(tmp, "data", "jobs", "triggered", f"t{i:02}")
+                for run in os.listdir(data) if os.path.isdir(data) else []:
+                    log = os.path.join(data, run, "output_log.txt")
+                    if run.isdigit() and os.path.exists(log):
+                        for line in open(log):
+                            if "INFO] T " in line:
+                                t = float(line.split("INFO] T ")[1])
+                                delays.append((t - int(t)) * 1000)
+                                ticks[(i, int(t))] = ticks.get((i, int(t)), 0) + 1
+        doubled = sum(1 for c in ticks.values() if c > 1)
+        print(f"  {jobs} jobs on '* * * * * *' on three daemons for {seconds} s ({len(delays)} runs, {doubled} ticks run twice):")
+        print(f"    child's first instruction after the tick: p50 {pct(delays, 50):.2f} ms, p99 {pct(delays, 99):.2f} ms, max {max(delays):.2f} ms")
+        for tmp in roots + [stamp_dir]:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        # A queue drained by three daemons.
+        n = 2000 if QUICK else 10000
+        roots, daemons = [], []
+        for k in range(3):
+            tmp = tempfile.mkdtemp(prefix="wj-bench-")
+            job = os.path.join(tmp, "jobs", "triggered", "drain")
+            os.makedirs(job)
+            shutil.copy("/bin/true", os.path.join(job, "run"))
+            with open(os.path.join(job, "settings.job"), "w") as f:
+                f.write('{"max_parallel": 48}')
+            roots.append(tmp)
+            daemons.append(cluster_daemon(tmp, f"drain{k}", pg.url, extra={"history_size": 5}))
+        now = int(time.time() * 1000)
+        rid = f"'{now:013}' || lpad(to_hex(i), 10, '0')"
+        pg.sql(f"INSERT INTO webjobs_queue (id, job, state, priority, due_ms, entry) "
+               f"SELECT {rid}, 'triggered/drain', 'queued', 0, 0, "
+               f"jsonb_build_object('id', {rid}, 'queued_ms', {now}, 'trigger', 'bench') FROM generate_series(0, {n - 1}) i; "
+               f"NOTIFY webjobs, 'triggered/drain'")
+        t0 = time.perf_counter()
+        left = lambda: int(pg.sql("SELECT count(*) FROM webjobs_queue WHERE job = 'triggered/drain'"))
+        wait_for(lambda: left() == 0, 600, 0.05)
+        elapsed = time.perf_counter() - t0
+        for d in daemons:
+            d.stop()
+        print(f"  queue of {n} runs drained by three daemons (max_parallel 48): {n / elapsed:.0f} runs/s")
+        for tmp in roots:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        pg.stop()
+
 def main():
     which = next((a for a in sys.argv[1:] if not a.startswith("--")), "all")
     if not os.path.exists(BIN):
@@ -983,6 +1171,8 @@ def main():
         bench_notify()
     if which in ("scale", "all"):
         bench_scale(1000 if QUICK else 10000)
+    if which in ("cluster", "all"):
+        bench_cluster()
     if which == "schedule1":
         bench_schedule(1)
 

@@ -1001,6 +1001,37 @@ impl JobPg {
             self.pg.query(insert, &params).await?;
             return Ok(Ok(()));
         }
+        if let (None, Some(tick)) = (&entry.key, entry.tick_ms) {
+            // The common tick: claimed and stored in one statement (no one is
+            // told: the claimer starts it, or it waits for a beat).
+            let rows = self
+                .pg
+                .query(
+                    &format!(
+                        "WITH claim AS (
+                            INSERT INTO webjobs_ticks (job, last_tick)
+                            SELECT $1, to_timestamp($7::float8 / 1000) WHERE $7 <= {NOW_MS} + 1000
+                            ON CONFLICT (job) DO UPDATE SET last_tick = excluded.last_tick
+                            WHERE webjobs_ticks.last_tick < excluded.last_tick RETURNING job),
+                         queued AS (
+                            INSERT INTO webjobs_queue (id, job, state, priority, due_ms, entry, payload)
+                            SELECT $2, job, 'queued', $3, $4, $5, $6 FROM claim RETURNING id)
+                         SELECT count(*) FROM queued"
+                    ),
+                    &[
+                        (&self.job, Type::TEXT),
+                        (&entry.id, Type::TEXT),
+                        (&entry.priority, Type::INT4),
+                        (&due, Type::INT8),
+                        (&json, Type::JSONB),
+                        (&payload, Type::BYTEA),
+                        (&tick, Type::INT8),
+                    ],
+                )
+                .await?;
+            let stored: i64 = rows.first().map_or(0, |r| r.get(0));
+            return Ok(if stored == 1 { Ok(()) } else { Err(Unstored::TickTaken) });
+        }
         // A tick is claimed, a key checked and taken, with the request: in
         // one transaction.
         let pg = &self.pg;

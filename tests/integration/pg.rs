@@ -3,7 +3,7 @@
 //! when the tests run as root), stopped and removed when dropped.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,10 +109,6 @@ impl Cluster {
             .unwrap();
         assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -304,9 +304,8 @@ fn a_queue_is_drained_by_three_daemons_each_request_once_but_in_flight_ones_at_a
     }
     assert!(twice.len() <= 6, "at most max_parallel in flight on the killed daemon: {}", twice.len());
     assert!(by_root.iter().all(|n| *n > 0), "every daemon took requests: {by_root:?}");
-    daemons[1] = Some(Daemon::start(&roots[1], &[]));
-    for daemon in daemons.iter_mut().flatten() {
-        let _ = daemon.signal(libc::SIGTERM);
+    for daemon in daemons.into_iter().flatten() {
+        daemon.stop();
     }
 }
 
