@@ -267,10 +267,13 @@ async fn forward_beats(
     let prefix = format!("{}/", JobKind::Triggered.as_str());
     let mut applied = std::collections::BTreeMap::new();
     while beats.changed().await.is_ok() {
-        let (names, toggled): (Vec<String>, _) = {
+        let (names, toggled): (Vec<(String, bool)>, _) = {
             let beat = beats.borrow_and_update();
-            let jobs = beat.due.iter().chain(&beat.orphaned);
-            (jobs.filter_map(|j| j.strip_prefix(&prefix).map(str::to_string)).collect(), beat.toggled.clone())
+            // Orphans are recovered (and the queue read); due requests started.
+            let orphaned = beat.orphaned.iter().map(|j| (j, true));
+            let due = beat.due.iter().filter(|j| !beat.orphaned.contains(*j)).map(|j| (j, false));
+            let jobs = orphaned.chain(due);
+            (jobs.filter_map(|(j, o)| Some((j.strip_prefix(&prefix)?.to_string(), o))).collect(), beat.toggled.clone())
         };
         if toggled != applied {
             let changes: Vec<(String, bool)> =
@@ -279,8 +282,8 @@ async fn forward_beats(
             let _ = tokio::task::spawn_blocking(move || apply_toggles(&config, &changes)).await;
             applied = toggled;
         }
-        for name in names {
-            let control = crate::triggered::Control::Recover;
+        for (name, orphaned) in names {
+            let control = if orphaned { crate::triggered::Control::Recover } else { crate::triggered::Control::Due };
             if events.send(Event::Triggered { name, control }).await.is_err() {
                 return;
             }

@@ -105,6 +105,17 @@ pub async fn lost(lease: Option<&Lease>) {
     }
 }
 
+/// What taking a shared queue's head came to.
+#[derive(Debug)]
+pub enum Next {
+    /// A request, and the run lock it runs under.
+    Got(Box<(Lease, Taken)>),
+    /// Every run slot is held.
+    Busy,
+    /// Nothing is due.
+    Empty,
+}
+
 /// This daemon's registration, held for its whole life.
 #[derive(Debug)]
 pub enum Registration {
@@ -286,12 +297,20 @@ impl JobCoordination {
         matches!(self, JobCoordination::Postgres(_))
     }
 
-    /// Takes the due head of a shared queue, skipping what other daemons
-    /// are taking at this moment (`None`: nothing due).
-    pub async fn take_next(&self, grace: std::time::Duration) -> io::Result<Option<Taken>> {
+    /// Takes the due head of a shared queue with one of the job's `slots`
+    /// run locks, both or neither, skipping what other daemons are taking
+    /// at this moment. `None` for a queue that is not shared.
+    pub async fn take_next(&self, instance: &str, slots: u32, grace: std::time::Duration) -> io::Result<Option<Next>> {
         match self {
             JobCoordination::Files(_) => Ok(None),
-            JobCoordination::Postgres(p) => p.take(None, grace).await,
+            JobCoordination::Postgres(p) => Ok(Some(match p.take_leased(instance, slots, grace).await? {
+                postgres::Leased::Got(got) => {
+                    let (lease, taken) = *got;
+                    Next::Got(Box::new((Lease::Postgres(lease), taken)))
+                }
+                postgres::Leased::Busy => Next::Busy,
+                postgres::Leased::Empty => Next::Empty,
+            })),
         }
     }
 
@@ -367,6 +386,43 @@ impl JobCoordination {
             JobCoordination::Files(_) => Ok(()),
             JobCoordination::Postgres(p) => p.record_run(id, instance, status, output_tail, keep).await,
         }
+    }
+
+    /// [`JobCoordination::record_run`] without waiting for it (a run's
+    /// start is never recorded over its end), tried again for a while when
+    /// the database does not answer.
+    pub fn record_later(
+        &self,
+        id: &str,
+        instance: &str,
+        status: &crate::history::RunStatus,
+        output_tail: Option<String>,
+        keep: u32,
+    ) {
+        if let JobCoordination::Postgres(p) = self {
+            let (p, id, instance, status) = (p.clone(), id.to_string(), instance.to_string(), status.clone());
+            tokio::spawn(async move {
+                let record = || p.record_run(&id, &instance, &status, output_tail.as_deref(), keep);
+                if let Err(e) = retried(record).await {
+                    tracing::warn!(run = %id, error = %e, "the run is missing from the cluster's history");
+                }
+            });
+        }
+    }
+
+    /// [`JobCoordination::done`] without waiting for it (a database), tried
+    /// again for a while when the database does not answer. `false`: not a
+    /// database; call `done`.
+    pub fn done_later(&self, taken: &Taken, window: std::time::Duration) -> bool {
+        let JobCoordination::Postgres(p) = self else { return false };
+        let (p, taken) = (p.clone(), taken.clone());
+        tokio::spawn(async move {
+            let id = taken.entry.id.clone();
+            if let Err(e) = retried(|| p.done(taken.clone(), window)).await {
+                tracing::error!(request = %id, error = %e, "cannot put away a request that is done; it runs again once this daemon is gone");
+            }
+        });
+        true
     }
 
     /// A run whose daemon is gone is recorded Aborted in the cluster's history.
@@ -482,6 +538,25 @@ impl JobCoordination {
             JobCoordination::Postgres(p) => p.orphans().await,
         }
     }
+}
+
+/// `op` until it succeeds, ten times a second apart at most.
+async fn retried<F, Fut>(op: F) -> io::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = io::Result<()>>,
+{
+    let mut last = Ok(());
+    for attempt in 0..10 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        last = op().await;
+        if last.is_ok() {
+            return last;
+        }
+    }
+    last
 }
 
 #[cfg(test)]

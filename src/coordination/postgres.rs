@@ -185,6 +185,7 @@ const MIGRATIONS: &[&str] = &[
         grace_ms bigint NOT NULL DEFAULT 0,
         updated timestamptz NOT NULL DEFAULT now());
      CREATE INDEX webjobs_queue_next ON webjobs_queue (job, state, priority DESC, id);
+     CREATE INDEX webjobs_queue_due ON webjobs_queue (state, due_ms);
      CREATE TABLE webjobs_keys (
         job text NOT NULL,
         key text NOT NULL,
@@ -410,7 +411,10 @@ impl Postgres {
             let fence_at = confirmed + ttl - every;
             tokio::select! {
                 () = tokio::time::sleep_until(sent + every) => {}
-                () = self.inner.wake.notified() => {}
+                () = self.inner.wake.notified() => {
+                    // Notifications in a burst bring one beat forward, not one each.
+                    tokio::time::sleep_until(sent + Duration::from_millis(50)).await;
+                }
                 () = tokio::time::sleep_until(fence_at), if !self.inner.beat.borrow().fenced => {
                     self.fence_if_due(confirmed);
                     tokio::time::sleep_until(sent + every).await;
@@ -671,14 +675,16 @@ impl Postgres {
     fn release(&self, name: String, fence: i64) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         let pg = self.clone();
+        // Standbys of a singleton are told at once; a run slot is found free
+        // by whoever tries next.
+        let sql = if name.starts_with("singleton:") {
+            "WITH freed AS (DELETE FROM webjobs_leases WHERE name = $1 AND fence = $2 RETURNING name)
+             SELECT pg_notify('webjobs', 'lease') FROM freed"
+        } else {
+            "DELETE FROM webjobs_leases WHERE name = $1 AND fence = $2"
+        };
         handle.spawn(async move {
-            let _ = pg
-                .query(
-                    "WITH freed AS (DELETE FROM webjobs_leases WHERE name = $1 AND fence = $2 RETURNING name)
-                     SELECT pg_notify('webjobs', 'lease') FROM freed",
-                    &[(&name, Type::TEXT), (&fence, Type::INT8)],
-                )
-                .await;
+            let _ = pg.query(sql, &[(&name, Type::TEXT), (&fence, Type::INT8)]).await;
         });
     }
 
@@ -838,6 +844,16 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRu
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// What taking the queue's head with a run slot came to.
+#[derive(Debug)]
+pub enum Leased {
+    Got(Box<(PgLease, Taken)>),
+    /// Every run slot is held (by runs on this or other daemons).
+    Busy,
+    /// Nothing is due.
+    Empty,
+}
+
 /// A run as the cluster's history keeps it.
 #[derive(Debug, Clone)]
 pub struct SharedRun {
@@ -910,7 +926,7 @@ impl Drop for PgLease {
 }
 
 /// The queue, run locks and ticks of one triggered job in the database.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JobPg {
     pg: Postgres,
     job: String,
@@ -923,6 +939,74 @@ impl JobPg {
     pub async fn try_run(&self, instance: &str, slots: u32, grace: Duration) -> io::Result<Option<PgLease>> {
         let names: Vec<String> = (0..slots.max(1)).map(|slot| format!("run:{}:{slot}", self.job)).collect();
         self.pg.try_any(&names, instance, grace, false).await
+    }
+
+    /// Takes the queue's due head and a free run slot for it, both or
+    /// neither, in one statement.
+    pub async fn take_leased(&self, instance: &str, slots: u32, grace: Duration) -> io::Result<Leased> {
+        if self.pg.inner.beat.borrow().fenced {
+            return Err(io_err(
+                "this daemon's session is not confirmed by the database (fenced) until it answers again",
+            ));
+        }
+        let session = self.pg.session();
+        let grace_ms = grace.as_millis() as i64;
+        let names: Vec<String> = (0..slots.max(1)).map(|slot| format!("run:{}:{slot}", self.job)).collect();
+        let rows = self
+            .pg
+            .query(
+                &format!(
+                    "WITH head AS (
+                        SELECT id FROM webjobs_queue WHERE job = $1 AND state = 'queued' AND due_ms <= {NOW_MS}
+                        ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED),
+                     pick AS (
+                        SELECT c.name FROM unnest($3::text[]) AS c(name)
+                        WHERE EXISTS (SELECT 1 FROM head)
+                        AND EXISTS (SELECT 1 FROM webjobs_sessions WHERE id = $2 AND webjobs_until(webjobs_sessions) > now())
+                        AND NOT EXISTS (SELECT 1 FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
+                            WHERE l.name = c.name AND webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now())
+                        ORDER BY random() LIMIT 1),
+                     lease AS (
+                        INSERT INTO webjobs_leases (name, session, holder, fence, grace_ms)
+                        SELECT name, $2, $4, nextval('webjobs_fence'), $5 FROM pick
+                        ON CONFLICT (name) DO UPDATE SET session = excluded.session, holder = excluded.holder,
+                            fence = excluded.fence, grace_ms = excluded.grace_ms, acquired = now()
+                        WHERE NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = webjobs_leases.session
+                            AND webjobs_until(s) + webjobs_leases.grace_ms * interval '1 millisecond' > now())
+                        RETURNING name, fence),
+                     req AS (
+                        UPDATE webjobs_queue SET state = 'taken', taken_by = $2, grace_ms = $5, updated = now()
+                        WHERE id = (SELECT id FROM head) AND EXISTS (SELECT 1 FROM lease)
+                        RETURNING entry, payload)
+                     SELECT (SELECT count(*) FROM head), l.name, l.fence, r.entry, r.payload
+                     FROM (SELECT 1) one LEFT JOIN lease l ON true LEFT JOIN req r ON true"
+                ),
+                &[
+                    (&self.job, Type::TEXT),
+                    (&session, Type::INT8),
+                    (&names, Type::TEXT_ARRAY),
+                    (&instance, Type::TEXT),
+                    (&grace_ms, Type::INT8),
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else { return Ok(Leased::Empty) };
+        let due: i64 = row.get(0);
+        let name: Option<String> = row.get(1);
+        match (due, name) {
+            (0, _) => Ok(Leased::Empty),
+            (_, None) => Ok(Leased::Busy),
+            (_, Some(name)) => {
+                let lease = PgLease { name, session, fence: row.get(2), pg: Some(self.pg.clone()) };
+                let entry: Entry =
+                    serde_json::from_value(row.get(3)).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if let Some(payload) = row.get::<_, Option<&[u8]>>(4) {
+                    std::fs::create_dir_all(&self.payloads)?;
+                    std::fs::write(self.payload_path(&entry.id), payload)?;
+                }
+                Ok(Leased::Got(Box::new((lease, Taken { entry, place: Place::Row { session } }))))
+            }
+        }
     }
 
     pub async fn run_holder(&self) -> Option<String> {
@@ -1109,15 +1193,23 @@ impl JobPg {
         let session = self.pg.session();
         let grace_ms = grace.as_millis() as i64;
         let id = slot.map(|s| s.id.to_string()).unwrap_or_default();
+        // The head along the queue's index; one request by its key.
+        let pick = match slot {
+            None => format!(
+                "SELECT id FROM webjobs_queue WHERE job = $1 AND state = 'queued' AND due_ms <= {NOW_MS} AND $4 = ''
+                 ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ),
+            Some(_) => {
+                "SELECT id FROM webjobs_queue WHERE id = $4 AND job = $1 AND state = 'queued' FOR UPDATE SKIP LOCKED"
+                    .to_string()
+            }
+        };
         let rows = self
             .pg
             .query(
                 &format!(
                     "UPDATE webjobs_queue SET state = 'taken', taken_by = $2, grace_ms = $3, updated = now()
-                     WHERE id = (SELECT id FROM webjobs_queue WHERE job = $1 AND state = 'queued'
-                        AND (id = $4 OR ($4 = '' AND due_ms <= {NOW_MS}))
-                        ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                     RETURNING entry, payload"
+                     WHERE id = ({pick}) RETURNING entry, payload"
                 ),
                 &[(&self.job, Type::TEXT), (&session, Type::INT8), (&grace_ms, Type::INT8), (&id, Type::TEXT)],
             )
@@ -1317,6 +1409,9 @@ impl JobPg {
                     INSERT INTO webjobs_runs (job, id, instance, status, output_tail) VALUES ($1, $2, $3, $4, $5)
                     ON CONFLICT (job, id, instance) DO UPDATE SET status = excluded.status,
                         output_tail = coalesce(excluded.output_tail, webjobs_runs.output_tail), updated = now()
+                    -- A start recorded late never hides the end.
+                    WHERE NOT (webjobs_runs.status->>'Status' NOT IN ('Initializing', 'Running')
+                        AND excluded.status->>'Status' IN ('Initializing', 'Running'))
                     RETURNING id)
                  DELETE FROM webjobs_runs WHERE job = $1 AND id < (
                     SELECT id FROM webjobs_runs WHERE job = $1 ORDER BY id DESC OFFSET $6 LIMIT 1)",

@@ -100,7 +100,7 @@ impl Actor {
     async fn queue_file(&mut self, entry: Entry) {
         match self.persist(&entry, None).await {
             Ok(_) => {
-                self.dispatch(None).await;
+                self.fill().await;
             }
             Err(e) => self.scheduler_log.sys(
                 Level::SysError,

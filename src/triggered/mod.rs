@@ -91,6 +91,9 @@ pub enum Control {
     /// A daemon sharing the data folder is gone: take over what it had
     /// taken, and read the queue again.
     Recover,
+    /// Requests are due in the shared queue (a database's beat): start them
+    /// if slots are free, reading the queue again when none is known here.
+    Due,
     /// A file arrived in the job's inbox (or the inbox must be read again).
     Inbox(crate::inbox::Arrival),
     /// Answered once every message before it has been taken in.
@@ -228,7 +231,7 @@ pub fn refuse(control: Control, why: &str) {
         Control::Dequeue { reply, .. } | Control::Revive { reply, .. } => {
             let _ = reply.send(Err(Refused::Invalid(why.to_string())));
         }
-        Control::Update { .. } | Control::Shutdown { .. } | Control::Recover | Control::Inbox(_) => {}
+        Control::Update { .. } | Control::Shutdown { .. } | Control::Recover | Control::Due | Control::Inbox(_) => {}
     }
 }
 
@@ -441,7 +444,7 @@ impl Actor {
             Event::Permit(permit) => {
                 self.want_permit = false;
                 self.permit = Some(permit);
-                self.dispatch(None).await;
+                self.fill().await;
             }
         }
     }
@@ -496,6 +499,11 @@ impl Actor {
                     self.recover_inbox().await;
                 }
             }
+            Control::Due => {
+                if !self.exiting {
+                    self.on_due().await;
+                }
+            }
             Control::Inbox(arrival) => self.on_arrival(arrival).await,
         }
     }
@@ -526,7 +534,7 @@ impl Actor {
         {
             self.arm_schedule(false).await;
             self.arm_inbox().await;
-            self.dispatch(None).await;
+            self.fill().await;
         }
     }
 
@@ -595,9 +603,10 @@ impl Actor {
         let skip = self.definition.good.as_ref().is_none_or(|j| j.settings.overlap == Overlap::Skip);
         match self.dispatch(None).await {
             Dispatch::Started { request, run } if request == id => Ok(Accepted::Started { run, request }),
-            Dispatch::Busy(holder)
+            Dispatch::Busy
                 if !may_wait && skip && self.index.next(Timestamp::now().as_millisecond()).as_ref() == Some(&slot) =>
             {
+                let holder = self.locks.run_holder().await.unwrap_or_else(|| "another daemon".into());
                 let _ = self.locks.remove_queued(&id).await;
                 self.index.remove(&slot);
                 self.publish_queue();

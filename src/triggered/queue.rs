@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::{Actor, Refused, RunRequest};
-use crate::coordination::Taken;
+use crate::coordination::{Next, Taken};
 use crate::events::Event;
 use crate::history::RunState;
 use crate::logs::Level;
@@ -23,8 +23,8 @@ pub(super) enum Dispatch {
         request: String,
         run: String,
     },
-    /// The run lock is held by another daemon (who, in words).
-    Busy(String),
+    /// Every run slot is held by another daemon (or runs ending here).
+    Busy,
     /// Nothing may start now (a run is active, nothing is due, no run slot
     /// of the daemon is free, the job is stopped or invalid).
     Waiting,
@@ -99,14 +99,56 @@ impl Actor {
                     }
                 },
             };
+            let replacing = self.replacement.as_ref().is_some_and(|(s, _)| *s == slot);
+            if self.locks.shared_queue() && !replacing {
+                // Whatever is due first, with a run slot, in one statement.
+                let next = self.locks.take_next(&self.shared.instance, job.settings.max_parallel, grace).await;
+                let (lease, taken) = match next {
+                    Ok(Some(Next::Got(got))) => *got,
+                    Ok(Some(Next::Busy)) => {
+                        self.permit = permit;
+                        self.later = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                        return Dispatch::Busy;
+                    }
+                    Ok(_) if reread => {
+                        // Taken elsewhere: what is left is read again, once.
+                        self.permit = permit;
+                        reread = false;
+                        match self.locks.scan().await {
+                            Ok(slots) => {
+                                self.index.clear();
+                                slots.into_iter().for_each(|s| self.index.insert(s));
+                            }
+                            Err(_) => self.index.clear(),
+                        }
+                        self.publish_queue();
+                        continue;
+                    }
+                    Ok(_) => {
+                        self.permit = permit;
+                        self.index.remove(&slot);
+                        return Dispatch::Waiting;
+                    }
+                    Err(e) => {
+                        self.permit = permit;
+                        self.later = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                        self.scheduler_log.sys(Level::SysError, &format!("cannot take a queued request: {e}"));
+                        return Dispatch::Waiting;
+                    }
+                };
+                self.index.remove(&taken.entry.slot());
+                self.publish_queue();
+                let request = taken.entry.id.clone();
+                let run = self.start_run(&job, taken, lease, permit).await;
+                return Dispatch::Started { request, run };
+            }
             let lease = match self.locks.try_run(&self.shared.instance, job.settings.max_parallel, grace).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     // A run is active on another daemon, which we cannot hear end.
                     self.permit = permit;
                     self.later = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                    let holder = self.locks.run_holder().await.unwrap_or_else(|| "another daemon".into());
-                    return Dispatch::Busy(holder);
+                    return Dispatch::Busy;
                 }
                 Err(e) => {
                     self.permit = permit;
@@ -116,19 +158,7 @@ impl Actor {
                 }
             };
             self.index.remove(&slot);
-            let taken = if self.locks.shared_queue() && !self.replacement.as_ref().is_some_and(|(s, _)| *s == slot) {
-                // Whatever is due first, skipping what other daemons are taking.
-                self.locks.take_next(grace).await.inspect(|t| {
-                    if let Some(t) = t
-                        && *t.entry.id != *slot.id
-                    {
-                        self.index.remove(&t.entry.slot());
-                        self.index.insert(slot.clone());
-                    }
-                })
-            } else {
-                self.locks.take(&slot, &self.shared.instance, grace).await
-            };
+            let taken = self.locks.take(&slot, &self.shared.instance, grace).await;
             let taken = match taken {
                 Ok(Some(taken)) => taken,
                 Ok(None) if reread => {
@@ -162,6 +192,29 @@ impl Actor {
         }
     }
 
+    /// Requests are due in the shared queue: started while slots are free;
+    /// the queue is read first when this daemon knows of none due.
+    pub(super) async fn on_due(&mut self) {
+        let now = Timestamp::now().as_millisecond();
+        if self.index.next(now).is_none() {
+            match self.locks.scan().await {
+                Ok(slots) => {
+                    self.index.clear();
+                    slots.into_iter().for_each(|s| self.index.insert(s));
+                    self.publish_queue();
+                }
+                Err(e) => return self.scheduler_log.sys(Level::SysError, &format!("cannot read the queue: {e}")),
+            }
+        }
+        self.fill().await;
+    }
+
+    /// Starts queued requests while the job has free run slots (one at a
+    /// time would leave `max_parallel` unused after a restart or a burst).
+    pub(super) async fn fill(&mut self) {
+        while let Dispatch::Started { .. } = self.dispatch(None).await {}
+    }
+
     /// After attempt `taken.entry.attempts` ended in `state`: the request is
     /// done, tried again after a back-off, or dead.
     pub(super) async fn put_away(&mut self, mut taken: Taken, state: RunState, run: &str, error: Option<String>) {
@@ -188,7 +241,6 @@ impl Actor {
             let entry = taken.entry.clone();
             self.start_children(&entry, run, succeeded, &settings.then).await;
         }
-        let entry = &mut taken.entry;
         // What the store is told; kept to tell it again if it does not answer.
         let settle = match outcome {
             After::Done => Settle::Done(settings.dedup_window),
@@ -198,11 +250,16 @@ impl Actor {
         let shared = self.locks.shared_queue();
         let copy: Option<Taken>;
         let result = match outcome {
+            After::Done if self.locks.done_later(&taken, settings.dedup_window) => {
+                copy = None;
+                Ok(())
+            }
             After::Done => {
                 copy = shared.then(|| taken.clone());
                 self.locks.done(taken, settings.dedup_window).await
             }
             After::Retry => {
+                let entry = &mut taken.entry;
                 let delay = backoff(settings.retry_delay, settings.max_retry_delay, attempt, unit_random());
                 entry.due_ms = Some(Timestamp::now().as_millisecond() + delay.as_millis() as i64);
                 entry.error = error;
@@ -225,6 +282,7 @@ impl Actor {
                 }
             }
             After::Dead => {
+                let entry = &mut taken.entry;
                 entry.error = error.or_else(|| Some(format!("run {run} ended {}", state.as_str())));
                 self.scheduler_log.sys(
                     Level::SysWarn,
@@ -382,7 +440,7 @@ impl Actor {
             Err(e) => self.scheduler_log.sys(Level::SysError, &format!("cannot read the queue: {e}")),
         }
         self.publish_queue();
-        self.dispatch(None).await;
+        self.fill().await;
     }
 
     /// A request whose time passed while no daemon ran: a one-off run runs
@@ -451,7 +509,7 @@ impl Actor {
                 self.index.insert(entry.slot());
                 self.scheduler_log.sys(Level::SysInfo, &format!("dead request {} queued again", entry.id));
                 self.publish_queue();
-                self.dispatch(None).await;
+                self.fill().await;
                 Ok(entry)
             }
             Ok(None) => Err(Refused::Failed(format!("no dead request or run {id} in this job's queue"))),

@@ -188,7 +188,7 @@ impl Actor {
     /// replace`), or the queue's head.
     pub(super) async fn start_replacement(&mut self) {
         let Some((slot, reply)) = self.replacement.take() else {
-            self.dispatch(None).await;
+            self.fill().await;
             return;
         };
         let id = slot.id.to_string();
@@ -295,12 +295,10 @@ impl Actor {
         if !self.locks.shared_history() {
             return;
         }
+        let keep = self.config.switches.history_size;
         let log = self.data_dir.join(id).join(crate::layout::OUTPUT_LOG);
         let tail = ended.then(|| history::tail_text(&log, crate::coordination::postgres::OUTPUT_TAIL));
-        let keep = self.config.switches.history_size;
-        if let Err(e) = self.locks.record_run(id, &self.shared.instance, status, tail.as_deref(), keep).await {
-            self.scheduler_log.sys(Level::SysWarn, &format!("run {id} is missing from the cluster's history: {e}"));
-        }
+        self.locks.record_later(id, &self.shared.instance, status, tail, keep);
     }
 
     /// After run `id` ended: who waits for it hears, and its request is put away.
@@ -319,7 +317,7 @@ impl Actor {
         if !self.unsettled.is_empty() {
             self.settle().await;
         }
-        self.dispatch(None).await;
+        self.fill().await;
     }
 
     /// Cancels run `run` (or every active run); answered once it is over.
