@@ -249,10 +249,12 @@ impl Actor {
         let mut then: Option<JobStatus> = None;
         let lease = self.lease.take();
         let mut lost = false;
+        // Made once: a lock file is checked every second from the start.
+        let mut lease_lost = Box::pin(crate::coordination::lost(lease.as_ref().map(Lease::watch_lost)));
         loop {
             tokio::select! {
                 () = run.over(&mut self.log) => break,
-                () = crate::coordination::lost(lease.as_ref()), if !lost => {
+                () = &mut lease_lost, if !lost => {
                     lost = true;
                     if then.is_some() {
                         continue;

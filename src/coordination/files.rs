@@ -30,6 +30,41 @@ impl FileLease {
     pub fn fd(&self) -> std::os::fd::RawFd {
         self.lock.as_raw_fd()
     }
+
+    /// Completes when the lock file can no longer be written through the
+    /// lease's descriptor: on NFS, a lock the server revoked (Linux answers
+    /// EIO once it is lost) or a server that does not answer for 10 s; on a
+    /// local disk, never. The holder record is rewritten every second (on
+    /// a blocking thread: an NFS mount that hangs holds only that one).
+    pub fn watch_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let file = self.lock.try_clone();
+        async move {
+            let Ok(file) = file else { return std::future::pending().await };
+            let file = std::sync::Arc::new(file);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let f = file.clone();
+                let write = tokio::task::spawn_blocking(move || {
+                    let mut record = [0u8; 1];
+                    // The record's first byte, written back as it is.
+                    f.read_at(&mut record, 0).and_then(|_| f.write_all_at(&record, 0))
+                });
+                match tokio::time::timeout(std::time::Duration::from_secs(10), write).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) if lock_lost(&e) => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Whether a write through a lock's descriptor failing with `e` means the
+/// lock is gone (NFS: EIO after a lost lock, ESTALE, ENOLCK) rather than a
+/// passing trouble (a full disk, an interrupted call).
+fn lock_lost(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::ESTALE | libc::ENOLCK | libc::EBADF))
 }
 
 /// Size of a holder record or a schedule record: rewritten in place, padded,
@@ -213,4 +248,28 @@ fn try_lock_file(path: &Path, instance: &str) -> io::Result<Option<FileLease>> {
 fn holder_pid(path: &Path) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_str(std::fs::read_to_string(path).ok()?.trim()).ok()?;
     v["Pid"].as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_is_lost_on_the_errors_nfs_gives_a_revoked_lock_only() {
+        for errno in [libc::EIO, libc::ESTALE, libc::ENOLCK, libc::EBADF] {
+            assert!(lock_lost(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+        for errno in [libc::ENOSPC, libc::EINTR, libc::EAGAIN, libc::EDQUOT] {
+            assert!(!lock_lost(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_on_a_local_disk_is_never_lost() {
+        let d = tempfile::tempdir().unwrap();
+        let lease = try_lock_file(&d.path().join("l.lock"), "i").unwrap().unwrap();
+        let lost = tokio::time::timeout(std::time::Duration::from_secs(30), lease.watch_lost()).await;
+        assert!(lost.is_err(), "still held after 30 checks");
+        assert!(std::fs::read_to_string(d.path().join("l.lock")).unwrap().contains("\"InstanceId\":\"i\""));
+    }
 }

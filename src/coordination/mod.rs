@@ -72,11 +72,12 @@ impl Lease {
         }
     }
 
-    /// Completes when the lease can no longer be trusted (never, for a
-    /// kernel file lock); [`Lease::why_lost`] says why.
+    /// Completes when the lease can no longer be trusted: a database
+    /// session not renewed in time, or a lock file that can no longer be
+    /// written (on NFS, a revoked lock); [`Lease::why_lost`] says why.
     pub async fn lost(&self) {
         match self {
-            Lease::Files(_) => std::future::pending().await,
+            Lease::Files(lease) => lease.watch_lost().await,
             Lease::Postgres(lease) => lease.lost().await,
         }
     }
@@ -84,23 +85,26 @@ impl Lease {
     /// [`Lease::lost`] as a future of its own (it borrows nothing).
     pub fn watch_lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
         match self {
-            Lease::Files(_) => Box::pin(std::future::pending()),
+            Lease::Files(lease) => Box::pin(lease.watch_lost()),
             Lease::Postgres(lease) => Box::pin(lease.watch_lost()),
         }
     }
 
     pub fn why_lost(&self) -> String {
         match self {
-            Lease::Files(_) => String::new(),
+            Lease::Files(_) => {
+                "the lock file can no longer be written (on NFS: the server revoked the lock, or does not answer)"
+                    .into()
+            }
             Lease::Postgres(lease) => lease.why_lost(),
         }
     }
 }
 
-/// Completes when `lease` (if any) is lost.
-pub async fn lost(lease: Option<&Lease>) {
-    match lease {
-        Some(lease) => lease.lost().await,
+/// Completes when the lease watched (if any) is lost.
+pub async fn lost(watch: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>>) {
+    match watch {
+        Some(watch) => watch.await,
         None => std::future::pending().await,
     }
 }

@@ -743,7 +743,10 @@ fn sleep_until(at: Option<tokio::time::Instant>) -> Armed<'static, ()> {
 /// Resolves when one of the active runs is over, with its place in the list.
 /// The first active run (not already ending) whose run lock is lost.
 fn lease_lost(active: &[Active]) -> Armed<'static, usize> {
-    let mut watched = active.iter().enumerate().filter(|(_, a)| a.ending.is_none()).peekable();
+    // Database leases only: a run lock file is not watched (the run ends
+    // first; see README, "Several daemons").
+    let mut watched =
+        active.iter().enumerate().filter(|(_, a)| a.ending.is_none() && a._lease.fence().is_some()).peekable();
     if watched.peek().is_none() {
         return Box::pin(std::future::pending());
     }
