@@ -376,15 +376,20 @@ def pct(values, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
-def bench_schedule(jobs=20):
-    tmp = tempfile.mkdtemp(prefix="wj-bench-")
-    stamp = stamp_binary(tmp)
+def every_second_jobs(tmp, stamp, jobs):
+    """`jobs` triggered jobs t00, t01, … running the stamp job every second."""
     for i in range(jobs):
         job = os.path.join(tmp, "jobs", "triggered", f"t{i:02}")
         os.makedirs(job)
         shutil.copy(stamp, os.path.join(job, "run"))
         with open(os.path.join(job, "settings.job"), "w") as f:
             f.write('{"schedule": "* * * * * *"}')
+
+
+def bench_schedule(jobs=20):
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    stamp = stamp_binary(tmp)
+    every_second_jobs(tmp, stamp, jobs)
     seconds = 30 if QUICK else 120
     d = Daemon(tmp, config={"history_size": 1000})
     time.sleep(seconds + 1.5)
@@ -1085,12 +1090,7 @@ def bench_cluster():
         stamp = stamp_binary(stamp_dir)
         for n in range(3):
             tmp = tempfile.mkdtemp(prefix="wj-bench-")
-            for i in range(jobs):
-                job = os.path.join(tmp, "jobs", "triggered", f"t{i:02}")
-                os.makedirs(job)
-                shutil.copy(stamp, os.path.join(job, "run"))
-                with open(os.path.join(job, "settings.job"), "w") as f:
-                    f.write('{"schedule": "* * * * * *"}')
+            every_second_jobs(tmp, stamp, jobs)
             roots.append(tmp)
             daemons.append(cluster_daemon(tmp, f"tick{n}", pg.url, extra={"history_size": 1000}))
         time.sleep(seconds + 1.5)

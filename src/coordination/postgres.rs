@@ -213,6 +213,21 @@ const MIGRATIONS: &[&str] = &[
 /// Milliseconds since the epoch on the database's clock, in SQL.
 const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
+/// An error and its causes, as one line ("… : error performing TLS
+/// handshake: invalid peer certificate: UnknownIssuer").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("PostgreSQL: {e}"))
 }
@@ -276,7 +291,7 @@ impl Postgres {
             .pool
             .get()
             .await
-            .map_err(|e| PgError::Connect { url: self.inner.shown.clone(), cause: e.to_string() })?;
+            .map_err(|e| PgError::Connect { url: self.inner.shown.clone(), cause: with_causes(&e) })?;
         let tx = client.transaction().await.map_err(|e| err(&e))?;
         tx.batch_execute(
             "SELECT pg_advisory_xact_lock(2026112401);
@@ -306,7 +321,7 @@ impl Postgres {
     /// One statement on a pooled connection, within the ttl. A connection
     /// that did not answer in time is not given back to the pool.
     async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> io::Result<Vec<Row>> {
-        let client = self.inner.pool.get().await.map_err(io_err)?;
+        let client = self.inner.pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
         match tokio::time::timeout(self.inner.ttl, client.query_typed(sql, params)).await {
             Ok(result) => result.map_err(io_err),
             Err(_) => {
@@ -1119,7 +1134,7 @@ impl JobPg {
         // A tick is claimed, a key checked and taken, with the request: in
         // one transaction.
         let pg = &self.pg;
-        let mut client = pg.inner.pool.get().await.map_err(io_err)?;
+        let mut client = pg.inner.pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
         let work = async {
             let tx = client.transaction().await?;
             if let Some(tick) = entry.tick_ms {

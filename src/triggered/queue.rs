@@ -114,14 +114,9 @@ impl Actor {
                         // Taken elsewhere: what is left is read again, once.
                         self.permit = permit;
                         reread = false;
-                        match self.locks.scan().await {
-                            Ok(slots) => {
-                                self.index.clear();
-                                slots.into_iter().for_each(|s| self.index.insert(s));
-                            }
-                            Err(_) => self.index.clear(),
+                        if self.reread_queue().await.is_err() {
+                            self.index.clear();
                         }
-                        self.publish_queue();
                         continue;
                     }
                     Ok(_) => {
@@ -161,19 +156,6 @@ impl Actor {
             let taken = self.locks.take(&slot, &self.shared.instance, grace).await;
             let taken = match taken {
                 Ok(Some(taken)) => taken,
-                Ok(None) if reread => {
-                    self.permit = permit;
-                    reread = false;
-                    match self.locks.scan().await {
-                        Ok(slots) => {
-                            self.index.clear();
-                            slots.into_iter().for_each(|s| self.index.insert(s));
-                        }
-                        Err(_) => self.index.clear(),
-                    }
-                    self.publish_queue();
-                    continue;
-                }
                 Ok(None) => {
                     self.permit = permit;
                     continue; // another daemon took it first, or it was cancelled
@@ -196,17 +178,21 @@ impl Actor {
     /// the queue is read first when this daemon knows of none due.
     pub(super) async fn on_due(&mut self) {
         let now = Timestamp::now().as_millisecond();
-        if self.index.next(now).is_none() {
-            match self.locks.scan().await {
-                Ok(slots) => {
-                    self.index.clear();
-                    slots.into_iter().for_each(|s| self.index.insert(s));
-                    self.publish_queue();
-                }
-                Err(e) => return self.scheduler_log.sys(Level::SysError, &format!("cannot read the queue: {e}")),
-            }
+        if self.index.next(now).is_none()
+            && let Err(e) = self.reread_queue().await
+        {
+            return self.scheduler_log.sys(Level::SysError, &format!("cannot read the queue: {e}"));
         }
         self.fill().await;
+    }
+
+    /// Reads the queue again into the index (a shared queue changes under us).
+    async fn reread_queue(&mut self) -> std::io::Result<()> {
+        let slots = self.locks.scan().await?;
+        self.index.clear();
+        slots.into_iter().for_each(|s| self.index.insert(s));
+        self.publish_queue();
+        Ok(())
     }
 
     /// Starts queued requests while the job has free run slots (one at a

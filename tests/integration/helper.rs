@@ -559,3 +559,25 @@ pub fn wait_child(child: &mut std::process::Child, limit: Duration, what: &str) 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A self-signed certificate for 127.0.0.1 and its key, made by openssl in
+/// `dir`: (certificate, key).
+pub fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        // An end-entity certificate (not a CA), so that it can be trusted as itself.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    (cert, key)
+}

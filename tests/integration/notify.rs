@@ -347,20 +347,7 @@ fn an_unreachable_receiver_is_shown_with_the_reason_and_delays_no_run() {
 #[test]
 fn https_receivers_are_reached_with_certificates_checked_unless_a_kudu_hook_says_insecure_ssl() {
     let root = Root::new();
-    let (cert, key) = (root.path().join("cert.pem"), root.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key) = self_signed_certificate(root.path());
     let receiver = Receiver::start_with(&root, "", &[&cert, &key]);
     let checked = format!("https://127.0.0.1:{}/checked", receiver.port);
     root.add_config(serde_json::json!({"notify": [{"on": ["succeeded"], "url": checked}]}));

@@ -75,8 +75,13 @@ impl Cluster {
     }
 
     pub fn start_server(&self) {
+        self.start_server_with("");
+    }
+
+    /// Starts the server with more `-c` options (`extra`).
+    pub fn start_server_with(&self, extra: &str) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 {extra}",
             self.port,
             self.dir.path().display()
         );
@@ -109,6 +114,21 @@ impl Cluster {
             .unwrap();
         assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Cluster {
+    /// Where the server's files are (owned by the server's user).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Gives `path` to the server's user (when the tests run as root).
+    pub fn give(&self, path: &std::path::Path) {
+        if as_root() {
+            let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            nix::unistd::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+        }
     }
 }
 

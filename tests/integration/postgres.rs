@@ -487,3 +487,32 @@ fn a_daemon_whose_database_cannot_be_reached_says_so_and_exits() {
     assert!(text.contains("cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1"), "{text}");
     assert!(!text.contains("hunter2"), "the password is never shown: {text}");
 }
+
+#[test]
+fn the_database_is_reached_over_tls_with_its_certificate_checked() {
+    let pg = Cluster::start();
+    let (cert, key) = self_signed_certificate(pg.dir());
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    pg.give(&key);
+    pg.give(&cert);
+    pg.stop_server("fast");
+    pg.start_server_with(&format!("-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert.display(), key.display()));
+    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres?sslmode=require", pg.port);
+    // The server's certificate is not signed by a system authority: refused, and said why.
+    let refused = Root::with_config(serde_json::json!({"coordination": {"postgres": url}}));
+    let out = refused.serve_refused();
+    assert!(
+        stderr(&out).contains("cannot reach PostgreSQL") && stderr(&out).to_lowercase().contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+    // Trusted through ca_file: the daemon's connections are encrypted.
+    let root = Root::with_config(serde_json::json!({"coordination": {"postgres": url, "ca_file": cert}}));
+    root.continuous("tls", "exec sleep 300\n");
+    let daemon = Daemon::start(&root, &[]);
+    let encrypted = "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'webjobs' AND s.ssl";
+    wait_for("an encrypted connection", Duration::from_secs(5), || pg.psql(encrypted) != "0");
+    let plain = "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'webjobs' AND NOT s.ssl";
+    assert_eq!(pg.psql(plain), "0", "no connection in the clear");
+    daemon.stop();
+}
