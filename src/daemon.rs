@@ -135,7 +135,9 @@ pub async fn run(
     tracing::info!(instance = %config.instance_id, jobs = %config.jobs_dir.display(), data = %config.data_dir.display(), "webjobs is running");
     notifier.ready();
     let forward = tokio::spawn(forward_reloads(reloads, events_tx.clone()));
-    let instances = tokio::spawn(watch_instances(shared.clone(), events_tx.clone()));
+    // With a database, the beats say which jobs have requests to recover.
+    let instances = matches!(shared.coordinator, Coordinator::Files(_))
+        .then(|| tokio::spawn(watch_instances(shared.clone(), events_tx.clone())));
     let beats =
         shared.coordinator.beats().map(|beats| tokio::spawn(forward_beats(beats, events_tx.clone(), config.clone())));
     let inboxes = tokio::spawn(forward_arrivals(arrivals, events_tx.clone()));
@@ -176,7 +178,9 @@ pub async fn run(
     escalation.abort();
     let _ = std::fs::remove_file(&socket);
     forward.abort();
-    instances.abort();
+    if let Some(instances) = instances {
+        instances.abort();
+    }
     if let Some(reports) = reports {
         reports.abort();
     }

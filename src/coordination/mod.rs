@@ -65,6 +65,14 @@ impl Lease {
 
     /// The fencing token of this holding (`WEBJOBS_FENCE`): greater than
     /// any earlier holder's.
+    /// The lease's name in a database (none for a lock file).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Lease::Files(_) => None,
+            Lease::Postgres(lease) => Some(lease.name()),
+        }
+    }
+
     pub fn fence(&self) -> Option<i64> {
         match self {
             Lease::Files(_) => None,
@@ -72,17 +80,10 @@ impl Lease {
         }
     }
 
-    /// Completes when the lease can no longer be trusted: a database
-    /// session not renewed in time, or a lock file that can no longer be
-    /// written (on NFS, a revoked lock); [`Lease::why_lost`] says why.
-    pub async fn lost(&self) {
-        match self {
-            Lease::Files(lease) => lease.watch_lost().await,
-            Lease::Postgres(lease) => lease.lost().await,
-        }
-    }
-
-    /// [`Lease::lost`] as a future of its own (it borrows nothing).
+    /// A future that completes when the lease can no longer be trusted: a
+    /// database session not renewed in time, or a lock file that can no
+    /// longer be written (on NFS, a revoked lock); [`Lease::why_lost`] says
+    /// why. It borrows nothing: made once, polled across a run's life.
     pub fn watch_lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
         match self {
             Lease::Files(lease) => Box::pin(lease.watch_lost()),
@@ -288,10 +289,17 @@ impl JobCoordination {
     /// Takes one of the job's `slots` run locks (at most `slots` active runs
     /// across all daemons) if one is free, never waiting. `instance` is
     /// recorded as the holder.
-    pub async fn try_run(&self, instance: &str, slots: u32, grace: std::time::Duration) -> io::Result<Option<Lease>> {
+    /// `busy`: the run locks this daemon's active runs of the job hold.
+    pub async fn try_run(
+        &self,
+        instance: &str,
+        slots: u32,
+        grace: std::time::Duration,
+        busy: &[String],
+    ) -> io::Result<Option<Lease>> {
         match self {
             JobCoordination::Files(f) => Ok(f.try_run(instance, slots)?.map(Lease::Files)),
-            JobCoordination::Postgres(p) => Ok(p.try_run(instance, slots, grace).await?.map(Lease::Postgres)),
+            JobCoordination::Postgres(p) => Ok(p.try_run(instance, slots, grace, busy).await?.map(Lease::Postgres)),
         }
     }
 
@@ -304,10 +312,16 @@ impl JobCoordination {
     /// Takes the due head of a shared queue with one of the job's `slots`
     /// run locks, both or neither, skipping what other daemons are taking
     /// at this moment. `None` for a queue that is not shared.
-    pub async fn take_next(&self, instance: &str, slots: u32, grace: std::time::Duration) -> io::Result<Option<Next>> {
+    pub async fn take_next(
+        &self,
+        instance: &str,
+        slots: u32,
+        grace: std::time::Duration,
+        busy: &[String],
+    ) -> io::Result<Option<Next>> {
         match self {
             JobCoordination::Files(_) => Ok(None),
-            JobCoordination::Postgres(p) => Ok(Some(match p.take_leased(instance, slots, grace).await? {
+            JobCoordination::Postgres(p) => Ok(Some(match p.take_leased(instance, slots, grace, busy).await? {
                 postgres::Leased::Got(got) => {
                     let (lease, taken) = *got;
                     Next::Got(Box::new((Lease::Postgres(lease), taken)))
@@ -610,14 +624,14 @@ mod tests {
         let key = JobKey::new(JobKind::Triggered, "t");
         for (a, b) in backends(d.path()) {
             let (a, b) = (a.job(&key).await.unwrap(), b.job(&key).await.unwrap());
-            let lease = a.try_run("one", 1, G).await.unwrap().unwrap();
-            assert!(b.try_run("two", 1, G).await.unwrap().is_none());
+            let lease = a.try_run("one", 1, G, &[]).await.unwrap().unwrap();
+            assert!(b.try_run("two", 1, G, &[]).await.unwrap().is_none());
             assert!(b.run_holder().await.unwrap().starts_with("instance one"));
-            let second = b.try_run("two", 2, G).await.unwrap();
+            let second = b.try_run("two", 2, G, &[]).await.unwrap();
             assert!(second.is_some(), "a second slot with max_parallel 2");
-            assert!(a.try_run("one", 2, G).await.unwrap().is_none(), "both slots held");
+            assert!(a.try_run("one", 2, G, &[]).await.unwrap().is_none(), "both slots held");
             drop(lease);
-            assert!(b.try_run("two", 1, G).await.unwrap().is_some());
+            assert!(b.try_run("two", 1, G, &[]).await.unwrap().is_some());
         }
     }
 

@@ -400,7 +400,8 @@ impl Postgres {
         let ttl = self.inner.ttl;
         let every = ttl / 5;
         let mut confirmed = tokio::time::Instant::now();
-        let _listener = tokio::spawn(self.clone().listen());
+        // Ends with the keeper (aborted at a graceful stop).
+        let _listener = AbortOnDrop(tokio::spawn(self.clone().listen()));
         loop {
             let sent = tokio::time::Instant::now();
             match tokio::time::timeout(every.max(Duration::from_millis(200)), self.beat()).await {
@@ -441,6 +442,9 @@ impl Postgres {
     fn publish(&self, mut beat: Beat, confirmed: tokio::time::Instant) {
         let fenced = self.is_overdue(confirmed);
         self.inner.beat.send_modify(|b| {
+            if b.error.is_some() {
+                tracing::info!("PostgreSQL answers again; leased jobs may start");
+            }
             beat.seq = b.seq + 1;
             beat.session = self.session();
             beat.fenced = fenced;
@@ -590,18 +594,20 @@ impl Postgres {
     /// Takes lease `name` if free, or held by a session that expired more
     /// than its grace ago, or already ours; with a new fencing token.
     pub async fn try_lease(&self, name: &str, instance: &str, grace: Duration) -> io::Result<Option<PgLease>> {
-        self.try_any(&[name.to_string()], instance, grace, true).await
+        self.try_any(&[name.to_string()], instance, grace, &[]).await
     }
 
     /// Takes one of `names` (in random order: daemons taking slots at once
-    /// seldom meet), free or held by a session gone for more than its grace;
-    /// with `own`, one this session already holds is taken again (a new token).
+    /// seldom meet), free or held by a session gone for more than its grace,
+    /// or held by this session but not in `busy` (taken again, a new token:
+    /// a singleton after a fence, a run slot whose release never reached
+    /// the database).
     async fn try_any(
         &self,
         names: &[String],
         instance: &str,
         grace: Duration,
-        own: bool,
+        busy: &[String],
     ) -> io::Result<Option<PgLease>> {
         if self.inner.beat.borrow().fenced {
             return Err(io_err(
@@ -618,14 +624,14 @@ impl Postgres {
                         SELECT c.name FROM unnest($1::text[]) AS c(name)
                         WHERE NOT EXISTS (SELECT 1 FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
                             WHERE l.name = c.name AND webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now()
-                            AND NOT ($5 AND l.session = $2))
+                            AND NOT (l.session = $2 AND l.name <> ALL($5)))
                         ORDER BY random() LIMIT 1)
                      INSERT INTO webjobs_leases (name, session, holder, fence, grace_ms)
                      SELECT pick.name, $2, $3, nextval('webjobs_fence'), $4 FROM pick
                         WHERE EXISTS (SELECT 1 FROM webjobs_sessions WHERE id = $2 AND webjobs_until(webjobs_sessions) > now())
                      ON CONFLICT (name) DO UPDATE SET session = excluded.session, holder = excluded.holder,
                         fence = excluded.fence, grace_ms = excluded.grace_ms, acquired = now()
-                     WHERE ($5 AND webjobs_leases.session = excluded.session) OR NOT EXISTS (
+                     WHERE (webjobs_leases.session = excluded.session AND webjobs_leases.name <> ALL($5)) OR NOT EXISTS (
                         SELECT 1 FROM webjobs_sessions s WHERE s.id = webjobs_leases.session
                         AND webjobs_until(s) + webjobs_leases.grace_ms * interval '1 millisecond' > now())
                      RETURNING name, fence",
@@ -634,7 +640,7 @@ impl Postgres {
                         (&session, Type::INT8),
                         (&instance, Type::TEXT),
                         (&grace_ms, Type::INT8),
-                        (&own, Type::BOOL),
+                        (&busy, Type::TEXT_ARRAY),
                     ],
                 )
                 .await?;
@@ -699,7 +705,14 @@ impl Postgres {
             "DELETE FROM webjobs_leases WHERE name = $1 AND fence = $2"
         };
         handle.spawn(async move {
-            let _ = pg.query(sql, &[(&name, Type::TEXT), (&fence, Type::INT8)]).await;
+            // A database away for a moment: tried again (what is left after
+            // that is taken again by this session's next run, see `try_any`).
+            for _ in 0..5 {
+                if pg.query(sql, &[(&name, Type::TEXT), (&fence, Type::INT8)]).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         });
     }
 
@@ -823,6 +836,15 @@ impl Postgres {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a job is named in the database.
 pub fn job_name(key: &JobKey) -> String {
     format!("{}/{}", key.kind.as_str(), key.name)
@@ -900,13 +922,12 @@ impl PgLease {
         self.fence
     }
 
-    /// Completes when the lease can no longer be trusted: this daemon is
-    /// fenced (no confirmed renewal) or its session was replaced.
-    pub async fn lost(&self) {
-        self.watch_lost().await
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// [`PgLease::lost`], borrowing nothing.
+    /// Completes when the lease can no longer be trusted: this daemon is
+    /// fenced (no confirmed renewal) or its session was replaced.
     pub fn watch_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let rx = self.pg.as_ref().map(|pg| pg.inner.beat.subscribe());
         let session = self.session;
@@ -951,14 +972,29 @@ pub struct JobPg {
 
 impl JobPg {
     /// One of the job's `slots` run locks, the first free one.
-    pub async fn try_run(&self, instance: &str, slots: u32, grace: Duration) -> io::Result<Option<PgLease>> {
+    /// One of the job's `slots` run locks; `busy`: the ones this daemon's
+    /// active runs hold (any other held by this daemon's session is a
+    /// release that never reached the database: taken again).
+    pub async fn try_run(
+        &self,
+        instance: &str,
+        slots: u32,
+        grace: Duration,
+        busy: &[String],
+    ) -> io::Result<Option<PgLease>> {
         let names: Vec<String> = (0..slots.max(1)).map(|slot| format!("run:{}:{slot}", self.job)).collect();
-        self.pg.try_any(&names, instance, grace, false).await
+        self.pg.try_any(&names, instance, grace, busy).await
     }
 
     /// Takes the queue's due head and a free run slot for it, both or
     /// neither, in one statement.
-    pub async fn take_leased(&self, instance: &str, slots: u32, grace: Duration) -> io::Result<Leased> {
+    pub async fn take_leased(
+        &self,
+        instance: &str,
+        slots: u32,
+        grace: Duration,
+        busy: &[String],
+    ) -> io::Result<Leased> {
         if self.pg.inner.beat.borrow().fenced {
             return Err(io_err(
                 "this daemon's session is not confirmed by the database (fenced) until it answers again",
@@ -979,14 +1015,16 @@ impl JobPg {
                         WHERE EXISTS (SELECT 1 FROM head)
                         AND EXISTS (SELECT 1 FROM webjobs_sessions WHERE id = $2 AND webjobs_until(webjobs_sessions) > now())
                         AND NOT EXISTS (SELECT 1 FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
-                            WHERE l.name = c.name AND webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now())
+                            WHERE l.name = c.name AND webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now()
+                            AND NOT (l.session = $2 AND l.name <> ALL($6)))
                         ORDER BY random() LIMIT 1),
                      lease AS (
                         INSERT INTO webjobs_leases (name, session, holder, fence, grace_ms)
                         SELECT name, $2, $4, nextval('webjobs_fence'), $5 FROM pick
                         ON CONFLICT (name) DO UPDATE SET session = excluded.session, holder = excluded.holder,
                             fence = excluded.fence, grace_ms = excluded.grace_ms, acquired = now()
-                        WHERE NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = webjobs_leases.session
+                        WHERE (webjobs_leases.session = excluded.session AND webjobs_leases.name <> ALL($6))
+                            OR NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = webjobs_leases.session
                             AND webjobs_until(s) + webjobs_leases.grace_ms * interval '1 millisecond' > now())
                         RETURNING name, fence),
                      req AS (
@@ -1002,6 +1040,7 @@ impl JobPg {
                     (&names, Type::TEXT_ARRAY),
                     (&instance, Type::TEXT),
                     (&grace_ms, Type::INT8),
+                    (&busy, Type::TEXT_ARRAY),
                 ],
             )
             .await?;

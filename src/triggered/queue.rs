@@ -102,7 +102,9 @@ impl Actor {
             let replacing = self.replacement.as_ref().is_some_and(|(s, _)| *s == slot);
             if self.locks.shared_queue() && !replacing {
                 // Whatever is due first, with a run slot, in one statement.
-                let next = self.locks.take_next(&self.shared.instance, job.settings.max_parallel, grace).await;
+                let busy: Vec<String> =
+                    self.active.iter().filter_map(|a| a._lease.name().map(str::to_string)).collect();
+                let next = self.locks.take_next(&self.shared.instance, job.settings.max_parallel, grace, &busy).await;
                 let (lease, taken) = match next {
                     Ok(Some(Next::Got(got))) => *got,
                     Ok(Some(Next::Busy)) => {
@@ -137,7 +139,8 @@ impl Actor {
                 let run = self.start_run(&job, taken, lease, permit).await;
                 return Dispatch::Started { request, run };
             }
-            let lease = match self.locks.try_run(&self.shared.instance, job.settings.max_parallel, grace).await {
+            let busy: Vec<String> = self.active.iter().filter_map(|a| a._lease.name().map(str::to_string)).collect();
+            let lease = match self.locks.try_run(&self.shared.instance, job.settings.max_parallel, grace, &busy).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     // A run is active on another daemon, which we cannot hear end.
