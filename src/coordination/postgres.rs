@@ -1052,13 +1052,8 @@ impl JobPg {
             (_, None) => Ok(Leased::Busy),
             (_, Some(name)) => {
                 let lease = PgLease { name, session, fence: row.get(2), pg: Some(self.pg.clone()) };
-                let entry: Entry =
-                    serde_json::from_value(row.get(3)).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                if let Some(payload) = row.get::<_, Option<&[u8]>>(4) {
-                    std::fs::create_dir_all(&self.payloads)?;
-                    std::fs::write(self.payload_path(&entry.id), payload)?;
-                }
-                Ok(Leased::Got(Box::new((lease, Taken { entry, place: Place::Row { session } }))))
+                let taken = self.taken(row, 3, session)?;
+                Ok(Leased::Got(Box::new((lease, taken))))
             }
         }
     }
@@ -1269,13 +1264,15 @@ impl JobPg {
             )
             .await?;
         let Some(row) = rows.first() else { return Ok(None) };
-        self.taken(row, session).map(Some)
+        self.taken(row, 0, session).map(Some)
     }
 
-    fn taken(&self, row: &Row, session: i64) -> io::Result<Taken> {
+    /// The request in columns `at` (its entry) and `at + 1` (its payload,
+    /// written where its run reads it).
+    fn taken(&self, row: &Row, at: usize, session: i64) -> io::Result<Taken> {
         let entry: Entry =
-            serde_json::from_value(row.get(0)).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if let Some(payload) = row.get::<_, Option<&[u8]>>(1) {
+            serde_json::from_value(row.get(at)).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if let Some(payload) = row.get::<_, Option<&[u8]>>(at + 1) {
             std::fs::create_dir_all(&self.payloads)?;
             std::fs::write(self.payload_path(&entry.id), payload)?;
         }
@@ -1512,6 +1509,6 @@ impl JobPg {
                 &[(&self.job, Type::TEXT), (&session, Type::INT8)],
             )
             .await?;
-        rows.iter().map(|row| self.taken(row, session)).collect()
+        rows.iter().map(|row| self.taken(row, 0, session)).collect()
     }
 }

@@ -398,7 +398,8 @@ fn postgres_restarted_under_load_pauses_singletons_and_runs_no_tick_twice() {
 fn any_daemon_shows_every_run_of_the_cluster_and_reads_its_log_where_it_ran() {
     let pg = Cluster::start();
     let roots: Vec<Root> = (0..2).map(|_| root_on(&pg.url(), 2000)).collect();
-    let script = "echo \"ran in $WEBJOBS_DATA_PATH\"\necho second line\n";
+    // Its payload (stdin) comes from the database to whichever daemon takes it.
+    let script = "echo \"ran in $WEBJOBS_DATA_PATH\"\ncat\necho\necho second line\n";
     for (n, root) in roots.iter().enumerate() {
         root.add_config(serde_json::json!({"api_user": "ops", "api_password": "cluster-secret"}));
         root.job("triggered", "report", &[("run.sh", script)]);
@@ -408,7 +409,7 @@ fn any_daemon_shows_every_run_of_the_cluster_and_reads_its_log_where_it_ran() {
     let daemons: Vec<Daemon> = roots.iter().map(|r| Daemon::start(r, &[])).collect();
     let basic = format!("Basic {}", base64_of("ops:cluster-secret"));
     let (a, b) = (roots[0].http().with_auth(&basic), roots[1].http().with_auth(&basic));
-    let started = b.post("/api/triggeredwebjobs/report/run");
+    let started = b.send("POST", "/api/triggeredwebjobs/report/run", &[], b"payload through the database");
     assert_eq!(started.status, 202, "{}", started.text());
     let id = started.json()["id"].as_str().unwrap().to_string();
     wait_for("the run on B ends", Duration::from_secs(10), || roots[1].finished_runs("report").len() == 1);
@@ -427,6 +428,7 @@ fn any_daemon_shows_every_run_of_the_cluster_and_reads_its_log_where_it_ran() {
     let log = a.get(path);
     assert_eq!(log.status, 200, "{}", log.text());
     assert!(log.text().contains(&format!("ran in {}", roots[1].path().display())), "{}", log.text());
+    assert!(log.text().contains("payload through the database"), "{}", log.text());
     assert!(log.header("x-webjobs-output").is_none(), "the whole log, from B");
     // The cluster: both daemons, and the job that differs between them.
     let cluster = a.get("/api/cluster").json();
