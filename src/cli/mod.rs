@@ -139,6 +139,18 @@ enum Command {
     Retry { job: String, id: String },
     /// Cancel the active run of a triggered job, or a queued request (by its id).
     Cancel { job: String, run: Option<String> },
+    /// Print a shell completion script, generated from this command line's definition.
+    ///
+    /// Examples: `source <(webjobs completions bash)`;
+    /// `webjobs completions zsh > "${fpath[1]}/_webjobs"`; `webjobs completions fish > ~/.config/fish/completions/webjobs.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from this command line's definition.
+    ///
+    /// Example: `webjobs man | man -l -`.
+    Man,
     /// The daemons sharing the PostgreSQL database, and jobs whose content differs between them.
     Cluster {
         #[arg(long)]
@@ -201,6 +213,12 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the definition alone: no configuration needed.
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man => return man(),
+        _ => {}
+    }
     let listen = match &cli.command {
         Command::Serve { listen } => listen.clone(),
         _ => None,
@@ -234,6 +252,8 @@ pub fn main() -> ExitCode {
         Command::Cancel { job, run } => run::cancel(&config, &job, run.as_deref()),
         Command::History { job, json } => history::history(&config, &job, json),
         Command::Cluster { json } => db::cluster(&config, json),
+        Command::Completions { shell } => Ok(completions(shell)),
+        Command::Man => Ok(man()),
         Command::Db(DbCommand::Migrate) => db::migrate(&config),
         Command::Events { job, kind, json } => events::events(&config, job.as_deref(), kind.as_deref(), json),
         Command::Notifications { json } => events::notifications(&config, json),
@@ -247,6 +267,25 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("webjobs: {e:#}");
             error::exit_code(&e)
+        }
+    }
+}
+
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "webjobs", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+fn man() -> ExitCode {
+    use clap::CommandFactory;
+    match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `webjobs man | head`: the reader had enough.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("webjobs: cannot write the manual page: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -115,3 +115,51 @@ fn an_unreadable_job_folder_says_permission_denied() {
     assert!(errors.contains("cannot read the job folder") && errors.contains("permission denied"), "{v}");
     assert!(!errors.contains("no runnable script"), "{v}");
 }
+
+#[test]
+fn bash_completion_completes_subcommands_and_options() {
+    // As bash calls it: the words so far, then the command, the word being
+    // completed and the one before it as arguments.
+    let complete = |words: &str, cword: usize| {
+        let script = format!(
+            "source <('{BIN}' completions bash) && COMP_WORDS=({words}) && COMP_CWORD={cword} && \
+             _webjobs webjobs \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\" && echo \"${{COMPREPLY[@]}}\""
+        );
+        let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let got = complete("webjobs sta", 1);
+    let words: Vec<&str> = got.split_whitespace().collect();
+    assert!(words.contains(&"start") && words.contains(&"status"), "{got}");
+    assert!(!words.contains(&"stop") && !words.contains(&"run"), "{got}");
+    let got = complete("webjobs completions ''", 2);
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(got.split_whitespace().any(|w| w == shell), "{got}");
+    }
+    let got = complete("webjobs run job --pri", 3);
+    assert!(got.contains("--priority"), "{got}");
+}
+
+#[test]
+fn completions_and_the_manual_need_no_configuration_and_cover_every_command() {
+    let run = |args: &[&str]| {
+        // A configuration that cannot be read: not needed for these.
+        let out = std::process::Command::new(BIN)
+            .args(["--config", "/nonexistent/webjobs.json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef webjobs"));
+    let fish = run(&["completions", "fish"]);
+    assert!(fish.contains("complete -c webjobs") && fish.contains("cluster"), "{fish}");
+    let man = run(&["man"]);
+    assert!(man.contains(".TH webjobs 1"), "{man}");
+    for command in ["serve", "list", "status", "run", "enqueue", "history", "logs", "events", "cluster", "completions"]
+    {
+        assert!(man.contains(command), "the manual lacks {command}");
+    }
+}
