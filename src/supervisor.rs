@@ -256,11 +256,15 @@ impl Supervisor {
         if config.jobs_dir != self.config.jobs_dir || config.data_dir != self.config.data_dir {
             tracing::warn!("jobs_dir and data_dir changes take effect at the next start");
         }
+        if config.postgres != self.config.postgres {
+            tracing::warn!("coordination changes take effect at the next start");
+        }
         self.config = Arc::new(Config {
             jobs_dir: self.config.jobs_dir.clone(),
             data_dir: self.config.data_dir.clone(),
             temp_dir: self.config.temp_dir.clone(),
             instance_id: self.config.instance_id.clone(),
+            postgres: self.config.postgres.clone(),
             ..(*config).clone()
         });
         let keys = self.jobs.keys().cloned().collect();
