@@ -45,6 +45,9 @@ pub enum Control {
     Shutdown { why: &'static str },
     /// Answered once every message before it has been taken in.
     Sync(tokio::sync::oneshot::Sender<()>),
+    /// Stop the process by the stop protocol and start it again at once
+    /// (`webjobs restart`). Answered with why not when the job is not running.
+    Restart(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
 /// The supervisor's handle on a continuous job's actor.
@@ -205,6 +208,21 @@ impl Actor {
                 self.exiting = true;
                 Next::Exit(why)
             }
+            Control::Restart(reply) => match self.wanted() {
+                Wanted::Running(_) => {
+                    let _ = reply.send(Ok(()));
+                    self.backoff_step = 0;
+                    Next::Restart("restart asked")
+                }
+                Wanted::Stopped(reason) => {
+                    let _ = reply.send(Err(format!("it is stopped ({reason}); use start")));
+                    Next::Continue
+                }
+                Wanted::Invalid(error) => {
+                    let _ = reply.send(Err(format!("it cannot run: {error}")));
+                    Next::Continue
+                }
+            },
             Control::Update { def, config } => {
                 let before = self.definition.good.clone();
                 self.config = config;

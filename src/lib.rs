@@ -52,5 +52,6 @@ pub mod status;
 pub mod supervisor;
 pub mod systemd;
 pub mod triggered;
+pub mod usage;
 pub mod watcher;
 pub mod workcopy;

@@ -47,6 +47,11 @@ pub enum Event {
         name: String,
         control: triggered::Control,
     },
+    /// For the continuous job `name`; dropped likewise when there is none.
+    Continuous {
+        name: String,
+        control: continuous::Control,
+    },
     /// A daemon sharing the data folder is gone: every triggered job takes
     /// over what it had taken from the queue.
     InstanceGone(String),
@@ -203,6 +208,13 @@ impl Supervisor {
                     Some(Event::Reload(config)) => self.on_reload(config).await,
                     Some(Event::Ping(reply)) => { let _ = reply.send(()); }
                     Some(Event::Triggered { name, control }) => self.to_triggered(name, control),
+                    Some(Event::Continuous { name, control }) => {
+                        if let Some(Actor::Continuous(handle)) =
+                            self.jobs.get(&JobKey::new(JobKind::Continuous, name)).map(|e| &e.actor)
+                        {
+                            handle.send(control);
+                        }
+                    }
                     Some(Event::InstanceGone(id)) => {
                         tracing::warn!(instance = %id, "a daemon sharing the data folder is gone: its queued and running requests are taken over");
                         for entry in self.jobs.values() {

@@ -56,6 +56,7 @@ pub fn kind_routes(kind: JobKind, prefix: &str) -> Router<ApiState> {
             .route(&format!("{job}/history"), get(super::runs::history))
             .route(&format!("{job}/history/{{id}}"), get(super::runs::one_run)),
         JobKind::Continuous => router
+            .route(&format!("{job}/restart"), post(restart))
             .route(&format!("{job}/passthrough"), on(PROXIED, super::passthrough::root))
             .route(&format!("{job}/passthrough/"), on(PROXIED, super::passthrough::root))
             .route(&format!("{job}/passthrough/{{*path}}"), on(PROXIED, super::passthrough::with_path)),
@@ -222,6 +223,39 @@ async fn toggle(state: &ApiState, kind: JobKind, job: &str, start: bool) -> Resp
         body["cluster"] = cluster;
     }
     axum::Json(body).into_response()
+}
+
+/// `POST /api/continuouswebjobs/{job}/restart` (ours): stops the process by the
+/// stop protocol and starts it again; answers once the new process runs (or
+/// the job settled otherwise), with its status and pid. 409 when the job is
+/// stopped or cannot run.
+async fn restart(State(state): State<ApiState>, Path(job): Path<String>) -> Response {
+    let kind = JobKind::Continuous;
+    let Some(CatalogEntry { def, live: Live::Continuous(mut rx) }) = entry(&state, kind, &job) else {
+        return not_found(kind, &job);
+    };
+    let before = rx.borrow_and_update().start_time.clone();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let event = Event::Continuous { name: job.clone(), control: crate::continuous::Control::Restart(reply) };
+    if state.events.send(event).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    }
+    match answer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return error(StatusCode::CONFLICT, format!("cannot restart {job}: {why}")),
+        Err(_) => return not_found(kind, &job),
+    }
+    let grace = def.settings.settings.as_ref().map(|s| s.stopping_wait_time).unwrap_or(Duration::from_secs(30));
+    let restarted = |s: &ContinuousStatus| match s.status {
+        JobStatus::Running => s.start_time != before,
+        JobStatus::Starting | JobStatus::Stopping | JobStatus::Initializing => false,
+        _ => true,
+    };
+    let _ = tokio::time::timeout(grace + Duration::from_secs(15), rx.wait_for(restarted)).await;
+    state.mark_written();
+    let s = rx.borrow().clone();
+    axum::Json(serde_json::json!({"name": job, "type": kind.as_str(), "status": s.status.as_str(), "pid": s.pid}))
+        .into_response()
 }
 
 /// Waits (bounded) until the job's actor shows the effect of a start or stop; returns its status.

@@ -19,6 +19,7 @@ pub mod list;
 mod passthrough;
 mod queue;
 mod runs;
+mod usage;
 mod vfs;
 pub mod views;
 
@@ -72,6 +73,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/hooks/{id}", get(hooks::get).delete(hooks::unsubscribe))
         .route("/api/notifications", get(hooks::notifications))
         .route("/api/cluster", get(cluster::cluster))
+        .route("/api/usage", get(usage::usage))
         .route("/api/vfs/{*path}", get(vfs::get))
         .route("/vfs/{*path}", get(vfs::get))
         .route("/metrics", get(metrics))

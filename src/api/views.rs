@@ -175,6 +175,20 @@ pub struct JobView {
     pub queued: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_age_seconds: Option<f64>,
+    /// The running process (continuous) or active run's process (triggered):
+    /// its id (= its process group) and when it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Continuous: restarts since the job was (re)loaded, how the last
+    /// process ended, and when the next restart is due (PendingRestart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_restart: Option<String>,
 }
 
 /// The settings object as written (already valid JSON).
@@ -213,6 +227,11 @@ impl JobView {
             containment: None,
             queued: None,
             queue_age_seconds: None,
+            pid: None,
+            started: None,
+            restarts: None,
+            last_exit: None,
+            next_restart: None,
         };
         match &entry.live {
             Live::Continuous(rx) => {
@@ -221,11 +240,20 @@ impl JobView {
                 view.detailed_status = Some(format!("{} - {}", s.instance, s.status.as_str()));
                 view.error = s.error.clone().or(view.error);
                 view.log_url = Some(format!("{base}/vfs/data/jobs/continuous/{name}/job_log.txt"));
+                view.pid = s.pid;
+                view.started = s.pid.and(s.start_time.clone());
+                view.restarts = Some(s.restarts);
+                view.last_exit = s.last_exit.clone();
+                view.next_restart = s.next_restart.clone();
             }
             Live::Triggered(rx) => {
                 let s = rx.borrow();
                 let latest = s.latest.as_deref().map(|(id, st)| RunView::new(base, name, id, st.clone()));
                 let active = latest.as_ref().is_some_and(|r| matches!(r.status.as_str(), "Initializing" | "Running"));
+                if let Some((_, run)) = s.latest.as_deref().filter(|_| active) {
+                    view.pid = run.pid;
+                    view.started = Some(run.start_time.clone());
+                }
                 view.status = if s.disabled && !active {
                     "Stopped".into()
                 } else {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::client::{Client, ClientError, encode, instance_alive};
+use crate::cli::term::{self, Clock, Paint};
 use crate::cli::{CliError, find_job};
 use crate::config::Config;
 
@@ -26,7 +27,7 @@ pub(crate) fn daemon(config: &Config) -> Result<Option<Client>, ClientError> {
     }
 }
 
-pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+pub fn list(config: &Config, json: bool, utc: bool, paint: Paint) -> anyhow::Result<ExitCode> {
     let jobs: Vec<Value> = match daemon(config)? {
         Some(client) => {
             let r = client.get("/api/webjobs")?;
@@ -48,34 +49,66 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("no jobs in {}", config.jobs_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
-    let width = jobs.iter().map(|j| text(j, "name").len()).max().unwrap_or(4).max(4);
-    println!("{:<width$}  {:<10}  {:<16}  DETAIL", "NAME", "TYPE", "STATUS");
-    for j in &jobs {
-        println!("{:<width$}  {:<10}  {:<16}  {}", text(j, "name"), text(j, "type"), text(j, "status"), detail(j));
-    }
+    let clock = Clock::now(utc);
+    let rows: Vec<Vec<String>> = jobs.iter().map(|j| row(j, clock, paint)).collect();
+    let header = ["NAME", "TYPE", "STATUS", "PID", "UPTIME", "RESTARTS", "LAST", "NEXT", "DETAIL"];
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(term::table(&header, &rows, term::width(), paint).as_bytes());
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line about a job, from its JSON.
+/// One job's row of `list`, from its JSON.
+fn row(j: &Value, clock: Clock, paint: Paint) -> Vec<String> {
+    let text = |k: &str| j[k].as_str().unwrap_or_default().to_string();
+    let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    let status = text("status");
+    let (last, next) = match j["type"].as_str() {
+        Some("triggered") => {
+            let last = j["latest_run"].as_object().map(|run| {
+                let at = run["end_time"].as_str().filter(|t| !t.starts_with("0001")).or(run["start_time"].as_str());
+                let status = run["status"].as_str().unwrap_or_default();
+                format!("{} {}", paint.status(status), at.map(|t| clock.show(t)).unwrap_or_default())
+            });
+            (last.unwrap_or_default(), j["next_run"].as_str().map(|t| clock.show(t)).unwrap_or_default())
+        }
+        _ => {
+            let next = j["next_restart"].as_str().map(|t| format!("restart {}", clock.show(t)));
+            (text("last_exit"), next.unwrap_or_default())
+        }
+    };
+    vec![
+        text("name"),
+        text("type"),
+        paint.status(&status),
+        or_dash(j["pid"].as_i64().map(|p| p.to_string()).unwrap_or_default()),
+        or_dash(j["started"].as_str().map(|t| clock.since(t)).unwrap_or_default()),
+        or_dash(j["restarts"].as_u64().map(|n| n.to_string()).unwrap_or_default()),
+        or_dash(last),
+        or_dash(next),
+        detail(j),
+    ]
+}
+
+/// What else there is to know about a job, in a line.
 fn detail(j: &Value) -> String {
     if let Some(e) = j["error"].as_str() {
         return e.to_string();
     }
     let mut parts = Vec::new();
-    if let Some(run) = j["latest_run"].as_object() {
-        parts.push(format!("last run {} {}", run["id"].as_str().unwrap_or(""), run["status"].as_str().unwrap_or("")));
+    if let Some(n) = j["queued"].as_u64().filter(|n| *n > 0) {
+        parts.push(format!("{n} queued"));
     }
-    if let Some(next) = j["next_run"].as_str() {
-        parts.push(format!("next {next}"));
-    }
-    if let Some(d) = j["detail"].as_str() {
+    if let Some(d) = j["detail"].as_str().filter(|d| !d.is_empty()) {
         parts.push(d.to_string());
     }
-    parts.join(", ")
+    for w in j["warnings"].as_array().into_iter().flatten() {
+        parts.push(w.as_str().unwrap_or_default().to_string());
+    }
+    parts.join("; ")
 }
 
-pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub fn status(config: &Config, spec: &str, json: bool, paint: Paint) -> anyhow::Result<ExitCode> {
     let def = find_job(config, spec)?;
     let view: Value = match daemon(config)? {
         Some(client) => {
@@ -88,25 +121,43 @@ pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCod
         }
         None => serde_json::to_value(disk_view(config, &def))?,
     };
+    let instances = status::read_all(&config.job_data_dir(&def.key));
     if json {
+        // Everything the text shows: the view, and where the job lives.
+        let mut view = view;
+        view["folder"] = def.script_dir.display().to_string().into();
+        view["command"] = def.script.as_ref().ok().map(|s| format!("{} {}", s.host.join(" "), s.file)).into();
+        if def.key.kind == JobKind::Continuous {
+            view["log"] = config.job_data_dir(&def.key).join(crate::layout::JOB_LOG).display().to_string().into();
+        }
+        view["instances"] = serde_json::to_value(&instances)?;
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let clock = Clock::now(false);
+    let at = |key: &str| view[key].as_str().map(|t| format!("{t} ({})", clock.show(t)));
     println!("job:      {}/{}", def.key.kind.as_str(), def.key.name);
     println!("folder:   {}", def.script_dir.display());
-    println!("status:   {}", view["status"].as_str().unwrap_or_default());
+    println!("status:   {}", paint.status(view["status"].as_str().unwrap_or_default()));
     if let Ok(script) = &def.script {
         println!("command:  {} {}", script.host.join(" "), script.file);
     }
     if def.key.kind == JobKind::Continuous {
         println!("log:      {}", config.job_data_dir(&def.key).join(crate::layout::JOB_LOG).display());
     }
-    for (label, key) in
-        [("schedule", "schedule"), ("next run", "next_run"), ("error", "error"), ("contained", "containment")]
-    {
-        if let Some(v) = view[key].as_str() {
-            println!("{:<9} {v}", format!("{label}:"));
-        }
+    let fields = [
+        ("pid", view["pid"].as_i64().map(|p| p.to_string())),
+        ("started", at("started")),
+        ("restarts", view["restarts"].as_u64().map(|n| n.to_string())),
+        ("last exit", view["last_exit"].as_str().map(str::to_string)),
+        ("restart", at("next_restart")),
+        ("schedule", view["schedule"].as_str().map(str::to_string)),
+        ("next run", at("next_run")),
+        ("error", view["error"].as_str().map(str::to_string)),
+        ("contained", view["containment"].as_str().map(str::to_string)),
+    ];
+    for (label, value) in fields.into_iter().filter_map(|(l, v)| Some((l, v?))) {
+        println!("{:<9} {value}", format!("{label}:"));
     }
     if let Some(run) = view["latest_run"].as_object() {
         println!(
@@ -138,8 +189,8 @@ pub fn status(config: &Config, spec: &str, json: bool) -> anyhow::Result<ExitCod
             println!("  {line}");
         }
     }
-    for s in status::read_all(&config.job_data_dir(&def.key)) {
-        print_instance(config, &s);
+    for s in &instances {
+        print_instance(config, s);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,11 +13,14 @@ mod error;
 mod events;
 mod history;
 mod list;
+mod logs;
 mod queue;
 mod run;
 mod schedule;
 mod serve;
+mod term;
 mod toggle;
+mod top;
 mod validate;
 
 use std::path::PathBuf;
@@ -26,6 +29,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Sources};
+use crate::key::JobKind;
 
 pub use error::CliError;
 
@@ -53,6 +57,9 @@ pub struct Cli {
     /// Put jobs/, data/ and temp/ under DIR.
     #[arg(long, global = true, env = "WEBJOBS_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Colour the output: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_enum, default_value_t, value_name = "WHEN")]
+    color: term::ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,25 +78,61 @@ enum Command {
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<String>,
     },
-    /// List jobs and their status.
+    /// List jobs: status, pid, uptime, restarts, last and next run.
+    ///
+    /// Times are relative to now ("5m00s ago", "in 3m00s"); --utc shows them
+    /// as UTC times. DETAIL is cut to the terminal's width (`status` has it whole).
     List {
+        /// Every job as JSON (stable for scripts), as the API's GET /api/webjobs.
         #[arg(long)]
         json: bool,
+        /// Absolute UTC times instead of relative ones.
+        #[arg(long)]
+        utc: bool,
     },
     /// Show one job in detail (`name` or `continuous/name`).
+    ///
+    /// Example: `webjobs status heartbeat --json | jq .pid`.
     Status {
+        /// The job: `name`, or `continuous/name` / `triggered/name` when both exist.
         job: String,
+        /// Everything shown, as JSON (the API's view, the folder, the command, each instance).
         #[arg(long)]
         json: bool,
     },
-    /// Start a stopped continuous job (removes disable.job).
-    Start { job: String },
-    /// Stop a continuous job (writes disable.job; persists across restarts).
-    Stop { job: String },
+    /// Start a stopped job (removes disable.job): a continuous job runs, a
+    /// triggered job's schedule resumes.
+    Start {
+        /// The job: `name`, or `continuous/name` / `triggered/name` when both exist.
+        job: String,
+    },
+    /// Stop a job (writes disable.job; persists across restarts): a continuous
+    /// job's process is stopped, a triggered job's schedule paused.
+    Stop {
+        /// The job: `name`, or `continuous/name` / `triggered/name` when both exist.
+        job: String,
+    },
+    /// Restart a running continuous job's process (the stop protocol, then a start).
+    ///
+    /// Example: `webjobs restart heartbeat`.
+    Restart {
+        /// A continuous job.
+        job: String,
+    },
+    /// A live view of the jobs: status, CPU and memory of each job's
+    /// processes, uptime, restarts. `q` or Ctrl-C quits.
+    ///
+    /// Not on a terminal, it prints one view and ends.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+    },
     /// Check a jobs folder or one job without a daemon; exit 1 on any problem.
     Validate {
         /// A jobs folder, a continuous/ or triggered/ folder, or one job folder.
         path: Option<PathBuf>,
+        /// The problems found, as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +141,7 @@ enum Command {
     /// Examples: `webjobs run report -- --month 11`, `webjobs run report --payload @order.json --wait`,
     /// `webjobs run report --in 15m`.
     Run {
+        /// A triggered job.
         job: String,
         /// Wait for the run to end; the exit code tells how it ended.
         #[arg(long)]
@@ -110,6 +154,7 @@ enum Command {
         json: bool,
         #[command(flatten)]
         request: queue::RequestOptions,
+        /// Arguments for the script (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -117,33 +162,54 @@ enum Command {
     ///
     /// Example: `echo '{"order": 42}' | webjobs enqueue invoice --payload - --key order-42`.
     Enqueue {
+        /// A triggered job.
         job: String,
         #[command(flatten)]
         request: queue::RequestOptions,
+        /// Arguments for the script (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
     /// List the queued requests of a triggered job, in the order they start.
     Queue {
+        /// A triggered job.
         job: String,
+        /// The requests as JSON.
         #[arg(long)]
         json: bool,
     },
     /// List the dead requests of a triggered job (failed on their last attempt).
     Dead {
+        /// A triggered job.
         job: String,
+        /// The requests as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Queue a dead request again, its attempts from the start (ID: the request's or its last run's).
-    Retry { job: String, id: String },
+    /// Queue a dead request again, its attempts from the start.
+    ///
+    /// Example: `webjobs dead invoice` then `webjobs retry invoice rq-…`.
+    Retry {
+        /// A triggered job.
+        job: String,
+        /// The dead request's id, or the id of its last run.
+        id: String,
+    },
     /// Cancel the active run of a triggered job, or a queued request (by its id).
-    Cancel { job: String, run: Option<String> },
+    ///
+    /// Examples: `webjobs cancel report`, `webjobs cancel report rq-…`.
+    Cancel {
+        /// A triggered job.
+        job: String,
+        /// A run id or a queued request's id; default the active run.
+        run: Option<String>,
+    },
     /// Print a shell completion script, generated from this command line's definition.
     ///
     /// Examples: `source <(webjobs completions bash)`;
     /// `webjobs completions zsh > "${fpath[1]}/_webjobs"`; `webjobs completions fish > ~/.config/fish/completions/webjobs.fish`.
     Completions {
+        /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -153,6 +219,7 @@ enum Command {
     Man,
     /// The daemons sharing the PostgreSQL database, and jobs whose content differs between them.
     Cluster {
+        /// The daemons and the skew as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -161,7 +228,9 @@ enum Command {
     Db(DbCommand),
     /// Runs of a triggered job, newest first.
     History {
+        /// A triggered job.
         job: String,
+        /// The runs as JSON (as the API's history).
         #[arg(long)]
         json: bool,
     },
@@ -183,16 +252,19 @@ enum Command {
     },
     /// Notifications waiting to be delivered, and those given up, with why.
     Notifications {
+        /// The outbox as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Print a job's log (a triggered job's latest run, or --run ID).
+    /// Print the end of a job's log (a triggered job's latest run, or --run ID).
+    ///
+    /// Examples: `webjobs logs heartbeat`, `webjobs logs heartbeat -n 100 --stderr`,
+    /// `webjobs logs report --since 1h`, `webjobs logs --all -f`.
     Logs {
-        job: String,
-        #[arg(long, value_name = "ID|latest")]
-        run: Option<String>,
-        #[arg(long)]
-        follow: bool,
+        /// The job (not with --all).
+        job: Option<String>,
+        #[command(flatten)]
+        options: logs::LogsOptions,
     },
     /// Print the next occurrences of an NCRONTAB schedule (no daemon needed).
     Schedule {
@@ -235,12 +307,28 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
+    let paint = term::Paint(cli.color.for_stdout());
+    let mut command = cli.command;
+    if let Some(job) = triggered_only(&mut command) {
+        match find_kind(&config, job, JobKind::Triggered) {
+            Ok(name) => *job = name,
+            Err(e) => {
+                eprintln!("webjobs: {e}");
+                return e.exit_code();
+            }
+        }
+    }
+    let result = match command {
         Command::Serve { .. } => serve::serve(config, sources),
-        Command::List { json } => list::list(&config, json),
-        Command::Status { job, json } => list::status(&config, &job, json),
+        Command::List { json, utc } => list::list(&config, json, utc, paint),
+        Command::Status { job, json } => list::status(&config, &job, json, paint),
         Command::Start { job } => toggle::toggle(&config, &job, true),
         Command::Stop { job } => toggle::toggle(&config, &job, false),
+        Command::Restart { job } => toggle::restart(&config, &job),
+        Command::Top { interval } => match std::time::Duration::try_from_secs_f64(interval) {
+            Ok(every) if interval >= 0.1 => top::top(&config, every, paint),
+            _ => Err(CliError::Usage(format!("--interval must be at least 0.1 seconds, not {interval}")).into()),
+        },
         Command::Validate { path, json } => validate::validate(&config, path.as_deref(), json),
         Command::Run { job, wait, follow, json, request, args } => {
             run::run(&config, &job, &request, &args, wait, follow, json)
@@ -257,7 +345,7 @@ pub fn main() -> ExitCode {
         Command::Db(DbCommand::Migrate) => db::migrate(&config),
         Command::Events { job, kind, json } => events::events(&config, job.as_deref(), kind.as_deref(), json),
         Command::Notifications { json } => events::notifications(&config, json),
-        Command::Logs { job, run, follow } => history::logs(&config, &job, run.as_deref(), follow),
+        Command::Logs { job, options } => logs::logs(&config, job.as_deref(), &options, paint),
         Command::Schedule { expr, from, count, timezone } => {
             schedule::schedule(&config, &expr, from.as_deref(), count, timezone.as_deref())
         }
@@ -268,6 +356,20 @@ pub fn main() -> ExitCode {
             eprintln!("webjobs: {e:#}");
             error::exit_code(&e)
         }
+    }
+}
+
+/// The job of a command that only triggered jobs have.
+fn triggered_only(command: &mut Command) -> Option<&mut String> {
+    match command {
+        Command::Run { job, .. }
+        | Command::Enqueue { job, .. }
+        | Command::Queue { job, .. }
+        | Command::Dead { job, .. }
+        | Command::Retry { job, .. }
+        | Command::Cancel { job, .. }
+        | Command::History { job, .. } => Some(job),
+        _ => None,
     }
 }
 
@@ -319,11 +421,63 @@ pub(crate) fn find_job(config: &Config, spec: &str) -> Result<crate::jobs::JobDe
     };
     let found: Vec<_> = keys.iter().filter_map(|k| scan_job(config, k)).collect();
     match found.len() {
-        0 => Err(CliError::NotFound(format!("no job named `{spec}` in {}", config.jobs_dir.display()))),
+        0 => {
+            let name = spec.rsplit('/').next().unwrap_or(spec);
+            let known: Vec<String> = keys.iter().flat_map(|k| crate::jobs::job_names(config, k.kind)).collect();
+            Err(CliError::NotFound(format!(
+                "no job named `{spec}` in {}{}",
+                config.jobs_dir.display(),
+                did_you_mean(name, &known)
+            )))
+        }
         1 => Ok(found.into_iter().next().expect("one job")),
         _ => Err(CliError::NotFound(format!(
             "`{spec}` is both a continuous and a triggered job: say continuous/{spec} or triggered/{spec}"
         ))),
+    }
+}
+
+/// Finds a job that must be of `kind` for a command (`run`, `restart`…); a
+/// job of the other kind is named with the commands that apply to it.
+pub(crate) fn find_kind(config: &Config, spec: &str, kind: crate::key::JobKind) -> Result<String, CliError> {
+    use crate::key::JobKind;
+    let bare = spec.strip_prefix(&format!("{}/", kind.as_str())).unwrap_or(spec);
+    let other = match kind {
+        JobKind::Continuous => JobKind::Triggered,
+        JobKind::Triggered => JobKind::Continuous,
+    };
+    if crate::jobs::scan_job(config, &crate::key::JobKey::new(kind, bare)).is_some() {
+        return Ok(bare.to_string());
+    }
+    if crate::jobs::scan_job(config, &crate::key::JobKey::new(other, bare)).is_some() {
+        let instead = match other {
+            JobKind::Continuous => "use start, stop or restart",
+            JobKind::Triggered => "use run, cancel or start/stop (its schedule)",
+        };
+        return Err(CliError::Usage(format!("`{bare}` is a {} job; {instead}", other.as_str())));
+    }
+    let known = crate::jobs::job_names(config, kind);
+    Err(CliError::NotFound(format!(
+        "no {} job named `{bare}` in {}{}",
+        kind.as_str(),
+        config.jobs_dir.display(),
+        did_you_mean(bare, &known)
+    )))
+}
+
+/// `; did you mean `x`?` with the known names closest to `name`, or nothing.
+fn did_you_mean(name: &str, known: &[String]) -> String {
+    let mut close: Vec<(f64, &String)> = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(&name.to_lowercase(), &k.to_lowercase()), k))
+        .filter(|(score, _)| *score >= 0.8)
+        .collect();
+    close.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    close.dedup_by(|a, b| a.1 == b.1);
+    match close.iter().take(3).map(|(_, k)| format!("`{k}`")).collect::<Vec<_>>().as_slice() {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        many => format!("; did you mean one of {}?", many.join(", ")),
     }
 }
 
@@ -341,5 +495,35 @@ mod tests {
         assert_eq!(installed_config(false, true, false, &installed), None, "--root or WEBJOBS_ROOT wins");
         assert_eq!(installed_config(false, false, true, &installed), None, "a ./jobs folder is the checkout's");
         assert_eq!(installed_config(true, false, false, &installed), None, "serve keeps the current directory");
+    }
+
+    #[test]
+    fn every_command_option_and_argument_is_described() {
+        use clap::CommandFactory;
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            if command.get_about().is_none() && path != " webjobs" {
+                missing.push(path.clone());
+            }
+            for arg in command.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")) {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                check(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without a description in --help: {missing:?}");
+    }
+
+    #[test]
+    fn a_mistyped_name_is_answered_with_the_closest_names() {
+        let known = ["heartbeat", "py-worker", "py-report", "node-greet"].map(String::from);
+        assert_eq!(did_you_mean("hearbeat", &known), "; did you mean `heartbeat`?");
+        assert_eq!(did_you_mean("py-wroker", &known), "; did you mean one of `py-worker`, `py-report`?");
+        assert_eq!(did_you_mean("zzz", &known), "");
     }
 }

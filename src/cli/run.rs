@@ -1,6 +1,5 @@
 //! `webjobs run <job> [--wait] [--follow] [request options] [-- args…]` and `webjobs cancel`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cli::client::{Client, encode, print_from};
@@ -149,12 +148,4 @@ pub fn cancel(config: &Config, job: &str, run: Option<&str>) -> anyhow::Result<E
             Err(CliError::Refused(response.error()).into())
         }
     }
-}
-
-/// The run folder for `--run ID|latest`.
-pub fn run_dir(config: &Config, job: &str, run: &str) -> Option<PathBuf> {
-    let data = config.job_data_dir(&JobKey::new(JobKind::Triggered, job));
-    let id = if run == "latest" { history::run_ids(&data).into_iter().next()? } else { run.to_string() };
-    let dir = data.join(id);
-    dir.is_dir().then_some(dir)
 }

@@ -51,3 +51,21 @@ fn outcome(kind: JobKind, start: bool) -> &'static str {
         (JobKind::Triggered, false) => "stopped (disable.job written): schedule paused, runs refused",
     }
 }
+
+/// `webjobs restart`: the daemon stops the process by the stop protocol and
+/// starts it again; the command returns once the new process runs.
+pub fn restart(config: &Config, spec: &str) -> anyhow::Result<ExitCode> {
+    let name = crate::cli::find_kind(config, spec, JobKind::Continuous)?;
+    let client = crate::cli::client::Client::connect(config)?;
+    let r = client.post(&format!("/api/continuouswebjobs/{}/restart", encode(&name)))?;
+    if r.status != 200 {
+        return Err(CliError::from_status(r.status, r.error()));
+    }
+    let answer = r.json();
+    let status = answer["status"].as_str().unwrap_or_default();
+    match answer["pid"].as_i64() {
+        Some(pid) => println!("continuous/{name}: restarted (pid {pid}, {status})"),
+        None => println!("continuous/{name}: restart asked; now {status}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

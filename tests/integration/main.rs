@@ -16,6 +16,7 @@ mod inprocess;
 mod kudu;
 mod logs;
 mod notify;
+mod operator;
 mod pg;
 mod postgres;
 mod processes;

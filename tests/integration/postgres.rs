@@ -424,8 +424,12 @@ fn any_daemon_shows_every_run_of_the_cluster_and_reads_its_log_where_it_ran() {
     assert!(log.text().contains("payload through the database"), "{}", log.text());
     assert!(log.header("x-webjobs-output").is_none(), "the whole log, from B");
     // The cluster: both daemons, and the job that differs between them.
-    let cluster = a.get("/api/cluster").json();
-    assert_eq!(cluster["instances"].as_array().unwrap().len(), 2, "{cluster}");
+    // (Each daemon reports what it runs once its jobs are loaded.)
+    let mut cluster = serde_json::Value::Null;
+    wait_for("both daemons' jobs reported", Duration::from_secs(5), || {
+        cluster = a.get("/api/cluster").json();
+        cluster["instances"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|d| d["jobs"] == 2))
+    });
     assert!(cluster["skew"]["triggered/skewed"].as_object().is_some_and(|h| h.len() == 2), "{cluster}");
     assert!(cluster["skew"].get("triggered/report").is_none(), "{cluster}");
     let cli = stdout(&roots[0].cli(&["cluster"]));
