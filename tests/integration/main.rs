@@ -17,6 +17,7 @@ mod kudu;
 mod logs;
 mod notify;
 mod operator;
+mod package;
 mod pg;
 mod postgres;
 mod processes;
