@@ -104,6 +104,9 @@ fn normalize(origin: &str) -> String {
     }
 }
 
+/// Sent by the dashboard's script with each of its requests.
+const DASHBOARD: &str = "x-webjobs-dashboard";
+
 /// Middleware for the TCP listener.
 pub async fn require(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
     if !auth.check(request.headers()) {
@@ -111,10 +114,15 @@ pub async fn require(State(auth): State<Arc<Auth>>, request: Request, next: Next
             StatusCode::UNAUTHORIZED,
             "authentication required: Basic credentials (api_user/api_password) or `Authorization: Bearer <token>` (token in data/api-token)",
         );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            "Basic realm=\"webjobs\", charset=\"UTF-8\"".parse().expect("static header"),
-        );
+        // The dashboard's own requests get no challenge: the browser would
+        // prompt in the middle of the page (or, headless, wait forever); the
+        // page says the credentials were refused instead.
+        if !request.headers().contains_key(DASHBOARD) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"webjobs\", charset=\"UTF-8\"".parse().expect("static header"),
+            );
+        }
         return response;
     }
     let unsafe_method = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);

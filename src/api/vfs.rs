@@ -3,7 +3,7 @@
 //! files at the URLs the job JSON gives, and lists folders in Kudu's VFS JSON
 //! shape. Nothing outside `data/jobs/` is reachable: `..` is refused, and a
 //! link that leads out of the folder is not followed. `?follow=1` streams a
-//! file as it grows (a live tail); `?download=1` asks the browser to save it.
+//! file as it grows (a live tail; `&from=N` starts at byte N); `?download=1` asks the browser to save it.
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -64,7 +64,9 @@ pub async fn get(
     let flag = |k: &str| query.get(k).is_some_and(|v| v != "0" && v != "false");
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut response = if flag("follow") {
-        Body::from_stream(tail(target.clone(), run_dir_of(&target))).into_response()
+        // `from`: where to start (a client that already read the end of the file).
+        let from = query.get("from").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0).min(meta.len());
+        Body::from_stream(tail(target.clone(), run_dir_of(&target), from)).into_response()
     } else {
         let len = meta.len();
         let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|r| byte_range(r, len)) {
@@ -205,13 +207,17 @@ fn chunks(file: tokio::fs::File, start: u64, count: u64) -> impl futures_util::S
     })
 }
 
-/// The bytes of `path` from the start, then as they are appended. A followed
+/// The bytes of `path` from `from`, then as they are appended. A followed
 /// run output ends when the run has ended; a followed job log goes on until
 /// the client leaves.
-fn tail(path: PathBuf, run_dir: Option<PathBuf>) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+fn tail(
+    path: PathBuf,
+    run_dir: Option<PathBuf>,
+    from: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
     let finished =
         move || run_dir.as_ref().is_some_and(|d| history::read_status(d).is_some_and(|s| s.status.is_final()));
-    futures_util::stream::unfold((0u64, false), move |(offset, done)| {
+    futures_util::stream::unfold((from, false), move |(offset, done)| {
         let path = path.clone();
         let finished = finished.clone();
         async move {

@@ -251,3 +251,156 @@ fn a_job_page_follows_the_job_through_the_event_stream_without_a_reload() {
     drop(driver);
     daemon.stop();
 }
+
+impl Driver {
+    fn click(&self, css: &str) {
+        let element = self.element(css);
+        self.call("POST", &format!("/element/{element}/click"), json!({}));
+    }
+
+    fn text(&self, css: &str) -> String {
+        self.js(&format!("const e = document.querySelector({css:?}); return e ? e.textContent : '';"))
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn screenshot(&self, name: &str) {
+        use base64::Engine;
+        let screenshot = self.call("GET", "/screenshot", json!(null));
+        let png = base64::engine::general_purpose::STANDARD.decode(screenshot.as_str().unwrap()).unwrap();
+        std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name), png).unwrap();
+    }
+}
+
+#[test]
+fn ten_thousand_jobs_are_paged_sorted_filtered_and_counted_live() {
+    let root = Root::new();
+    for i in 0..9_999 {
+        root.job("triggered", &format!("job-{i:05}"), &[("run.sh", "echo hi\n")]);
+    }
+    root.continuous("worker", "exec sleep 300\n");
+    let daemon = root.start();
+    wait_for("the worker", Duration::from_secs(20), || root.status_is("worker", "Running"));
+    let Some(driver) = Driver::start(&root.path().join("chrome-profile")) else { return };
+    let http = root.http();
+    driver.authorize(http.auth.as_deref().unwrap());
+    driver.call("POST", "/url", json!({"url": format!("http://{}/", http.addr)}));
+    driver.wait_js(
+        "the first page",
+        "return document.querySelector('#shown')?.textContent === '1–100 of 10000' ? true : null;",
+    );
+    assert_eq!(
+        driver.js("return document.querySelectorAll('#jobs tbody tr').length;"),
+        json!(100),
+        "one page in the DOM"
+    );
+    let chips = driver.text("#summary");
+    assert!(chips.contains("all 10000") && chips.contains("Ready 9999") && chips.contains("Running 1"), "{chips}");
+    driver.click("#next");
+    assert_eq!(driver.text("#shown"), "101–200 of 10000");
+    assert_eq!(driver.js("return document.querySelector('#jobs tbody tr').dataset.job;"), json!("job-00100"));
+    // Sorting by status, descending: the running job first.
+    driver.click("button.sort[data-sort=status]");
+    driver.click("button.sort[data-sort=status]");
+    assert_eq!(driver.js("return document.querySelector('#jobs tbody tr').dataset.job;"), json!("worker"));
+    assert_eq!(driver.text("#shown"), "1–100 of 10000", "a new order starts at its first page");
+    // Filtering by name, then by a status chip.
+    let filter = driver.element("#filter");
+    driver.call("POST", &format!("/element/{filter}/value"), json!({"text": "job-0123"}));
+    driver.wait_js(
+        "the filtered list",
+        "return document.querySelector('#shown')?.textContent === '1–10 of 10 (10000 in all)' ? true : null;",
+    );
+    driver.call("POST", &format!("/element/{filter}/clear"), json!({}));
+    driver.js("document.querySelector('#filter').dispatchEvent(new Event('input')); return null;");
+    driver.click("#summary .chip[data-status=Running]");
+    assert_eq!(driver.text("#shown"), "1–1 of 1 (10000 in all)");
+    driver.screenshot("dashboard-10000.png");
+    // Stopped elsewhere: the counts change without a reload.
+    driver.click("#summary .chip[data-status='']");
+    driver.wait_js("the stream open", "return document.body.dataset.live === '1' ? true : null;");
+    driver.js("window.notReloaded = true; return null;");
+    assert!(root.cli(&["stop", "worker"]).status.success());
+    driver.wait_js(
+        "the new counts",
+        "return document.querySelector('#summary').textContent.includes('Stopped 1') ? true : null;",
+    );
+    assert_eq!(driver.js("return window.notReloaded === true;"), json!(true));
+    assert!(!driver.text("#summary").contains("Running"));
+    // The job's page: its process, restarts, CPU and memory.
+    assert!(root.cli(&["start", "worker"]).status.success());
+    driver.call("POST", "/url", json!({"url": format!("http://{}/#/job/continuous/worker", http.addr)}));
+    driver.wait_js(
+        "pid and uptime",
+        "return document.querySelector('#process')?.textContent.match(/pid \\d+, up \\d+s; 0 restarts/) ? true : null;",
+    );
+    driver.wait_js("CPU and memory", "const c = document.querySelector('dd.cpu').textContent, m = document.querySelector('dd.memory').textContent; return c.endsWith('%') && /KiB|MiB/.test(m) ? true : null;");
+    assert_eq!(driver.js("return [document.querySelector('#restart-button').disabled, document.querySelector('#start-button').disabled];"), json!([false, true]));
+    drop(driver);
+    daemon.stop();
+}
+
+#[test]
+fn a_large_log_shows_its_end_and_loads_earlier_lines_on_demand() {
+    let root = Root::new();
+    // About 14 MB of log.
+    root.job("triggered", "chatty", &[("run.py", "for i in range(150000):\n    print(f'line {i:06d} ' + 'x' * 40)\n")]);
+    let daemon = root.start();
+    assert!(root.cli(&["run", "chatty", "--wait"]).status.success());
+    let run = root.runs("chatty").pop().unwrap();
+    assert!(root.run_log("chatty", &run).len() > 10_000_000);
+    let Some(driver) = Driver::start(&root.path().join("chrome-profile")) else { return };
+    let http = root.http();
+    driver.authorize(http.auth.as_deref().unwrap());
+    driver.call("POST", "/url", json!({"url": format!("http://{}/#/run/chatty/{run}", http.addr)}));
+    driver.wait_js("the last line", "return [...document.querySelectorAll('#output .line')].some(l => l.textContent.includes('line 149999')) ? true : null;");
+    let numbers = "return [...document.querySelectorAll('#output .line.out')].map(l => Number(/line (\\d+)/.exec(l.textContent)[1]));";
+    let first: Vec<u64> = serde_json::from_value(driver.js(numbers)).unwrap();
+    assert!(first.len() < 1_000, "only the end of the log is in the page: {} lines", first.len());
+    assert!(driver.text("#log-size").starts_with("last 64"), "{}", driver.text("#log-size"));
+    // The run has ended: nothing to cancel.
+    assert_eq!(driver.js("return document.querySelector('#cancel-button').disabled;"), json!(true));
+    driver.click("#earlier");
+    let mut more: Vec<u64> = Vec::new();
+    wait_for("earlier lines", Duration::from_secs(10), || {
+        more = serde_json::from_value(driver.js(numbers)).unwrap();
+        more.len() > first.len()
+    });
+    assert!(more.len() < 2_000, "{}", more.len());
+    assert!(more.windows(2).all(|w| w[1] == w[0] + 1), "consecutive lines, none cut or doubled at the seam");
+    assert_eq!(*more.last().unwrap(), 149_999);
+    drop(driver);
+    daemon.stop();
+}
+
+#[test]
+fn refused_credentials_and_a_gone_daemon_are_said_on_the_page_on_a_narrow_screen() {
+    let root = Root::new();
+    root.continuous("worker", "exec sleep 300\n");
+    let daemon = root.start();
+    let Some(driver) = Driver::start(&root.path().join("chrome-profile")) else { return };
+    let http = root.http();
+    driver.call("POST", "/window/rect", json!({"width": 400, "height": 800}));
+    driver.authorize(http.auth.as_deref().unwrap());
+    driver.call("POST", "/url", json!({"url": format!("http://{}/", http.addr)}));
+    driver.wait_js("the list", "return document.querySelector('#jobs tr[data-job=worker]') ? true : null;");
+    // On a narrow screen: the essential columns, no sideways scrolling of the page.
+    assert_eq!(driver.js("return getComputedStyle(document.querySelector('#jobs th.wide')).display;"), json!("none"));
+    let widths = driver.js("return [document.documentElement.scrollWidth, window.innerWidth];");
+    assert!(widths[0].as_i64() <= widths[1].as_i64(), "no sideways scrolling of the page: {widths}");
+    // The token changed under the page: the next request's refusal is said, not a page stuck loading.
+    driver.authorize("Basic d3Jvbmc6d3Jvbmc=");
+    driver.js("location.hash = '#/job/continuous/worker'; return null;");
+    driver.wait_js("the refusal said", "const n = document.querySelector('#notice'); return n && !n.hidden && n.textContent.includes('Credentials refused') ? true : null;");
+    driver.wait_js("the page says it", "return document.querySelector('#view .error') ? true : null;");
+    driver.screenshot("dashboard-refused.png");
+    driver.authorize(http.auth.as_deref().unwrap());
+    driver.js("location.hash = '#/'; return null;");
+    driver.wait_js("the notice gone", "return document.querySelector('#notice').hidden ? true : null;");
+    driver.screenshot("dashboard-narrow.png");
+    // The daemon goes away: the page says so rather than showing old data silently.
+    drop(daemon.kill9());
+    driver.wait_js("the daemon gone, said", "const n = document.querySelector('#notice'); return n && !n.hidden && n.textContent.includes('cannot be reached') ? true : null;");
+    drop(driver);
+}
