@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|cluster|all] [--quick] [--no-cgroups]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|operator|cluster|all] [--quick] [--no-cgroups]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -692,7 +692,7 @@ def bench_api():
     render = dashboard_first_render(addr, token, tmp)
     d.stop()
     if render is not None:
-        print(f"dashboard: first render of 1000 jobs in headless Chromium: {render:.0f} ms after navigation start")
+        print(f"dashboard: first render of 1000 jobs (its first page of 100) in headless Chromium: {render:.0f} ms after navigation start")
     shutil.rmtree(tmp)
 
 
@@ -781,46 +781,149 @@ def http_status(addr, token, path):
         return 0
 
 
-def dashboard_first_render(addr, token, tmp):
-    """Time from navigation start to the job table's first render (a mark the page sets)."""
-    import socket
-    import urllib.request
-    if not os.path.exists("/usr/bin/chromedriver"):
-        print("  (chromedriver not installed: no dashboard figure)")
-        return None
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    driver = subprocess.Popen(["/usr/bin/chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+class Browser:
+    """Headless Chromium through ChromeDriver, sending the API token with every request."""
 
-    def wd(method, path, body=None):
+    def __init__(self, token, tmp):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.driver = subprocess.Popen(["/usr/bin/chromedriver", f"--port={self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{self.port}/status"), 20, 0.05)
+        args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                f"--user-data-dir={tmp}/chrome"]
+        self.sid = self.wd("POST", "/session", {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}})["sessionId"]
+        self.wd("POST", f"/session/{self.sid}/goog/cdp/execute", {"cmd": "Network.enable", "params": {}})
+        self.wd("POST", f"/session/{self.sid}/goog/cdp/execute", {"cmd": "Network.setExtraHTTPHeaders", "params": {"headers": {"Authorization": f"Bearer {token}"}}})
+
+    def wd(self, method, path, body=None):
+        import urllib.request
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req) as r:
             return json.loads(r.read())["value"]
 
+    def go(self, url):
+        self.wd("POST", f"/session/{self.sid}/url", {"url": url})
+
+    def js(self, script):
+        return self.wd("POST", f"/session/{self.sid}/execute/sync", {"script": script, "args": []})
+
+    def wait_js(self, script, limit=30):
+        value, deadline = None, time.time() + limit
+        while value is None and time.time() < deadline:
+            value = self.js(script)
+            time.sleep(0.01)
+        return value
+
+    def close(self):
+        try:
+            self.wd("DELETE", f"/session/{self.sid}")
+        finally:
+            self.driver.kill()
+
+
+def first_render(browser, addr, rows, total):
+    """Median over 5 loads of the time from navigation start to the job table's
+    first render (a mark the page sets), with its first page of rows."""
+    times = []
+    for i in range(5):
+        browser.go(f"http://{addr}/?{i}")
+        script = ("const m = performance.getEntriesByName('jobs-rendered')[0]; "
+                  f"return m && document.querySelectorAll('#jobs tbody tr').length === {rows} "
+                  f"&& document.querySelector('#shown').textContent.endsWith('of {total}') ? m.startTime : null;")
+        times.append(browser.wait_js(script))
+    return sorted(times)[len(times) // 2]
+
+
+def dashboard_first_render(addr, token, tmp, rows=100, total=1000):
+    if not os.path.exists("/usr/bin/chromedriver"):
+        print("  (chromedriver not installed: no dashboard figure)")
+        return None
+    browser = Browser(token, tmp)
     try:
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/status"), 20, 0.05)
-        args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp}/chrome"]
-        sid = wd("POST", "/session", {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}})["sessionId"]
-        wd("POST", f"/session/{sid}/goog/cdp/execute", {"cmd": "Network.enable", "params": {}})
-        wd("POST", f"/session/{sid}/goog/cdp/execute", {"cmd": "Network.setExtraHTTPHeaders", "params": {"headers": {"Authorization": f"Bearer {token}"}}})
-        times = []
-        for _ in range(5):
-            wd("POST", f"/session/{sid}/url", {"url": f"http://{addr}/?{len(times)}"})
-            script = "const m = performance.getEntriesByName('jobs-rendered')[0]; return m && document.querySelectorAll('#jobs tbody tr').length === 1000 ? m.startTime : null;"
-            value = None
-            deadline = time.time() + 30
-            while value is None and time.time() < deadline:
-                value = wd("POST", f"/session/{sid}/execute/sync", {"script": script, "args": []})
-                time.sleep(0.02)
-            times.append(value)
-        wd("DELETE", f"/session/{sid}")
-        return sorted(times)[len(times) // 2]
+        return first_render(browser, addr, rows, total)
     finally:
-        driver.kill()
+        browser.close()
+
+
+def bench_operator(n=10000):
+    """What an operator waits for with n jobs: `webjobs list` end to end, the
+    dashboard's first render and how soon it shows a status change, and how
+    soon `logs -f` prints a line the job wrote."""
+    tmp = tempfile.mkdtemp(prefix="wj-bench-")
+    for i in range(n - 2):
+        job = os.path.join(tmp, "jobs", "triggered", f"t{i:05}")
+        os.makedirs(job)
+        with open(os.path.join(job, "run.sh"), "w") as f:
+            f.write("exit 0\n")
+    worker = os.path.join(tmp, "jobs", "continuous", "worker")
+    os.makedirs(worker)
+    with open(os.path.join(worker, "run.sh"), "w") as f:
+        f.write("exec sleep 600\n")
+    # Writes its own clock (ns) every 50 ms: how late `logs -f` shows each line.
+    stamper = os.path.join(tmp, "jobs", "continuous", "stamper")
+    os.makedirs(stamper)
+    with open(os.path.join(stamper, "run.py"), "w") as f:
+        f.write("import time, sys\nwhile True:\n    print('T', time.time_ns(), flush=True)\n    time.sleep(0.05)\n")
+    d = Daemon(tmp, config={"listen": "127.0.0.1:0"})
+    addr_file = os.path.join(tmp, "data", "instances", "bench.addr")
+    try:
+        wait_for(lambda: os.path.exists(addr_file), 30)
+        addr = open(addr_file).read().strip()
+        token = open(os.path.join(tmp, "data", "api-token")).read().strip()
+        wait_for(lambda: http_status(addr, token, "/health") == 200, 30)
+        wait_for(lambda: len(json.loads(http_get(addr, token, "/api/webjobs"))) == n, 60, 0.05)
+        cli = [BIN, "--root", tmp, "--config", os.path.join(tmp, "webjobs.json")]
+        env = clean_env(WEBJOBS_INSTANCE_ID="bench")
+        took = []
+        for _ in range(5 if QUICK else 15):
+            t0 = time.perf_counter()
+            subprocess.run(cli + ["list"], env=env, stdout=subprocess.DEVNULL, check=True)
+            took.append((time.perf_counter() - t0) * 1000)
+        print(f"operator: {n} jobs on one daemon")
+        print(f"  `webjobs list` end to end (process start to exit, table to a pipe): median {pct(took, 50):.0f} ms, max {max(took):.0f} ms")
+        logs = subprocess.Popen(cli + ["logs", "stamper", "-f", "-n", "0"], env=env, stdout=subprocess.PIPE, text=True)
+        late = []
+        for line in logs.stdout:
+            now = time.time_ns()
+            if "] T " in line:
+                late.append((now - int(line.rsplit(" ", 1)[1])) / 1e6)
+            if len(late) >= (40 if QUICK else 200):
+                break
+        logs.kill()
+        logs.wait()
+        print(f"  `logs -f`: from the job's write to the line read from the command's stdout: p50 {pct(late, 50):.1f} ms, p99 {pct(late, 99):.1f} ms ({len(late)} lines)")
+        if not os.path.exists("/usr/bin/chromedriver"):
+            print("  (chromedriver not installed: no dashboard figures)")
+            return
+        browser = Browser(token, tmp)
+        try:
+            render = first_render(browser, addr, 100, n)
+            print(f"  dashboard: first render (the first 100 of {n} rows and the counts) {render:.0f} ms after navigation start")
+            browser.wait_js("return document.body.dataset.live === '1' ? true : null;")
+            status = os.path.join(tmp, "data", "jobs", "continuous", "worker", "status_bench")
+            delays = []
+            for i in range(3 if QUICK else 6):
+                verb, shown = ("stop", "Stopped 1") if i % 2 == 0 else ("start", "Running 2")
+                browser.js("window.seenAt = null; const look = () => { if (document.querySelector('#summary').textContent.includes(%s)) window.seenAt = Date.now(); else requestAnimationFrame(look); }; look(); return null;" % json.dumps(shown))
+                subprocess.run(cli + [verb, "worker"], env=env, stdout=subprocess.DEVNULL, check=True)
+                seen = browser.wait_js("return window.seenAt;")
+                with open(status) as f:
+                    changed = json.load(f)["Updated"]
+                import datetime
+                at = datetime.datetime.fromisoformat(changed.replace("Z", "+00:00")).timestamp()
+                delays.append(seen - at * 1000)
+            print(f"  dashboard: a status change (stop/start of a job) visible in the counts after: median {pct(delays, 50):.0f} ms, max {max(delays):.0f} ms")
+        finally:
+            browser.close()
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def http_ok(url):
@@ -1174,6 +1277,8 @@ def main():
         bench_notify()
     if which in ("scale", "all"):
         bench_scale(1000 if QUICK else 10000)
+    if which in ("operator", "all"):
+        bench_operator(1000 if QUICK else 10000)
     if which in ("cluster", "all"):
         bench_cluster()
     if which == "schedule1":

@@ -114,7 +114,7 @@ fn not_found(kind: JobKind, job: &str) -> Response {
 
 /// A job's definition for a write: the catalog's, or, for a job folder the
 /// daemon has not loaded yet, read from disk off the runtime.
-async fn job_def(state: &ApiState, kind: JobKind, job: &str) -> Option<Arc<JobDef>> {
+pub(super) async fn job_def(state: &ApiState, kind: JobKind, job: &str) -> Option<Arc<JobDef>> {
     if !valid_name(job) {
         return None;
     }

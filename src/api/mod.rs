@@ -162,7 +162,7 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
         .map_err(|cause| BindError::Listen { address: listen.clone(), cause })?;
     if let Ok(addr) = tcp.local_addr() {
         if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "the API listens beyond loopback; put TLS in front of it (see README)");
+            tracing::warn!(%addr, "the API listens beyond loopback; put TLS in front of it (see docs/api.md)");
         }
         let _ = std::fs::write(crate::layout::address(&config.data_dir, &config.instance_id), addr.to_string());
     }

@@ -65,6 +65,13 @@ pub(super) async fn accept(
 /// Hands a request to the job's actor and answers as Kudu does: 202 with
 /// the run's `Location` when it started, 202 `queued` when it waits.
 async fn submit(state: &ApiState, job: &str, headers: &HeaderMap, request: RunRequest) -> Response {
+    let key = JobKey::new(JobKind::Triggered, job);
+    let unknown = !state.catalog.borrow().jobs.contains_key(&key);
+    if unknown && super::jobs::job_def(state, JobKind::Triggered, job).await.is_some() {
+        // A job folder made a moment ago that the watcher has not loaded yet
+        // (its quiet second): loaded now, so `mkdir … && webjobs run …` works.
+        super::jobs::apply(state, &key).await;
+    }
     let Some(answer) = ask(state, job, |reply| Control::Run { request: Box::new(request), reply }).await else {
         return not_found(job);
     };

@@ -150,7 +150,7 @@ pub enum InstanceError {
         "a webjobs daemon is already serving data folder {data} as instance `{id}` ({holder}); \
          stop it first (`systemctl stop webjobs`, or end that pid). Do not start a second daemon with another \
          instance_id to get around this: every daemon on a data folder runs every non-singleton continuous job, \
-         so each would run twice (see \"Several daemons, one job set\" in the README)"
+         so each would run twice (see docs/cluster.md)"
     )]
     InUse { id: String, holder: String, data: PathBuf },
     #[error("cannot use the instance lock {path}: {cause}")]

@@ -744,7 +744,7 @@ fn sleep_until(at: Option<tokio::time::Instant>) -> Armed<'static, ()> {
 /// The first active run (not already ending) whose run lock is lost.
 fn lease_lost(active: &[Active]) -> Armed<'static, usize> {
     // Database leases only: a run lock file is not watched (the run ends
-    // first; see README, "Several daemons").
+    // first; see docs/cluster.md).
     let mut watched =
         active.iter().enumerate().filter(|(_, a)| a.ending.is_none() && a._lease.fence().is_some()).peekable();
     if watched.peek().is_none() {

@@ -26,9 +26,9 @@ fn inline_command(readme: &str, start: &str) -> String {
     readme[at + 1..].split('`').next().unwrap().to_string()
 }
 
-/// The lines of the README's run-queue example block.
-fn queue_examples(readme: &str) -> Vec<String> {
-    let section = readme.split("### The run queue").nth(1).expect("the README has its run queue section");
+/// The lines of the first `sh` block after `heading` in `text`.
+fn sh_block(text: &str, heading: &str) -> Vec<String> {
+    let section = text.split(heading).nth(1).unwrap_or_else(|| panic!("the document has {heading}"));
     let block = section.split("```sh").nth(1).expect("a sh block").split("```").next().unwrap();
     block.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
 }
@@ -113,7 +113,7 @@ fn readme_quick_start_runs_every_example_job() {
     let report_job = jobs.as_array().unwrap().iter().find(|j| j["name"] == "py-report").expect("py-report listed");
     let next: jiff::Timestamp = report_job["next_run"].as_str().unwrap().parse().unwrap();
     assert_eq!(next.as_second() % 300, 0, "every 5 minutes: {next}");
-    assert_eq!(jobs.as_array().unwrap().len(), 5, "{jobs}");
+    assert_eq!(jobs.as_array().unwrap().len(), 5, "the example jobs: {jobs}");
     let out = shell(&dir, "cargo run --release -- run py-report --wait").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("Success"), "{}", stdout(&out));
@@ -121,10 +121,35 @@ fn readme_quick_start_runs_every_example_job() {
         serde_json::from_str(&read(&data.join("triggered/py-report/last_report.json"))).expect("the report");
     assert!(report["run"].is_string());
 
-    // The run queue's examples, each line as written (`webjobs` is the built binary).
-    let lines = queue_examples(&readme);
-    assert_eq!(lines.len(), 7, "{lines:?}");
+    // The README's first job, each line as written (`webjobs` is the built binary),
+    // right after the previous one: no waiting for the watcher in between.
     let path = format!("{}:{}", Path::new(REPO).join("target/release").display(), std::env::var("PATH").unwrap());
+    let lines = sh_block(&readme, "## Your first job in five minutes");
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let mut outputs = Vec::new();
+    for line in &lines {
+        let out = shell(&dir, line).env("PATH", &path).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{line}: {}{}", stdout(&out), stderr(&out));
+        outputs.push(stdout(&out));
+    }
+    assert!(outputs[2].contains("Success"), "run --wait: {}", outputs[2]);
+    assert!(outputs[3].contains("INFO] hello, Ada") && outputs[3].contains("ERROR] a warning"), "{}", outputs[3]);
+    wait_for("hello's schedule in the list", Duration::from_secs(10), || {
+        let list = shell(&dir, "webjobs list").env("PATH", &path).output().unwrap();
+        stdout(&list).lines().any(|l| l.starts_with("hello ") && l.contains(" in "))
+    });
+    wait_for("a scheduled run of hello", Duration::from_secs(15), || {
+        let history = shell(&dir, "webjobs history hello --json").env("PATH", &path).output().unwrap();
+        let runs: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap_or_default();
+        runs["runs"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|run| run["trigger"].as_str().unwrap_or("").starts_with("Schedule")))
+    });
+
+    // The run queue's examples (docs/jobs.md), each line as written.
+    let jobs_doc = fs::read_to_string(Path::new(REPO).join("docs/jobs.md")).unwrap();
+    let lines = sh_block(&jobs_doc, "### The run queue");
+    assert_eq!(lines.len(), 7, "{lines:?}");
     let mut outputs = Vec::new();
     for line in &lines {
         let out = shell(&dir, line).env("PATH", &path).output().unwrap();
