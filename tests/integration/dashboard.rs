@@ -152,10 +152,7 @@ fn the_dashboard_runs_a_job_with_an_argument_and_shows_its_output() {
     let colors = driver.js("const c = s => getComputedStyle(document.querySelector(s)).color; return [c('#output .line.out'), c('#output .line.err')];");
     assert_ne!(colors[0], colors[1], "stdout and stderr look different");
     assert!(driver.js("return location.hash;").as_str().unwrap().starts_with("#/run/greet/"));
-    let screenshot = driver.call("GET", "/screenshot", json!(null));
-    use base64::Engine;
-    let png = base64::engine::general_purpose::STANDARD.decode(screenshot.as_str().unwrap()).unwrap();
-    std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-run.png"), png).unwrap();
+    driver.screenshot("dashboard-run.png");
     let runs = root.finished_runs("greet");
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["Arguments"], json!(["Ada Lovelace", "Grace"]));
@@ -198,10 +195,7 @@ fn the_dashboard_shows_a_runs_progress_live_its_result_and_the_jobs_queue() {
     let retry = driver.element("#dead button.retry");
     driver.call("POST", &format!("/element/{retry}/click"), json!({}));
     wait_for("the dead request ran again", Duration::from_secs(10), || root.finished_runs("bad").len() == 2);
-    let screenshot = driver.call("GET", "/screenshot", json!(null));
-    use base64::Engine;
-    let png = base64::engine::general_purpose::STANDARD.decode(screenshot.as_str().unwrap()).unwrap();
-    std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-queue.png"), png).unwrap();
+    driver.screenshot("dashboard-queue.png");
     drop(driver);
     daemon.stop();
 }
@@ -244,10 +238,7 @@ fn a_job_page_follows_the_job_through_the_event_stream_without_a_reload() {
     );
     driver.wait_js("the new run in the history", &script);
     assert_eq!(driver.js("return window.notReloaded === true;"), json!(true));
-    let screenshot = driver.call("GET", "/screenshot", json!(null));
-    use base64::Engine;
-    let png = base64::engine::general_purpose::STANDARD.decode(screenshot.as_str().unwrap()).unwrap();
-    std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-live.png"), png).unwrap();
+    driver.screenshot("dashboard-live.png");
     drop(driver);
     daemon.stop();
 }

@@ -57,6 +57,17 @@ fn shell(dir: &Path, command: &str) -> Command {
     c
 }
 
+/// Runs each line as typed, one after the other; each must succeed. Their outputs.
+fn run_lines(dir: &Path, path: &str, lines: &[String]) -> Vec<String> {
+    let mut outputs = Vec::new();
+    for line in lines {
+        let out = shell(dir, line).env("PATH", path).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{line}: {}{}", stdout(&out), stderr(&out));
+        outputs.push(stdout(&out));
+    }
+    outputs
+}
+
 /// Milliseconds since midnight of a log line's stamp `[2026-11-21T09:30:00.123Z > …`.
 fn stamp_ms(line: &str) -> u64 {
     let t = &line[12..24];
@@ -126,12 +137,7 @@ fn readme_quick_start_runs_every_example_job() {
     let path = format!("{}:{}", Path::new(REPO).join("target/release").display(), std::env::var("PATH").unwrap());
     let lines = sh_block(&readme, "## Your first job in five minutes");
     assert_eq!(lines.len(), 6, "{lines:?}");
-    let mut outputs = Vec::new();
-    for line in &lines {
-        let out = shell(&dir, line).env("PATH", &path).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{line}: {}{}", stdout(&out), stderr(&out));
-        outputs.push(stdout(&out));
-    }
+    let outputs = run_lines(&dir, &path, &lines);
     assert!(outputs[2].contains("Success"), "run --wait: {}", outputs[2]);
     assert!(outputs[3].contains("INFO] hello, Ada") && outputs[3].contains("ERROR] a warning"), "{}", outputs[3]);
     wait_for("hello's schedule in the list", Duration::from_secs(10), || {
@@ -150,12 +156,7 @@ fn readme_quick_start_runs_every_example_job() {
     let jobs_doc = fs::read_to_string(Path::new(REPO).join("docs/jobs.md")).unwrap();
     let lines = sh_block(&jobs_doc, "### The run queue");
     assert_eq!(lines.len(), 7, "{lines:?}");
-    let mut outputs = Vec::new();
-    for line in &lines {
-        let out = shell(&dir, line).env("PATH", &path).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{line}: {}{}", stdout(&out), stderr(&out));
-        outputs.push(stdout(&out));
-    }
+    let outputs = run_lines(&dir, &path, &lines);
     let waited: serde_json::Value = serde_json::from_str(&outputs[3]).expect("run --wait --json");
     assert_eq!(waited["status"], "Success", "{waited}");
     assert_eq!(waited["result"], serde_json::json!({"order": 44, "total": 0}));

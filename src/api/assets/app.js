@@ -289,9 +289,17 @@ function onEvent(event) {
     const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
     if (parts[0] === "job" && changed.has(`${parts[1]}/${parts[2]}`)) await refreshJob(parts[1], parts[2]);
     else if (parts[0] === "run" && changed.has(`triggered/${parts[1]}`)) await refreshRun(parts[1], parts[2]);
-    else if (parts[0] !== "job" && parts[0] !== "run") await refreshList();
+    else if (parts[0] !== "job" && parts[0] !== "run") {
+      await refreshList();
+      // The daemon serves the list it last rendered and renders a fresh one
+      // behind it (at most every 250 ms): one more look shortly after a
+      // burst of events shows where it settled.
+      clearTimeout(trailing);
+      trailing = setTimeout(refreshList, 400);
+    }
   });
 }
+let trailing = null;
 
 async function refreshList() {
   const r = await api("GET", "/api/webjobs");
