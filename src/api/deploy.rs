@@ -52,7 +52,7 @@ impl DeployError {
     fn writing(name: &str, e: std::io::Error) -> DeployError {
         match e.raw_os_error() {
             Some(libc::ENAMETOOLONG) => {
-                DeployError::Refused(format!("the name \"{name}\" is too long for the file system ({e})"))
+                DeployError::Refused(format!("the name `{name}` is too long for the file system ({e})"))
             }
             Some(libc::ENOTDIR | libc::EISDIR | libc::EEXIST | libc::ENOTEMPTY) => DeployError::Refused(format!(
                 "\"{name}\" clashes with another entry of the upload (a file and a folder of one name): {e}"
@@ -227,11 +227,11 @@ fn unzip(body: &[u8], into: &Path, max: u64) -> Result<(), DeployError> {
             .map_err(|e| DeployError::Refused(format!("zip entry {i} has an unreadable name: {e}")))?;
         let relative = safe_relative(&name).ok_or_else(|| {
             DeployError::Refused(format!(
-                "zip entry \"{name}\" points outside the job folder (absolute path or `..`); refused"
+                "zip entry `{name}` points outside the job folder (absolute path or `..`); refused"
             ))
         })?;
         if entry.is_symlink() {
-            return Err(DeployError::Refused(format!("zip entry \"{name}\" is a link; links are refused")));
+            return Err(DeployError::Refused(format!("zip entry `{name}` is a link; links are refused")));
         }
         declared = declared.saturating_add(entry.size());
         planned.push((i, relative));
@@ -278,7 +278,7 @@ fn copy_entry(entry: &mut impl Read, out: &mut std::fs::File, name: &str, room: 
             Ok(0) => return Ok(copied),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(DeployError::Refused(format!("zip entry \"{name}\" is damaged: {e}"))),
+            Err(e) => return Err(DeployError::Refused(format!("zip entry `{name}` is damaged: {e}"))),
         };
         copied += n as u64;
         if copied > room {

@@ -51,7 +51,7 @@ pub async fn subscribe(State(state): State<ApiState>, body: axum::body::Bytes) -
     let Some(event) = hooks::EVENTS.iter().find(|e| e.eq_ignore_ascii_case(&wanted.event)) else {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("unknown event \"{}\" (known: {})", wanted.event, hooks::EVENTS.join(", ")),
+            format!("unknown event `{}` (known: {})", wanted.event, hooks::EVENTS.join(", ")),
         );
     };
     let data = state.config.data_dir.clone();

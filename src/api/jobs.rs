@@ -109,7 +109,7 @@ fn entry(state: &ApiState, kind: JobKind, job: &str) -> Option<CatalogEntry> {
 }
 
 fn not_found(kind: JobKind, job: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("no {} job named \"{job}\"", kind.as_str()))
+    error(StatusCode::NOT_FOUND, format!("no {} job named `{job}`", kind.as_str()))
 }
 
 /// A job's definition for a write: the catalog's, or, for a job folder the

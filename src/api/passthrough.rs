@@ -33,14 +33,14 @@ pub async fn with_path(
 
 async fn forward(State(state): State<ApiState>, job: String, path: String, request: Request) -> Response {
     let entry = state.catalog.borrow().jobs.get(&JobKey::new(JobKind::Continuous, &job)).cloned();
-    let Some(entry) = entry else { return error(StatusCode::NOT_FOUND, format!("no continuous job named \"{job}\"")) };
+    let Some(entry) = entry else { return error(StatusCode::NOT_FOUND, format!("no continuous job named `{job}`")) };
     let Live::Continuous(status) = entry.live else { return error(StatusCode::NOT_FOUND, "not a continuous job") };
     let (running, port) = {
         let s = status.borrow();
         (s.status == JobStatus::Running, s.port)
     };
     let Some(port) = port.filter(|_| running) else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, format!("the job \"{job}\" is not running on this daemon"));
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("the job `{job}` is not running on this daemon"));
     };
     match send(port, &path, request).await {
         Ok(response) => response,

@@ -25,7 +25,7 @@ pub(super) async fn ask<T>(state: &ApiState, job: &str, make: impl FnOnce(onesho
 }
 
 pub(super) fn not_found(job: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("no triggered job named \"{job}\""))
+    error(StatusCode::NOT_FOUND, format!("no triggered job named `{job}`"))
 }
 
 /// `POST /api/triggeredwebjobs/{job}/run?arguments=…` → 202 with `Location`.
@@ -238,6 +238,6 @@ pub async fn one_run(
     };
     match found {
         Some(view) => axum::Json(view).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no run {id} of triggered job \"{job}\"")),
+        None => error(StatusCode::NOT_FOUND, format!("no run {id} of triggered job `{job}`")),
     }
 }
