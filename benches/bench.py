@@ -886,6 +886,12 @@ def bench_operator(n=10000):
             took.append((time.perf_counter() - t0) * 1000)
         print(f"operator: {n} jobs on one daemon")
         print(f"  `webjobs list` end to end (process start to exit, table to a pipe): median {pct(took, 50):.0f} ms, max {max(took):.0f} ms")
+        took = []
+        for _ in range(3 if QUICK else 5):
+            t0 = time.perf_counter()
+            subprocess.run(cli + ["logs", "--all"], env=env, stdout=subprocess.DEVNULL, check=True)
+            took.append((time.perf_counter() - t0) * 1000)
+        print(f"  `webjobs logs --all` (the last 20 lines of every job's log, merged by time): median {pct(took, 50):.0f} ms")
         logs = subprocess.Popen(cli + ["logs", "stamper", "-f", "-n", "0"], env=env, stdout=subprocess.PIPE, text=True)
         late = []
         for line in logs.stdout:

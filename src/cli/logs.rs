@@ -191,13 +191,27 @@ struct Source {
     run_id: Option<String>,
     file: Option<File>,
     partial: Vec<u8>,
+    /// `follow`: its data folder is watched, and which run folder is.
+    watched: bool,
+    watched_run: Option<PathBuf>,
 }
 
 impl Source {
     fn new(config: &Config, key: JobKey, run: Option<String>) -> Source {
         let data = config.job_data_dir(&key);
         let name = key.name.clone();
-        let mut source = Source { key, name, data, run, path: None, run_id: None, file: None, partial: Vec::new() };
+        let mut source = Source {
+            key,
+            name,
+            data,
+            run,
+            path: None,
+            run_id: None,
+            file: None,
+            partial: Vec::new(),
+            watched: false,
+            watched_run: None,
+        };
         source.path = source.current();
         source
     }
@@ -353,23 +367,23 @@ fn read_backwards(file: &mut File, limit: Option<usize>, filter: &Filter, lines:
 }
 
 /// Follows `sources` until Ctrl-C (or a fixed run's end): woken by inotify
-/// on the job data folders, with a poll every half second as a fallback.
+/// on each job's data folder and on the run folder it reads (never a
+/// recursive watch: ten thousand jobs with fifty runs each would be half a
+/// million), with a poll every half second as a fallback. With `--all`, jobs
+/// that appear meanwhile are followed too. Nothing is created: a job whose
+/// data folder does not exist yet is polled until it does.
 fn follow(config: &Config, mut sources: Vec<Source>, filter: &Filter, printer: Printer, all: bool) {
-    use notify::Watcher;
     let (tx, rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
-    let mut watcher = notify::recommended_watcher(tx).ok();
+    let mut watches = Watches { watcher: notify::recommended_watcher(tx).ok() };
     let jobs_data = config.data_dir.join("jobs");
-    let index: HashMap<JobKey, usize> = sources.iter().enumerate().map(|(i, s)| (s.key.clone(), i)).collect();
-    if let Some(w) = watcher.as_mut() {
-        if all {
-            let _ = std::fs::create_dir_all(&jobs_data);
-            let _ = w.watch(&jobs_data, notify::RecursiveMode::Recursive);
-        } else {
-            for s in &sources {
-                let _ = std::fs::create_dir_all(&s.data);
-                let _ = w.watch(&s.data, notify::RecursiveMode::Recursive);
-            }
+    let mut index: HashMap<JobKey, usize> = sources.iter().enumerate().map(|(i, s)| (s.key.clone(), i)).collect();
+    if all {
+        for kind in JobKind::ALL {
+            watches.add(&jobs_data.join(kind.as_str()));
         }
+    }
+    for source in &mut sources {
+        watches.source(source);
     }
     loop {
         let mut failed = false;
@@ -377,19 +391,38 @@ fn follow(config: &Config, mut sources: Vec<Source>, filter: &Filter, printer: P
             Ok(Ok(event)) => {
                 for path in &event.paths {
                     let Some((key, run)) = owner(&jobs_data, path) else { continue };
-                    let Some(&i) = index.get(&key) else { continue };
+                    let i = match index.get(&key) {
+                        Some(&i) => i,
+                        None if all => {
+                            // A job that appeared after the start.
+                            let mut source = Source::new(config, key.clone(), None);
+                            watches.source(&mut source);
+                            sources.push(source);
+                            index.insert(key, sources.len() - 1);
+                            sources.len() - 1
+                        }
+                        None => continue,
+                    };
                     let new_run = run.filter(|id| sources[i].newer_run(id));
+                    let switched = new_run.is_some();
                     failed |= read_source(&mut sources[i], new_run, filter, printer);
+                    if switched || !sources[i].watched {
+                        watches.source(&mut sources[i]);
+                    }
                 }
             }
             Ok(Err(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 for source in &mut sources {
-                    let newest = match (source.key.kind, &source.run) {
-                        (JobKind::Triggered, None) => crate::history::run_ids(&source.data).into_iter().next(),
+                    // Unwatched (its folder not there yet): looked for by hand.
+                    let newest = match (source.key.kind, &source.run, source.watched) {
+                        (JobKind::Triggered, None, false) => crate::history::run_ids(&source.data).into_iter().next(),
                         _ => None,
                     };
                     let new_run = newest.filter(|id| source.newer_run(id));
                     failed |= read_source(source, new_run, filter, printer);
+                    if !source.watched {
+                        watches.source(source);
+                    }
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(500)),
@@ -402,6 +435,40 @@ fn follow(config: &Config, mut sources: Vec<Source>, filter: &Filter, printer: P
                 read_source(source, None, filter, printer);
             }
             return;
+        }
+    }
+}
+
+/// The inotify watches of `follow`.
+struct Watches {
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Watches {
+    fn add(&mut self, dir: &Path) -> bool {
+        use notify::Watcher;
+        self.watcher.as_mut().is_some_and(|w| w.watch(dir, notify::RecursiveMode::NonRecursive).is_ok())
+    }
+
+    fn remove(&mut self, dir: &Path) {
+        use notify::Watcher;
+        if let Some(w) = self.watcher.as_mut() {
+            let _ = w.unwatch(dir);
+        }
+    }
+
+    /// Watches a source's data folder and the run folder it reads now.
+    fn source(&mut self, source: &mut Source) {
+        if !source.watched {
+            source.watched = self.add(&source.data);
+        }
+        let run_dir =
+            source.path.as_deref().and_then(Path::parent).filter(|d| *d != source.data).map(Path::to_path_buf);
+        if run_dir != source.watched_run {
+            if let Some(old) = source.watched_run.take() {
+                self.remove(&old);
+            }
+            source.watched_run = run_dir.filter(|d| self.add(d));
         }
     }
 }

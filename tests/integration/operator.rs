@@ -280,6 +280,11 @@ fn logs_shows_the_tail_filtered_and_follows_from_the_tail() {
     });
     assert!(root.cli(&["run", "once", "--wait", "--", "second"]).status.success());
     wait_for("the next run's output", Duration::from_secs(5), || seen.lock().unwrap().contains("run second"));
+    // A job that appears meanwhile is followed too.
+    root.continuous("late", "echo late arrival; exec sleep 300\n");
+    wait_for("the new job's log", Duration::from_secs(10), || {
+        seen.lock().unwrap().contains("late | ") && seen.lock().unwrap().contains("late arrival")
+    });
     let _ = follow.kill();
     let _ = follow.wait();
     let text = seen.lock().unwrap().clone();
