@@ -271,15 +271,21 @@ impl Source {
             let _ = f.read_to_end(&mut buf);
         }
         self.emit_lines(&buf, filter, &mut emit);
-        let replaced = match (&self.file, &self.path) {
+        let replaced = match (&mut self.file, &self.path) {
             (Some(f), Some(path)) => {
-                let (ours, now) = (f.metadata().ok(), std::fs::metadata(path).ok());
-                matches!((ours, now), (Some(a), Some(b)) if a.ino() != b.ino() || b.len() < a.len())
+                let (ours, now, read) = (f.metadata().ok(), std::fs::metadata(path).ok(), f.stream_position().ok());
+                matches!((ours, now, read), (Some(a), Some(b), Some(at)) if a.ino() != b.ino() || b.len() < at)
             }
             _ => false,
         };
         if replaced {
-            // Rotated (or truncated): the new file from its start.
+            // Rotated (or truncated): what reached the old file since the
+            // read above, then the new file from its start.
+            let mut rest = Vec::new();
+            if let Some(f) = self.file.as_mut() {
+                let _ = f.read_to_end(&mut rest);
+            }
+            self.emit_lines(&rest, filter, &mut emit);
             self.flush_partial(filter, &mut emit);
             self.file = self.path.as_ref().and_then(|p| File::open(p).ok());
             self.read_new(filter, emit);
@@ -544,6 +550,39 @@ mod tests {
         assert!(read_backwards(&mut File::open(&path).unwrap(), None, &since, &mut lines));
         // 09:23:10 is line 1390 (and 4990): the last hour's wrap keeps only those after the last older line.
         assert!(String::from_utf8_lossy(lines.last().unwrap()).ends_with("line 4990"));
+    }
+
+    #[test]
+    fn following_reads_across_a_rotation_and_a_truncation_losing_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("job_log.txt");
+        std::fs::write(&log, "old 1\nold 2\n").unwrap();
+        let mut source = Source {
+            key: JobKey::new(JobKind::Continuous, "j"),
+            name: "j".into(),
+            data: d.path().to_path_buf(),
+            run: None,
+            path: Some(log.clone()),
+            run_id: None,
+            file: None,
+            partial: Vec::new(),
+            watched: false,
+            watched_run: None,
+        };
+        let all = Filter { level: None, since_ms: None };
+        assert_eq!(source.tail(Some(1), &all), [b"old 2".to_vec()]);
+        let mut seen = Vec::new();
+        let mut read =
+            |source: &mut Source| source.read_new(&all, |l: &[u8]| seen.push(String::from_utf8_lossy(l).into_owned()));
+        // A line reaches the old file, then it is rotated and the new one written.
+        std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"old 3\n").unwrap();
+        std::fs::rename(&log, crate::logs::rotated_path(&log, 1)).unwrap();
+        std::fs::write(&log, "new 1\n").unwrap();
+        read(&mut source);
+        // Truncated under the reader (and shorter than what was read).
+        std::fs::write(&log, "ok\n").unwrap();
+        read(&mut source);
+        assert_eq!(seen, ["old 3", "new 1", "ok"]);
     }
 
     #[test]
