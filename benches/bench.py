@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|operator|cluster|all] [--quick] [--no-cgroups]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|operator|cluster|clustertick|all] [--quick] [--no-cgroups]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -1155,6 +1155,41 @@ def failover_trials(pg, ttl_ms, settings, trials, graceful):
     return times
 
 
+def cluster_ticks(pg):
+    """Tick start delay with the database in the loop: three daemons claim every tick."""
+    seconds = 20 if QUICK else 60
+    jobs = 10
+    roots, daemons = [], []
+    stamp_dir = tempfile.mkdtemp(prefix="wj-bench-")
+    stamp = stamp_binary(stamp_dir)
+    for n in range(3):
+        tmp = tempfile.mkdtemp(prefix="wj-bench-")
+        every_second_jobs(tmp, stamp, jobs)
+        roots.append(tmp)
+        daemons.append(cluster_daemon(tmp, f"tick{n}", pg.url, extra={"history_size": 1000}))
+    time.sleep(seconds + 1.5)
+    for d in daemons:
+        d.stop()
+    delays, ticks = [], {}
+    for tmp in roots:
+        for i in range(jobs):
+            data = os.path.join(tmp, "data", "jobs", "triggered", f"t{i:02}")
+            for run in os.listdir(data) if os.path.isdir(data) else []:
+                log = os.path.join(data, run, "output_log.txt")
+                if run.isdigit() and os.path.exists(log):
+                    for line in open(log):
+                        if "INFO] T " in line:
+                            t = float(line.split("INFO] T ")[1])
+                            delays.append((t - int(t)) * 1000)
+                            ticks[(i, int(t))] = ticks.get((i, int(t)), 0) + 1
+    doubled = sum(1 for c in ticks.values() if c > 1)
+    print(f"  {jobs} jobs on '* * * * * *' on three daemons for {seconds} s ({len(delays)} runs, {doubled} ticks run twice):")
+    print(f"    child's first instruction after the tick: p50 {pct(delays, 50):.2f} ms, p99 {pct(delays, 99):.2f} ms, max {max(delays):.2f} ms")
+    for tmp in roots + [stamp_dir]:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+
 def bench_cluster():
     """PostgreSQL coordination: failover, handover, database load, tick delay
     with the database in the loop, and a queue drained by three daemons."""
@@ -1191,37 +1226,7 @@ def bench_cluster():
         shutil.rmtree(tmp)
         print(f"  one idle daemon (the example jobs, schedules removed): {(after - before) / window:.2f} statements/s")
 
-        # Tick start delay with three daemons claiming every tick.
-        seconds = 20 if QUICK else 60
-        jobs = 10
-        roots, daemons = [], []
-        stamp_dir = tempfile.mkdtemp(prefix="wj-bench-")
-        stamp = stamp_binary(stamp_dir)
-        for n in range(3):
-            tmp = tempfile.mkdtemp(prefix="wj-bench-")
-            every_second_jobs(tmp, stamp, jobs)
-            roots.append(tmp)
-            daemons.append(cluster_daemon(tmp, f"tick{n}", pg.url, extra={"history_size": 1000}))
-        time.sleep(seconds + 1.5)
-        for d in daemons:
-            d.stop()
-        delays, ticks = [], {}
-        for tmp in roots:
-            for i in range(jobs):
-                data = os.path.join(tmp, "data", "jobs", "triggered", f"t{i:02}")
-                for run in os.listdir(data) if os.path.isdir(data) else []:
-                    log = os.path.join(data, run, "output_log.txt")
-                    if run.isdigit() and os.path.exists(log):
-                        for line in open(log):
-                            if "INFO] T " in line:
-                                t = float(line.split("INFO] T ")[1])
-                                delays.append((t - int(t)) * 1000)
-                                ticks[(i, int(t))] = ticks.get((i, int(t)), 0) + 1
-        doubled = sum(1 for c in ticks.values() if c > 1)
-        print(f"  {jobs} jobs on '* * * * * *' on three daemons for {seconds} s ({len(delays)} runs, {doubled} ticks run twice):")
-        print(f"    child's first instruction after the tick: p50 {pct(delays, 50):.2f} ms, p99 {pct(delays, 99):.2f} ms, max {max(delays):.2f} ms")
-        for tmp in roots + [stamp_dir]:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cluster_ticks(pg)
 
         # A queue drained by three daemons.
         n = 2000 if QUICK else 10000
@@ -1287,6 +1292,12 @@ def main():
         bench_operator(1000 if QUICK else 10000)
     if which in ("cluster", "all"):
         bench_cluster()
+    if which == "clustertick":
+        pg = Postgres()
+        try:
+            cluster_ticks(pg)
+        finally:
+            pg.stop()
     if which == "schedule1":
         bench_schedule(1)
 
