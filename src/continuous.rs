@@ -527,20 +527,22 @@ impl Actor {
         crate::actor::tell(&self.shared, &own, &self.config.notify, event, None, &mut self.log);
     }
 
+    /// The status file first, then the listeners: whoever is told of a
+    /// change (an API answer, an event) finds it on disk too.
     fn persist(&mut self) {
         self.status.updated = format_time(SystemTime::now());
+        match status::write(&self.data_dir, &self.status, &mut self.status_file) {
+            Ok(()) => crate::repeats::clear("status file", &self.key),
+            Err(e) => crate::repeats::report("status file", &self.key, |held| {
+                tracing::error!(job = %self.key, error = %e, "cannot write the status file{}", crate::repeats::held_note(held));
+            }),
+        }
         self.status_tx.send_replace(self.status.clone());
         self.shared.changed();
         if self.published != Some(self.status.status) {
             self.published = Some(self.status.status);
             let event = crate::events::Event::about(&self.key, "job.status").status(self.status.status.as_str());
             self.tell(event.detail(&self.status));
-        }
-        match status::write(&self.data_dir, &self.status, &mut self.status_file) {
-            Ok(()) => crate::repeats::clear("status file", &self.key),
-            Err(e) => crate::repeats::report("status file", &self.key, |held| {
-                tracing::error!(job = %self.key, error = %e, "cannot write the status file{}", crate::repeats::held_note(held));
-            }),
         }
     }
 }
