@@ -127,13 +127,18 @@ impl Clock {
 
 /// The terminal's width when standard output is one.
 pub fn width() -> Option<usize> {
+    size().map(|(cols, _)| cols)
+}
+
+/// The terminal's columns and rows when standard output is one.
+pub fn size() -> Option<(usize, usize)> {
     if !std::io::stdout().is_terminal() {
         return None;
     }
     // SAFETY: TIOCGWINSZ fills a winsize struct we own.
     let mut size: libc::winsize = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
-    (ok && size.ws_col > 0).then_some(size.ws_col as usize)
+    (ok && size.ws_col > 0 && size.ws_row > 0).then_some((size.ws_col as usize, size.ws_row as usize))
 }
 
 /// `text` (which may hold colour codes) cut to `max` visible characters,

@@ -54,7 +54,7 @@ pub fn top(config: &Config, interval: Duration, paint: Paint) -> anyhow::Result<
         if wait_key(interval) {
             return Ok(ExitCode::SUCCESS);
         }
-        let rows = rows();
+        let rows = term::size().map(|(_, rows)| rows);
         shown = match frame(&client, &mut previous, paint, term::width(), rows) {
             Ok(view) => view,
             Err(e) => format!("webjobs top: {e:#}\n(trying again; q quits)\n"),
@@ -178,14 +178,6 @@ fn bytes(n: u64) -> String {
         n if n >= 1 << 20 => format!("{:.1}M", n as f64 / (1u64 << 20) as f64),
         n => format!("{}K", n / 1024),
     }
-}
-
-/// The terminal's height.
-fn rows() -> Option<usize> {
-    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
-    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
-    (ok && size.ws_row > 0).then_some(size.ws_row as usize)
 }
 
 /// The alternate screen, no cursor, keys read one at a time without echo;
