@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """webjobs benchmarks, side by side with the floor (no supervisor at all).
 
-Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|operator|cluster|clustertick|all] [--quick] [--no-cgroups]
+Usage: python3 benches/bench.py [log|logdd|footprint|crash|stop|reaction|trigger|schedule|queue|api|notify|scale|operator|cluster|clustertick|clusterdrain|all] [--quick] [--no-cgroups]
 
 Builds nothing: run `cargo build --release` first. Every figure is measured
 on the release binary with RUST_BACKTRACE and WEBJOBS_LOG unset (the script
@@ -751,6 +751,8 @@ def scale_measure(d, tmp, n):
         return lat, rps
     # The list alone: in the tick-free seconds of the next minute.
     wait_for(lambda: 50.2 < second() < 51.0, 70, 0.05)
+    # A second minute of ticks: every job has run (at least) twice, as it stays.
+    rss2 = d.status_kib("VmRSS")
     quiet_lat, quiet_rps = wrk(8)
     # While ticks fire (about 200 runs a second, bash each, on the same 2 cores as wrk).
     lat, rps = wrk(10 if QUICK else 20)
@@ -760,7 +762,8 @@ def scale_measure(d, tmp, n):
     d.stop()
     print(f"scale: {n} triggered jobs, each scheduled once a minute (spread over seconds 0-49)")
     print(f"  all loaded, every next tick armed, {load:.2f} s after `serve` started")
-    print(f"  daemon RSS {rss / 1024:.1f} MB (peak {hwm / 1024:.1f} MB); {runs} runs made meanwhile")
+    print(f"  daemon RSS {rss / 1024:.1f} MB after the first minute, {rss2 / 1024:.1f} MB after the second "
+          f"(peak {hwm / 1024:.1f} MB, under wrk); {runs} runs made meanwhile")
     print(f"  daemon CPU in the tick-free seconds: {quiet:.3f} s over {quiet_span:.1f} s = {100 * quiet / quiet_span:.2f} % of one core")
     print(f"  GET /api/webjobs (gzip, wrk -t2 -c50) between ticks: p50 {quiet_lat.get('50%')}, p99 {quiet_lat.get('99%')}, {quiet_rps} requests/s")
     print(f"  … while ticks fire: p50 {lat.get('50%')}, p99 {lat.get('99%')}, {rps} requests/s")
@@ -1190,6 +1193,36 @@ def cluster_ticks(pg):
 
 
 
+def cluster_drain(pg):
+    """A queue of trivial runs drained by three daemons, each on its own root."""
+    n = 2000 if QUICK else 10000
+    roots, daemons = [], []
+    for k in range(3):
+        tmp = tempfile.mkdtemp(prefix="wj-bench-")
+        job = os.path.join(tmp, "jobs", "triggered", "drain")
+        os.makedirs(job)
+        shutil.copy("/bin/true", os.path.join(job, "run"))
+        with open(os.path.join(job, "settings.job"), "w") as f:
+            f.write('{"max_parallel": 48}')
+        roots.append(tmp)
+        daemons.append(cluster_daemon(tmp, f"drain{k}", pg.url, extra={"history_size": 5}))
+    now = int(time.time() * 1000)
+    rid = f"'{now:013}' || lpad(to_hex(i), 10, '0')"
+    pg.sql(f"INSERT INTO webjobs_queue (id, job, state, priority, due_ms, entry) "
+           f"SELECT {rid}, 'triggered/drain', 'queued', 0, 0, "
+           f"jsonb_build_object('id', {rid}, 'queued_ms', {now}, 'trigger', 'bench') FROM generate_series(0, {n - 1}) i; "
+           f"NOTIFY webjobs, 'triggered/drain'")
+    t0 = time.perf_counter()
+    left = lambda: int(pg.sql("SELECT count(*) FROM webjobs_queue WHERE job = 'triggered/drain'"))
+    wait_for(lambda: left() == 0, 600, 0.05)
+    elapsed = time.perf_counter() - t0
+    for d in daemons:
+        d.stop()
+    print(f"  queue of {n} runs drained by three daemons (max_parallel 48): {n / elapsed:.0f} runs/s")
+    for tmp in roots:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def bench_cluster():
     """PostgreSQL coordination: failover, handover, database load, tick delay
     with the database in the loop, and a queue drained by three daemons."""
@@ -1228,33 +1261,7 @@ def bench_cluster():
 
         cluster_ticks(pg)
 
-        # A queue drained by three daemons.
-        n = 2000 if QUICK else 10000
-        roots, daemons = [], []
-        for k in range(3):
-            tmp = tempfile.mkdtemp(prefix="wj-bench-")
-            job = os.path.join(tmp, "jobs", "triggered", "drain")
-            os.makedirs(job)
-            shutil.copy("/bin/true", os.path.join(job, "run"))
-            with open(os.path.join(job, "settings.job"), "w") as f:
-                f.write('{"max_parallel": 48}')
-            roots.append(tmp)
-            daemons.append(cluster_daemon(tmp, f"drain{k}", pg.url, extra={"history_size": 5}))
-        now = int(time.time() * 1000)
-        rid = f"'{now:013}' || lpad(to_hex(i), 10, '0')"
-        pg.sql(f"INSERT INTO webjobs_queue (id, job, state, priority, due_ms, entry) "
-               f"SELECT {rid}, 'triggered/drain', 'queued', 0, 0, "
-               f"jsonb_build_object('id', {rid}, 'queued_ms', {now}, 'trigger', 'bench') FROM generate_series(0, {n - 1}) i; "
-               f"NOTIFY webjobs, 'triggered/drain'")
-        t0 = time.perf_counter()
-        left = lambda: int(pg.sql("SELECT count(*) FROM webjobs_queue WHERE job = 'triggered/drain'"))
-        wait_for(lambda: left() == 0, 600, 0.05)
-        elapsed = time.perf_counter() - t0
-        for d in daemons:
-            d.stop()
-        print(f"  queue of {n} runs drained by three daemons (max_parallel 48): {n / elapsed:.0f} runs/s")
-        for tmp in roots:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cluster_drain(pg)
     finally:
         pg.stop()
 
@@ -1292,12 +1299,13 @@ def main():
         bench_operator(1000 if QUICK else 10000)
     if which in ("cluster", "all"):
         bench_cluster()
-    if which == "clustertick":
-        pg = Postgres()
-        try:
-            cluster_ticks(pg)
-        finally:
-            pg.stop()
+    for name, part in (("clustertick", cluster_ticks), ("clusterdrain", cluster_drain)):
+        if which == name:
+            pg = Postgres()
+            try:
+                part(pg)
+            finally:
+                pg.stop()
     if which == "schedule1":
         bench_schedule(1)
 

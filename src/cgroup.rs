@@ -351,6 +351,9 @@ impl RunCgroup {
 
 /// A small cgroup file in one read (a cgroup file has no size to ask for,
 /// and `read_to_string` would ask, then read it in pieces from 32 bytes up).
+/// A cgroup file is made whole by the kernel as it is read: a read that
+/// leaves room in the buffer had all of it, and no second read (for the end)
+/// is needed.
 fn read_small(path: &Path) -> io::Result<String> {
     use std::io::Read;
     let mut file = File::open(path)?;
@@ -359,6 +362,10 @@ fn read_small(path: &Path) -> io::Result<String> {
     while len < buf.len() {
         match file.read(&mut buf[len..])? {
             0 => break,
+            n if len + n < buf.len() => {
+                len += n;
+                break;
+            }
             n => len += n,
         }
     }
