@@ -26,6 +26,7 @@
 pub mod files;
 pub mod postgres;
 pub mod queue;
+mod tick_claims;
 
 use std::io;
 use std::path::Path;

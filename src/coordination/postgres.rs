@@ -141,6 +141,8 @@ struct Inner {
     /// The jobs this daemon runs and their content hashes, sent with the
     /// next beat when they changed.
     jobs: std::sync::Mutex<Option<serde_json::Value>>,
+    /// Schedule ticks to claim, sent together ([`super::tick_claims`]).
+    claims: tokio::sync::mpsc::UnboundedSender<super::tick_claims::Claim>,
 }
 
 /// The versioned schema: each step runs once, in order, in one transaction.
@@ -211,7 +213,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Milliseconds since the epoch on the database's clock, in SQL.
-const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+pub(super) const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// An error and its causes, as one line ("… : error performing TLS
 /// handshake: invalid peer certificate: UnknownIssuer").
@@ -260,6 +262,7 @@ impl Postgres {
             .create_timeout(Some(settings.ttl))
             .build()
             .map_err(|e| PgError::Connect { url: shown.clone(), cause: e.to_string() })?;
+        let claims = super::tick_claims::start(pool.clone(), settings.ttl);
         let pg = Postgres {
             inner: Arc::new(Inner {
                 pool,
@@ -272,6 +275,7 @@ impl Postgres {
                 wake: tokio::sync::Notify::new(),
                 data_dir: data_dir.to_path_buf(),
                 jobs: std::sync::Mutex::new(None),
+                claims,
             }),
         };
         pg.migrate().await?;
@@ -318,17 +322,9 @@ impl Postgres {
         Ok(MIGRATIONS.len())
     }
 
-    /// One statement on a pooled connection, within the ttl. A connection
-    /// that did not answer in time is not given back to the pool.
+    /// One statement on a pooled connection, within the ttl.
     async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> io::Result<Vec<Row>> {
-        let client = self.inner.pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
-        match tokio::time::timeout(self.inner.ttl, client.query_typed(sql, params)).await {
-            Ok(result) => result.map_err(io_err),
-            Err(_) => {
-                drop(deadpool_postgres::Object::take(client));
-                Err(io_err(format!("no answer within {} ms", self.inner.ttl.as_millis())))
-            }
-        }
+        query_on(&self.inner.pool, self.inner.ttl, sql, params).await
     }
 
     fn session(&self) -> i64 {
@@ -836,6 +832,24 @@ impl Postgres {
     }
 }
 
+/// One statement on a connection of `pool`, within `ttl`. A connection
+/// that did not answer in time is not given back to the pool.
+pub(super) async fn query_on(
+    pool: &Pool,
+    ttl: Duration,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> io::Result<Vec<Row>> {
+    let client = pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
+    match tokio::time::timeout(ttl, client.query_typed(sql, params)).await {
+        Ok(result) => result.map_err(io_err),
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(io_err(format!("no answer within {} ms", ttl.as_millis())))
+        }
+    }
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -1134,36 +1148,23 @@ impl JobPg {
             self.pg.query(insert, &params).await?;
             return Ok(Ok(()));
         }
-        if let (None, Some(tick)) = (&entry.key, entry.tick_ms) {
-            // The common tick: claimed and stored in one statement (no one is
-            // told: the claimer starts it, or it waits for a beat).
-            let rows = self
-                .pg
-                .query(
-                    &format!(
-                        "WITH claim AS (
-                            INSERT INTO webjobs_ticks (job, last_tick)
-                            SELECT $1, to_timestamp($7::float8 / 1000) WHERE $7 <= {NOW_MS} + 1000
-                            ON CONFLICT (job) DO UPDATE SET last_tick = excluded.last_tick
-                            WHERE webjobs_ticks.last_tick < excluded.last_tick RETURNING job),
-                         queued AS (
-                            INSERT INTO webjobs_queue (id, job, state, priority, due_ms, entry, payload)
-                            SELECT $2, job, 'queued', $3, $4, $5, $6 FROM claim RETURNING id)
-                         SELECT count(*) FROM queued"
-                    ),
-                    &[
-                        (&self.job, Type::TEXT),
-                        (&entry.id, Type::TEXT),
-                        (&entry.priority, Type::INT4),
-                        (&due, Type::INT8),
-                        (&json, Type::JSONB),
-                        (&payload, Type::BYTEA),
-                        (&tick, Type::INT8),
-                    ],
-                )
-                .await?;
-            let stored: i64 = rows.first().map_or(0, |r| r.get(0));
-            return Ok(if stored == 1 { Ok(()) } else { Err(Unstored::TickTaken) });
+        if let (None, Some(tick), None) = (&entry.key, entry.tick_ms, payload) {
+            // The common tick: claimed and stored in one statement, together
+            // with the other ticks of this moment (no one is told: the
+            // claimer starts it, or it waits for a beat).
+            let (reply, won) = tokio::sync::oneshot::channel();
+            let claim = super::tick_claims::Claim {
+                job: self.job.clone(),
+                id: entry.id.clone(),
+                priority: entry.priority,
+                due_ms: due,
+                entry: json,
+                tick_ms: tick,
+                reply,
+            };
+            self.pg.inner.claims.send(claim).map_err(|_| io_err("the tick claimer has stopped"))?;
+            let won = won.await.map_err(|_| io_err("the tick claimer has stopped"))?.map_err(io_err)?;
+            return Ok(if won { Ok(()) } else { Err(Unstored::TickTaken) });
         }
         // A tick is claimed, a key checked and taken, with the request: in
         // one transaction.

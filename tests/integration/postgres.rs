@@ -515,3 +515,72 @@ fn the_database_is_reached_over_tls_with_its_certificate_checked() {
     assert_eq!(pg.psql(plain), "0", "no connection in the clear");
     daemon.stop();
 }
+
+/// The ticks of many jobs falling on the same instant, claimed by two
+/// daemons at once (their claims go in batches): each tick is stored once,
+/// by one of them, a tick not newer than the last is refused, and two ticks
+/// of one job sent together are both judged (not an error).
+#[test]
+fn ticks_of_many_jobs_at_one_instant_are_each_claimed_once_when_sent_together() {
+    use webjobs::coordination::Coordinator;
+    use webjobs::coordination::postgres::PgSettings;
+    use webjobs::key::{JobKey, JobKind};
+    use webjobs::queue::Entry;
+    const JOBS: usize = 200;
+    let pg = Cluster::start();
+    // One thread: every claim below is sent before a batch is made of them.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let settings = PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None };
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let mut daemons = Vec::new();
+        for dir in &dirs {
+            daemons.push(Coordinator::open(dir.path(), Some(&settings)).await.unwrap());
+        }
+        let now = jiff::Timestamp::now().as_millisecond();
+        let tick = |job: usize, at: i64| {
+            let mut entry = Entry::new(format!("Schedule - job {job}"), Vec::new(), String::new());
+            entry.id = format!("{at}-{job:03}-{}", rand_suffix());
+            entry.tick_ms = Some(at);
+            entry
+        };
+        // Every job's tick at `now`, claimed by both daemons at once.
+        let mut claims = Vec::new();
+        for job in 0..JOBS {
+            for (d, daemon) in daemons.iter().enumerate() {
+                let coordination = daemon.job(&JobKey::new(JobKind::Triggered, format!("j{job:03}"))).await.unwrap();
+                let entry = tick(job, now);
+                claims.push(tokio::spawn(async move { (job, d, coordination.enqueue(&entry, None).await) }));
+            }
+        }
+        let mut won = vec![0; JOBS];
+        for claim in claims {
+            let (job, d, result) = claim.await.unwrap();
+            match result.unwrap_or_else(|e| panic!("job {job} on daemon {d}: {e}")) {
+                Ok(()) => won[job] += 1,
+                Err(refused) => assert!(refused.to_string().contains("tick"), "{refused}"),
+            }
+        }
+        assert!(won.iter().all(|n| *n == 1), "each tick stored once: {won:?}");
+        let stored = pg.psql("SELECT count(*) FROM webjobs_queue WHERE job LIKE 'triggered/j%'");
+        assert_eq!(stored.trim(), JOBS.to_string());
+        // An older tick is refused; two ticks of one job sent together are
+        // both judged: the newer one is stored whatever the order.
+        let job = daemons[0].job(&JobKey::new(JobKind::Triggered, "j000")).await.unwrap();
+        assert!(job.enqueue(&tick(0, now - 1000), None).await.unwrap().is_err());
+        let (a, b) = (tick(0, now + 500), tick(0, now + 900));
+        let (ra, rb) = tokio::join!(job.enqueue(&a, None), job.enqueue(&b, None));
+        assert!(rb.unwrap().is_ok(), "the newer tick is stored");
+        ra.unwrap().ok();
+        let last = pg.psql(
+            "SELECT (extract(epoch FROM last_tick) * 1000)::bigint FROM webjobs_ticks WHERE job = 'triggered/j000'",
+        );
+        assert_eq!(last.trim(), (now + 900).to_string());
+    });
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,120 @@
+//! Schedule ticks claimed together. Many jobs' ticks fall on the same
+//! instant (every minute, every hour), and on every daemon of a cluster at
+//! once: one statement per job and daemon made the database's work at that
+//! instant grow with jobs × daemons, every statement a commit. The ticks a
+//! daemon's jobs claim at the same moment go in one statement instead: each
+//! tick is claimed (advanced only if newer, and only if the database's clock
+//! says it is due) and its request stored, in one transaction, as before.
+//!
+//! One batch is in flight at a time; what arrives meanwhile makes the next.
+//! A batch takes the job rows in name order, so two daemons' batches wait on
+//! each other's rows in the same order (never a deadlock), and holds one
+//! tick of a job at most (an upsert may touch a row once).
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::Type;
+
+use super::postgres::{NOW_MS, query_on};
+
+/// At most this many ticks in one statement.
+const MAX_BATCH: usize = 500;
+
+/// A tick to claim, with the request to store when it is won.
+pub struct Claim {
+    pub job: String,
+    pub id: String,
+    pub priority: i32,
+    pub due_ms: i64,
+    pub entry: serde_json::Value,
+    pub tick_ms: i64,
+    /// Whether this daemon won the tick (its request is stored), or why the
+    /// statement failed.
+    pub reply: oneshot::Sender<Result<bool, String>>,
+}
+
+/// Starts the task that claims ticks in batches; it ends when the sender is dropped.
+pub fn start(pool: Pool, ttl: Duration) -> mpsc::UnboundedSender<Claim> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(claim_in_batches(pool, ttl, rx));
+    tx
+}
+
+async fn claim_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedReceiver<Claim>) {
+    let mut held: Option<Claim> = None;
+    loop {
+        let first = match held.take() {
+            Some(claim) => claim,
+            None => match rx.recv().await {
+                Some(claim) => claim,
+                None => return,
+            },
+        };
+        // The other jobs woken by the same tick send theirs first.
+        tokio::task::yield_now().await;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            let Ok(claim) = rx.try_recv() else { break };
+            if batch.iter().any(|c| c.job == claim.job) {
+                held = Some(claim);
+                break;
+            }
+            batch.push(claim);
+        }
+        batch.sort_by(|a, b| a.job.cmp(&b.job));
+        match claim_all(&pool, ttl, &batch).await {
+            Ok(won) => {
+                for claim in batch {
+                    let _ = claim.reply.send(Ok(won.contains(&claim.id)));
+                }
+            }
+            Err(e) => {
+                for claim in batch {
+                    let _ = claim.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Claims every tick of `batch` that is due and newer than its job's last
+/// one, storing its request; returns the ids of the requests stored.
+async fn claim_all(pool: &Pool, ttl: Duration, batch: &[Claim]) -> std::io::Result<Vec<String>> {
+    let jobs: Vec<&str> = batch.iter().map(|c| c.job.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|c| c.id.as_str()).collect();
+    let priorities: Vec<i32> = batch.iter().map(|c| c.priority).collect();
+    let due: Vec<i64> = batch.iter().map(|c| c.due_ms).collect();
+    let entries: Vec<&serde_json::Value> = batch.iter().map(|c| &c.entry).collect();
+    let ticks: Vec<i64> = batch.iter().map(|c| c.tick_ms).collect();
+    let rows = query_on(
+        pool,
+        ttl,
+        &format!(
+            "WITH input AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::jsonb[], $6::int8[])
+                WITH ORDINALITY AS i(job, id, priority, due_ms, entry, tick, n)),
+             claim AS (
+                INSERT INTO webjobs_ticks (job, last_tick)
+                SELECT job, to_timestamp(tick::float8 / 1000) FROM input WHERE tick <= {NOW_MS} + 1000 ORDER BY n
+                ON CONFLICT (job) DO UPDATE SET last_tick = excluded.last_tick
+                WHERE webjobs_ticks.last_tick < excluded.last_tick RETURNING job),
+             queued AS (
+                INSERT INTO webjobs_queue (id, job, state, priority, due_ms, entry)
+                SELECT i.id, i.job, 'queued', i.priority, i.due_ms, i.entry FROM input i JOIN claim c USING (job)
+                RETURNING id)
+             SELECT id FROM queued"
+        ),
+        &[
+            (&jobs, Type::TEXT_ARRAY),
+            (&ids, Type::TEXT_ARRAY),
+            (&priorities, Type::INT4_ARRAY),
+            (&due, Type::INT8_ARRAY),
+            (&entries, Type::JSONB_ARRAY),
+            (&ticks, Type::INT8_ARRAY),
+        ],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
