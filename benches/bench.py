@@ -1219,6 +1219,11 @@ def cluster_drain(pg):
     for d in daemons:
         d.stop()
     print(f"  queue of {n} runs drained by three daemons (max_parallel 48): {n / elapsed:.0f} runs/s")
+    if os.environ.get("BENCH_PG_TOP"):
+        # Where the database's time went: the statements by total time.
+        print(pg.sql("SELECT rpad(calls::text, 8) || rpad(round(total_exec_time)::text, 8) || "
+                     "left(regexp_replace(query, '\\s+', ' ', 'g'), 110) FROM pg_stat_statements "
+                     "ORDER BY total_exec_time DESC LIMIT 12"))
     for tmp in roots:
         shutil.rmtree(tmp, ignore_errors=True)
 

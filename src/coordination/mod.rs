@@ -26,6 +26,7 @@
 pub mod files;
 pub mod postgres;
 pub mod queue;
+mod pg_writes;
 mod tick_claims;
 
 use std::io;
@@ -114,8 +115,9 @@ pub async fn lost(watch: Option<std::pin::Pin<Box<dyn std::future::Future<Output
 /// What taking a shared queue's head came to.
 #[derive(Debug)]
 pub enum Next {
-    /// A request, and the run lock it runs under.
-    Got(Box<(Lease, Taken)>),
+    /// A request, and the run lock it runs under; `true` when it took the
+    /// last free one (the next try would find every slot held).
+    Got(Box<(Lease, Taken)>, bool),
     /// Every run slot is held.
     Busy,
     /// Nothing is due.
@@ -323,9 +325,9 @@ impl JobCoordination {
         match self {
             JobCoordination::Files(_) => Ok(None),
             JobCoordination::Postgres(p) => Ok(Some(match p.take_leased(instance, slots, grace, busy).await? {
-                postgres::Leased::Got(got) => {
+                postgres::Leased::Got(got, last) => {
                     let (lease, taken) = *got;
-                    Next::Got(Box::new((Lease::Postgres(lease), taken)))
+                    Next::Got(Box::new((Lease::Postgres(lease), taken)), last)
                 }
                 postgres::Leased::Busy => Next::Busy,
                 postgres::Leased::Empty => Next::Empty,
@@ -403,7 +405,7 @@ impl JobCoordination {
     ) -> io::Result<()> {
         match self {
             JobCoordination::Files(_) => Ok(()),
-            JobCoordination::Postgres(p) => p.record_run(id, instance, status, output_tail, keep).await,
+            JobCoordination::Postgres(p) => p.record_run(id, instance, status, output_tail, keep, false).await,
         }
     }
 
@@ -421,7 +423,7 @@ impl JobCoordination {
         if let JobCoordination::Postgres(p) = self {
             let (p, id, instance, status) = (p.clone(), id.to_string(), instance.to_string(), status.clone());
             tokio::spawn(async move {
-                let record = || p.record_run(&id, &instance, &status, output_tail.as_deref(), keep);
+                let record = || p.record_run(&id, &instance, &status, output_tail.as_deref(), keep, true);
                 if let Err(e) = retried(record).await {
                     tracing::warn!(run = %id, error = %e, "the run is missing from the cluster's history");
                 }
@@ -437,7 +439,7 @@ impl JobCoordination {
         let (p, taken) = (p.clone(), taken.clone());
         tokio::spawn(async move {
             let id = taken.entry.id.clone();
-            if let Err(e) = retried(|| p.done(taken.clone(), window)).await {
+            if let Err(e) = retried(|| p.done(taken.clone(), window, true)).await {
                 tracing::error!(request = %id, error = %e, "cannot put away a request that is done; it runs again once this daemon is gone");
             }
         });
@@ -469,7 +471,7 @@ impl JobCoordination {
     pub async fn done(&self, taken: Taken, window: std::time::Duration) -> io::Result<()> {
         match self {
             JobCoordination::Files(f) => f.done(taken, window),
-            JobCoordination::Postgres(p) => p.done(taken, window).await,
+            JobCoordination::Postgres(p) => p.done(taken, window, false).await,
         }
     }
 

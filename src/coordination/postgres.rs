@@ -143,6 +143,8 @@ struct Inner {
     jobs: std::sync::Mutex<Option<serde_json::Value>>,
     /// Schedule ticks to claim, sent together ([`super::tick_claims`]).
     claims: tokio::sync::mpsc::UnboundedSender<super::tick_claims::Claim>,
+    /// Records, requests put away and run slots freed, written together ([`super::pg_writes`]).
+    writes: super::pg_writes::Writer,
 }
 
 /// The versioned schema: each step runs once, in order, in one transaction.
@@ -263,6 +265,7 @@ impl Postgres {
             .build()
             .map_err(|e| PgError::Connect { url: shown.clone(), cause: e.to_string() })?;
         let claims = super::tick_claims::start(pool.clone(), settings.ttl);
+        let writes = super::pg_writes::Writer::start(pool.clone(), settings.ttl);
         let pg = Postgres {
             inner: Arc::new(Inner {
                 pool,
@@ -276,6 +279,7 @@ impl Postgres {
                 data_dir: data_dir.to_path_buf(),
                 jobs: std::sync::Mutex::new(None),
                 claims,
+                writes,
             }),
         };
         pg.migrate().await?;
@@ -563,6 +567,9 @@ impl Postgres {
     /// Ends this daemon's session (a graceful stop): its leases go at once
     /// and the other daemons are told.
     pub async fn deregister(&self) {
+        // What ended runs left to write goes first (their requests put
+        // away): a request still taken by a session that is gone would run again.
+        let _ = self.inner.writes.flush().await;
         let session = self.session();
         let _ = self
             .query(
@@ -692,19 +699,20 @@ impl Postgres {
     fn release(&self, name: String, fence: i64) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         let pg = self.clone();
-        // Standbys of a singleton are told at once; a run slot is found free
-        // by whoever tries next.
-        let sql = if name.starts_with("singleton:") {
-            "WITH freed AS (DELETE FROM webjobs_leases WHERE name = $1 AND fence = $2 RETURNING name)
-             SELECT pg_notify('webjobs', 'lease') FROM freed"
-        } else {
-            "DELETE FROM webjobs_leases WHERE name = $1 AND fence = $2"
-        };
         handle.spawn(async move {
             // A database away for a moment: tried again (what is left after
             // that is taken again by this session's next run, see `try_any`).
             for _ in 0..5 {
-                if pg.query(sql, &[(&name, Type::TEXT), (&fence, Type::INT8)]).await.is_ok() {
+                // Standbys of a singleton are told at once; a run slot is
+                // found free by whoever tries next, and freed with others.
+                let freed = if name.starts_with("singleton:") {
+                    let sql = "WITH freed AS (DELETE FROM webjobs_leases WHERE name = $1 AND fence = $2 RETURNING name)
+                               SELECT pg_notify('webjobs', 'lease') FROM freed";
+                    pg.query(sql, &[(&name, Type::TEXT), (&fence, Type::INT8)]).await.map(drop)
+                } else {
+                    pg.inner.writes.write(super::pg_writes::Write::Release { name: name.clone(), fence }, false).await
+                };
+                if freed.is_ok() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -898,7 +906,9 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRu
 /// What taking the queue's head with a run slot came to.
 #[derive(Debug)]
 pub enum Leased {
-    Got(Box<(PgLease, Taken)>),
+    /// A request and its run slot; `true` when no other slot was free (the
+    /// next try would find every slot held).
+    Got(Box<(PgLease, Taken)>, bool),
     /// Every run slot is held (by runs on this or other daemons).
     Busy,
     /// Nothing is due.
@@ -1024,14 +1034,14 @@ impl JobPg {
                     "WITH head AS (
                         SELECT id FROM webjobs_queue WHERE job = $1 AND state = 'queued' AND due_ms <= {NOW_MS}
                         ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED),
-                     pick AS (
+                     free AS (
                         SELECT c.name FROM unnest($3::text[]) AS c(name)
                         WHERE EXISTS (SELECT 1 FROM head)
                         AND EXISTS (SELECT 1 FROM webjobs_sessions WHERE id = $2 AND webjobs_until(webjobs_sessions) > now())
                         AND NOT EXISTS (SELECT 1 FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
                             WHERE l.name = c.name AND webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now()
-                            AND NOT (l.session = $2 AND l.name <> ALL($6)))
-                        ORDER BY random() LIMIT 1),
+                            AND NOT (l.session = $2 AND l.name <> ALL($6)))),
+                     pick AS (SELECT name FROM free ORDER BY random() LIMIT 1),
                      lease AS (
                         INSERT INTO webjobs_leases (name, session, holder, fence, grace_ms)
                         SELECT name, $2, $4, nextval('webjobs_fence'), $5 FROM pick
@@ -1045,7 +1055,7 @@ impl JobPg {
                         UPDATE webjobs_queue SET state = 'taken', taken_by = $2, grace_ms = $5, updated = now()
                         WHERE id = (SELECT id FROM head) AND EXISTS (SELECT 1 FROM lease)
                         RETURNING entry, payload)
-                     SELECT (SELECT count(*) FROM head), l.name, l.fence, r.entry, r.payload
+                     SELECT (SELECT count(*) FROM head), l.name, l.fence, r.entry, r.payload, (SELECT count(*) FROM free)
                      FROM (SELECT 1) one LEFT JOIN lease l ON true LEFT JOIN req r ON true"
                 ),
                 &[
@@ -1067,7 +1077,8 @@ impl JobPg {
             (_, Some(name)) => {
                 let lease = PgLease { name, session, fence: row.get(2), pg: Some(self.pg.clone()) };
                 let taken = self.taken(row, 3, session)?;
-                Ok(Leased::Got(Box::new((lease, taken))))
+                let free: i64 = row.get(5);
+                Ok(Leased::Got(Box::new((lease, taken)), free <= 1))
             }
         }
     }
@@ -1293,23 +1304,13 @@ impl JobPg {
 
     /// Done: the request goes; its key stays held for `window`. Only while
     /// the request is still ours (no daemon adopted it meanwhile).
-    pub async fn done(&self, taken: Taken, window: Duration) -> io::Result<()> {
+    /// `soon`: nobody waits for it (it may be written with others, a little later).
+    pub async fn done(&self, taken: Taken, window: Duration, soon: bool) -> io::Result<()> {
         let window_ms = window.as_millis() as i64;
         let session = Self::session_of(&taken);
-        self.pg
-            .query(
-                "WITH gone AS (DELETE FROM webjobs_queue WHERE id = $1 AND taken_by = $2 RETURNING id),
-                      kept AS (UPDATE webjobs_keys SET until = now() + $4 * interval '1 millisecond'
-                        WHERE job = $3 AND id IN (SELECT id FROM gone) AND $4 > 0 RETURNING key)
-                 DELETE FROM webjobs_keys WHERE job = $3 AND id IN (SELECT id FROM gone) AND $4 = 0",
-                &[
-                    (&taken.entry.id, Type::TEXT),
-                    (&session, Type::INT8),
-                    (&self.job, Type::TEXT),
-                    (&window_ms, Type::INT8),
-                ],
-            )
-            .await?;
+        let id = taken.entry.id.clone();
+        let write = super::pg_writes::Write::Done { job: self.job.clone(), id, session, window_ms };
+        self.pg.inner.writes.write(write, !soon).await?;
         let _ = std::fs::remove_file(self.payload_path(&taken.entry.id));
         Ok(())
     }
@@ -1445,6 +1446,7 @@ impl JobPg {
 
     /// Records run `id` in the cluster's history (its start, its end with the
     /// last [`OUTPUT_TAIL`] bytes of its output), keeping the newest `keep`.
+    /// `soon`: nobody waits for it (it may be written with others, a little later).
     pub async fn record_run(
         &self,
         id: &str,
@@ -1452,32 +1454,17 @@ impl JobPg {
         status: &crate::history::RunStatus,
         output_tail: Option<&str>,
         keep: u32,
+        soon: bool,
     ) -> io::Result<()> {
-        let json = serde_json::to_value(status)?;
-        let keep = i64::from(keep.max(1));
-        self.pg
-            .query(
-                "WITH kept AS (
-                    INSERT INTO webjobs_runs (job, id, instance, status, output_tail) VALUES ($1, $2, $3, $4, $5)
-                    ON CONFLICT (job, id, instance) DO UPDATE SET status = excluded.status,
-                        output_tail = coalesce(excluded.output_tail, webjobs_runs.output_tail), updated = now()
-                    -- A start recorded late never hides the end.
-                    WHERE NOT (webjobs_runs.status->>'Status' NOT IN ('Initializing', 'Running')
-                        AND excluded.status->>'Status' IN ('Initializing', 'Running'))
-                    RETURNING id)
-                 DELETE FROM webjobs_runs WHERE job = $1 AND id < (
-                    SELECT id FROM webjobs_runs WHERE job = $1 ORDER BY id DESC OFFSET $6 LIMIT 1)",
-                &[
-                    (&self.job, Type::TEXT),
-                    (&id, Type::TEXT),
-                    (&instance, Type::TEXT),
-                    (&json, Type::JSONB),
-                    (&output_tail, Type::TEXT),
-                    (&keep, Type::INT8),
-                ],
-            )
-            .await?;
-        Ok(())
+        let write = super::pg_writes::Write::Record {
+            job: self.job.clone(),
+            id: id.to_string(),
+            instance: instance.to_string(),
+            status: serde_json::to_value(status)?,
+            tail: output_tail.map(str::to_string),
+            keep: i64::from(keep.max(1)),
+        };
+        self.pg.inner.writes.write(write, !soon).await
     }
 
     /// Run `id` of a daemon that is gone, recorded as still going, ended Aborted.

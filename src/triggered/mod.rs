@@ -602,7 +602,7 @@ impl Actor {
         // policies wait (a run elsewhere cannot be replaced from here).
         let skip = self.definition.good.as_ref().is_none_or(|j| j.settings.overlap == Overlap::Skip);
         match self.dispatch(None).await {
-            Dispatch::Started { request, run } if request == id => Ok(Accepted::Started { run, request }),
+            Dispatch::Started { request, run, .. } if request == id => Ok(Accepted::Started { run, request }),
             Dispatch::Busy
                 if !may_wait && skip && self.index.next(Timestamp::now().as_millisecond()).as_ref() == Some(&slot) =>
             {

@@ -22,6 +22,8 @@ pub(super) enum Dispatch {
     Started {
         request: String,
         run: String,
+        /// It took the last run slot free across daemons: trying again would find none.
+        last_slot: bool,
     },
     /// Every run slot is held by another daemon (or runs ending here).
     Busy,
@@ -105,8 +107,8 @@ impl Actor {
                 let busy: Vec<String> =
                     self.active.iter().filter_map(|a| a._lease.name().map(str::to_string)).collect();
                 let next = self.locks.take_next(&self.shared.instance, job.settings.max_parallel, grace, &busy).await;
-                let (lease, taken) = match next {
-                    Ok(Some(Next::Got(got))) => *got,
+                let ((lease, taken), last_slot) = match next {
+                    Ok(Some(Next::Got(got, last))) => (*got, last),
                     Ok(Some(Next::Busy)) => {
                         self.permit = permit;
                         self.later = Some(tokio::time::Instant::now() + Duration::from_secs(1));
@@ -137,7 +139,7 @@ impl Actor {
                 self.publish_queue();
                 let request = taken.entry.id.clone();
                 let run = self.start_run(&job, taken, lease, permit).await;
-                return Dispatch::Started { request, run };
+                return Dispatch::Started { request, run, last_slot };
             }
             let busy: Vec<String> = self.active.iter().filter_map(|a| a._lease.name().map(str::to_string)).collect();
             let lease = match self.locks.try_run(&self.shared.instance, job.settings.max_parallel, grace, &busy).await {
@@ -173,7 +175,7 @@ impl Actor {
             self.publish_queue();
             let request = taken.entry.id.clone();
             let run = self.start_run(&job, taken, lease, permit).await;
-            return Dispatch::Started { request, run };
+            return Dispatch::Started { request, run, last_slot: false };
         }
     }
 
@@ -199,9 +201,10 @@ impl Actor {
     }
 
     /// Starts queued requests while the job has free run slots (one at a
-    /// time would leave `max_parallel` unused after a restart or a burst).
+    /// time would leave `max_parallel` unused after a restart or a burst),
+    /// not asking once the last free one is taken.
     pub(super) async fn fill(&mut self) {
-        while let Dispatch::Started { .. } = self.dispatch(None).await {}
+        while let Dispatch::Started { last_slot: false, .. } = self.dispatch(None).await {}
     }
 
     /// After attempt `taken.entry.attempts` ended in `state`: the request is

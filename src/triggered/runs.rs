@@ -193,7 +193,7 @@ impl Actor {
         };
         let id = slot.id.to_string();
         let result = match self.dispatch(Some(slot)).await {
-            Dispatch::Started { request, run } if request == id => Ok(Accepted::Started { run, request }),
+            Dispatch::Started { request, run, .. } if request == id => Ok(Accepted::Started { run, request }),
             _ => Ok(Accepted::Queued(id)),
         };
         if let Some(reply) = reply {
