@@ -24,9 +24,9 @@
 //! [`Lease::lost`] says when, and its holder stops what it guards.
 
 pub mod files;
+mod pg_writes;
 pub mod postgres;
 pub mod queue;
-mod pg_writes;
 mod tick_claims;
 
 use std::io;

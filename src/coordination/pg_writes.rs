@@ -175,15 +175,20 @@ async fn write_records(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io
             keep.insert(job, *k);
         }
     }
-    let (jobs, ids, instances, statuses, tails): (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&serde_json::Value>, Vec<Option<&str>>) =
-        rows.into_iter().fold(Default::default(), |mut v, r| {
-            v.0.push(r.0);
-            v.1.push(r.1);
-            v.2.push(r.2);
-            v.3.push(r.3);
-            v.4.push(r.4);
-            v
-        });
+    let (jobs, ids, instances, statuses, tails): (
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&serde_json::Value>,
+        Vec<Option<&str>>,
+    ) = rows.into_iter().fold(Default::default(), |mut v, r| {
+        v.0.push(r.0);
+        v.1.push(r.1);
+        v.2.push(r.2);
+        v.3.push(r.3);
+        v.4.push(r.4);
+        v
+    });
     let (trim_jobs, trim_keep): (Vec<&str>, Vec<i64>) = keep.into_iter().unzip();
     query_on(
         pool,
@@ -234,7 +239,12 @@ async fn write_dones(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::
               kept AS (UPDATE webjobs_keys k SET until = now() + g.window_ms * interval '1 millisecond'
                 FROM gone g WHERE k.job = g.job AND k.id = g.id AND g.window_ms > 0 RETURNING k.key)
          DELETE FROM webjobs_keys k USING gone g WHERE k.job = g.job AND k.id = g.id AND g.window_ms = 0",
-        &[(&ids, Type::TEXT_ARRAY), (&sessions, Type::INT8_ARRAY), (&jobs, Type::TEXT_ARRAY), (&windows, Type::INT8_ARRAY)],
+        &[
+            (&ids, Type::TEXT_ARRAY),
+            (&sessions, Type::INT8_ARRAY),
+            (&jobs, Type::TEXT_ARRAY),
+            (&windows, Type::INT8_ARRAY),
+        ],
     )
     .await
     .map(drop)
