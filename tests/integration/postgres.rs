@@ -584,3 +584,42 @@ fn rand_suffix() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+/// Runs' history records written in batches (each run's start and end sent
+/// without waiting, one start sent late, after its end): every run is one
+/// row with its end, and a write somebody waits for is answered once
+/// everything sent before it is in.
+#[test]
+fn history_records_sent_together_leave_each_run_once_with_its_end() {
+    use webjobs::coordination::Coordinator;
+    use webjobs::coordination::postgres::PgSettings;
+    use webjobs::history::RunStatus;
+    use webjobs::key::{JobKey, JobKind};
+    let pg = Cluster::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let settings = PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None };
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Coordinator::open(dir.path(), Some(&settings)).await.unwrap();
+        let job = daemon.job(&JobKey::new(JobKind::Triggered, "h")).await.unwrap();
+        let status = |state: &str| -> RunStatus {
+            serde_json::from_value(serde_json::json!({
+                "Status": state, "StartTime": "2026-11-24T06:00:00Z", "Trigger": "External - test", "Instance": "a"
+            }))
+            .unwrap()
+        };
+        for n in 0..40 {
+            let id = format!("2026112406000000{n:02}");
+            job.record_later(&id, "a", &status("Running"), None, 100);
+            job.record_later(&id, "a", &status("Success"), Some(format!("output {n}")), 100);
+            if n == 3 {
+                job.record_later(&id, "a", &status("Running"), None, 100);
+            }
+        }
+        // Sent last and waited for: everything before it is written by then.
+        tokio::task::yield_now().await;
+        job.record_run("202611240600009999", "a", &status("Running"), None, 100).await.unwrap();
+    });
+    let rows = pg.psql("SELECT count(*), count(*) FILTER (WHERE status->>'Status' = 'Success' AND output_tail LIKE 'output %') FROM webjobs_runs WHERE job = 'triggered/h'");
+    assert_eq!(rows.trim(), "41|40", "every run once, each with its end and output");
+}
