@@ -140,11 +140,14 @@ fn is_start(status: &serde_json::Value) -> bool {
     matches!(status.get("Status").and_then(|s| s.as_str()), Some("Initializing" | "Running"))
 }
 
+/// A run's record: job, id, instance, status, tail of the output.
+type RecordRow<'a> = (&'a str, &'a str, &'a str, &'a serde_json::Value, Option<&'a str>);
+
 /// The records of a batch, one per run (an upsert may touch a row once):
 /// a later record of a run replaces an earlier one, except that a start
 /// never replaces an end; the output's tail is kept from whichever has it.
-fn merged(batch: &[Pending]) -> Vec<(&str, &str, &str, &serde_json::Value, Option<&str>)> {
-    let mut rows: Vec<(&str, &str, &str, &serde_json::Value, Option<&str>)> = Vec::new();
+fn merged(batch: &[Pending]) -> Vec<RecordRow<'_>> {
+    let mut rows: Vec<RecordRow<'_>> = Vec::new();
     let mut at: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for pending in batch {
         let Write::Record { job, id, instance, status, tail, .. } = &pending.write else { continue };
@@ -156,7 +159,8 @@ fn merged(batch: &[Pending]) -> Vec<(&str, &str, &str, &serde_json::Value, Optio
             }
             Some(&i) => {
                 let row = &mut rows[i];
-                if !(is_start(status) && !is_start(row.3)) {
+                // A start never replaces an end.
+                if !is_start(status) || is_start(row.3) {
                     row.3 = status;
                 }
                 row.4 = tail.as_deref().or(row.4);
@@ -175,20 +179,11 @@ async fn write_records(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io
             keep.insert(job, *k);
         }
     }
-    let (jobs, ids, instances, statuses, tails): (
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&serde_json::Value>,
-        Vec<Option<&str>>,
-    ) = rows.into_iter().fold(Default::default(), |mut v, r| {
-        v.0.push(r.0);
-        v.1.push(r.1);
-        v.2.push(r.2);
-        v.3.push(r.3);
-        v.4.push(r.4);
-        v
-    });
+    let jobs: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let instances: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    let statuses: Vec<&serde_json::Value> = rows.iter().map(|r| r.3).collect();
+    let tails: Vec<Option<&str>> = rows.iter().map(|r| r.4).collect();
     let (trim_jobs, trim_keep): (Vec<&str>, Vec<i64>) = keep.into_iter().unzip();
     query_on(
         pool,
