@@ -142,7 +142,7 @@ struct Inner {
     /// next beat when they changed.
     jobs: std::sync::Mutex<Option<serde_json::Value>>,
     /// Schedule ticks to claim, sent together ([`super::tick_claims`]).
-    claims: tokio::sync::mpsc::UnboundedSender<super::tick_claims::Claim>,
+    claims: super::tick_claims::Claimer,
     /// Records, requests put away and run slots freed, written together ([`super::pg_writes`]).
     writes: super::pg_writes::Writer,
 }
@@ -264,7 +264,7 @@ impl Postgres {
             .create_timeout(Some(settings.ttl))
             .build()
             .map_err(|e| PgError::Connect { url: shown.clone(), cause: e.to_string() })?;
-        let claims = super::tick_claims::start(pool.clone(), settings.ttl);
+        let claims = super::tick_claims::Claimer::start(pool.clone(), settings.ttl);
         let writes = super::pg_writes::Writer::start(pool.clone(), settings.ttl);
         let pg = Postgres {
             inner: Arc::new(Inner {
@@ -1163,7 +1163,6 @@ impl JobPg {
             // The common tick: claimed and stored in one statement, together
             // with the other ticks of this moment (no one is told: the
             // claimer starts it, or it waits for a beat).
-            let (reply, won) = tokio::sync::oneshot::channel();
             let claim = super::tick_claims::Claim {
                 job: self.job.clone(),
                 id: entry.id.clone(),
@@ -1171,10 +1170,8 @@ impl JobPg {
                 due_ms: due,
                 entry: json,
                 tick_ms: tick,
-                reply,
             };
-            self.pg.inner.claims.send(claim).map_err(|_| io_err("the tick claimer has stopped"))?;
-            let won = won.await.map_err(|_| io_err("the tick claimer has stopped"))?.map_err(io_err)?;
+            let won = self.pg.inner.claims.claim(claim).await?;
             return Ok(if won { Ok(()) } else { Err(Unstored::TickTaken) });
         }
         // A tick is claimed, a key checked and taken, with the request: in

@@ -30,25 +30,43 @@ pub struct Claim {
     pub due_ms: i64,
     pub entry: serde_json::Value,
     pub tick_ms: i64,
+}
+
+struct Pending {
+    claim: Claim,
     /// Whether this daemon won the tick (its request is stored), or why the
     /// statement failed.
-    pub reply: oneshot::Sender<Result<bool, String>>,
+    reply: oneshot::Sender<Result<bool, String>>,
 }
 
-/// Starts the task that claims ticks in batches; it ends when the sender is dropped.
-pub fn start(pool: Pool, ttl: Duration) -> mpsc::UnboundedSender<Claim> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(claim_in_batches(pool, ttl, rx));
-    tx
+/// Sends claims to the batching task.
+pub struct Claimer(mpsc::UnboundedSender<Pending>);
+
+impl Claimer {
+    /// Starts the task that claims ticks in batches; it ends when the claimer is dropped.
+    pub fn start(pool: Pool, ttl: Duration) -> Claimer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(claim_in_batches(pool, ttl, rx));
+        Claimer(tx)
+    }
+
+    /// Claims the tick with the batch it joins: whether this daemon won it
+    /// (its request is stored).
+    pub async fn claim(&self, claim: Claim) -> std::io::Result<bool> {
+        let (reply, won) = oneshot::channel();
+        let stopped = || std::io::Error::other("the tick claimer has stopped");
+        self.0.send(Pending { claim, reply }).map_err(|_| stopped())?;
+        won.await.map_err(|_| stopped())?.map_err(std::io::Error::other)
+    }
 }
 
-async fn claim_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedReceiver<Claim>) {
-    let mut held: Option<Claim> = None;
+async fn claim_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut held: Option<Pending> = None;
     loop {
         let first = match held.take() {
-            Some(claim) => claim,
+            Some(pending) => pending,
             None => match rx.recv().await {
-                Some(claim) => claim,
+                Some(pending) => pending,
                 None => return,
             },
         };
@@ -56,23 +74,23 @@ async fn claim_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedRece
         tokio::task::yield_now().await;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            let Ok(claim) = rx.try_recv() else { break };
-            if batch.iter().any(|c| c.job == claim.job) {
-                held = Some(claim);
+            let Ok(pending) = rx.try_recv() else { break };
+            if batch.iter().any(|p| p.claim.job == pending.claim.job) {
+                held = Some(pending);
                 break;
             }
-            batch.push(claim);
+            batch.push(pending);
         }
-        batch.sort_by(|a, b| a.job.cmp(&b.job));
+        batch.sort_by(|a, b| a.claim.job.cmp(&b.claim.job));
         match claim_all(&pool, ttl, &batch).await {
             Ok(won) => {
-                for claim in batch {
-                    let _ = claim.reply.send(Ok(won.contains(&claim.id)));
+                for pending in batch {
+                    let _ = pending.reply.send(Ok(won.contains(&pending.claim.id)));
                 }
             }
             Err(e) => {
-                for claim in batch {
-                    let _ = claim.reply.send(Err(e.to_string()));
+                for pending in batch {
+                    let _ = pending.reply.send(Err(e.to_string()));
                 }
             }
         }
@@ -81,7 +99,8 @@ async fn claim_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedRece
 
 /// Claims every tick of `batch` that is due and newer than its job's last
 /// one, storing its request; returns the ids of the requests stored.
-async fn claim_all(pool: &Pool, ttl: Duration, batch: &[Claim]) -> std::io::Result<Vec<String>> {
+async fn claim_all(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::Result<Vec<String>> {
+    let batch: Vec<&Claim> = batch.iter().map(|p| &p.claim).collect();
     let jobs: Vec<&str> = batch.iter().map(|c| c.job.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|c| c.id.as_str()).collect();
     let priorities: Vec<i32> = batch.iter().map(|c| c.priority).collect();
