@@ -199,6 +199,7 @@ struct Builder {
     pg_ttl: Duration,
     pg_ca: Option<PathBuf>,
     pg_advertise: Option<String>,
+    pg_prepared: bool,
 }
 
 impl Builder {
@@ -236,6 +237,7 @@ impl Builder {
             pg_ttl: crate::coordination::postgres::PgSettings::DEFAULT_TTL,
             pg_ca: None,
             pg_advertise: None,
+            pg_prepared: true,
         }
     }
 
@@ -356,7 +358,8 @@ impl Builder {
         self.read_coordination(r);
     }
 
-    /// `"coordination": {"postgres": URL, "lease_ttl_ms": 5000, "ca_file": PEM}`
+    /// `"coordination": {"postgres": URL, "lease_ttl_ms": 5000, "ca_file": PEM,
+    /// "advertise": URL, "prepared_statements": true}`
     /// (the URL may come from `WEBJOBS_POSTGRES_URL` instead).
     fn read_coordination<'a>(&mut self, r: &mut Reader<'a>) {
         let Some(map) = r.object("coordination") else { return };
@@ -369,7 +372,10 @@ impl Builder {
         }
         self.pg_ca = cr.string("ca_file").map(PathBuf::from);
         self.pg_advertise = cr.string("advertise").map(|s| s.trim_end_matches('/').to_string());
-        cr.deny_unknown("postgres, lease_ttl_ms, ca_file, advertise");
+        if let Some(prepared) = cr.bool("prepared_statements") {
+            self.pg_prepared = prepared;
+        }
+        cr.deny_unknown("postgres, lease_ttl_ms, ca_file, advertise, prepared_statements");
         r.absorb(cr);
     }
 
@@ -501,6 +507,7 @@ impl Builder {
                 ttl: self.pg_ttl,
                 ca_file: self.pg_ca.map(&under_root),
                 advertise: self.pg_advertise,
+                prepared: self.pg_prepared,
             }),
         })
     }

@@ -17,11 +17,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
 
-use super::postgres::query_on;
+use super::postgres::Db;
 
 /// At most this many writes in one batch.
 const MAX_BATCH: usize = 1000;
@@ -60,9 +59,9 @@ pub struct Writer(mpsc::UnboundedSender<Pending>);
 
 impl Writer {
     /// Starts the task that writes in batches; it ends when every sender is dropped.
-    pub fn start(pool: Pool, ttl: Duration) -> Writer {
+    pub fn start(db: Db) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_in_batches(pool, ttl, rx));
+        tokio::spawn(write_in_batches(db, rx));
         Writer(tx)
     }
 
@@ -81,7 +80,7 @@ impl Writer {
     }
 }
 
-async fn write_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn write_in_batches(db: Db, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut urgent = first.urgent;
         let mut batch = vec![first];
@@ -114,15 +113,15 @@ async fn write_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedRece
             }
         }
         if !records.is_empty() {
-            let outcome = write_records(&pool, ttl, &records).await;
+            let outcome = write_records(&db, &records).await;
             answer(records, &outcome);
         }
         if !dones.is_empty() {
-            let outcome = write_dones(&pool, ttl, &dones).await;
+            let outcome = write_dones(&db, &dones).await;
             answer(dones, &outcome);
         }
         if !releases.is_empty() {
-            let outcome = write_releases(&pool, ttl, &releases).await;
+            let outcome = write_releases(&db, &releases).await;
             answer(releases, &outcome);
         }
         answer(flushes, &Ok(()));
@@ -171,7 +170,7 @@ fn merged(batch: &[Pending]) -> Vec<RecordRow<'_>> {
     rows
 }
 
-async fn write_records(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::Result<()> {
+async fn write_records(db: &Db, batch: &[Pending]) -> std::io::Result<()> {
     let rows = merged(batch);
     let mut keep: HashMap<&str, i64> = HashMap::new();
     for pending in batch {
@@ -185,9 +184,7 @@ async fn write_records(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io
     let statuses: Vec<&serde_json::Value> = rows.iter().map(|r| r.3).collect();
     let tails: Vec<Option<&str>> = rows.iter().map(|r| r.4).collect();
     let (trim_jobs, trim_keep): (Vec<&str>, Vec<i64>) = keep.into_iter().unzip();
-    query_on(
-        pool,
-        ttl,
+    db.query(
         "WITH kept AS (
             INSERT INTO webjobs_runs (job, id, instance, status, output_tail)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
@@ -214,7 +211,7 @@ async fn write_records(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io
     .map(drop)
 }
 
-async fn write_dones(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::Result<()> {
+async fn write_dones(db: &Db, batch: &[Pending]) -> std::io::Result<()> {
     let (mut ids, mut sessions, mut jobs, mut windows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for pending in batch {
         if let Write::Done { job, id, session, window_ms } = &pending.write {
@@ -224,9 +221,7 @@ async fn write_dones(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::
             windows.push(*window_ms);
         }
     }
-    query_on(
-        pool,
-        ttl,
+    db.query(
         "WITH gone AS (
             DELETE FROM webjobs_queue q USING unnest($1::text[], $2::int8[], $3::text[], $4::int8[])
                 AS i(id, session, job, window_ms)
@@ -245,7 +240,7 @@ async fn write_dones(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::
     .map(drop)
 }
 
-async fn write_releases(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::Result<()> {
+async fn write_releases(db: &Db, batch: &[Pending]) -> std::io::Result<()> {
     let (mut names, mut fences) = (Vec::new(), Vec::new());
     for pending in batch {
         if let Write::Release { name, fence } = &pending.write {
@@ -253,9 +248,7 @@ async fn write_releases(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::i
             fences.push(*fence);
         }
     }
-    query_on(
-        pool,
-        ttl,
+    db.query(
         "DELETE FROM webjobs_leases l USING unnest($1::text[], $2::int8[]) AS r(name, fence)
          WHERE l.name = r.name AND l.fence = r.fence",
         &[(&names, Type::TEXT_ARRAY), (&fences, Type::INT8_ARRAY)],

@@ -21,9 +21,12 @@
 //!   only if older, and only if the database's clock says it is due.
 //! - **The queue** is `webjobs_queue`, taken `FOR UPDATE SKIP LOCKED`.
 //! - No session state lives in a connection (no advisory locks beyond one
-//!   transaction, no prepared statements: every statement is sent typed and
-//!   unnamed), so PgBouncer in transaction mode works. `LISTEN webjobs` on a
-//!   connection of its own is only a hint that brings the next beat forward.
+//!   transaction), so PgBouncer in transaction mode works. Statements are
+//!   prepared once per connection ([`Db::query`]; the server then neither
+//!   parses nor plans them again), which PgBouncer 1.21+ tracks in that mode;
+//!   `prepared_statements: false` sends each unnamed, for older poolers.
+//!   `LISTEN webjobs` on a connection of its own is only a hint that brings
+//!   the next beat forward.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -53,6 +56,8 @@ pub struct PgSettings {
     pub ca_file: Option<PathBuf>,
     /// The URL other daemons reach this one's API at (log reads of its runs).
     pub advertise: Option<String>,
+    /// Statements prepared once per connection (else sent unnamed each time).
+    pub prepared: bool,
 }
 
 impl PgSettings {
@@ -126,11 +131,10 @@ impl std::fmt::Debug for Postgres {
 }
 
 struct Inner {
-    pool: Pool,
+    db: Db,
     pg_config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     shown: String,
-    ttl: Duration,
     /// This daemon's session id (0 before it registers).
     session: AtomicI64,
     beat: watch::Sender<Beat>,
@@ -264,15 +268,15 @@ impl Postgres {
             .create_timeout(Some(settings.ttl))
             .build()
             .map_err(|e| PgError::Connect { url: shown.clone(), cause: e.to_string() })?;
-        let claims = super::tick_claims::Claimer::start(pool.clone(), settings.ttl);
-        let writes = super::pg_writes::Writer::start(pool.clone(), settings.ttl);
+        let db = Db { pool, ttl: settings.ttl, prepared: settings.prepared };
+        let claims = super::tick_claims::Claimer::start(db.clone());
+        let writes = super::pg_writes::Writer::start(db.clone());
         let pg = Postgres {
             inner: Arc::new(Inner {
-                pool,
+                db,
                 pg_config,
                 tls,
                 shown,
-                ttl: settings.ttl,
                 session: AtomicI64::new(0),
                 beat: watch::Sender::new(Beat::default()),
                 wake: tokio::sync::Notify::new(),
@@ -287,7 +291,7 @@ impl Postgres {
     }
 
     pub fn describe(&self) -> String {
-        format!("PostgreSQL at {} (session ttl {} ms)", self.inner.shown, self.inner.ttl.as_millis())
+        format!("PostgreSQL at {} (session ttl {} ms)", self.inner.shown, self.inner.db.ttl.as_millis())
     }
 
     /// Applies the migrations not yet applied; returns the schema's version.
@@ -296,6 +300,7 @@ impl Postgres {
         let err = |e: &dyn std::fmt::Display| PgError::Migrate { url: self.inner.shown.clone(), cause: e.to_string() };
         let mut client = self
             .inner
+            .db
             .pool
             .get()
             .await
@@ -326,9 +331,9 @@ impl Postgres {
         Ok(MIGRATIONS.len())
     }
 
-    /// One statement on a pooled connection, within the ttl.
-    async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> io::Result<Vec<Row>> {
-        query_on(&self.inner.pool, self.inner.ttl, sql, params).await
+    /// One statement on a pooled connection, within the ttl ([`Db::query`]).
+    pub async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> io::Result<Vec<Row>> {
+        self.inner.db.query(sql, params).await
     }
 
     fn session(&self) -> i64 {
@@ -366,7 +371,7 @@ impl Postgres {
     }
 
     async fn open_session(&self, id: &str, api: Option<String>) -> io::Result<i64> {
-        let ttl = self.inner.ttl.as_millis() as i64;
+        let ttl = self.inner.db.ttl.as_millis() as i64;
         let (host, pid, data) = (hostname(), std::process::id() as i32, self.inner.data_dir.display().to_string());
         let version = env!("CARGO_PKG_VERSION");
         let rows = self
@@ -397,7 +402,7 @@ impl Postgres {
     /// ttl/5 (sooner when woken), self-fencing when renewals stop being
     /// confirmed, a new session when the old one expired.
     pub async fn keep(self, instance: String, api: Option<String>) {
-        let ttl = self.inner.ttl;
+        let ttl = self.inner.db.ttl;
         let every = ttl / 5;
         let mut confirmed = tokio::time::Instant::now();
         // Ends with the keeper (aborted at a graceful stop).
@@ -462,7 +467,7 @@ impl Postgres {
             if fenced && !b.fenced {
                 tracing::error!(
                     "no session renewal confirmed by PostgreSQL for {} ms: stopping every leased job (singletons, runs) until it answers",
-                    self.inner.ttl.as_millis() * 4 / 5
+                    self.inner.db.ttl.as_millis() * 4 / 5
                 );
             }
             b.seq += 1;
@@ -472,7 +477,7 @@ impl Postgres {
     }
 
     fn is_overdue(&self, confirmed: tokio::time::Instant) -> bool {
-        let ttl = self.inner.ttl;
+        let ttl = self.inner.db.ttl;
         tokio::time::Instant::now() >= confirmed + ttl - ttl / 5
     }
 
@@ -486,7 +491,7 @@ impl Postgres {
     /// Renews the session and reads the cluster's state, in one statement.
     async fn beat(&self) -> io::Result<(bool, Beat)> {
         let session = self.session();
-        let ttl = self.inner.ttl.as_millis() as i64;
+        let ttl = self.inner.db.ttl.as_millis() as i64;
         let jobs = self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
         let rows = self
             .query(
@@ -840,22 +845,61 @@ impl Postgres {
     }
 }
 
-/// One statement on a connection of `pool`, within `ttl`. A connection
-/// that did not answer in time is not given back to the pool.
-pub(super) async fn query_on(
-    pool: &Pool,
-    ttl: Duration,
-    sql: &str,
-    params: &[(&(dyn ToSql + Sync), Type)],
-) -> io::Result<Vec<Row>> {
-    let client = pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
-    match tokio::time::timeout(ttl, client.query_typed(sql, params)).await {
-        Ok(result) => result.map_err(io_err),
-        Err(_) => {
-            drop(deadpool_postgres::Object::take(client));
-            Err(io_err(format!("no answer within {} ms", ttl.as_millis())))
+/// The connection pool and how statements are sent on it.
+#[derive(Clone)]
+pub(super) struct Db {
+    pub pool: Pool,
+    /// How long a statement may take (the session's ttl).
+    pub ttl: Duration,
+    /// Statements are prepared once per connection and kept.
+    pub prepared: bool,
+}
+
+impl Db {
+    /// One statement on a connection of the pool, within the ttl. A
+    /// connection that did not answer in time is not given back.
+    ///
+    /// Prepared, the server parses and plans a statement once per
+    /// connection (a take's planning was most of the database's work a
+    /// run). A kept statement the server no longer knows (a pooler without
+    /// prepared-statement support) or whose result changed (a newer daemon
+    /// migrated the schema) is dropped and the statement sent unnamed.
+    pub async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> io::Result<Vec<Row>> {
+        let client = self.pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
+        let work = async {
+            if !self.prepared {
+                return client.query_typed(sql, params).await;
+            }
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+            let kept = match client.prepare_typed_cached(sql, &types).await {
+                Ok(statement) => client.query(&statement, &values).await,
+                Err(e) => Err(e),
+            };
+            match kept {
+                Err(e) if stale_statement(&e) => {
+                    client.statement_cache.clear();
+                    client.query_typed(sql, params).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.ttl, work).await {
+            // The server's own words ("db error" alone says nothing).
+            Ok(result) => result.map_err(|e| io_err(with_causes(&e))),
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(io_err(format!("no answer within {} ms", self.ttl.as_millis())))
+            }
         }
     }
+}
+
+/// A kept statement that cannot be used as it is: unknown to the server
+/// connection it reached, or planned for a schema that changed.
+fn stale_statement(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::FEATURE_NOT_SUPPORTED)
 }
 
 /// Aborts a task when dropped.
@@ -967,7 +1011,7 @@ impl PgLease {
     pub fn why_lost(&self) -> String {
         let Some(pg) = &self.pg else { return String::new() };
         let beat = pg.inner.beat.borrow();
-        let ttl = pg.inner.ttl.as_millis();
+        let ttl = pg.inner.db.ttl.as_millis();
         if beat.session != self.session {
             format!("this daemon's database session expired (it was paused or cut off for more than {ttl} ms)")
         } else {
@@ -1177,7 +1221,7 @@ impl JobPg {
         // A tick is claimed, a key checked and taken, with the request: in
         // one transaction.
         let pg = &self.pg;
-        let mut client = pg.inner.pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
+        let mut client = pg.inner.db.pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
         let work = async {
             let tx = client.transaction().await?;
             if let Some(tick) = entry.tick_ms {
@@ -1221,7 +1265,7 @@ impl JobPg {
             tx.commit().await?;
             Ok(Ok(()))
         };
-        let outcome = tokio::time::timeout(pg.inner.ttl, work).await;
+        let outcome = tokio::time::timeout(pg.inner.db.ttl, work).await;
         match outcome {
             Ok(result) => result.map_err(|e: tokio_postgres::Error| io_err(e)),
             Err(_) => {

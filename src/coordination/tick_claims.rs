@@ -11,13 +11,10 @@
 //! each other's rows in the same order (never a deadlock), and holds one
 //! tick of a job at most (an upsert may touch a row once).
 
-use std::time::Duration;
-
-use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
 
-use super::postgres::{NOW_MS, query_on};
+use super::postgres::{Db, NOW_MS};
 
 /// At most this many ticks in one statement.
 const MAX_BATCH: usize = 500;
@@ -44,9 +41,9 @@ pub struct Claimer(mpsc::UnboundedSender<Pending>);
 
 impl Claimer {
     /// Starts the task that claims ticks in batches; it ends when the claimer is dropped.
-    pub fn start(pool: Pool, ttl: Duration) -> Claimer {
+    pub fn start(db: Db) -> Claimer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(claim_in_batches(pool, ttl, rx));
+        tokio::spawn(claim_in_batches(db, rx));
         Claimer(tx)
     }
 
@@ -60,7 +57,7 @@ impl Claimer {
     }
 }
 
-async fn claim_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn claim_in_batches(db: Db, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut held: Option<Pending> = None;
     loop {
         let first = match held.take() {
@@ -82,7 +79,7 @@ async fn claim_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedRece
             batch.push(pending);
         }
         batch.sort_by(|a, b| a.claim.job.cmp(&b.claim.job));
-        match claim_all(&pool, ttl, &batch).await {
+        match claim_all(&db, &batch).await {
             Ok(won) => {
                 for pending in batch {
                     let _ = pending.reply.send(Ok(won.contains(&pending.claim.id)));
@@ -99,7 +96,7 @@ async fn claim_in_batches(pool: Pool, ttl: Duration, mut rx: mpsc::UnboundedRece
 
 /// Claims every tick of `batch` that is due and newer than its job's last
 /// one, storing its request; returns the ids of the requests stored.
-async fn claim_all(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::Result<Vec<String>> {
+async fn claim_all(db: &Db, batch: &[Pending]) -> std::io::Result<Vec<String>> {
     let batch: Vec<&Claim> = batch.iter().map(|p| &p.claim).collect();
     let jobs: Vec<&str> = batch.iter().map(|c| c.job.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|c| c.id.as_str()).collect();
@@ -107,11 +104,10 @@ async fn claim_all(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::Re
     let due: Vec<i64> = batch.iter().map(|c| c.due_ms).collect();
     let entries: Vec<&serde_json::Value> = batch.iter().map(|c| &c.entry).collect();
     let ticks: Vec<i64> = batch.iter().map(|c| c.tick_ms).collect();
-    let rows = query_on(
-        pool,
-        ttl,
-        &format!(
-            "WITH input AS (
+    let rows = db
+        .query(
+            &format!(
+                "WITH input AS (
                 SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::jsonb[], $6::int8[])
                 WITH ORDINALITY AS i(job, id, priority, due_ms, entry, tick, n)),
              claim AS (
@@ -124,16 +120,16 @@ async fn claim_all(pool: &Pool, ttl: Duration, batch: &[Pending]) -> std::io::Re
                 SELECT i.id, i.job, 'queued', i.priority, i.due_ms, i.entry FROM input i JOIN claim c USING (job)
                 RETURNING id)
              SELECT id FROM queued"
-        ),
-        &[
-            (&jobs, Type::TEXT_ARRAY),
-            (&ids, Type::TEXT_ARRAY),
-            (&priorities, Type::INT4_ARRAY),
-            (&due, Type::INT8_ARRAY),
-            (&entries, Type::JSONB_ARRAY),
-            (&ticks, Type::INT8_ARRAY),
-        ],
-    )
-    .await?;
+            ),
+            &[
+                (&jobs, Type::TEXT_ARRAY),
+                (&ids, Type::TEXT_ARRAY),
+                (&priorities, Type::INT4_ARRAY),
+                (&due, Type::INT8_ARRAY),
+                (&entries, Type::JSONB_ARRAY),
+                (&ticks, Type::INT8_ARRAY),
+            ],
+        )
+        .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -531,7 +531,8 @@ fn ticks_of_many_jobs_at_one_instant_are_each_claimed_once_when_sent_together() 
     // One thread: every claim below is sent before a batch is made of them.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let settings = PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None };
+        let settings =
+            PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None, prepared: true };
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let mut daemons = Vec::new();
         for dir in &dirs {
@@ -598,7 +599,8 @@ fn history_records_sent_together_leave_each_run_once_with_its_end() {
     let pg = Cluster::start();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let settings = PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None };
+        let settings =
+            PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None, prepared: true };
         let dir = tempfile::tempdir().unwrap();
         let daemon = Coordinator::open(dir.path(), Some(&settings)).await.unwrap();
         let job = daemon.job(&JobKey::new(JobKind::Triggered, "h")).await.unwrap();
@@ -622,4 +624,32 @@ fn history_records_sent_together_leave_each_run_once_with_its_end() {
     });
     let rows = pg.psql("SELECT count(*), count(*) FILTER (WHERE status->>'Status' = 'Success' AND output_tail LIKE 'output %') FROM webjobs_runs WHERE job = 'triggered/h'");
     assert_eq!(rows.trim(), "41|40", "every run once, each with its end and output");
+}
+
+/// Statements are prepared once per connection by default and sent unnamed
+/// with `prepared_statements: false`; a kept statement whose result the
+/// schema changed (a newer daemon migrated) is dropped and sent again, not
+/// failed.
+#[test]
+fn kept_statements_follow_a_schema_change_and_can_be_turned_off() {
+    use webjobs::coordination::postgres::{PgSettings, Postgres};
+    let pg = Cluster::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for prepared in [true, false] {
+        let table = format!("kept_{prepared}");
+        pg.psql(&format!("CREATE TABLE {table} (a int); INSERT INTO {table} VALUES (1)"));
+        runtime.block_on(async {
+            let settings =
+                PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None, prepared };
+            let dir = tempfile::tempdir().unwrap();
+            let db = Postgres::open(&settings, dir.path()).await.unwrap();
+            let select = format!("SELECT * FROM {table}");
+            assert_eq!(db.query(&select, &[]).await.unwrap()[0].len(), 1);
+            let kept = db.query("SELECT count(*) FROM pg_prepared_statements", &[]).await.unwrap()[0].get::<_, i64>(0);
+            assert_eq!(kept > 0, prepared, "prepared statements kept on the connection: {kept}");
+            pg.psql(&format!("ALTER TABLE {table} ADD COLUMN b int DEFAULT 2"));
+            let rows = db.query(&select, &[]).await.unwrap_or_else(|e| panic!("after the schema changed: {e}"));
+            assert_eq!((rows[0].get::<_, i32>(0), rows[0].get::<_, i32>(1)), (1, 2));
+        });
+    }
 }
