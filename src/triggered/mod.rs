@@ -382,12 +382,7 @@ impl Actor {
         // Boxed: the actor's future stays small while it waits (ten thousand
         // jobs wait at once); what handles an event is allocated while it runs.
         Box::pin(self.mark_lost_runs()).await;
-        let latest = history::run_ids(&self.data_dir)
-            .into_iter()
-            .next()
-            .and_then(|id| history::read_status(&self.data_dir.join(&id)).map(|s| (id, s)));
-        self.failing = latest.as_ref().is_some_and(|(_, s)| matches!(s.status, RunState::Failed | RunState::Aborted));
-        self.publish_run(latest);
+        self.publish_latest();
         let disabled = self.def().disabled;
         self.summary.send_modify(|s| s.disabled = disabled);
         self.definition.report(&mut self.scheduler_log);
@@ -404,8 +399,38 @@ impl Actor {
         }
     }
 
+    /// Publishes the newest run on disk (at start). Not in `run`: a run's
+    /// status held there would stay in the task's future for its whole life.
+    fn publish_latest(&mut self) {
+        let latest = history::run_ids(&self.data_dir)
+            .into_iter()
+            .next()
+            .and_then(|id| history::read_status(&self.data_dir.join(&id)).map(|s| (id, s)));
+        self.failing = latest.as_ref().is_some_and(|(_, s)| matches!(s.status, RunState::Failed | RunState::Aborted));
+        self.publish_run(latest);
+    }
+
     /// Waits for the next thing to happen.
     async fn next_event(&mut self) -> Event {
+        if self.active.is_empty() && self.later.is_none() && self.scan_at.is_none() && !self.want_permit {
+            // Idle (most of ten thousand jobs, most of the time): only a
+            // message or the schedule's timer can come. This small future is
+            // what the task holds while it waits (the task's future went from
+            // 808 to 192 bytes with `publish_latest`); the whole one below is
+            // allocated while there is more to wait for.
+            return tokio::select! {
+                control = self.rx.recv(), if !self.exiting => {
+                    Event::Control(control.unwrap_or(Control::Shutdown { why: "daemon stopping" }))
+                }
+                wake = self.timer.wait() => Event::Timer(wake),
+            };
+        }
+        Box::pin(self.next_busy_event()).await
+    }
+
+    /// Waits for the next thing to happen while runs are active, a retry or
+    /// a queued request is due, the inbox is read, or a run slot is wanted.
+    async fn next_busy_event(&mut self) -> Event {
         let later = self.later;
         let check_at = self.active.iter().filter(|a| a.ending.is_none()).map(next_check).min();
         let lost = lease_lost(&self.active);
