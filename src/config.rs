@@ -199,7 +199,6 @@ struct Builder {
     pg_ttl: Duration,
     pg_ca: Option<PathBuf>,
     pg_advertise: Option<String>,
-    pg_prepared: bool,
 }
 
 impl Builder {
@@ -237,7 +236,6 @@ impl Builder {
             pg_ttl: crate::coordination::postgres::PgSettings::DEFAULT_TTL,
             pg_ca: None,
             pg_advertise: None,
-            pg_prepared: true,
         }
     }
 
@@ -358,8 +356,7 @@ impl Builder {
         self.read_coordination(r);
     }
 
-    /// `"coordination": {"postgres": URL, "lease_ttl_ms": 5000, "ca_file": PEM,
-    /// "advertise": URL, "prepared_statements": true}`
+    /// `"coordination": {"postgres": URL, "lease_ttl_ms": 5000, "ca_file": PEM, "advertise": URL}`
     /// (the URL may come from `WEBJOBS_POSTGRES_URL` instead).
     fn read_coordination<'a>(&mut self, r: &mut Reader<'a>) {
         let Some(map) = r.object("coordination") else { return };
@@ -372,10 +369,7 @@ impl Builder {
         }
         self.pg_ca = cr.string("ca_file").map(PathBuf::from);
         self.pg_advertise = cr.string("advertise").map(|s| s.trim_end_matches('/').to_string());
-        if let Some(prepared) = cr.bool("prepared_statements") {
-            self.pg_prepared = prepared;
-        }
-        cr.deny_unknown("postgres, lease_ttl_ms, ca_file, advertise, prepared_statements");
+        cr.deny_unknown("postgres, lease_ttl_ms, ca_file, advertise");
         r.absorb(cr);
     }
 
@@ -507,7 +501,6 @@ impl Builder {
                 ttl: self.pg_ttl,
                 ca_file: self.pg_ca.map(&under_root),
                 advertise: self.pg_advertise,
-                prepared: self.pg_prepared,
             }),
         })
     }

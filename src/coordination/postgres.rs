@@ -21,12 +21,11 @@
 //!   only if older, and only if the database's clock says it is due.
 //! - **The queue** is `webjobs_queue`, taken `FOR UPDATE SKIP LOCKED`.
 //! - No session state lives in a connection (no advisory locks beyond one
-//!   transaction), so PgBouncer in transaction mode works. Statements are
-//!   prepared once per connection ([`Db::query`]; the server then neither
-//!   parses nor plans them again), which PgBouncer 1.21+ tracks in that mode;
-//!   `prepared_statements: false` sends each unnamed, for older poolers.
-//!   `LISTEN webjobs` on a connection of its own is only a hint that brings
-//!   the next beat forward.
+//!   transaction, no prepared statements: every statement is sent typed and
+//!   unnamed), so PgBouncer in transaction mode works. The statement sent
+//!   for every run (the take) is a PL/pgSQL function, whose plan the server
+//!   keeps per connection on its own. `LISTEN webjobs` on a connection of its
+//!   own is only a hint that brings the next beat forward.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -56,8 +55,6 @@ pub struct PgSettings {
     pub ca_file: Option<PathBuf>,
     /// The URL other daemons reach this one's API at (log reads of its runs).
     pub advertise: Option<String>,
-    /// Statements prepared once per connection (else sent unnamed each time).
-    pub prepared: bool,
 }
 
 impl PgSettings {
@@ -216,6 +213,46 @@ const MIGRATIONS: &[&str] = &[
         disabled boolean NOT NULL,
         by_instance text NOT NULL,
         changed timestamptz NOT NULL DEFAULT now());",
+    // 4: the take of a queued request with a run slot, as a function: PL/pgSQL
+    // keeps its plan per server connection, so it is parsed and planned once
+    // there, whoever sends the call (PgBouncer's transaction mode included),
+    // not for every run. See `JobPg::take_leased`.
+    "CREATE FUNCTION webjobs_take_leased(p_job text, p_session bigint, p_names text[], p_instance text,
+        p_grace_ms bigint, p_busy text[])
+     RETURNS TABLE (due bigint, name text, fence bigint, entry jsonb, payload bytea, free bigint)
+     LANGUAGE plpgsql AS $$
+     #variable_conflict use_column
+     BEGIN
+        WITH head AS (
+            SELECT q.id FROM webjobs_queue q WHERE q.job = p_job AND q.state = 'queued'
+            AND q.due_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+            ORDER BY q.priority DESC, q.id LIMIT 1 FOR UPDATE SKIP LOCKED),
+         free_slots AS (
+            SELECT c.name FROM unnest(p_names) AS c(name)
+            WHERE EXISTS (SELECT 1 FROM head)
+            AND EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = p_session AND webjobs_until(s) > now())
+            AND NOT EXISTS (SELECT 1 FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
+                WHERE l.name = c.name AND webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now()
+                AND NOT (l.session = p_session AND l.name <> ALL(p_busy)))),
+         pick AS (SELECT f.name FROM free_slots f ORDER BY random() LIMIT 1),
+         lease AS (
+            INSERT INTO webjobs_leases AS t (name, session, holder, fence, grace_ms)
+            SELECT pick.name, p_session, p_instance, nextval('webjobs_fence'), p_grace_ms FROM pick
+            ON CONFLICT (name) DO UPDATE SET session = excluded.session, holder = excluded.holder,
+                fence = excluded.fence, grace_ms = excluded.grace_ms, acquired = now()
+            WHERE (t.session = excluded.session AND t.name <> ALL(p_busy))
+                OR NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = t.session
+                AND webjobs_until(s) + t.grace_ms * interval '1 millisecond' > now())
+            RETURNING t.name, t.fence),
+         req AS (
+            UPDATE webjobs_queue q SET state = 'taken', taken_by = p_session, grace_ms = p_grace_ms, updated = now()
+            WHERE q.id = (SELECT head.id FROM head) AND EXISTS (SELECT 1 FROM lease)
+            RETURNING q.entry, q.payload)
+        SELECT (SELECT count(*) FROM head), l.name, l.fence, r.entry, r.payload, (SELECT count(*) FROM free_slots)
+        INTO due, name, fence, entry, payload, free
+        FROM (SELECT 1) one LEFT JOIN lease l ON true LEFT JOIN req r ON true;
+        RETURN NEXT;
+     END $$;",
 ];
 
 /// Milliseconds since the epoch on the database's clock, in SQL.
@@ -268,7 +305,7 @@ impl Postgres {
             .create_timeout(Some(settings.ttl))
             .build()
             .map_err(|e| PgError::Connect { url: shown.clone(), cause: e.to_string() })?;
-        let db = Db { pool, ttl: settings.ttl, prepared: settings.prepared };
+        let db = Db { pool, ttl: settings.ttl };
         let claims = super::tick_claims::Claimer::start(db.clone());
         let writes = super::pg_writes::Writer::start(db.clone());
         let pg = Postgres {
@@ -332,7 +369,7 @@ impl Postgres {
     }
 
     /// One statement on a pooled connection, within the ttl ([`Db::query`]).
-    pub async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> io::Result<Vec<Row>> {
+    async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> io::Result<Vec<Row>> {
         self.inner.db.query(sql, params).await
     }
 
@@ -845,46 +882,22 @@ impl Postgres {
     }
 }
 
-/// The connection pool and how statements are sent on it.
+/// The connection pool, and how long a statement may take on it.
 #[derive(Clone)]
 pub(super) struct Db {
     pub pool: Pool,
-    /// How long a statement may take (the session's ttl).
+    /// The session's ttl.
     pub ttl: Duration,
-    /// Statements are prepared once per connection and kept.
-    pub prepared: bool,
 }
 
 impl Db {
-    /// One statement on a connection of the pool, within the ttl. A
-    /// connection that did not answer in time is not given back.
-    ///
-    /// Prepared, the server parses and plans a statement once per
-    /// connection (a take's planning was most of the database's work a
-    /// run). A kept statement the server no longer knows (a pooler without
-    /// prepared-statement support) or whose result changed (a newer daemon
-    /// migrated the schema) is dropped and the statement sent unnamed.
+    /// One statement, typed and unnamed (nothing is left on the server
+    /// connection: a pooler may give the next one another), on a connection
+    /// of the pool, within the ttl. A connection that did not answer in time
+    /// is not given back.
     pub async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> io::Result<Vec<Row>> {
         let client = self.pool.get().await.map_err(|e| io_err(with_causes(&e)))?;
-        let work = async {
-            if !self.prepared {
-                return client.query_typed(sql, params).await;
-            }
-            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-            let kept = match client.prepare_typed_cached(sql, &types).await {
-                Ok(statement) => client.query(&statement, &values).await,
-                Err(e) => Err(e),
-            };
-            match kept {
-                Err(e) if stale_statement(&e) => {
-                    client.statement_cache.clear();
-                    client.query_typed(sql, params).await
-                }
-                other => other,
-            }
-        };
-        match tokio::time::timeout(self.ttl, work).await {
+        match tokio::time::timeout(self.ttl, client.query_typed(sql, params)).await {
             // The server's own words ("db error" alone says nothing).
             Ok(result) => result.map_err(|e| io_err(with_causes(&e))),
             Err(_) => {
@@ -893,13 +906,6 @@ impl Db {
             }
         }
     }
-}
-
-/// A kept statement that cannot be used as it is: unknown to the server
-/// connection it reached, or planned for a schema that changed.
-fn stale_statement(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    e.code().is_some_and(|c| *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::FEATURE_NOT_SUPPORTED)
 }
 
 /// Aborts a task when dropped.
@@ -1074,34 +1080,7 @@ impl JobPg {
         let rows = self
             .pg
             .query(
-                &format!(
-                    "WITH head AS (
-                        SELECT id FROM webjobs_queue WHERE job = $1 AND state = 'queued' AND due_ms <= {NOW_MS}
-                        ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED),
-                     free AS (
-                        SELECT c.name FROM unnest($3::text[]) AS c(name)
-                        WHERE EXISTS (SELECT 1 FROM head)
-                        AND EXISTS (SELECT 1 FROM webjobs_sessions WHERE id = $2 AND webjobs_until(webjobs_sessions) > now())
-                        AND NOT EXISTS (SELECT 1 FROM webjobs_leases l JOIN webjobs_sessions s ON s.id = l.session
-                            WHERE l.name = c.name AND webjobs_until(s) + l.grace_ms * interval '1 millisecond' > now()
-                            AND NOT (l.session = $2 AND l.name <> ALL($6)))),
-                     pick AS (SELECT name FROM free ORDER BY random() LIMIT 1),
-                     lease AS (
-                        INSERT INTO webjobs_leases (name, session, holder, fence, grace_ms)
-                        SELECT name, $2, $4, nextval('webjobs_fence'), $5 FROM pick
-                        ON CONFLICT (name) DO UPDATE SET session = excluded.session, holder = excluded.holder,
-                            fence = excluded.fence, grace_ms = excluded.grace_ms, acquired = now()
-                        WHERE (webjobs_leases.session = excluded.session AND webjobs_leases.name <> ALL($6))
-                            OR NOT EXISTS (SELECT 1 FROM webjobs_sessions s WHERE s.id = webjobs_leases.session
-                            AND webjobs_until(s) + webjobs_leases.grace_ms * interval '1 millisecond' > now())
-                        RETURNING name, fence),
-                     req AS (
-                        UPDATE webjobs_queue SET state = 'taken', taken_by = $2, grace_ms = $5, updated = now()
-                        WHERE id = (SELECT id FROM head) AND EXISTS (SELECT 1 FROM lease)
-                        RETURNING entry, payload)
-                     SELECT (SELECT count(*) FROM head), l.name, l.fence, r.entry, r.payload, (SELECT count(*) FROM free)
-                     FROM (SELECT 1) one LEFT JOIN lease l ON true LEFT JOIN req r ON true"
-                ),
+                "SELECT * FROM webjobs_take_leased($1, $2, $3, $4, $5, $6)",
                 &[
                     (&self.job, Type::TEXT),
                     (&session, Type::INT8),

@@ -192,3 +192,75 @@ impl Proxy {
         self.open.store(true, Ordering::Release);
     }
 }
+
+/// PgBouncer (Debian's) in transaction mode in front of a [`Cluster`]: each
+/// transaction may go to another server connection. Stopped when dropped.
+pub struct Bouncer {
+    process: std::process::Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Bouncer {
+    pub fn start(cluster: &Cluster) -> Bouncer {
+        let dir = cluster.dir().join("bouncer");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let log = dir.join("pgbouncer.log");
+        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        let ini = format!(
+            "[databases]\npostgres = host=127.0.0.1 port={pg} dbname=postgres user=postgres\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {users}\npool_mode = transaction\ndefault_pool_size = 4\n\
+             max_client_conn = 200\nignore_startup_parameters = extra_float_digits,options\n\
+             logfile = {log}\npidfile = {pid}\n",
+            pg = cluster.port,
+            users = dir.join("users.txt").display(),
+            log = log.display(),
+            pid = dir.join("pgbouncer.pid").display(),
+        );
+        let ini_path = dir.join("pgbouncer.ini");
+        std::fs::write(&ini_path, ini).unwrap();
+        for path in [&dir, &ini_path, &dir.join("users.txt")] {
+            cluster.give(path);
+        }
+        let program = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("PgBouncer is not installed (scripts/test installs Debian's pgbouncer package)");
+        let mut command = if as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", program]);
+            c
+        } else {
+            Command::new(program)
+        };
+        let process = command.arg(&ini_path).stdin(std::process::Stdio::null()).spawn().unwrap();
+        let bouncer = Bouncer { process, port, log };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "PgBouncer did not listen: {}", bouncer.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        bouncer
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        // runuser passes the signal on to PgBouncer.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.process.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.process.wait();
+    }
+}

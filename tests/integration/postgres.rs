@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::helper::*;
-use crate::pg::{Cluster, Proxy};
+use crate::pg::{Bouncer, Cluster, Proxy};
 
 /// A root whose daemon coordinates through `url` with a short session ttl.
 fn root_on(url: &str, ttl_ms: u64) -> Root {
@@ -531,8 +531,7 @@ fn ticks_of_many_jobs_at_one_instant_are_each_claimed_once_when_sent_together() 
     // One thread: every claim below is sent before a batch is made of them.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let settings =
-            PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None, prepared: true };
+        let settings = PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None };
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let mut daemons = Vec::new();
         for dir in &dirs {
@@ -599,8 +598,7 @@ fn history_records_sent_together_leave_each_run_once_with_its_end() {
     let pg = Cluster::start();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let settings =
-            PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None, prepared: true };
+        let settings = PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None };
         let dir = tempfile::tempdir().unwrap();
         let daemon = Coordinator::open(dir.path(), Some(&settings)).await.unwrap();
         let job = daemon.job(&JobKey::new(JobKind::Triggered, "h")).await.unwrap();
@@ -626,30 +624,99 @@ fn history_records_sent_together_leave_each_run_once_with_its_end() {
     assert_eq!(rows.trim(), "41|40", "every run once, each with its end and output");
 }
 
-/// Statements are prepared once per connection by default and sent unnamed
-/// with `prepared_statements: false`; a kept statement whose result the
-/// schema changed (a newer daemon migrated) is dropped and sent again, not
-/// failed.
+/// Two daemons behind PgBouncer in transaction mode (Debian's, which keeps no
+/// prepared statements across its server connections): a queue is drained
+/// and schedule ticks are claimed, each once, with statements sent unnamed.
 #[test]
-fn kept_statements_follow_a_schema_change_and_can_be_turned_off() {
-    use webjobs::coordination::postgres::{PgSettings, Postgres};
+fn two_daemons_behind_pgbouncer_in_transaction_mode_drain_a_queue_and_tick_once() {
+    const REQUESTS: usize = 60;
     let pg = Cluster::start();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    for prepared in [true, false] {
-        let table = format!("kept_{prepared}");
-        pg.psql(&format!("CREATE TABLE {table} (a int); INSERT INTO {table} VALUES (1)"));
-        runtime.block_on(async {
-            let settings =
-                PgSettings { url: pg.url(), ttl: Duration::from_secs(5), ca_file: None, advertise: None, prepared };
-            let dir = tempfile::tempdir().unwrap();
-            let db = Postgres::open(&settings, dir.path()).await.unwrap();
-            let select = format!("SELECT * FROM {table}");
-            assert_eq!(db.query(&select, &[]).await.unwrap()[0].len(), 1);
-            let kept = db.query("SELECT count(*) FROM pg_prepared_statements", &[]).await.unwrap()[0].get::<_, i64>(0);
-            assert_eq!(kept > 0, prepared, "prepared statements kept on the connection: {kept}");
-            pg.psql(&format!("ALTER TABLE {table} ADD COLUMN b int DEFAULT 2"));
-            let rows = db.query(&select, &[]).await.unwrap_or_else(|e| panic!("after the schema changed: {e}"));
-            assert_eq!((rows[0].get::<_, i32>(0), rows[0].get::<_, i32>(1)), (1, 2));
-        });
+    let bouncer = Bouncer::start(&pg);
+    let out = tempfile::tempdir().unwrap();
+    let done = out.path().join("done.txt");
+    let ticks = out.path().join("ticks.txt");
+    let roots: Vec<Root> = (0..2)
+        .map(|_| {
+            Root::with_config(serde_json::json!({
+                "coordination": {"postgres": bouncer.url(), "lease_ttl_ms": 2000},
+                // Every run stays in the shared history (it keeps a job's newest history_size).
+                "history_size": 100,
+            }))
+        })
+        .collect();
+    for root in &roots {
+        root.job(
+            "triggered",
+            "work",
+            &[
+                ("run.sh", &format!("echo \"$WEBJOBS_REQUEST_ID\" >> {}\n", done.display())),
+                ("settings.job", r#"{"max_parallel": 4}"#),
+            ],
+        );
+        root.job(
+            "triggered",
+            "tick",
+            &[
+                ("run.sh", &format!("echo \"$WEBJOBS_TICK\" >> {}\n", ticks.display())),
+                ("settings.job", r#"{"schedule": "* * * * * *"}"#),
+            ],
+        );
     }
+    let daemons: Vec<Daemon> = roots.iter().map(|r| Daemon::start(r, &[])).collect();
+    let http = roots[0].http();
+    let mut ids = Vec::new();
+    for n in 0..REQUESTS {
+        let reply = http.post(&format!("/api/triggeredwebjobs/work/run?queue=1&arguments=n{n}"));
+        assert!(reply.status < 300, "{} {}\n{}", reply.status, reply.text(), bouncer.log());
+        ids.push(reply.json()["request"].as_str().expect("a request id").to_string());
+    }
+    wait_for("every request to run", Duration::from_secs(60), || {
+        let lines = read(&done);
+        ids.iter().all(|id| lines.lines().any(|l| l == id))
+    });
+    wait_for("five ticks", Duration::from_secs(30), || read(&ticks).lines().count() >= 5);
+    // A run's end reaches the shared history shortly after its output.
+    let succeeded = "SELECT count(*) FROM webjobs_runs WHERE job = 'triggered/work' AND status->>'Status' = 'Success'";
+    wait_for("every run in the shared history", Duration::from_secs(20), || pg.psql(succeeded) == REQUESTS.to_string());
+    for daemon in daemons {
+        daemon.stop();
+    }
+    let lines = read(&done);
+    assert_eq!(lines.lines().count(), REQUESTS, "each request once");
+    let mut seen: Vec<String> = read(&ticks).lines().map(str::to_string).collect();
+    let all = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), all, "each tick once: {:?}", read(&ticks));
+    assert_eq!(pg.psql(succeeded), REQUESTS.to_string(), "no run recorded twice");
+}
+
+/// `webjobs db migrate` brings a database made by an earlier version (schema
+/// 3, before the take became a function) up to date, says so, and a daemon
+/// then runs queued requests on it; run again, it changes nothing.
+#[test]
+fn db_migrate_upgrades_an_older_schema_and_a_daemon_runs_on_it() {
+    let pg = Cluster::start();
+    let root = root_on(&pg.url(), 2000);
+    let migrate = || {
+        let out = root.cli(&["db", "migrate"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    assert!(migrate().contains("is at version 4"), "a new database gets every step");
+    // As an earlier version left it.
+    pg.psql("DROP FUNCTION webjobs_take_leased; DELETE FROM webjobs_schema WHERE version = 4");
+    assert_eq!(pg.psql("SELECT max(version) FROM webjobs_schema"), "3");
+    assert!(migrate().contains("is at version 4"));
+    assert!(migrate().contains("is at version 4"), "a second run changes nothing");
+    assert_eq!(pg.psql("SELECT count(*) FROM webjobs_schema WHERE version = 4"), "1");
+    let out = tempfile::tempdir().unwrap();
+    let done = out.path().join("done.txt");
+    root.job("triggered", "work", &[("run.sh", &format!("echo \"$WEBJOBS_REQUEST_ID\" >> {}\n", done.display()))]);
+    let daemon = Daemon::start(&root, &[]);
+    let reply = root.http().post("/api/triggeredwebjobs/work/run?queue=1");
+    assert!(reply.status < 300, "{} {}", reply.status, reply.text());
+    let id = reply.json()["request"].as_str().expect("a request id").to_string();
+    wait_for("the queued request to run", Duration::from_secs(20), || read(&done).lines().any(|l| l == id));
+    daemon.stop();
 }
