@@ -300,6 +300,9 @@ impl Postgres {
         );
         let pool = Pool::builder(manager)
             .max_size(8)
+            // The connection used last is used again: its server process has
+            // the take's plan and the catalog cached; the others stay idle.
+            .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(settings.ttl))
             .create_timeout(Some(settings.ttl))
