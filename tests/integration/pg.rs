@@ -38,6 +38,18 @@ fn as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// `program` as the server's user: `postgres` when the tests run as root
+/// (neither PostgreSQL nor PgBouncer runs as root), else as we are.
+fn as_server_user(program: &std::path::Path) -> Command {
+    if as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -63,14 +75,7 @@ impl Cluster {
 
     /// Runs one of PostgreSQL's programs (as `postgres` when we are root).
     fn run(&self, program: &str, args: &[&str]) -> Output {
-        let exe = self.bin.join(program);
-        let mut command = if as_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
+        let mut command = as_server_user(&self.bin.join(program));
         command.args(args).current_dir(self.dir.path()).stdin(std::process::Stdio::null()).output().unwrap()
     }
 
@@ -228,14 +233,11 @@ impl Bouncer {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("PgBouncer is not installed (scripts/test installs Debian's pgbouncer package)");
-        let mut command = if as_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", program]);
-            c
-        } else {
-            Command::new(program)
-        };
-        let process = command.arg(&ini_path).stdin(std::process::Stdio::null()).spawn().unwrap();
+        let process = as_server_user(std::path::Path::new(program))
+            .arg(&ini_path)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let bouncer = Bouncer { process, port, log };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
