@@ -17,8 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
-
 use crate::actor::Shared;
 use crate::actor::definition::Definition;
 use crate::actor::launch::Launch;
@@ -96,7 +94,7 @@ struct Actor {
     log: LogFile,
     status: ContinuousStatus,
     rx: crate::actor::Mailbox<Control>,
-    status_tx: watch::Sender<ContinuousStatus>,
+    status_tx: crate::actor::Publisher<ContinuousStatus>,
     backoff_step: u32,
     lease: Option<Lease>,
     exiting: bool,
@@ -115,7 +113,7 @@ impl Actor {
         let data_dir = config.job_data_dir(&key);
         let rotation = Rotation { max_size: config.log.max_size, keep: config.log.keep };
         // Created at the first line: nothing on disk stands between discovery and the first start.
-        let log = LogFile::lazy(&data_dir.join(crate::layout::JOB_LOG), &shared.instance, Some(rotation));
+        let log = LogFile::lazy(&data_dir.join(crate::layout::JOB_LOG), shared.instance.clone(), Some(rotation));
         let mut actor = Actor {
             status: ContinuousStatus::new(&shared.instance),
             key,

@@ -86,7 +86,7 @@ pub async fn run(
     let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
     let (chained_tx, chained) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        instance: config.instance_id.clone(),
+        instance: config.instance_id.as_str().into(),
         marker_prefix: prefix,
         coordinator,
         containment,
@@ -148,7 +148,7 @@ pub async fn run(
         shared.metrics.clone(),
         crate::outbox::Commands {
             data_dir: config.data_dir.clone(),
-            instance: config.instance_id.clone(),
+            instance: config.instance_id.as_str().into(),
             marker_prefix: shared.marker_prefix.clone(),
         },
     ));
@@ -246,7 +246,7 @@ async fn watch_instances(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
         tick.tick().await;
         let mut now = std::collections::BTreeSet::new();
         for id in shared.coordinator.instances().await {
-            if id != shared.instance && shared.coordinator.instance_alive(&id).await {
+            if *id != *shared.instance && shared.coordinator.instance_alive(&id).await {
                 now.insert(id);
             }
         }
@@ -437,7 +437,7 @@ async fn stop_leftover_cgroups(config: &Config, containment: &crate::cgroup::Con
             tracing::warn!(cgroup = %name, "{text}");
             if let (Some(JobKind::Continuous), Some(job)) = (kind, job) {
                 let path = config.job_data_dir(&JobKey::new(JobKind::Continuous, job)).join(crate::layout::JOB_LOG);
-                if let Ok(mut log) = LogFile::open(&path, &config.instance_id, None) {
+                if let Ok(mut log) = LogFile::open(&path, config.instance_id.as_str(), None) {
                     log.sys(Level::SysWarn, &text);
                 }
             }
@@ -476,7 +476,7 @@ async fn stop_leftovers(config: &Config, prefix: &str) {
         tracing::warn!(job = %key, "{text}");
         if key.kind == JobKind::Continuous {
             let path = config.job_data_dir(&key).join(crate::layout::JOB_LOG);
-            if let Ok(mut log) = LogFile::open(&path, &config.instance_id, None) {
+            if let Ok(mut log) = LogFile::open(&path, config.instance_id.as_str(), None) {
                 log.sys(Level::SysWarn, &text);
             }
         }

@@ -78,19 +78,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Builds line prefixes; the time part is re-rendered at most once per millisecond.
 #[derive(Debug, Clone)]
 pub struct Stamper {
-    instance: String,
-    last_ms: u128,
+    /// Shared: every log of a daemon names the same instance.
+    instance: std::sync::Arc<str>,
+    last_ms: u64,
     time: [u8; 24],
 }
 
 impl Stamper {
-    pub fn new(instance: &str) -> Stamper {
-        Stamper { instance: instance.to_string(), last_ms: u128::MAX, time: [b'0'; 24] }
+    pub fn new(instance: impl Into<std::sync::Arc<str>>) -> Stamper {
+        Stamper { instance: instance.into(), last_ms: u64::MAX, time: [b'0'; 24] }
     }
 
     /// Appends `[<time> > <instance>: <LEVEL>] ` to `out`.
     pub fn prefix(&mut self, out: &mut Vec<u8>, level: Level, now: SystemTime) {
-        let ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         if ms != self.last_ms {
             write_time(&mut self.time, now);
             self.last_ms = ms;
@@ -228,8 +229,9 @@ pub struct LogFile {
     buf: Vec<u8>,
     /// When the file was last checked for having been deleted.
     checked: Option<std::time::Instant>,
-    /// Set while lines cannot be written (a full disk, say).
-    trouble: Option<Trouble>,
+    /// Set while lines cannot be written (a full disk, say). Boxed: ten
+    /// thousand jobs' scheduler logs are seldom in trouble.
+    trouble: Option<Box<Trouble>>,
     /// Closed after every flush (a log written seldom, kept for many jobs).
     closing: bool,
 }
@@ -249,14 +251,18 @@ struct Trouble {
 const DELETED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LogFile {
-    pub fn open(path: &Path, instance: &str, rotation: Option<Rotation>) -> io::Result<LogFile> {
+    pub fn open(
+        path: &Path,
+        instance: impl Into<std::sync::Arc<str>>,
+        rotation: Option<Rotation>,
+    ) -> io::Result<LogFile> {
         let mut log = LogFile::lazy(path, instance, rotation);
         log.ensure_open()?;
         Ok(log)
     }
 
     /// A log whose file is created at the first line written (no disk access now).
-    pub fn lazy(path: &Path, instance: &str, rotation: Option<Rotation>) -> LogFile {
+    pub fn lazy(path: &Path, instance: impl Into<std::sync::Arc<str>>, rotation: Option<Rotation>) -> LogFile {
         LogFile {
             path: path.to_path_buf(),
             file: None,
@@ -346,12 +352,14 @@ impl LogFile {
     fn lost(&mut self, error: &io::Error, lines: usize, torn: bool) {
         // Opened afresh at the next flush: the folder may have gone, the disk may have room again.
         self.file = None;
-        let trouble = self.trouble.get_or_insert_with(|| Trouble {
-            since: SystemTime::now(),
-            error: error.to_string(),
-            lost: 0,
-            torn: false,
-            repeats: Default::default(),
+        let trouble = self.trouble.get_or_insert_with(|| {
+            Box::new(Trouble {
+                since: SystemTime::now(),
+                error: error.to_string(),
+                lost: 0,
+                torn: false,
+                repeats: Default::default(),
+            })
         });
         trouble.torn |= torn;
         trouble.error = error.to_string();

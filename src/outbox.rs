@@ -338,7 +338,7 @@ async fn run_command(command: &str, delivery: &Delivery, commands: &Commands, di
     };
     let mut log = crate::logs::LogFile::lazy(
         &dir.join("commands.log"),
-        &commands.instance,
+        commands.instance.as_str(),
         Some(crate::logs::Rotation { max_size: 1024 * 1024, keep: 1 }),
     );
     let shutdown_file = dir.join(format!(".shutdown-{}", delivery.id));

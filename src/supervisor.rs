@@ -139,8 +139,8 @@ pub struct CatalogEntry {
 /// What a job's actor publishes.
 #[derive(Debug, Clone)]
 pub enum Live {
-    Continuous(tokio::sync::watch::Receiver<crate::status::ContinuousStatus>),
-    Triggered(tokio::sync::watch::Receiver<triggered::Summary>),
+    Continuous(crate::actor::Published<crate::status::ContinuousStatus>),
+    Triggered(crate::actor::Published<triggered::Summary>),
 }
 
 /// Owns the job table.
@@ -418,11 +418,11 @@ fn failed_live(instance: &str, kind: JobKind, reason: &str) -> Live {
             let mut status = crate::status::ContinuousStatus::new(instance);
             status.status = crate::status::JobStatus::Invalid;
             status.error = Some(reason.to_string());
-            Live::Continuous(tokio::sync::watch::channel(status).1)
+            Live::Continuous(crate::actor::Published::fixed(status))
         }
         JobKind::Triggered => {
             let summary = triggered::Summary { failure: Some(reason.to_string()), ..Default::default() };
-            Live::Triggered(tokio::sync::watch::channel(summary).1)
+            Live::Triggered(crate::actor::Published::fixed(summary))
         }
     }
 }

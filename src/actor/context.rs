@@ -7,7 +7,7 @@ use crate::key::JobKey;
 /// What every job actor needs to know about this daemon.
 #[derive(Debug)]
 pub struct Shared {
-    pub instance: String,
+    pub instance: std::sync::Arc<str>,
     /// Prefix of every run marker this daemon hands out (see [`crate::process::MARKER_VAR`]).
     pub marker_prefix: String,
     pub coordinator: Coordinator,

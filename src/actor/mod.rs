@@ -7,11 +7,12 @@
 pub mod context;
 pub mod definition;
 pub mod launch;
+pub mod published;
 
 pub use context::Shared;
 
 use futures_channel::mpsc;
-use tokio::sync::watch;
+pub use published::{Published, Publisher};
 
 /// The supervisor's handle on one actor. The control channel is a linked
 /// list with a node per message in flight: ten thousand idle actors each
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 pub struct Handle<C, S> {
     tx: mpsc::UnboundedSender<C>,
     /// What the actor publishes about its job, updated on every change.
-    pub state: watch::Receiver<S>,
+    pub state: Published<S>,
 }
 
 impl<C, S> Clone for Handle<C, S> {
@@ -40,7 +41,7 @@ impl<C, S> Handle<C, S> {
 /// The actor's side: where controls arrive, and where it publishes its state.
 pub struct Inbox<C, S> {
     pub rx: Mailbox<C>,
-    pub state: watch::Sender<S>,
+    pub state: Publisher<S>,
 }
 
 /// Where an actor's controls arrive.
@@ -57,7 +58,7 @@ impl<C> Mailbox<C> {
 /// The two ends of a new actor's channels.
 pub fn channels<C, S>(initial: S) -> (Handle<C, S>, Inbox<C, S>) {
     let (tx, rx) = mpsc::unbounded();
-    let (state_tx, state) = watch::channel(initial);
+    let (state_tx, state) = published::new(initial);
     (Handle { tx, state }, Inbox { rx: Mailbox(rx), state: state_tx })
 }
 

@@ -44,7 +44,7 @@ pub async fn shared_runs(state: &ApiState, job: &str, base: &str, id: Option<&st
     let mine = &state.shared.instance;
     let mut views: Vec<RunView> = Vec::with_capacity(rows.len());
     for SharedRun { id, instance, status, .. } in rows {
-        let local = (&instance == mine).then(|| RunView::load(base, job, &data, &id)).flatten();
+        let local = (instance.as_str() == mine.as_ref()).then(|| RunView::load(base, job, &data, &id)).flatten();
         views.push(local.unwrap_or_else(|| RunView::new(base, job, &id, status)));
     }
     views.truncate(state.config.switches.history_size.max(1) as usize);
@@ -66,7 +66,7 @@ pub async fn remote_output(
     let ["triggered", job, id, crate::layout::OUTPUT_LOG] = parts.as_slice() else { return None };
     let key = JobKey::new(JobKind::Triggered, *job);
     let runs = pg.runs(&key, Some(id), 4).await.ok()?;
-    let run = runs.into_iter().find(|r| r.instance != state.shared.instance)?;
+    let run = runs.into_iter().find(|r| *r.instance != *state.shared.instance)?;
     if !headers.contains_key(PROXIED)
         && let Some(api) = pg.api_of(&run.instance).await
         && let Some(response) = forward(&api, path, headers, query).await

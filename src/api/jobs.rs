@@ -231,10 +231,10 @@ async fn toggle(state: &ApiState, kind: JobKind, job: &str, start: bool) -> Resp
 /// stopped or cannot run.
 async fn restart(State(state): State<ApiState>, Path(job): Path<String>) -> Response {
     let kind = JobKind::Continuous;
-    let Some(CatalogEntry { def, live: Live::Continuous(mut rx) }) = entry(&state, kind, &job) else {
+    let Some(CatalogEntry { def, live: Live::Continuous(rx) }) = entry(&state, kind, &job) else {
         return not_found(kind, &job);
     };
-    let before = rx.borrow_and_update().start_time.clone();
+    let before = rx.borrow().start_time.clone();
     let (reply, answer) = tokio::sync::oneshot::channel();
     let event = Event::Continuous { name: job.clone(), control: crate::continuous::Control::Restart(reply) };
     if state.events.send(event).await.is_err() {
@@ -262,7 +262,7 @@ async fn restart(State(state): State<ApiState>, Path(job): Path<String>) -> Resp
 async fn settled(live: Live, start: bool, limit: Duration) -> String {
     let disabled_reason = Some(crate::continuous::DISABLED_REASON);
     match live {
-        Live::Continuous(mut rx) => {
+        Live::Continuous(rx) => {
             let done = |s: &ContinuousStatus| {
                 let stopped_by_file = s.status == JobStatus::Stopped && s.reason.as_deref() == disabled_reason;
                 if start { !stopped_by_file } else { matches!(s.status, JobStatus::Stopped | JobStatus::Invalid) }
@@ -270,7 +270,7 @@ async fn settled(live: Live, start: bool, limit: Duration) -> String {
             let _ = tokio::time::timeout(limit, rx.wait_for(done)).await;
             rx.borrow().status.as_str().to_string()
         }
-        Live::Triggered(mut rx) => {
+        Live::Triggered(rx) => {
             let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.disabled != start)).await;
             if rx.borrow().disabled { "Stopped".to_string() } else { "Ready".to_string() }
         }
@@ -394,13 +394,10 @@ async fn delete(State(state): State<ApiState>, Path(job): Path<String>, kind: Jo
 
 /// Waits until the job's actor has ended (its status channel closes).
 async fn wait_actor_gone(live: Live, limit: Duration) {
-    async fn closed<T>(mut rx: tokio::sync::watch::Receiver<T>) {
-        while rx.changed().await.is_ok() {}
-    }
     let wait = async move {
         match live {
-            Live::Continuous(rx) => closed(rx).await,
-            Live::Triggered(rx) => closed(rx).await,
+            Live::Continuous(rx) => rx.closed().await,
+            Live::Triggered(rx) => rx.closed().await,
         }
     };
     let _ = tokio::time::timeout(limit, wait).await;

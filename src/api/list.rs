@@ -8,7 +8,8 @@
 //! [`REFRESH`]); a client therefore sees background changes within a render.
 //! Its own writes are another matter: after an API write (deploy, settings,
 //! start, stop, delete, run) the list it asks for next is rendered at or after
-//! that write ([`ApiState::mark_written`]).
+//! that write ([`ApiState::mark_written`]). A body nobody asked for in
+//! [`KEEP`] is dropped ([`expire`]): at ten thousand jobs it is 12 MB of JSON.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,6 +29,10 @@ use crate::key::JobKind;
 /// when asked for and something changed.
 const REFRESH: Duration = Duration::from_millis(250);
 
+/// A body not asked for in this long is dropped (the dashboard asks every
+/// 3 s while it is open); the next request renders a fresh one.
+pub const KEEP: Duration = Duration::from_secs(30);
+
 /// Rendered lists by base URL and kind filter.
 pub type Lists = std::sync::Mutex<HashMap<(String, Option<JobKind>), Rendered>>;
 
@@ -36,6 +41,11 @@ pub struct Rendered {
     /// The change generation the body shows (0: none yet).
     generation: u64,
     at: Instant,
+    /// When a client last asked for it (on the runtime's clock, as the
+    /// timer that drops it).
+    asked: tokio::time::Instant,
+    /// The length of the last body made (the next one is sized like it).
+    hint: usize,
     body: Option<Bytes>,
     gzip: Option<Bytes>,
     etag: String,
@@ -51,6 +61,8 @@ impl Default for Rendered {
         Rendered {
             generation: 0,
             at: Instant::now(),
+            asked: tokio::time::Instant::now(),
+            hint: 0,
             body: None,
             gzip: None,
             etag: String::new(),
@@ -70,6 +82,7 @@ pub async fn list(State(state): State<ApiState>, headers: HeaderMap, kind: Optio
             let mut lists = state.lists.lock().unwrap_or_else(|e| e.into_inner());
             let r = lists.entry(key.clone()).or_default();
             r.gzip_wanted |= gzip;
+            r.asked = tokio::time::Instant::now();
             let current = state.shared.generation.load(Ordering::Acquire);
             let usable = r.body.is_some() && r.generation >= needed && (!gzip || r.gzip.is_some());
             let outdated = r.generation < current && r.at.elapsed() >= REFRESH;
@@ -100,7 +113,7 @@ fn render(state: ApiState, key: (String, Option<JobKind>), gzip: bool) {
         let views = Views { catalog: &catalog, base, kind: *kind, config: &state.config };
         // Sized like the last body, so that it is not grown by doubling (and
         // kept at up to twice its size) for ten thousand jobs.
-        let last = state.lists.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map_or(0, Rendered::len);
+        let last = state.lists.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map_or(0, |r| r.hint);
         let mut body = Vec::with_capacity(last + last / 8);
         let _ = serde_json::to_writer(&mut body, &views);
         if body.capacity() > body.len() + body.len() / 4 {
@@ -111,6 +124,7 @@ fn render(state: ApiState, key: (String, Option<JobKind>), gzip: bool) {
         let compressed = gzip.then(|| super::gzip(&body));
         let mut lists = state.lists.lock().unwrap_or_else(|e| e.into_inner());
         let r = lists.entry(key).or_default();
+        r.hint = body.len();
         (r.generation, r.at, r.body, r.gzip, r.etag, r.rendering) =
             (generation.max(1), Instant::now(), Some(body), compressed, etag, false);
         r.done.send_replace(r.generation);
@@ -137,10 +151,35 @@ impl serde::Serialize for Views<'_> {
     }
 }
 
-impl Rendered {
-    /// The length of the body last made.
-    fn len(&self) -> usize {
-        self.body.as_ref().map_or(0, Bytes::len)
+/// Drops the bodies nobody asked for since `now - KEEP`; returns when the
+/// next one that is kept would be dropped.
+fn drop_unasked(
+    lists: &mut HashMap<(String, Option<JobKind>), Rendered>,
+    now: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    let mut next = None::<tokio::time::Instant>;
+    for r in lists.values_mut().filter(|r| r.body.is_some()) {
+        let until = r.asked + KEEP;
+        if until <= now {
+            (r.body, r.gzip) = (None, None);
+        } else {
+            next = Some(next.map_or(until, |n| n.min(until)));
+        }
+    }
+    next
+}
+
+/// Drops rendered bodies once nobody asks for them (see [`KEEP`]), until
+/// the API's state is gone.
+pub async fn expire(lists: std::sync::Weak<Lists>) {
+    loop {
+        let next = {
+            let Some(lists) = lists.upgrade() else { return };
+            let mut lists = lists.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            drop_unasked(&mut lists, now).unwrap_or(now + KEEP)
+        };
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -159,5 +198,39 @@ impl Drop for Unmark {
             r.rendering = false;
             r.done.send_modify(|_| {});
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(asked: tokio::time::Instant) -> Rendered {
+        Rendered {
+            asked,
+            body: Some(Bytes::from_static(b"[]")),
+            gzip: Some(Bytes::from_static(b"gz")),
+            ..Rendered::default()
+        }
+    }
+
+    #[test]
+    fn a_body_nobody_asks_for_is_dropped_after_keep() {
+        let t0 = tokio::time::Instant::now();
+        let mut lists = HashMap::new();
+        lists.insert(("http://a".to_string(), None), rendered(t0));
+        lists.insert(("http://b".to_string(), None), rendered(t0 + Duration::from_secs(10)));
+        // Both asked for within KEEP: kept; the next drop is the first one's.
+        assert_eq!(drop_unasked(&mut lists, t0 + Duration::from_secs(29)), Some(t0 + KEEP));
+        assert!(lists.values().all(|r| r.body.is_some() && r.gzip.is_some()));
+        // KEEP after the first was asked for: it goes, the other stays.
+        let next = drop_unasked(&mut lists, t0 + KEEP);
+        assert_eq!(next, Some(t0 + Duration::from_secs(10) + KEEP));
+        let a = &lists[&("http://a".to_string(), None)];
+        assert!(a.body.is_none() && a.gzip.is_none());
+        assert!(lists[&("http://b".to_string(), None)].body.is_some());
+        // Nothing left to drop: no next time.
+        assert_eq!(drop_unasked(&mut lists, t0 + Duration::from_secs(60)), None);
+        assert!(lists.values().all(|r| r.body.is_none()));
     }
 }

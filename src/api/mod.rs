@@ -175,6 +175,7 @@ pub fn serve_all(listeners: Listeners, state: ApiState, auth: Arc<Auth>) -> Vec<
     let base = listeners.tcp_address().map_or_else(|| "http://localhost".to_string(), |a| format!("http://{a}"));
     // Not among the tasks stopped with the listeners: runs ending meanwhile are told too.
     tokio::spawn(hooks::finished_runs(state.clone(), base));
+    tokio::spawn(list::expire(Arc::downgrade(&state.lists)));
     let app = router(state);
     let local = app.clone().layer(axum::middleware::map_request(local_request));
     let mut tasks = vec![tokio::spawn(serve(listeners.unix, local))];

@@ -312,9 +312,9 @@ impl JobView {
             crate::key::JobKind::Continuous => {
                 let mut status = crate::status::ContinuousStatus::new("");
                 status.status = crate::status::JobStatus::Initializing;
-                Live::Continuous(tokio::sync::watch::channel(status).1)
+                Live::Continuous(crate::actor::Published::fixed(status))
             }
-            crate::key::JobKind::Triggered => Live::Triggered(tokio::sync::watch::channel(Default::default()).1),
+            crate::key::JobKind::Triggered => Live::Triggered(crate::actor::Published::fixed(Default::default())),
         };
         let entry = CatalogEntry { def: std::sync::Arc::new(def.clone()), live };
         let mut view = JobView::from_catalog(base, &entry);

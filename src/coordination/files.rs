@@ -74,15 +74,17 @@ const RECORD: usize = 128;
 /// The coordination files of one triggered job. They are opened when used
 /// (a run, a tick), not kept open: ten thousand jobs cost no descriptors.
 #[derive(Debug)]
+/// Only the job's data folder is kept: the files' paths are made from it when
+/// used (ten thousand jobs kept four paths each).
 pub struct JobFiles {
     dir: PathBuf,
-    run_lock: PathBuf,
-    schedule: PathBuf,
-    /// The job's run queue (see [`super::queue`]).
-    pub(super) queue: PathBuf,
 }
 
 impl JobFiles {
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Takes one of the job's `slots` run locks (`triggeredJob.lock`, then
     /// `triggeredJob.1.lock` …), the first free one.
     pub fn try_run(&self, instance: &str, slots: u32) -> io::Result<Option<FileLease>> {
@@ -96,12 +98,12 @@ impl JobFiles {
     }
 
     pub fn run_holder(&self) -> Option<String> {
-        holder_text(&std::fs::read_to_string(&self.run_lock).ok()?)
+        holder_text(&std::fs::read_to_string(layout::run_lock(&self.dir, 0)).ok()?)
     }
 
     /// Read and written under an exclusive lock of the schedule record.
     pub fn claim_tick(&self, tick: jiff::Timestamp) -> io::Result<bool> {
-        let file = open_lock(&self.schedule)?;
+        let file = open_lock(&self.dir.join(layout::SCHEDULE_RECORD))?;
         let locked = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
         if read_record(&locked).and_then(|t| parse_tick(&t)).is_some_and(|last| last >= tick) {
             return Ok(false);
@@ -112,7 +114,7 @@ impl JobFiles {
     }
 
     pub fn last_tick(&self) -> Option<jiff::Timestamp> {
-        parse_tick(std::fs::read_to_string(&self.schedule).ok()?.trim())
+        parse_tick(std::fs::read_to_string(self.dir.join(layout::SCHEDULE_RECORD)).ok()?.trim())
     }
 }
 
@@ -184,12 +186,7 @@ impl Files {
     pub fn job(&self, key: &JobKey) -> io::Result<JobFiles> {
         let dir = layout::job_data_dir(&self.data_dir, key);
         std::fs::create_dir_all(&dir)?;
-        Ok(JobFiles {
-            run_lock: layout::run_lock(&dir, 0),
-            schedule: dir.join(layout::SCHEDULE_RECORD),
-            queue: dir.join(layout::QUEUE_DIR),
-            dir,
-        })
+        Ok(JobFiles { dir })
     }
 
     /// Registers instance `id`: its lock is held for the daemon's whole life.

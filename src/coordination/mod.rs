@@ -137,7 +137,8 @@ pub enum Registration {
 #[derive(Debug)]
 pub enum JobCoordination {
     Files(files::JobFiles),
-    Postgres(postgres::JobPg),
+    /// Boxed: an idle actor of the files backend keeps only a path.
+    Postgres(Box<postgres::JobPg>),
 }
 
 impl Coordinator {
@@ -252,7 +253,7 @@ impl Coordinator {
     pub async fn job(&self, key: &JobKey) -> io::Result<JobCoordination> {
         match self {
             Coordinator::Files(f) => f.job(key).map(JobCoordination::Files),
-            Coordinator::Postgres(_, pg) => Ok(JobCoordination::Postgres(pg.job(key))),
+            Coordinator::Postgres(_, pg) => Ok(JobCoordination::Postgres(Box::new(pg.job(key)))),
         }
     }
 

@@ -75,8 +75,8 @@ const PAYLOADS: &str = "payloads";
 const KEYS: &str = "keys";
 
 impl JobFiles {
-    fn queue(&self) -> &Path {
-        &self.queue
+    fn queue(&self) -> PathBuf {
+        self.dir().join(crate::layout::QUEUE_DIR)
     }
 
     /// Queues `entry` (and its payload). Refused while another request with
@@ -100,7 +100,7 @@ impl JobFiles {
         if let Some(key) = &entry.key {
             write_new(&self.queue().join(KEYS), &key_file(key), format!("{} 0", entry.id).as_bytes())?;
         }
-        write_new(self.queue(), &entry.slot().file_name(), &serde_json::to_vec(entry)?)?;
+        write_new(&self.queue(), &entry.slot().file_name(), &serde_json::to_vec(entry)?)?;
         Ok(Ok(()))
     }
 

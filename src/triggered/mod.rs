@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::clock::{Wake, WallTimer};
 use runs::next_check;
@@ -298,7 +298,7 @@ struct Actor {
     definition: Definition,
     data_dir: PathBuf,
     rx: crate::actor::Mailbox<Control>,
-    summary: watch::Sender<Summary>,
+    summary: crate::actor::Publisher<Summary>,
     /// Armed at `next_tick`.
     timer: WallTimer,
     scheduler_log: LogFile,
@@ -322,8 +322,8 @@ struct Actor {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     waiters: Vec<(String, oneshot::Sender<()>)>,
     /// `overlap: replace`: the (queued) request that starts once the active
-    /// run is over, and who waits for its answer.
-    replacement: Option<(Slot, Option<RunReply>)>,
+    /// run is over, and who waits for its answer (boxed: seldom there).
+    replacement: Option<Box<(Slot, Option<RunReply>)>>,
     exiting: bool,
     /// The last run that ended failed or was aborted (for `recovered`).
     failing: bool,
@@ -342,7 +342,7 @@ impl Actor {
         let data_dir = config.job_data_dir(&key);
         let rotation = Some(Rotation { max_size: 1024 * 1024, keep: 1 });
         let log_path = data_dir.join(crate::layout::SCHEDULER_LOG);
-        let scheduler_log = LogFile::open(&log_path, &shared.instance, rotation)
+        let scheduler_log = LogFile::open(&log_path, shared.instance.clone(), rotation)
             .map_err(|e| format!("cannot open the scheduler log {}: {e}", log_path.display()))?
             .closing();
         let locks =
@@ -502,7 +502,7 @@ impl Actor {
                 self.later = None;
                 self.want_permit = false;
                 self.set_next_tick(None);
-                if let Some((slot, Some(reply))) = self.replacement.take() {
+                if let Some((slot, Some(reply))) = self.replacement.take().map(|r| *r) {
                     let _ = reply.send(Ok(Accepted::Queued(slot.id.to_string())));
                 }
                 self.end_all(End::Shutdown(why));
@@ -600,7 +600,7 @@ impl Actor {
                 Err(refused) => Err(refused),
                 Ok(slot) if overlap == Some(Overlap::Replace) => {
                     // The active run stops; this request starts when it is over.
-                    if let Some((older, Some(reply))) = self.replacement.replace((slot, reply)) {
+                    if let Some((older, Some(reply))) = self.replacement.replace(Box::new((slot, reply))).map(|r| *r) {
                         let _ = self.locks.remove_queued(&older.id).await;
                         self.index.remove(&older);
                         let _ =

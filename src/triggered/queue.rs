@@ -101,7 +101,7 @@ impl Actor {
                     }
                 },
             };
-            let replacing = self.replacement.as_ref().is_some_and(|(s, _)| *s == slot);
+            let replacing = self.replacement.as_ref().is_some_and(|r| r.0 == slot);
             if self.locks.shared_queue() && !replacing {
                 // Whatever is due first, with a run slot, in one statement.
                 let busy: Vec<String> =
@@ -482,7 +482,7 @@ impl Actor {
         match self.locks.remove_queued(id).await {
             Ok(Some(entry)) => {
                 self.index.remove(&entry.slot());
-                if self.replacement.as_ref().is_some_and(|(s, _)| &*s.id == id) {
+                if self.replacement.as_ref().is_some_and(|r| &*r.0.id == id) {
                     self.replacement = None;
                 }
                 self.scheduler_log.sys(Level::SysInfo, &format!("queued request {id} cancelled"));

@@ -31,7 +31,7 @@ impl Actor {
             if status.status.is_final() {
                 continue;
             }
-            let mine = status.instance == self.shared.instance;
+            let mine = *status.instance == *self.shared.instance;
             if !mine && self.shared.coordinator.instance_alive(&status.instance).await {
                 continue;
             }
@@ -42,7 +42,8 @@ impl Actor {
             status.pid = None;
             let _ = history::write_status(&dir, &status);
             self.share_run(&id, &status, true).await;
-            if let Ok(mut log) = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), &self.shared.instance, None) {
+            if let Ok(mut log) = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), self.shared.instance.clone(), None)
+            {
                 log.sys(
                     Level::SysError,
                     &format!("run {id} marked Aborted: {}", status.error.as_deref().unwrap_or_default()),

@@ -81,7 +81,7 @@ impl Actor {
             trigger: request.trigger.clone(),
             exit_code: None,
             signal: None,
-            instance: self.shared.instance.clone(),
+            instance: self.shared.instance.to_string(),
             pid: None,
             arguments: request.arguments.clone(),
             error: None,
@@ -155,7 +155,7 @@ impl Actor {
             return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is missing", dir.display())));
         }
         history::prune(&self.data_dir, self.config.switches.history_size as usize, &[id]);
-        let log = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), &self.shared.instance, None)?;
+        let log = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), self.shared.instance.clone(), None)?;
         Ok((dir, log))
     }
 
@@ -187,7 +187,7 @@ impl Actor {
     /// Starts the request that replaces the run just ended (`overlap:
     /// replace`), or the queue's head.
     pub(super) async fn start_replacement(&mut self) {
-        let Some((slot, reply)) = self.replacement.take() else {
+        let Some((slot, reply)) = self.replacement.take().map(|r| *r) else {
             self.fill().await;
             return;
         };
