@@ -42,27 +42,60 @@ pub struct JobDef {
     pub using_sdk: bool,
 }
 
-/// A job that can run: the parts of a [`JobDef`] that matter to a process.
-#[derive(Debug, Clone, PartialEq)]
+/// A job that can run: a [`JobDef`] whose script was found and whose
+/// settings are valid, and the parts of it that matter to a process. It
+/// shares the definition (a copy of its paths and script took about 300
+/// bytes a job).
+#[derive(Debug, Clone)]
 pub struct Runnable {
-    pub key: JobKey,
-    pub script_dir: PathBuf,
-    pub fingerprint: u64,
+    def: Arc<JobDef>,
     pub script: Script,
     pub settings: Arc<settings::Settings>,
+}
+
+/// Equal when a process would run the same way (not when, say, only
+/// `disable.job` or a warning changed).
+impl PartialEq for Runnable {
+    fn eq(&self, other: &Runnable) -> bool {
+        self.key() == other.key()
+            && self.script_dir() == other.script_dir()
+            && self.fingerprint() == other.fingerprint()
+            && self.script == other.script
+            && self.settings == other.settings
+    }
+}
+
+impl Runnable {
+    pub fn key(&self) -> &JobKey {
+        &self.def.key
+    }
+
+    pub fn script_dir(&self) -> &Path {
+        &self.def.script_dir
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.def.fingerprint
+    }
 }
 
 #[cfg(test)]
 impl Runnable {
     /// A continuous job `j` running `run.sh` with bash from `dir`, for tests.
     pub fn example(dir: &Path, fingerprint: u64) -> Runnable {
-        Runnable {
+        let settings = Arc::new(settings::Settings::defaults(JobKind::Continuous));
+        let script = Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false };
+        let def = JobDef {
             key: JobKey::new(JobKind::Continuous, "j"),
+            dir: dir.to_path_buf(),
             script_dir: dir.to_path_buf(),
+            disabled: false,
             fingerprint,
-            script: Script { file: "run.sh".into(), host: vec!["/bin/bash".into()], in_place_default: false },
-            settings: Arc::new(settings::Settings::defaults(JobKind::Continuous)),
-        }
+            script: Ok(script.clone()),
+            settings: settings::Loaded { settings: Ok(settings.clone()), warnings: Vec::new() },
+            using_sdk: false,
+        };
+        Runnable { def: Arc::new(def), script, settings }
     }
 }
 
@@ -84,17 +117,11 @@ impl JobDef {
     }
 
     /// The runnable form, when there is no error.
-    pub fn runnable(&self) -> Option<Arc<Runnable>> {
+    pub fn runnable(self: &Arc<Self>) -> Option<Arc<Runnable>> {
         let (Ok(script), Ok(settings)) = (&self.script, &self.settings.settings) else {
             return None;
         };
-        Some(Arc::new(Runnable {
-            key: self.key.clone(),
-            script_dir: self.script_dir.clone(),
-            fingerprint: self.fingerprint,
-            script: script.clone(),
-            settings: settings.clone(),
-        }))
+        Some(Arc::new(Runnable { def: self.clone(), script: script.clone(), settings: settings.clone() }))
     }
 }
 
@@ -591,6 +618,6 @@ mod tests {
         assert!(script.host.is_empty());
         touch(&d.path().join("jobs/continuous/j"), "app.js");
         let def = scan_job(&config, &JobKey::new(JobKind::Continuous, "j")).unwrap();
-        assert!(def.runnable().unwrap().in_place());
+        assert!(Arc::new(def).runnable().unwrap().in_place());
     }
 }

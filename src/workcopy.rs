@@ -15,14 +15,14 @@ use crate::layout::job_temp_dir;
 /// copy of this exact content exists): one `stat` at most.
 pub fn existing(temp_dir: &Path, instance: &str, job: &Runnable) -> Option<PathBuf> {
     if job.in_place() {
-        return Some(job.script_dir.clone());
+        return Some(job.script_dir().to_path_buf());
     }
     let target = copy_path(temp_dir, instance, job);
     target.is_dir().then_some(target)
 }
 
 fn copy_path(temp_dir: &Path, instance: &str, job: &Runnable) -> PathBuf {
-    job_temp_dir(temp_dir, &job.key).join(format!("{instance}-{:016x}", job.fingerprint))
+    job_temp_dir(temp_dir, job.key()).join(format!("{instance}-{:016x}", job.fingerprint()))
 }
 
 /// Returns the folder to run `job` in, copying it first when needed.
@@ -32,7 +32,7 @@ pub fn prepare(temp_dir: &Path, instance: &str, job: &Runnable) -> io::Result<Pa
     if let Some(dir) = existing(temp_dir, instance, job) {
         return Ok(dir);
     }
-    let base = job_temp_dir(temp_dir, &job.key);
+    let base = job_temp_dir(temp_dir, job.key());
     let target = copy_path(temp_dir, instance, job);
     let name = target.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let fresh = match std::fs::create_dir(&base) {
@@ -45,7 +45,7 @@ pub fn prepare(temp_dir: &Path, instance: &str, job: &Runnable) -> io::Result<Pa
     };
     let staging = base.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    copy_tree(&job.script_dir, &staging)?;
+    copy_tree(job.script_dir(), &staging)?;
     std::fs::rename(&staging, &target)?;
     if !fresh {
         remove_older_copies(&base, instance, &name);

@@ -39,7 +39,7 @@ impl Launch<'_> {
     /// unchanged (one `stat`), else made off the runtime.
     pub async fn start(self) -> std::io::Result<Run> {
         let job = self.job;
-        let key = &job.key;
+        let key = job.key();
         let temp = &self.config.temp_dir;
         let instance = &self.shared.instance;
         let work_dir = match crate::workcopy::existing(temp, instance, job) {

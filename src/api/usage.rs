@@ -29,7 +29,7 @@ pub async fn usage(State(state): State<ApiState>) -> Response {
         .filter_map(|e| {
             let pid = match &e.live {
                 Live::Continuous(rx) => rx.borrow().pid,
-                Live::Triggered(rx) => rx.borrow().latest.as_deref().filter(|(_, s)| !s.status.is_final())?.1.pid,
+                Live::Triggered(rx) => rx.borrow().latest.as_ref().filter(|l| !l.state.is_final())?.status()?.pid,
             }?;
             Some((e.def.key.name.clone(), e.def.key.kind.as_str(), pid))
         })

@@ -248,12 +248,13 @@ impl JobView {
             }
             Live::Triggered(rx) => {
                 let s = rx.borrow();
-                let latest = s.latest.as_deref().map(|(id, st)| RunView::new(base, name, id, st.clone()));
-                let active = latest.as_ref().is_some_and(|r| matches!(r.status.as_str(), "Initializing" | "Running"));
-                if let Some((_, run)) = s.latest.as_deref().filter(|_| active) {
+                let run = s.latest.as_ref().and_then(|l| Some((l.id(), l.status()?)));
+                let active = run.as_ref().is_some_and(|(_, run)| !run.status.is_final());
+                if let Some((_, run)) = run.as_ref().filter(|_| active) {
                     view.pid = run.pid;
                     view.started = Some(run.start_time.clone());
                 }
+                let latest = run.map(|(id, run)| RunView::new(base, name, id, run));
                 view.status = if s.disabled && !active {
                     "Stopped".into()
                 } else {

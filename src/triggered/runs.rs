@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::queue::Dispatch;
-use super::{Accepted, Active, Actor, End, Refused};
+use super::{Accepted, Active, Actor, End, Latest, Refused};
 use crate::actor::launch::Launch;
 use crate::coordination::{Lease, Taken};
 use crate::history::{self, RunState, RunStatus};
@@ -105,7 +105,7 @@ impl Actor {
                 let _ = history::write_status(&dir, &status);
                 self.share_run(&id, &status, false).await;
                 self.run_event("run.started", &id, &status);
-                self.publish_run(Some((id.clone(), status.clone())));
+                self.publish_run(Some(Latest::new(&id, &status)));
                 let idle = job.settings.idle_timeout.unwrap_or(self.config.switches.idle_timeout);
                 let deadline = job.settings.timeout.map(|t| tokio::time::Instant::now() + t);
                 let active = Active {
@@ -140,7 +140,7 @@ impl Actor {
                 self.share_run(&id, &status, true).await;
                 self.shared.metrics.run_finished(&self.key.name, "Failed", Duration::ZERO);
                 self.run_event("run.ended", &id, &status);
-                self.publish_run(Some((id.clone(), status.clone())));
+                self.publish_run(Some(Latest::new(&id, &status)));
                 drop((lease, permit));
                 self.end_of(taken, RunState::Failed, &id, status.error).await;
                 id
@@ -284,7 +284,7 @@ impl Actor {
         self.shared.metrics.cpu_used("triggered", &self.key.name, usage.cpu_ms);
         self.shared.metrics.output("triggered", &self.key.name, active.run.output.bytes);
         self.run_event("run.ended", &active.id, &active.status);
-        self.publish_run(Some((active.id.clone(), active.status.clone())));
+        self.publish_run(Some(Latest::new(&active.id, &active.status)));
         let Active { id, taken, status, .. } = active;
         self.end_of(taken, state, &id, status.error).await;
     }
