@@ -63,7 +63,7 @@ impl Event {
             id: 0,
             time: crate::logs::format_time(std::time::SystemTime::now()),
             kind,
-            job: key.name.clone(),
+            job: key.name.to_string(),
             job_type: key.kind.as_str(),
             run: None,
             request: None,
@@ -75,7 +75,7 @@ impl Event {
 
     /// An event about the daemon itself (`daemon.stopping`, `daemon.stopped`).
     pub fn daemon(kind: &'static str) -> Event {
-        Event::about(&JobKey { kind: crate::key::JobKind::Triggered, name: String::new() }, kind).no_job()
+        Event::about(&JobKey { kind: crate::key::JobKind::Triggered, name: "".into() }, kind).no_job()
     }
 
     fn no_job(mut self) -> Event {

@@ -446,7 +446,7 @@ fn fingerprint(dir: &Path, script_dir: &Path) -> u64 {
 pub fn chain_problems(defs: &[JobDef]) -> Vec<(JobKey, String)> {
     let then_of = |d: &JobDef| d.settings.settings.as_ref().ok().map(|s| s.then.clone()).unwrap_or_default();
     let triggered: BTreeMap<&str, crate::settings::Then> =
-        defs.iter().filter(|d| d.key.kind == JobKind::Triggered).map(|d| (d.key.name.as_str(), then_of(d))).collect();
+        defs.iter().filter(|d| d.key.kind == JobKind::Triggered).map(|d| (d.key.name.as_ref(), then_of(d))).collect();
     let mut problems = Vec::new();
     for d in defs {
         for child in then_of(d).all() {
@@ -600,7 +600,7 @@ mod tests {
         touch(&d.path().join("jobs/triggered/bad name"), "run.sh");
         touch(&d.path().join("jobs/triggered/good"), "run.sh");
         let jobs = scan_all(&config);
-        let names: Vec<&str> = jobs.iter().map(|j| j.key.name.as_str()).collect();
+        let names: Vec<&str> = jobs.iter().map(|j| j.key.name.as_ref()).collect();
         assert_eq!(names, ["bad name", "good"]);
         assert!(jobs[0].errors()[0].contains("invalid job name"));
         assert!(jobs[1].errors().is_empty());

@@ -30,12 +30,13 @@ impl JobKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobKey {
     pub kind: JobKind,
-    pub name: String,
+    /// Shared by every copy of the key (a job's is kept in half a dozen places).
+    pub name: std::sync::Arc<str>,
 }
 
 impl JobKey {
-    pub fn new(kind: JobKind, name: impl Into<String>) -> JobKey {
-        JobKey { kind, name: name.into() }
+    pub fn new(kind: JobKind, name: impl AsRef<str>) -> JobKey {
+        JobKey { kind, name: name.as_ref().into() }
     }
 }
 

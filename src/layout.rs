@@ -75,7 +75,7 @@ pub fn kind_dir(jobs_dir: &Path, kind: JobKind) -> PathBuf {
 
 /// A job's folder.
 pub fn job_dir(jobs_dir: &Path, key: &JobKey) -> PathBuf {
-    kind_dir(jobs_dir, key.kind).join(&key.name)
+    kind_dir(jobs_dir, key.kind).join(&*key.name)
 }
 
 /// The folder of every job's data folder (the API's `/vfs/data/jobs/` root).
@@ -85,7 +85,7 @@ pub fn jobs_data_dir(data_dir: &Path) -> PathBuf {
 
 /// The data folder of one job: logs, status, history, coordination files.
 pub fn job_data_dir(data_dir: &Path, key: &JobKey) -> PathBuf {
-    jobs_data_dir(data_dir).join(key.kind.as_str()).join(&key.name)
+    jobs_data_dir(data_dir).join(key.kind.as_str()).join(&*key.name)
 }
 
 /// Where deploys are unpacked before they are swapped in (beside the jobs,
@@ -121,10 +121,10 @@ pub fn address(data_dir: &Path, id: &str) -> PathBuf {
 
 /// The folder all working copies of a job live in.
 pub fn job_temp_dir(temp_dir: &Path, key: &JobKey) -> PathBuf {
-    temp_dir.join("jobs").join(key.kind.as_str()).join(&key.name)
+    temp_dir.join("jobs").join(key.kind.as_str()).join(&*key.name)
 }
 
 /// The shutdown file of one process run (`nonce`: the run id, or a start's own).
 pub fn shutdown_file(temp_dir: &Path, key: &JobKey, instance: &str, nonce: &str) -> PathBuf {
-    temp_dir.join("JobsShutdown").join(key.kind.as_str()).join(&key.name).join(format!("{instance}-{nonce}"))
+    temp_dir.join("JobsShutdown").join(key.kind.as_str()).join(&*key.name).join(format!("{instance}-{nonce}"))
 }

@@ -154,7 +154,7 @@ pub fn load(dir: &Path, kind: JobKind) -> Loaded {
     match read_small_file(&file, MAX_FILE) {
         Ok(text) => parse(&file, &text, kind),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Loaded { settings: Ok(std::sync::Arc::new(Settings::defaults(kind))), warnings: Vec::new() }
+            Loaded { settings: Ok(shared(kind, Settings::defaults(kind))), warnings: Vec::new() }
         }
         Err(e) => Loaded {
             settings: Err(vec![Problem { file, key: String::new(), message: format!("cannot read the file: {e}") }]),
@@ -236,7 +236,36 @@ pub fn parse(file: &Path, text: &str, kind: JobKind) -> Loaded {
         return Loaded { settings: Err(problems), warnings };
     }
     s.raw = serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_string()).into();
-    Loaded { settings: Ok(std::sync::Arc::new(s)), warnings }
+    Loaded { settings: Ok(shared(kind, s)), warnings }
+}
+
+/// The settings in use, by kind and compact text, so that jobs whose
+/// `settings.job` says the same (or that have none) share one copy: parsed
+/// settings take about 550 bytes a job.
+#[derive(Default)]
+struct InUse {
+    by_text: std::collections::HashMap<(JobKind, std::sync::Arc<str>), std::sync::Weak<Settings>>,
+    /// Entries no job uses any more are forgotten when the table grows past this.
+    sweep_at: usize,
+}
+
+/// `settings`, or an equal copy already in use.
+fn shared(kind: JobKind, settings: Settings) -> std::sync::Arc<Settings> {
+    static IN_USE: std::sync::LazyLock<std::sync::Mutex<InUse>> = std::sync::LazyLock::new(Default::default);
+    let mut in_use = IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (kind, settings.raw.clone());
+    if let Some(existing) = in_use.by_text.get(&key).and_then(std::sync::Weak::upgrade)
+        && *existing == settings
+    {
+        return existing;
+    }
+    if in_use.by_text.len() >= in_use.sweep_at {
+        in_use.by_text.retain(|_, settings| settings.strong_count() > 0);
+        in_use.sweep_at = (in_use.by_text.len() * 2).max(64);
+    }
+    let settings = std::sync::Arc::new(settings);
+    in_use.by_text.insert(key, std::sync::Arc::downgrade(&settings));
+    settings
 }
 
 fn read_webjobs_keys<'a>(r: &mut Reader<'a>, s: &mut Settings) {
@@ -584,6 +613,27 @@ fn type_warnings(file: &Path, map: &Map<String, Value>, kind: JobKind) -> Vec<Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_whose_settings_say_the_same_share_one_copy() {
+        let read = |text: &str, kind| parse(Path::new("settings.job"), text, kind).settings.unwrap();
+        let a = read(r#"{"schedule": "7 * * * * *", "timeout": 60}"#, JobKind::Triggered);
+        // The same object, written differently: one copy.
+        let b = read("{\n  \"timeout\": 60,\n  \"schedule\": \"7 * * * * *\"\n}", JobKind::Triggered);
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        // Another value, or the same text for the other kind of job: copies of their own.
+        let c = read(r#"{"schedule": "8 * * * * *", "timeout": 60}"#, JobKind::Triggered);
+        assert!(!std::sync::Arc::ptr_eq(&a, &c) && c.schedule != a.schedule);
+        let continuous = read("{}", JobKind::Continuous);
+        let triggered = read("{}", JobKind::Triggered);
+        assert!(!std::sync::Arc::ptr_eq(&continuous, &triggered));
+        assert_eq!(continuous.run_mode, RunMode::Continuous);
+        assert_eq!(triggered.run_mode, RunMode::OnDemand);
+        // Once no job holds them, settings are made afresh (and equal).
+        let kept = (*a).clone();
+        drop((a, b));
+        assert_eq!(*read(r#"{"schedule": "7 * * * * *", "timeout": 60}"#, JobKind::Triggered), kept);
+    }
 
     #[test]
     fn limits_are_read_with_units() {

@@ -77,7 +77,7 @@ pub async fn swagger(State(state): State<ApiState>, headers: HeaderMap) -> Respo
         .map(|k| {
             let operation = serde_json::json!({"post": {
                 "deprecated": false,
-                "operationId": k.name,
+                "operationId": &*k.name,
                 "consumes": [],
                 "produces": [],
                 "responses": {"200": {"description": "Success"}, "default": {"description": "Success"}},

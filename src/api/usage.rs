@@ -31,7 +31,7 @@ pub async fn usage(State(state): State<ApiState>) -> Response {
                 Live::Continuous(rx) => rx.borrow().pid,
                 Live::Triggered(rx) => rx.borrow().latest.as_ref().filter(|l| !l.state.is_final())?.status()?.pid,
             }?;
-            Some((e.def.key.name.clone(), e.def.key.kind.as_str(), pid))
+            Some((e.def.key.name.to_string(), e.def.key.kind.as_str(), pid))
         })
         .collect();
     let jobs = tokio::task::spawn_blocking(move || {

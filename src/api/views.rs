@@ -202,7 +202,7 @@ impl JobView {
     pub fn from_catalog(base: &str, entry: &crate::supervisor::CatalogEntry) -> JobView {
         use crate::supervisor::Live;
         let def = &entry.def;
-        let (kind, name) = (def.key.kind.as_str(), def.key.name.as_str());
+        let (kind, name) = (def.key.kind.as_str(), def.key.name.as_ref());
         let errors = def.errors();
         let settings = def.settings.settings.as_ref().ok();
         let mut view = JobView {

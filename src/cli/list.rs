@@ -257,7 +257,7 @@ fn disk_view(config: &Config, def: &JobDef) -> DiskView {
         .collect::<Vec<_>>()
         .join("\n");
     DiskView {
-        name: def.key.name.clone(),
+        name: def.key.name.to_string(),
         kind: def.key.kind,
         detail: if status == "NotRunning" { "no daemon is running this job".into() } else { String::new() },
         status,

@@ -199,7 +199,7 @@ struct Source {
 impl Source {
     fn new(config: &Config, key: JobKey, run: Option<String>) -> Source {
         let data = config.job_data_dir(&key);
-        let name = key.name.clone();
+        let name = key.name.to_string();
         let mut source = Source {
             key,
             name,

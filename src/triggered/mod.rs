@@ -685,7 +685,7 @@ impl Actor {
             return Err(Refused::Stopped);
         }
         if self.def().disabled {
-            return Err(Refused::Disabled(self.key.name.clone()));
+            return Err(Refused::Disabled(self.key.name.to_string()));
         }
         let Some(job) = self.definition.good.clone() else {
             return Err(Refused::Invalid(self.def().errors().join("; ")));

@@ -345,7 +345,7 @@ impl Actor {
         let outcome = if succeeded { "success" } else { "failure" };
         for child in then.children(succeeded) {
             let mut chain = entry.chain.clone();
-            chain.push(self.key.name.clone());
+            chain.push(self.key.name.to_string());
             if chain.contains(child) {
                 let path = format!("{} → {child}", chain.join(" → "));
                 let text = format!("then: {child} is not started again: a loop ({path})");
@@ -361,7 +361,7 @@ impl Actor {
                 Entry::new(format!("Chain - {}/{run} ({outcome})", self.key.name), Vec::new(), String::new());
             request.correlation_id = entry.correlation_id.clone();
             request.parent =
-                Some(crate::queue::RunRef { job: self.key.name.clone(), run: Some(run.into()), request: None });
+                Some(crate::queue::RunRef { job: self.key.name.to_string(), run: Some(run.into()), request: None });
             request.chain = chain;
             request.payload = result.as_ref().map(|r| r.len() as u64);
             let stored = match self.shared.coordinator.job(&key).await {
