@@ -74,7 +74,8 @@ pub struct Settings {
     /// Runs of the job active at once, across daemons (Kudu: 1).
     pub max_parallel: u32,
     /// A run per file that lands in a folder (see [`crate::inbox`]).
-    pub trigger: Option<InboxTrigger>,
+    /// Boxed: most jobs have none.
+    pub trigger: Option<Box<InboxTrigger>>,
     pub overlap: Overlap,
     pub catch_up: CatchUp,
     pub restart_delay: Duration,
@@ -86,7 +87,8 @@ pub struct Settings {
     pub env: BTreeMap<String, String>,
     pub run_mode: RunMode,
     /// `memory_max`, `cpu_max`, `tasks_max`: the run's cgroup limits.
-    pub limits: crate::cgroup::Limits,
+    /// Boxed: most jobs set none.
+    pub limits: Option<Box<crate::cgroup::Limits>>,
     /// Who hears about the job's runs (`notify`; see [`crate::notify`]).
     pub notify: Vec<crate::notify::Rule>,
     /// The file's object as written (compact JSON text), for the settings
@@ -141,7 +143,7 @@ impl Settings {
                 JobKind::Continuous => RunMode::Continuous,
                 JobKind::Triggered => RunMode::OnDemand,
             },
-            limits: Default::default(),
+            limits: None,
             notify: Vec::new(),
             raw: "{}".into(),
         }
@@ -342,11 +344,12 @@ fn read_extensions<'a>(r: &mut Reader<'a>, s: &mut Settings) {
 /// `memory_max` (bytes, or a string with K, M, G), `cpu_max` (CPUs, e.g. 0.5),
 /// `tasks_max` (processes and threads).
 fn read_limits<'a>(r: &mut Reader<'a>, s: &mut Settings) {
+    let mut limits = crate::cgroup::Limits::default();
     match r.value("memory_max") {
         None => {}
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|b| b >= 4096) => s.limits.memory_max = n.as_u64(),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|b| b >= 4096) => limits.memory_max = n.as_u64(),
         Some(Value::String(text)) => match parse_bytes(text) {
-            Some(b) if b >= 4096 => s.limits.memory_max = Some(b),
+            Some(b) if b >= 4096 => limits.memory_max = Some(b),
             _ => r.problem(
                 "memory_max",
                 format!("expected bytes (at least 4096) or a size such as \"512M\" or \"2G\", found \"{text}\""),
@@ -356,13 +359,16 @@ fn read_limits<'a>(r: &mut Reader<'a>, s: &mut Settings) {
     }
     match r.value("cpu_max") {
         None => {}
-        Some(Value::Number(n)) if n.as_f64().is_some_and(|c| c > 0.0 && c <= 4096.0) => s.limits.cpu_max = n.as_f64(),
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|c| c > 0.0 && c <= 4096.0) => limits.cpu_max = n.as_f64(),
         Some(other) => {
             r.problem("cpu_max", format!("expected a number of CPUs above 0, such as 0.5 or 2, found {other}"))
         }
     }
     if let Some(n) = r.integer("tasks_max", 1, 4_194_304) {
-        s.limits.tasks_max = Some(n);
+        limits.tasks_max = Some(n);
+    }
+    if limits != crate::cgroup::Limits::default() {
+        s.limits = Some(Box::new(limits));
     }
 }
 
@@ -442,34 +448,38 @@ fn read_crash_loop<'a>(r: &mut Reader<'a>, s: &mut Settings) {
 }
 
 /// The triggered jobs a request's end starts (`then`): on success (after
-/// its retries), on failure (dead), and either way.
+/// its retries), on failure (dead), and either way. Boxed: few jobs chain
+/// others, and a job without `then` keeps a pointer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Then {
-    pub success: Vec<String>,
-    pub failure: Vec<String>,
-    pub always: Vec<String>,
+pub struct Then(Option<Box<ThenLists>>);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ThenLists {
+    success: Vec<String>,
+    failure: Vec<String>,
+    always: Vec<String>,
 }
 
 impl Then {
     /// The jobs to start after a request that `succeeded` (or went dead).
     pub fn children(&self, succeeded: bool) -> impl Iterator<Item = &String> {
-        let first = if succeeded { &self.success } else { &self.failure };
-        first.iter().chain(&self.always)
+        self.0.iter().flat_map(move |l| if succeeded { &l.success } else { &l.failure }.iter().chain(&l.always))
     }
 
     /// Every job named.
     pub fn all(&self) -> impl Iterator<Item = &String> {
-        self.success.iter().chain(&self.failure).chain(&self.always)
+        self.0.iter().flat_map(|l| l.success.iter().chain(&l.failure).chain(&l.always))
     }
 }
 
 fn read_then<'a>(r: &mut Reader<'a>, s: &mut Settings) {
     let Some(map) = r.object("then") else { return };
     for (key, value) in map {
+        let lists = s.then.0.get_or_insert_with(Default::default);
         let list = match key.as_str() {
-            "success" => &mut s.then.success,
-            "failure" => &mut s.then.failure,
-            "always" => &mut s.then.always,
+            "success" => &mut lists.success,
+            "failure" => &mut lists.failure,
+            "always" => &mut lists.always,
             other => {
                 r.problem(&format!("then.{other}"), "unknown key (expected success, failure, always)");
                 continue;
@@ -520,7 +530,7 @@ fn read_trigger<'a>(r: &mut Reader<'a>, s: &mut Settings) {
         }
         return;
     }
-    s.trigger = Some(trigger);
+    s.trigger = Some(Box::new(trigger));
 }
 
 fn read_env<'a>(r: &mut Reader<'a>, s: &mut Settings) {
@@ -645,8 +655,8 @@ mod tests {
         .settings
         .unwrap();
         assert_eq!(
-            s.limits,
-            crate::cgroup::Limits { memory_max: Some(512 << 20), cpu_max: Some(0.5), tasks_max: Some(64) }
+            s.limits.as_deref(),
+            Some(&crate::cgroup::Limits { memory_max: Some(512 << 20), cpu_max: Some(0.5), tasks_max: Some(64) })
         );
         assert_eq!(parse_bytes("2G"), Some(2 << 30));
         assert_eq!(parse_bytes("64KiB"), Some(64 << 10));
@@ -669,7 +679,7 @@ mod tests {
         )
         .settings
         .unwrap();
-        let t = s.trigger.clone().unwrap();
+        let t = *s.trigger.clone().unwrap();
         assert_eq!((t.inbox.as_str(), t.pattern.as_str(), t.scan_interval), ("in", "*.csv", Duration::from_secs(5)));
         assert_eq!(
             (s.max_parallel, s.dedup_window, s.max_retry_delay),

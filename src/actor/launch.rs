@@ -74,7 +74,12 @@ impl Launch<'_> {
         command.die_with_daemon = command.env.iter().any(|(k, _)| k == "WEBJOBS_FENCE");
         // Runs side by side (max_parallel) each need a cgroup of their own.
         let own = job.settings.max_parallel > 1;
-        let cgroup = self.shared.run_cgroup(key, self.nonce, &job.settings.limits, own)?;
+        let cgroup = self.shared.run_cgroup(
+            key,
+            self.nonce,
+            &job.settings.limits.as_deref().copied().unwrap_or_default(),
+            own,
+        )?;
         Run::start(&command, shutdown_file, self.config.log.max_line, cgroup, job.settings.stopping_wait_time)
     }
 }
