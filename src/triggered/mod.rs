@@ -201,13 +201,12 @@ pub struct Latest {
 
 impl Latest {
     pub fn new(id: &str, status: &RunStatus) -> Latest {
-        let mut text = Vec::with_capacity(id.len() + 320);
-        text.extend_from_slice(id.as_bytes());
-        // A status always serializes (strings, numbers and JSON values), and
-        // as UTF-8.
-        let _ = serde_json::to_writer(&mut text, status);
-        let text = String::from_utf8(text).unwrap_or_default().into_boxed_str();
-        Latest { text, id_len: id.len() as u32, state: status.status }
+        // A status always serializes (strings, numbers and JSON values).
+        let json = serde_json::to_string(status).unwrap_or_default();
+        let mut text = String::with_capacity(id.len() + json.len());
+        text.push_str(id);
+        text.push_str(&json);
+        Latest { text: text.into_boxed_str(), id_len: id.len() as u32, state: status.status }
     }
 
     pub fn id(&self) -> &str {
