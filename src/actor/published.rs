@@ -113,6 +113,9 @@ impl<S> Published<S> {
     }
 
     async fn wait<T>(&self, mut done: impl FnMut(&State<S>) -> Option<T>) -> T {
+        // A wait given up (a timeout) takes its waker back: it would keep the
+        // waiting task alive until the next change, which may never come.
+        let mut registered = Registered { state: &self.0, waker: None };
         poll_fn(|cx| {
             let mut state = lock(&self.0);
             if let Some(answer) = done(&state) {
@@ -121,9 +124,24 @@ impl<S> Published<S> {
             if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
                 state.waiting.push(cx.waker().clone());
             }
+            registered.waker = Some(cx.waker().clone());
             Poll::Pending
         })
         .await
+    }
+}
+
+/// The waker a wait left with the value, taken back when the wait ends.
+struct Registered<'a, S> {
+    state: &'a Mutex<State<S>>,
+    waker: Option<Waker>,
+}
+
+impl<S> Drop for Registered<'_, S> {
+    fn drop(&mut self) {
+        if let Some(waker) = &self.waker {
+            lock(self.state).waiting.retain(|w| !w.will_wake(waker));
+        }
     }
 }
 
@@ -169,5 +187,17 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), closed).await.unwrap().unwrap();
         assert_eq!(*Published::fixed(7).borrow(), 7);
         Published::fixed(7).closed().await;
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_leaves_nothing_behind() {
+        let (publisher, published) = new(0u32);
+        for _ in 0..3 {
+            let gave_up = tokio::time::timeout(Duration::from_millis(1), published.wait_for(|v| *v == 1)).await;
+            assert!(gave_up.is_err());
+        }
+        assert_eq!(lock(&published.0).waiting.len(), 0, "no waker kept for a wait that ended");
+        publisher.send_replace(1);
+        assert!(published.wait_for(|v| *v == 1).await);
     }
 }
