@@ -101,6 +101,7 @@ pub async fn run(
         events: Default::default(),
         outbox: Arc::new(crate::outbox::Outbox::open(&config.data_dir)),
         chained: chained_tx,
+        starts: Default::default(),
     });
     stop_leftover_cgroups(&config, &shared.containment).await;
     stop_leftovers(&config, &shared.marker_prefix).await;

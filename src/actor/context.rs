@@ -29,6 +29,8 @@ pub struct Shared {
     /// Triggered jobs that got a request in their queue from another job
     /// (`then`): their actor reads the queue again.
     pub chained: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Where the blocking part of each start is done.
+    pub starts: super::starts::Starts,
 }
 
 impl Shared {

@@ -15,7 +15,7 @@ use super::Shared;
 pub struct Launch<'a> {
     pub job: &'a Arc<Runnable>,
     pub config: &'a Config,
-    pub shared: &'a Shared,
+    pub shared: &'a Arc<Shared>,
     /// Tells this start apart (a triggered run's id; a continuous start's own).
     pub nonce: &'a str,
     /// `WEBJOBS_RUN_ID` (empty for a continuous job).
@@ -74,13 +74,16 @@ impl Launch<'_> {
         command.die_with_daemon = command.env.iter().any(|(k, _)| k == "WEBJOBS_FENCE");
         // Runs side by side (max_parallel) each need a cgroup of their own.
         let own = job.settings.max_parallel > 1;
-        let cgroup = self.shared.run_cgroup(
-            key,
-            self.nonce,
-            &job.settings.limits.as_deref().copied().unwrap_or_default(),
-            own,
-        )?;
-        Run::start(&command, shutdown_file, self.config.log.max_line, cgroup, job.settings.stopping_wait_time)
+        let limits = job.settings.limits.as_deref().copied().unwrap_or_default();
+        let (shared, key, nonce) = (self.shared.clone(), key.clone(), self.nonce.to_owned());
+        let (max_line, grace) = (self.config.log.max_line, job.settings.stopping_wait_time);
+        self.shared
+            .starts
+            .run(move || {
+                let cgroup = shared.run_cgroup(&key, &nonce, &limits, own)?;
+                Run::start(&command, shutdown_file, max_line, cgroup, grace)
+            })
+            .await
     }
 }
 

@@ -8,6 +8,7 @@ pub mod context;
 pub mod definition;
 pub mod launch;
 pub mod published;
+pub mod starts;
 
 pub use context::Shared;
 

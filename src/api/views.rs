@@ -247,7 +247,9 @@ impl JobView {
                 view.next_restart = s.next_restart.clone();
             }
             Live::Triggered(rx) => {
-                let s = rx.borrow();
+                // A copy: the actor waits on its lock to publish (and the
+                // newest run is parsed below).
+                let s = rx.borrow().clone();
                 let run = s.latest.as_ref().and_then(|l| Some((l.id(), l.status()?)));
                 let active = run.as_ref().is_some_and(|(_, run)| !run.status.is_final());
                 if let Some((_, run)) = run.as_ref().filter(|_| active) {

@@ -44,9 +44,9 @@ impl Actor {
             Err(e) => (id, Err(e)),
         };
         taken.entry.runs.push(id.clone());
-        // Let other jobs due at the same tick spawn before this one writes its files.
-        tokio::task::yield_now().await;
-        let (dir, mut log) = match self.open_run_files(&id) {
+        // Other jobs due at the same tick, waiting for a start slot before
+        // this, spawn before this one writes its files.
+        let (dir, mut log) = match self.open_run_files(&id).await {
             Ok(files) => files,
             Err(e) => {
                 if let Ok(mut run) = spawned {
@@ -148,15 +148,23 @@ impl Actor {
         }
     }
 
-    /// The run's folder, pruned history, and its log.
-    pub(super) fn open_run_files(&self, id: &str) -> std::io::Result<(PathBuf, LogFile)> {
-        let dir = self.data_dir.join(id);
-        if !dir.is_dir() {
-            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is missing", dir.display())));
-        }
-        history::prune(&self.data_dir, self.config.switches.history_size as usize, &[id]);
-        let log = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), self.shared.instance.clone(), None)?;
-        Ok((dir, log))
+    /// The run's folder, pruned history, and its log (off the runtime).
+    pub(super) async fn open_run_files(&self, id: &str) -> std::io::Result<(PathBuf, LogFile)> {
+        let (data_dir, id, instance) = (self.data_dir.clone(), id.to_owned(), self.shared.instance.clone());
+        let keep = self.config.switches.history_size as usize;
+        self.shared
+            .starts
+            .run(move || {
+                let dir = data_dir.join(&id);
+                if !dir.is_dir() {
+                    let missing = format!("{} is missing", dir.display());
+                    return Err(std::io::Error::new(std::io::ErrorKind::NotFound, missing));
+                }
+                history::prune(&data_dir, keep, &[&id]);
+                let log = LogFile::open(&dir.join(crate::layout::OUTPUT_LOG), instance, None)?;
+                Ok((dir, log))
+            })
+            .await
     }
 
     /// Nothing of the active run is left: record how it ended (by its exit
