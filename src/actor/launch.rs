@@ -36,7 +36,8 @@ pub struct Launch<'a> {
 
 impl Launch<'_> {
     /// Spawns the process: its working copy is reused when its content is
-    /// unchanged (one `stat`), else made off the runtime.
+    /// unchanged (one `stat`), else made off the runtime; the cgroup and the
+    /// spawn are done where [`super::starts`] says.
     pub async fn start(self) -> std::io::Result<Run> {
         let job = self.job;
         let key = job.key();

@@ -44,8 +44,8 @@ impl Actor {
             Err(e) => (id, Err(e)),
         };
         taken.entry.runs.push(id.clone());
-        // Other jobs due at the same tick, waiting for a start slot before
-        // this, spawn before this one writes its files.
+        // Let other jobs due at the same tick spawn before this one writes its files.
+        tokio::task::yield_now().await;
         let (dir, mut log) = match self.open_run_files(&id).await {
             Ok(files) => files,
             Err(e) => {
